@@ -1,0 +1,25 @@
+"""gpuconv: N-D multi-channel convolution on NVIDIA GPUs (CuPy raw CUDA kernels, no cuDNN) with a
+NumPy fallback that gives the same results on machines without a GPU.
+
+A *kernel* is one small weight array slid over one input channel; a *filter* is the stack of
+``C_in // groups`` kernels whose maps are summed (plus a bias) into one output channel; a layer
+has ``C_out`` filters, so its weights have shape ``(C_out, C_in // groups, *kernel_size)``.
+"""
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from .config import cpu_workspace, get_cpu_workspace, set_cpu_workspace
+from .conv import conv, conv1d, conv2d, conv3d
+from .device import DeviceUnavailableError
+from .geometry import ConvGeometry, plan_conv
+from .info import Info, info
+
+try:
+    __version__ = _version("gpuconv")
+except PackageNotFoundError:  # running from a source checkout without installing
+    __version__ = "0.1.0+source"
+
+__all__ = [
+    "conv", "conv1d", "conv2d", "conv3d", "info", "Info", "DeviceUnavailableError",
+    "ConvGeometry", "plan_conv", "cpu_workspace", "get_cpu_workspace", "set_cpu_workspace",
+    "__version__",
+]

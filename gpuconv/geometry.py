@@ -1,0 +1,271 @@
+"""Shape and padding arithmetic for a convolution layer: the one place where it is written.
+
+Both backends (``gpuconv.cpu`` and ``gpuconv.cuda``) and every public function take a
+:class:`ConvGeometry` from :func:`plan_conv` and never recompute output sizes or padding themselves.
+
+Vocabulary: a *kernel* is one weight array of ``kernel_size`` slid over one input channel; a *filter*
+is the stack of ``C_in // groups`` kernels that makes one output channel; a layer has ``C_out``
+filters, so its weights (``filters``) have shape ``(C_out, C_in // groups, *kernel_size)``.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple, Union
+
+LAYOUTS = ("channels_first", "channels_last")
+PADDING_STRINGS = ("valid", "same", "full")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+IntOrTuple = Union[int, Sequence[int]]
+PaddingArg = Union[str, int, Sequence[Union[int, Sequence[int]]]]
+
+
+def _is_int(value) -> bool:
+    # bool is an int subclass, but stride=True is a mistake, not a stride of 1.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _fmt(value) -> str:
+    return repr(value) if not isinstance(value, str) else f"'{value}'"
+
+
+def normalize_ints(value, rank: int, name: str, minimum: int) -> Tuple[int, ...]:
+    """``value`` (an int or one int per spatial dim) as a tuple of ``rank`` ints, each >= minimum."""
+    if _is_int(value):
+        values = (int(value),) * rank
+    elif isinstance(value, (tuple, list)):
+        if len(value) != rank:
+            raise ValueError(
+                f"{name} has {len(value)} entries {tuple(value)} but the convolution has {rank} "
+                f"spatial dim(s): give one int or {rank} ints")
+        if not all(_is_int(v) for v in value):
+            raise TypeError(f"{name} must hold integers, got {tuple(value)}")
+        values = tuple(int(v) for v in value)
+    else:
+        raise TypeError(f"{name} must be an int or a tuple of {rank} ints, got {_fmt(value)}")
+    for v in values:
+        if v < minimum:
+            raise ValueError(f"{name} must be >= {minimum} in every spatial dim, got {values}")
+    return values
+
+
+def conv_output_size(size: int, kernel: int, stride: int, dilation: int,
+                     pad_before: int, pad_after: int) -> int:
+    """Number of output positions along one axis (PyTorch's formula); <= 0 means none fit."""
+    span = dilation * (kernel - 1) + 1
+    return (size + pad_before + pad_after - span) // stride + 1
+
+
+def resolve_padding(padding: PaddingArg, in_spatial: Tuple[int, ...], kernel: Tuple[int, ...],
+                    stride: Tuple[int, ...], dilation: Tuple[int, ...]
+                    ) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """Per-dim ``(pad_before, pad_after)`` for any accepted ``padding`` form.
+
+    - int: the same amount on both sides of every spatial dim;
+    - one int per dim, or one ``(before, after)`` pair per dim (the two forms may be mixed);
+    - ``"valid"``: none; ``"full"``: ``dilation*(k-1)`` on both sides (every overlap, as
+      ``scipy.signal`` mode='full'); ``"same"``: output size ``ceil(in/stride)``, the total padding
+      split with the extra element after (TensorFlow/Keras).
+    """
+    rank = len(in_spatial)
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0,) * rank, (0,) * rank
+        if padding == "full":
+            full = tuple(d * (k - 1) for k, d in zip(kernel, dilation))
+            return full, full
+        if padding == "same":
+            before, after = [], []
+            for n, k, s, d in zip(in_spatial, kernel, stride, dilation):
+                out = -(-n // s)  # ceil(n / s)
+                total = max((out - 1) * s + d * (k - 1) + 1 - n, 0)
+                before.append(total // 2)
+                after.append(total - total // 2)
+            return tuple(before), tuple(after)
+        raise ValueError(f"padding must be an int, a tuple, or one of {PADDING_STRINGS}, "
+                         f"got {_fmt(padding)}")
+    if _is_int(padding):
+        pairs = [(int(padding), int(padding))] * rank
+    elif isinstance(padding, (tuple, list)):
+        if len(padding) != rank:
+            raise ValueError(
+                f"padding has {len(padding)} entries {tuple(padding)} but the convolution has "
+                f"{rank} spatial dim(s): give one int, {rank} ints or {rank} (before, after) pairs")
+        pairs = []
+        for p in padding:
+            if _is_int(p):
+                pairs.append((int(p), int(p)))
+            elif isinstance(p, (tuple, list)) and len(p) == 2 and all(_is_int(v) for v in p):
+                pairs.append((int(p[0]), int(p[1])))
+            else:
+                raise TypeError(f"padding entries must be ints or (before, after) pairs of ints, "
+                                f"got {p!r} in {tuple(padding)}")
+    else:
+        raise TypeError(f"padding must be an int, a tuple, or one of {PADDING_STRINGS}, "
+                        f"got {_fmt(padding)}")
+    before = tuple(p[0] for p in pairs)
+    after = tuple(p[1] for p in pairs)
+    if min(before + after) < 0:
+        raise ValueError(f"padding must be >= 0, got (before, after) = {tuple(pairs)}")
+    return before, after
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Every size of one convolution call, validated. Spatial tuples have ``rank`` entries."""
+    rank: int                       # D, the number of spatial dims (1, 2 or 3)
+    layout: str                     # "channels_first" or "channels_last"
+    batched: bool                   # False when x had no batch axis
+    N: int
+    C_in: int
+    C_out: int
+    groups: int
+    in_spatial: Tuple[int, ...]
+    kernel: Tuple[int, ...]
+    stride: Tuple[int, ...]
+    dilation: Tuple[int, ...]
+    pad_before: Tuple[int, ...]
+    pad_after: Tuple[int, ...]
+    padding_mode: str
+    out_spatial: Tuple[int, ...]
+
+    @property
+    def C_in_per_group(self) -> int:
+        """Kernels per filter."""
+        return self.C_in // self.groups
+
+    @property
+    def C_out_per_group(self) -> int:
+        return self.C_out // self.groups
+
+    @property
+    def padded_spatial(self) -> Tuple[int, ...]:
+        return tuple(n + b + a for n, b, a in zip(self.in_spatial, self.pad_before, self.pad_after))
+
+    @property
+    def terms_per_output(self) -> int:
+        """Products summed into one output element: kernels per filter times taps per kernel."""
+        return self.C_in_per_group * math.prod(self.kernel)
+
+    @property
+    def flops(self) -> int:
+        """2 * multiply-adds (the convention of shapes.json)."""
+        return 2 * self.N * self.C_out * math.prod(self.out_spatial) * self.terms_per_output
+
+    def out_shape(self) -> Tuple[int, ...]:
+        """Shape of the result as the caller sees it (layout and batch axis as given)."""
+        if self.layout == "channels_first":
+            shape = (self.N, self.C_out) + self.out_spatial
+        else:
+            shape = (self.N,) + self.out_spatial + (self.C_out,)
+        return shape if self.batched else shape[1:]
+
+    def with_zero_padding(self) -> "ConvGeometry":
+        """The geometry of the same call on an input already padded by its padding_mode."""
+        zero = (0,) * self.rank
+        return ConvGeometry(self.rank, self.layout, self.batched, self.N, self.C_in, self.C_out,
+                            self.groups, self.padded_spatial, self.kernel, self.stride,
+                            self.dilation, zero, zero, "zeros", self.out_spatial)
+
+
+def plan_conv(x_shape: Tuple[int, ...], filter_shape: Tuple[int, ...],
+              bias_shape: Optional[Tuple[int, ...]] = None, *, stride: IntOrTuple = 1,
+              padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1,
+              padding_mode: str = "zeros", layout: str = "channels_first",
+              rank: Optional[int] = None, fname: str = "conv") -> ConvGeometry:
+    """Validate the shapes and options of one ``conv`` call and work out every size.
+
+    ``x_shape`` is ``(N, C_in, *spatial)`` (channels_first) or ``(N, *spatial, C_in)``
+    (channels_last), with or without the N axis; ``filter_shape`` is
+    ``(C_out, C_in // groups, *kernel_size)``. ``rank`` (1, 2 or 3), when given, is the spatial rank
+    that ``fname`` (conv1d/conv2d/conv3d) requires. Raises ValueError/TypeError naming the argument.
+    """
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {_fmt(layout)}")
+    if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {_fmt(padding_mode)}")
+
+    D = len(filter_shape) - 2
+    if rank is not None and D != rank:
+        raise ValueError(
+            f"{fname} needs filters of shape (C_out, C_in/groups, {', '.join('k' * rank)}) "
+            f"({rank + 2} dims), got filters of shape {tuple(filter_shape)}")
+    if D not in (1, 2, 3):
+        raise ValueError(
+            f"filters must have shape (C_out, C_in/groups, *kernel_size) with 1, 2 or 3 kernel "
+            f"dims (3 to 5 dims in all), got filters of shape {tuple(filter_shape)}")
+    if len(x_shape) not in (D + 1, D + 2):
+        where = "(N, C_in, *spatial)" if layout == "channels_first" else "(N, *spatial, C_in)"
+        raise ValueError(
+            f"x must have {D + 2} dims {where} or {D + 1} without the batch axis to match filters "
+            f"of shape {tuple(filter_shape)} ({D}-D kernels), got x of shape {tuple(x_shape)}")
+    batched = len(x_shape) == D + 2
+    full_x = tuple(x_shape) if batched else (1,) + tuple(x_shape)
+    if layout == "channels_first":
+        N, C_in, in_spatial = full_x[0], full_x[1], full_x[2:]
+    else:
+        N, C_in, in_spatial = full_x[0], full_x[-1], full_x[1:-1]
+    C_out, Cg = filter_shape[0], filter_shape[1]
+    kernel = tuple(filter_shape[2:])
+
+    if not _is_int(groups):
+        raise TypeError(f"groups must be an int, got {_fmt(groups)}")
+    groups = int(groups)
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    if min(kernel) < 1:
+        raise ValueError(f"filters hold empty kernels: kernel_size {kernel} from filters of shape "
+                         f"{tuple(filter_shape)}")
+    if C_out < 1 or Cg < 1:
+        raise ValueError(f"filters of shape {tuple(filter_shape)} hold no kernels: C_out and "
+                         f"C_in/groups must be >= 1")
+    if C_in % groups:
+        raise ValueError(f"groups={groups} must divide the input channels C_in={C_in} "
+                         f"(x of shape {tuple(x_shape)}, layout='{layout}')")
+    if C_out % groups:
+        raise ValueError(f"groups={groups} must divide the number of filters C_out={C_out} "
+                         f"(filters of shape {tuple(filter_shape)})")
+    if C_in // groups != Cg:
+        raise ValueError(
+            f"channel mismatch: x of shape {tuple(x_shape)} (layout='{layout}') has C_in={C_in} "
+            f"channels, so with groups={groups} each filter needs {C_in // groups} kernels, but "
+            f"filters of shape {tuple(filter_shape)} have {Cg} kernels per filter")
+    if bias_shape is not None and tuple(bias_shape) != (C_out,):
+        raise ValueError(f"bias must have shape (C_out,) = ({C_out},) for filters of shape "
+                         f"{tuple(filter_shape)}, got bias of shape {tuple(bias_shape)}")
+
+    stride = normalize_ints(stride, D, "stride", 1)
+    dilation = normalize_ints(dilation, D, "dilation", 1)
+    before, after = resolve_padding(padding, in_spatial, kernel, stride, dilation)
+
+    if padding_mode == "reflect":
+        for ax, (n, b, a) in enumerate(zip(in_spatial, before, after)):
+            if max(b, a) >= n:
+                raise ValueError(
+                    f"reflect padding must be smaller than the input along each spatial dim: "
+                    f"padding (before, after) = ({b}, {a}) on spatial dim {ax} of size {n} "
+                    f"(x of shape {tuple(x_shape)})")
+    elif padding_mode == "circular":
+        for ax, (n, b, a) in enumerate(zip(in_spatial, before, after)):
+            if max(b, a) > n:
+                raise ValueError(
+                    f"circular padding may wrap around at most once: padding (before, after) = "
+                    f"({b}, {a}) on spatial dim {ax} of size {n} (x of shape {tuple(x_shape)})")
+    elif padding_mode == "replicate":
+        if min(in_spatial) < 1 and max(before + after) > 0:
+            raise ValueError(f"replicate padding needs a non-empty input, got x of shape "
+                             f"{tuple(x_shape)}")
+
+    out_spatial = tuple(conv_output_size(n, k, s, d, b, a) for n, k, s, d, b, a
+                        in zip(in_spatial, kernel, stride, dilation, before, after))
+    if min(out_spatial) < 1:
+        padded = tuple(n + b + a for n, b, a in zip(in_spatial, before, after))
+        span = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+        raise ValueError(
+            f"kernel larger than the padded input: kernel_size {kernel} with dilation {dilation} "
+            f"spans {span}, but x of shape {tuple(x_shape)} padded by (before, after) = "
+            f"{tuple(zip(before, after))} has spatial size {padded}")
+    return ConvGeometry(D, layout, batched, N, C_in, C_out, groups, tuple(in_spatial), kernel,
+                        stride, dilation, before, after, padding_mode, out_spatial)

@@ -1,0 +1,71 @@
+"""``gpuconv.info()``: what this machine offers gpuconv and which path ``device="auto"`` takes."""
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+from . import device as _device
+from .kernels import kernel_dir
+
+
+@dataclass(frozen=True)
+class Info:
+    version: str
+    python_version: str
+    numpy_version: str
+    cupy_version: Optional[str]
+    cuda_runtime_version: Optional[str]
+    cuda_driver_version: Optional[str]
+    gpus: Tuple[str, ...]
+    auto_device: str           # "cuda" or "cpu": where device="auto" runs NumPy inputs
+    auto_reason: str
+    kernel_dir: str
+
+    def __str__(self) -> str:
+        rows = [
+            ("gpuconv", self.version),
+            ("python", self.python_version),
+            ("numpy", self.numpy_version),
+            ("cupy", self.cupy_version or "not available"),
+            ("CUDA runtime", self.cuda_runtime_version or "-"),
+            ("CUDA driver", self.cuda_driver_version or "-"),
+            ("GPUs", ", ".join(f"{i}: {n}" for i, n in enumerate(self.gpus)) or "none"),
+            ("device='auto'", f"{self.auto_device} ({self.auto_reason})"),
+            ("CUDA sources", self.kernel_dir),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _version_str(v: Optional[int]) -> Optional[str]:
+    return None if not v else f"{v // 1000}.{(v % 1000) // 10}"
+
+
+def info() -> Info:
+    """Package version, NumPy/CuPy/CUDA versions, GPU names, and where ``device="auto"`` runs."""
+    from . import __version__
+    status = _device.cuda_status()
+    env = os.environ.get(_device.ENV_VAR, "").strip()
+    if env:
+        try:
+            kind, _ = _device.resolve("auto")
+            reason = f"{_device.ENV_VAR}={env}"
+        except (ValueError, _device.DeviceUnavailableError) as exc:
+            kind, reason = "error", str(exc)
+    else:
+        kind = "cuda" if status.available else "cpu"
+        reason = status.reason
+    try:
+        kdir = str(kernel_dir())
+    except FileNotFoundError as exc:
+        kdir = f"missing ({exc})"
+    return Info(version=__version__, python_version=platform.python_version(),
+                numpy_version=np.__version__, cupy_version=status.cupy_version,
+                cuda_runtime_version=_version_str(status.runtime_version),
+                cuda_driver_version=_version_str(status.driver_version),
+                gpus=status.device_names, auto_device=kind, auto_reason=reason,
+                kernel_dir=kdir)

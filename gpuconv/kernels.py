@@ -1,0 +1,119 @@
+"""Finding, reading and compiling the CUDA sources in ``kernels_cuda/``.
+
+Sources are ``.cu``/``.cuh`` files, never Python strings. :func:`kernel_source` expands local
+``#include "x.cuh"`` lines itself, with ``#line`` directives, so that NVRTC errors name the real
+file and line, and so that CuPy's on-disk kernel cache (keyed by the source text) sees a change to
+a header. :func:`get_function` compiles a whole file once per (file, dtype, options, device) with
+every template instantiation that dtype can need (``name_expressions``) and caches it.
+
+:func:`every_module_request` lists everything the package can ask NVRTC for; the test suite
+compiles exactly that list with plain NVRTC for sm_80 and sm_90 on machines without a GPU.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .dtypes import ACCEPTED
+
+#: C++ type of each accepted dtype in the kernels (see kernels_cuda/gpuconv_types.cuh).
+CTYPES: Dict[np.dtype, str] = {
+    np.dtype(np.float16): "gc_half",
+    np.dtype(np.float32): "float",
+    np.dtype(np.float64): "double",
+    np.dtype(np.complex64): "gc_complex<float>",
+    np.dtype(np.complex128): "gc_complex<double>",
+}
+assert set(CTYPES) == set(ACCEPTED)
+
+#: activation argument -> the constant the kernels define for it.
+ACTIVATIONS: Dict[Optional[str], str] = {
+    None: "GC_ACT_NONE",
+    "relu": "GC_ACT_RELU",
+    "sigmoid": "GC_ACT_SIGMOID",
+    "tanh": "GC_ACT_TANH",
+}
+
+#: Options given to NVRTC for every module (CuPy adds the target architecture itself).
+COMPILE_OPTIONS: Tuple[str, ...] = ("-std=c++17",)
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"\s*$')
+
+
+def kernel_dir() -> Path:
+    """The folder holding the CUDA sources: inside the installed package, or the repository's."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "kernels_cuda", here.parent / "kernels_cuda"):
+        if (candidate / "conv_direct.cu").is_file():
+            return candidate
+    raise FileNotFoundError(f"gpuconv's CUDA sources (kernels_cuda/) were not found next to "
+                            f"{here}; the installation is incomplete")
+
+
+def _expand(path: Path, seen: set) -> List[str]:
+    lines = [f'#line 1 "{path}"']
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        match = _INCLUDE.match(line)
+        if match:
+            header = (path.parent / match.group(1)).resolve()
+            if not header.is_file():
+                raise FileNotFoundError(f"{path}:{number}: included file {header} not found")
+            if header not in seen:
+                seen.add(header)
+                lines.extend(_expand(header, seen))
+            lines.append(f'#line {number + 1} "{path}"')
+        elif line.strip() == "#pragma once":
+            lines.append("")
+        else:
+            lines.append(line)
+    return lines
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_source(filename: str) -> str:
+    """Full source of ``kernels_cuda/<filename>`` with its local includes expanded."""
+    path = kernel_dir() / filename
+    return "\n".join(_expand(path, {path.resolve()})) + "\n"
+
+
+def activation_names(dtype) -> Tuple[Optional[str], ...]:
+    """Activations the kernels support for ``dtype``: none for complex (there is no ordering)."""
+    if np.dtype(dtype).kind == "c":
+        return (None,)
+    return tuple(ACTIVATIONS)
+
+
+def conv_direct_name(dtype, activation: Optional[str]) -> str:
+    return f"conv_direct<{CTYPES[np.dtype(dtype)]}, {ACTIVATIONS[activation]}>"
+
+
+def module_names(filename: str, dtype) -> Tuple[str, ...]:
+    """Every template instantiation of ``filename`` that a call in ``dtype`` may need."""
+    if filename == "conv_direct.cu":
+        return tuple(conv_direct_name(dtype, a) for a in activation_names(dtype))
+    raise KeyError(f"unknown kernel file {filename!r}")
+
+
+KERNEL_FILES: Tuple[str, ...] = ("conv_direct.cu",)
+
+
+def every_module_request() -> List[Tuple[str, Tuple[str, ...], Tuple[str, ...]]]:
+    """(filename, name_expressions, options) of every module the package can compile."""
+    return [(f, module_names(f, dt), COMPILE_OPTIONS) for f in KERNEL_FILES for dt in ACCEPTED]
+
+
+@functools.lru_cache(maxsize=None)
+def _module(filename: str, names: Tuple[str, ...], options: Tuple[str, ...], device_id: int):
+    import cupy
+    # device_id is part of the key: a module is loaded into one device's context.
+    return cupy.RawModule(code=kernel_source(filename), options=options, name_expressions=names)
+
+
+def get_function(filename: str, name: str, dtype, device_id: int):
+    """The compiled kernel ``name`` from ``filename`` for the current device (cached)."""
+    names = module_names(filename, dtype)
+    return _module(filename, names, COMPILE_OPTIONS, device_id).get_function(name)

@@ -1,0 +1,157 @@
+"""The option grid that CPU and GPU tests share.
+
+The full product of the options (dtype x stride x padding form x padding mode x dilation x groups
+x flip x layout x bias/activation x rank x batch axis) is about 10^6 calls, so the grid is a
+covering array: every pair of levels of any two options appears in at least one case (built
+greedily from a fixed seed, so it is the same on every run), plus seeded random cases. Shapes are
+drawn per case so that each option combination meets varied sizes.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+FACTORS: Dict[str, Tuple[Any, ...]] = {
+    "rank": (1, 2, 3),
+    "dtype": ("float16", "float32", "float64", "complex64", "complex128"),
+    "stride": ("1", "2", "mixed"),
+    "padding": ("int0", "int1", "per_dim", "pairs", "valid", "same", "full"),
+    "padding_mode": ("zeros", "reflect", "replicate", "circular"),
+    "dilation": ("1", "2", "mixed"),
+    "groups": ("1", "2", "depthwise"),
+    "flip": (False, True),
+    "layout": ("channels_first", "channels_last"),
+    "epilogue": ("none", "bias", "bias_relu", "relu", "bias_sigmoid", "tanh"),
+    "batched": (True, False),
+}
+
+
+def _valid(assign: Dict[str, Any]) -> bool:
+    # activations are defined for real dtypes only (complex + activation is an error, tested apart)
+    if "dtype" in assign and "epilogue" in assign:
+        if assign["dtype"].startswith("complex") and assign["epilogue"] not in ("none", "bias"):
+            return False
+    return True
+
+
+def pairwise_cases(seed: int = 20261122) -> List[Dict[str, Any]]:
+    rng = random.Random(seed)
+    names = list(FACTORS)
+    uncovered = set()
+    for a, b in itertools.combinations(names, 2):
+        for la in FACTORS[a]:
+            for lb in FACTORS[b]:
+                if _valid({a: la, b: lb}):
+                    uncovered.add(((a, la), (b, lb)))
+    cases = []
+    while uncovered:
+        best, best_gain = None, -1
+        for _ in range(30):
+            (a, la), (b, lb) = rng.choice(sorted(uncovered, key=repr))
+            assign = {a: la, b: lb}
+            for f in rng.sample(names, len(names)):
+                if f in assign:
+                    continue
+                options = [lv for lv in FACTORS[f] if _valid({**assign, f: lv})]
+                rng.shuffle(options)
+                assign[f] = max(options, key=lambda lv: sum(
+                    ((g, assign[g]), (f, lv)) in uncovered or ((f, lv), (g, assign[g])) in uncovered
+                    for g in assign))
+            gain = sum(((p, assign[p]), (q, assign[q])) in uncovered
+                       for p, q in itertools.combinations(names, 2))
+            if gain > best_gain:
+                best, best_gain = assign, gain
+        cases.append(best)
+        for p, q in itertools.combinations(names, 2):
+            uncovered.discard(((p, best[p]), (q, best[q])))
+    return cases
+
+
+def random_cases(count: int, seed: int) -> List[Dict[str, Any]]:
+    rng = random.Random(seed)
+    out = []
+    while len(out) < count:
+        assign = {f: rng.choice(levels) for f, levels in FACTORS.items()}
+        if _valid(assign):
+            out.append(assign)
+    return out
+
+
+@dataclass
+class Case:
+    """One concrete conv call: arrays and keyword options."""
+    name: str
+    x: np.ndarray
+    filters: np.ndarray
+    bias: Optional[np.ndarray]
+    options: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def activation(self):
+        return self.options.get("activation")
+
+
+def _random_array(rng: np.random.Generator, shape, dtype) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    a = rng.uniform(-1, 1, size=shape)
+    if dtype.kind == "c":
+        a = a + 1j * rng.uniform(-1, 1, size=shape)
+    return a.astype(dtype)
+
+
+def build_case(assign: Dict[str, Any], seed: int) -> Case:
+    """Concrete shapes and arrays for one assignment of the options."""
+    rng = np.random.default_rng(seed)
+    D = assign["rank"]
+    small = D == 3
+    K = tuple(int(k) for k in rng.integers(1, 4, size=D))
+    dil = {"1": (1,) * D, "2": (2,) * D,
+           "mixed": tuple(int(v) for v in rng.integers(1, 3, size=D))}[assign["dilation"]]
+    stride = {"1": (1,) * D, "2": (2,) * D,
+              "mixed": tuple(int(v) for v in rng.integers(1, 4, size=D))}[assign["stride"]]
+    span = [d * (k - 1) + 1 for k, d in zip(K, dil)]
+    # every axis at least as long as the dilated kernel and >= 3: then every padding below
+    # (explicit ones <= 2, "same"/"full" < the span) is legal for reflect and circular too
+    S = tuple(int(max(s, 3) + rng.integers(0, 3 if small else 6)) for s in span)
+    padding = {
+        "int0": 0, "int1": 1,
+        "per_dim": tuple(int(v) for v in rng.integers(0, 3, size=D)),
+        "pairs": tuple((int(a), int(b)) for a, b in rng.integers(0, 3, size=(D, 2))),
+        "valid": "valid", "same": "same", "full": "full",
+    }[assign["padding"]]
+    G = {"1": 1, "2": 2, "depthwise": None}[assign["groups"]]
+    if G is None:
+        C_in = int(rng.integers(2, 5))
+        G, Cg, Cog = C_in, 1, int(rng.integers(1, 3))
+    else:
+        Cg, Cog = int(rng.integers(1, 4 if not small else 3)), int(rng.integers(1, 4))
+        C_in = G * Cg
+    C_out = G * Cog
+    N = int(rng.integers(1, 3))
+    layout = assign["layout"]
+    x_shape = (N, C_in) + S if layout == "channels_first" else (N,) + S + (C_in,)
+    if not assign["batched"]:
+        x_shape = x_shape[1:]
+    dtype = assign["dtype"]
+    x = _random_array(rng, x_shape, dtype)
+    w = _random_array(rng, (C_out, Cg) + K, dtype)
+    ep = assign["epilogue"]
+    bias = _random_array(rng, (C_out,), dtype) if ep.startswith("bias") else None
+    activation = {"none": None, "bias": None, "bias_relu": "relu", "relu": "relu",
+                  "bias_sigmoid": "sigmoid", "tanh": "tanh"}[ep]
+    options = dict(stride=stride, padding=padding, dilation=dil, groups=G,
+                   padding_mode=assign["padding_mode"], layout=layout, flip=assign["flip"],
+                   activation=activation)
+    name = (f"{D}d-{dtype}-x{x_shape}-w{w.shape}-s{stride}-p{assign['padding']}"
+            f"-{assign['padding_mode']}-d{dil}-g{G}-{'flip' if assign['flip'] else 'corr'}"
+            f"-{layout}-{ep}").replace(" ", "")
+    return Case(name, x, w, bias, options)
+
+
+def grid_cases() -> List[Case]:
+    assigns = pairwise_cases() + random_cases(120, seed=7)
+    return [build_case(a, seed=1000 + i) for i, a in enumerate(assigns)]

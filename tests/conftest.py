@@ -1,0 +1,34 @@
+"""Shared fixtures: the GPU gate and output poisoning."""
+from __future__ import annotations
+
+import pytest
+
+import gpuconv
+from gpuconv.device import cuda_status
+
+
+def gpu_skip_reason():
+    status = cuda_status()
+    return None if status.available else f"no usable CUDA device: {status.reason}"
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """Skip unless CuPy can use a CUDA device; poison GPU outputs with NaN before each launch."""
+    reason = gpu_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    import gpuconv.cuda
+    monkeypatch.setattr(gpuconv.cuda, "poison_outputs", True)
+    import cupy
+    return cupy
+
+
+@pytest.fixture(autouse=True)
+def _no_device_env(monkeypatch):
+    # a GPUCONV_DEVICE in the caller's environment must not change what the tests exercise
+    monkeypatch.delenv("GPUCONV_DEVICE", raising=False)
+
+
+def pytest_report_header(config):
+    return f"gpuconv {gpuconv.__version__}; GPU: {gpu_skip_reason() or 'available'}"

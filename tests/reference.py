@@ -1,0 +1,148 @@
+"""An independent float64/complex128 oracle, written as literally as the definition.
+
+    y[n, o, p] = bias[o] + sum over the kernels c of filter o, sum over taps t:
+                 filters[o, c, t] * xpad[n, g(o)*Cg + c, p*stride + t*dilation]
+
+It shares no code with gpuconv: padding amounts, output sizes and padding modes are worked out
+here from their definitions (PyTorch's for the modes, TensorFlow's for "same", scipy.signal's for
+"full"), and the sum is a Python loop over filters, kernels and taps, vectorised only over the
+batch and the output positions.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+
+def _tuple(v, D):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * D
+
+
+def reference_pads(padding, S, K, stride, dilation):
+    """List of (before, after) per spatial axis."""
+    D = len(S)
+    if padding == "valid":
+        return [(0, 0)] * D
+    if padding == "full":
+        return [(d * (k - 1), d * (k - 1)) for k, d in zip(K, dilation)]
+    if padding == "same":
+        pads = []
+        for n, k, s, d in zip(S, K, stride, dilation):
+            out = math.ceil(n / s)
+            total = max(0, (out - 1) * s + d * (k - 1) + 1 - n)
+            pads.append((total // 2, total - total // 2))
+        return pads
+    if isinstance(padding, int):
+        return [(padding, padding)] * D
+    return [(p, p) if isinstance(p, int) else (p[0], p[1]) for p in padding]
+
+
+def _source_index(i, n, mode):
+    """(index into the unpadded axis, is-it-a-real-sample) for padded-coordinate index i - before."""
+    if mode == "zeros":
+        return np.clip(i, 0, n - 1), (i >= 0) & (i < n)
+    if mode == "reflect":  # mirror about the edge samples, edge not repeated
+        j = np.where(i < 0, -i, i)
+        j = np.where(j >= n, 2 * (n - 1) - j, j)
+        return j, np.ones(i.shape, bool)
+    if mode == "replicate":
+        return np.clip(i, 0, n - 1), np.ones(i.shape, bool)
+    if mode == "circular":
+        return np.mod(i, n), np.ones(i.shape, bool)
+    raise ValueError(mode)
+
+
+def reference_conv(x, filters, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+                   padding_mode="zeros", layout="channels_first", flip=False, activation=None):
+    x = np.asarray(x)
+    w = np.asarray(filters)
+    D = w.ndim - 2
+    is_complex = any(np.iscomplexobj(a) for a in (x, w, bias) if a is not None)
+    big = np.complex128 if is_complex else np.float64
+    x = x.astype(big)
+    w = w.astype(big)
+    batched = x.ndim == D + 2
+    if not batched:
+        x = x[None]
+    if layout == "channels_last":
+        x = np.moveaxis(x, -1, 1)
+    N, C_in, S = x.shape[0], x.shape[1], x.shape[2:]
+    C_out, Cg, K = w.shape[0], w.shape[1], w.shape[2:]
+    stride, dilation = _tuple(stride, D), _tuple(dilation, D)
+    pads = reference_pads(padding, S, K, stride, dilation)
+    O = [(n + b + a - d * (k - 1) - 1) // s + 1
+         for n, (b, a), k, s, d in zip(S, pads, K, stride, dilation)]
+    assert min(O) >= 1
+    per_group_out = C_out // groups
+    y = np.zeros((N, C_out, *O), dtype=big)
+    for o in range(C_out):
+        g = o // per_group_out
+        for c in range(Cg):
+            channel = x[:, g * Cg + c]
+            for t in itertools.product(*[range(k) for k in K]):
+                tap = tuple(k - 1 - ti for k, ti in zip(K, t)) if flip else t
+                weight = w[(o, c) + tap]
+                idx, ok = [], []
+                for ax in range(D):
+                    i = np.arange(O[ax]) * stride[ax] + t[ax] * dilation[ax] - pads[ax][0]
+                    j, valid = _source_index(i, S[ax], padding_mode)
+                    idx.append(j)
+                    ok.append(valid)
+                grid = np.ix_(*idx)
+                mask = np.ones(O, bool)
+                for ax in range(D):
+                    shape = [1] * D
+                    shape[ax] = O[ax]
+                    mask = mask & ok[ax].reshape(shape)
+                y[:, o] += weight * channel[(slice(None),) + grid] * mask
+        if bias is not None:
+            y[:, o] += np.asarray(bias).astype(big)[o]
+    if activation == "relu":
+        y = np.maximum(y, 0)
+    elif activation == "sigmoid":
+        y = 1 / (1 + np.exp(-y))
+    elif activation == "tanh":
+        y = np.tanh(y)
+    else:
+        assert activation is None
+    if layout == "channels_last":
+        y = np.moveaxis(y, 1, -1)
+    return y if batched else y[0]
+
+
+def activation_lipschitz(activation):
+    return {None: 1.0, "relu": 1.0, "sigmoid": 0.25, "tanh": 1.0}[activation]
+
+
+def error_bound(x, filters, bias, out_dtype, activation, **options):
+    """Per-element bound on |computed - exact| for one conv call, from the dtype and term count.
+
+    A sum of n products carried in a type with unit roundoff u is off by at most
+    gamma_n * sum|products| (gamma_n = n u / (1 - n u); Higham, Accuracy and Stability, 3.1),
+    sqrt(2) gamma_{n+2} for complex products; the bias adds one term. The sum |products| is the
+    reference run on |x|, |filters|, |bias|. The activation passes that error on scaled by its
+    Lipschitz constant and adds a few units of its own rounding; the final store into the output
+    dtype adds u_out |y| (and half the smallest subnormal, for underflow).
+    """
+    out_dtype = np.dtype(out_dtype)
+    real = np.dtype(out_dtype.char.lower()) if out_dtype.kind == "c" else out_dtype
+    acc = np.dtype(np.float32) if real == np.float16 else real
+    u_acc = np.finfo(acc).eps / 2
+    u_out = np.finfo(real).eps / 2
+    w = np.asarray(filters)
+    n = int(np.prod(w.shape[1:])) + (0 if bias is None else 1)
+    if out_dtype.kind == "c":
+        n += 2
+    gamma = n * u_acc / (1 - n * u_acc)
+    if out_dtype.kind == "c":
+        gamma *= np.sqrt(2)
+    mag = reference_conv(np.abs(np.asarray(x)), np.abs(w),
+                         None if bias is None else np.abs(np.asarray(bias)),
+                         activation=None, **options)
+    exact = reference_conv(x, filters, bias, activation=activation, **options)
+    own = 0.0 if activation in (None, "relu") else 4 * u_acc
+    bound = (activation_lipschitz(activation) * gamma * mag
+             + (u_out + own) * np.abs(exact) + np.finfo(real).smallest_subnormal)
+    return exact, bound
