@@ -1,0 +1,26 @@
+"""The main job and `info` from the command line, as a new user runs them."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "gpuconv", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_main_job_runs_and_shows_the_worked_example():
+    run = _run()
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = run.stdout
+    assert "devices available here: cpu" in out
+    assert "[[4 3 4]\n [2 4 3]\n [2 3 4]]" in out
+    assert "(8, 16, 128, 128)" in out and "median ms" in out
+    assert "all devices agree" in out
+
+
+def test_info_command():
+    run = _run("info")
+    assert run.returncode == 0, run.stderr
+    assert "gpuconv" in run.stdout and "device='auto'" in run.stdout

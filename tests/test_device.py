@@ -1,0 +1,112 @@
+"""Device selection, GPUCONV_DEVICE, the reasons given when the GPU cannot be used, and info()."""
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv import device as dev
+from conftest import gpu_skip_reason
+
+X = np.ones((1, 1, 4, 4), np.float32)
+W = np.ones((1, 1, 2, 2), np.float32)
+
+
+def test_cpu_device_gives_numpy():
+    out = gpuconv.conv(X, W, device="cpu")
+    assert isinstance(out, np.ndarray)
+    np.testing.assert_array_equal(out, np.full((1, 1, 3, 3), 4.0, np.float32))
+
+
+def test_env_var_sets_the_default(monkeypatch):
+    monkeypatch.setenv("GPUCONV_DEVICE", "cpu")
+    assert dev.resolve("auto", X) == ("cpu", None)
+    assert dev.default_device() == "cpu"
+    monkeypatch.setenv("GPUCONV_DEVICE", "tpu")
+    with pytest.raises(ValueError, match="GPUCONV_DEVICE.*'tpu'"):
+        gpuconv.conv(X, W)
+    # an explicit device other than "auto" wins over the environment
+    assert dev.resolve("cpu", X) == ("cpu", None)
+
+
+def test_device_strings():
+    assert dev._parse("cuda:3", "device") == ("cuda", 3)
+    for bad in ("cuda:", "cuda:x", "CPU", "gpu", ""):
+        with pytest.raises(ValueError, match="device must be one of"):
+            dev._parse(bad, "device")
+
+
+@pytest.mark.skipif(gpu_skip_reason() is None, reason="a GPU is usable here")
+def test_cuda_without_gpu_says_why():
+    with pytest.raises(gpuconv.DeviceUnavailableError, match="GPU cannot be used: .+"):
+        gpuconv.conv(X, W, device="cuda")
+    assert dev.resolve("auto", X) == ("cpu", None)  # auto falls back quietly
+
+
+def _fake_cupy(monkeypatch, *, count=1, count_error=None, driver=13000, runtime=13000):
+    class CUDARuntimeError(RuntimeError):
+        pass
+
+    def get_count():
+        if count_error:
+            raise CUDARuntimeError(count_error)
+        return count
+
+    rt = types.SimpleNamespace(
+        runtimeGetVersion=lambda: runtime, driverGetVersion=lambda: driver,
+        getDeviceCount=get_count, getDeviceProperties=lambda i: {"name": b"Fake GPU"})
+    fake = types.ModuleType("cupy")
+    fake.__version__ = "99.0"
+    fake.cuda = types.SimpleNamespace(runtime=rt)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    return dev.cuda_status.__wrapped__()
+
+
+def test_status_reasons_with_a_fake_cupy(monkeypatch):
+    s = _fake_cupy(monkeypatch, count=0)
+    assert not s.available and "no CUDA device is visible" in s.reason
+    s = _fake_cupy(monkeypatch, driver=12020, runtime=13000,
+                   count_error="cudaErrorInsufficientDriver: driver too old")
+    assert not s.available and "driver is too old" in s.reason and "12.2" in s.reason
+    s = _fake_cupy(monkeypatch, driver=0)
+    assert not s.available and "no CUDA driver" in s.reason
+    s = _fake_cupy(monkeypatch, count=2)
+    assert s.available and s.device_names == ("Fake GPU", "Fake GPU")
+
+
+def test_missing_cupy_reason(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # makes `import cupy` fail
+    s = dev.cuda_status.__wrapped__()
+    assert not s.available and "CuPy is not installed" in s.reason
+
+
+def test_info_reports_versions_and_the_auto_path(monkeypatch):
+    i = gpuconv.info()
+    assert i.version == gpuconv.__version__
+    assert i.numpy_version == np.__version__
+    assert i.auto_device in ("cpu", "cuda") and i.auto_reason
+    text = str(i)
+    for needle in ("gpuconv", "numpy", "cupy", "device='auto'", i.auto_device):
+        assert needle in text
+    monkeypatch.setenv("GPUCONV_DEVICE", "cpu")
+    i = gpuconv.info()
+    assert i.auto_device == "cpu" and "GPUCONV_DEVICE=cpu" in i.auto_reason
+
+
+@pytest.mark.gpu
+def test_cupy_arrays_stay_on_gpu_and_respect_the_stream(gpu):
+    cp = gpu
+    x = cp.asarray(np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32))
+    w = cp.asarray(np.random.default_rng(1).standard_normal((4, 3, 3, 3)).astype(np.float32))
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        out = gpuconv.conv(x, w, padding=1)
+    stream.synchronize()
+    assert isinstance(out, cp.ndarray) and out.device.id == x.device.id
+    want = gpuconv.conv(cp.asnumpy(x), cp.asnumpy(w), padding=1, device="cpu")
+    np.testing.assert_allclose(cp.asnumpy(out), want, rtol=1e-5, atol=1e-5)
+    # device="cpu" brings CuPy inputs to the host
+    assert isinstance(gpuconv.conv(x, w, device="cpu"), np.ndarray)

@@ -1,0 +1,48 @@
+"""The CPU path keeps its temporary memory under the configured workspace."""
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import gpuconv
+from reference import reference_conv
+
+
+@pytest.mark.parametrize("limit_mib,shape,wshape,kw", [
+    (1, (4, 8, 40, 40), (16, 8, 3, 3), dict(padding=1)),
+    (1, (3, 6, 30, 30), (6, 1, 5, 5), dict(padding="same", groups=6, padding_mode="reflect")),
+    (1, (2, 4, 12, 12, 12), (8, 4, 3, 3, 3), dict(padding=1)),
+])
+def test_peak_temporary_memory_stays_under_the_workspace(limit_mib, shape, wshape, kw):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(wshape).astype(np.float32)
+    limit = limit_mib * 2**20
+    with gpuconv.cpu_workspace(limit):
+        assert gpuconv.get_cpu_workspace() == limit
+        tracemalloc.start()
+        out = gpuconv.conv(x, w, device="cpu", **kw)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    # the output is not a temporary; allow 64 KiB for Python objects and small arrays
+    assert peak - out.nbytes <= limit + 64 * 2**10, (peak - out.nbytes, limit)
+    # without the budget the unrolled buffer alone would have been larger than the limit
+    # (N * output positions rows, C_in * taps columns)
+    cols = x.itemsize * shape[0] * np.prod(out.shape[2:]) * shape[1] * np.prod(wshape[2:])
+    assert cols > limit
+    small = np.s_[:1]  # check one batch element against the reference (the reference is slow)
+    np.testing.assert_allclose(out[small], reference_conv(x[small], w, **kw), rtol=1e-4,
+                               atol=1e-4)
+    assert gpuconv.get_cpu_workspace() == 256 * 2**20
+
+
+def test_workspace_setting_validation(monkeypatch):
+    with pytest.raises(ValueError, match="nbytes must be a positive int"):
+        gpuconv.set_cpu_workspace(0)
+    monkeypatch.setenv("GPUCONV_CPU_WORKSPACE", "lots")
+    with pytest.raises(ValueError, match="GPUCONV_CPU_WORKSPACE"):
+        gpuconv.get_cpu_workspace()
+    monkeypatch.setenv("GPUCONV_CPU_WORKSPACE", "1048576")
+    assert gpuconv.get_cpu_workspace() == 2**20
