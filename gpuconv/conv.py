@@ -25,6 +25,14 @@ def _to_host(a):
     return a.get() if _device.is_cupy_array(a) else a
 
 
+def _to_current_gpu(cupy, a):
+    """``a`` on CuPy's current device: NumPy arrays are copied there, and so are CuPy arrays that
+    live on another GPU (a kernel must not dereference another device's memory)."""
+    if _device.is_cupy_array(a) and a.device.id != cupy.cuda.Device().id:
+        return cupy.array(a, copy=True)
+    return cupy.asarray(a)
+
+
 def _conv(fname: str, rank: Optional[int], x, filters, bias, stride, padding, dilation, groups,
           padding_mode, layout, flip, activation, device):
     _check_array(x, "x")
@@ -61,8 +69,8 @@ def _conv(fname: str, rank: Optional[int], x, filters, bias, stride, padding, di
     x_on_gpu = _device.is_cupy_array(x)
     ctx = cupy.cuda.Device(device_id) if device_id is not None else contextlib.nullcontext()
     with ctx:
-        x, w = cupy.asarray(x), cupy.asarray(w)
-        bias = None if bias is None else cupy.asarray(bias)
+        x, w = _to_current_gpu(cupy, x), _to_current_gpu(cupy, w)
+        bias = None if bias is None else _to_current_gpu(cupy, bias)
         out, out_cf = alloc_output(cupy, geom, dtype)
         backend.conv_forward(to_channels_first(cupy, x, geom), w, bias, geom, activation,
                              out_cf)

@@ -110,3 +110,15 @@ def test_cupy_arrays_stay_on_gpu_and_respect_the_stream(gpu):
     np.testing.assert_allclose(cp.asnumpy(out), want, rtol=1e-5, atol=1e-5)
     # device="cpu" brings CuPy inputs to the host
     assert isinstance(gpuconv.conv(x, w, device="cpu"), np.ndarray)
+
+
+def test_package_needs_only_numpy():
+    """Importing gpuconv and convolving on the CPU loads neither CuPy, SciPy nor PyTorch."""
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np, gpuconv; "
+            "gpuconv.conv(np.ones((1, 1, 4)), np.ones((1, 1, 2)), device='cpu'); "
+            "print(sorted(m for m in ('cupy', 'scipy', 'torch') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
