@@ -7,8 +7,10 @@ has ``C_out`` filters, so its weights have shape ``(C_out, C_in // groups, *kern
 """
 from importlib.metadata import PackageNotFoundError, version as _version
 
+from .adjoint import (conv_filter_grad, conv_input_grad, conv_transpose, conv_transpose1d,
+                      conv_transpose2d, conv_transpose3d)
 from .config import cpu_workspace, get_cpu_workspace, set_cpu_workspace
-from .conv import conv, conv1d, conv2d, conv3d
+from .forward import conv, conv1d, conv2d, conv3d
 from .device import DeviceUnavailableError
 from .geometry import ConvGeometry, plan_conv
 from .info import Info, info
@@ -19,7 +21,8 @@ except PackageNotFoundError:  # running from a source checkout without installin
     __version__ = "0.1.0+source"
 
 __all__ = [
-    "conv", "conv1d", "conv2d", "conv3d", "info", "Info", "DeviceUnavailableError",
+    "conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "conv_transpose1d",
+    "conv_transpose2d", "conv_transpose3d", "conv_input_grad", "conv_filter_grad", "info", "Info", "DeviceUnavailableError",
     "ConvGeometry", "plan_conv", "cpu_workspace", "get_cpu_workspace", "set_cpu_workspace",
     "__version__",
 ]

@@ -9,6 +9,7 @@ or single batch elements; the chunk loop only keeps the temporaries under
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -17,7 +18,7 @@ from numpy.lib.stride_tricks import as_strided
 from .config import get_cpu_workspace
 from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
-from .layout import pad_spatial
+from .layout import pad_spatial, unpad_adjoint
 
 
 def _padded(xs, geom: ConvGeometry, dtype):
@@ -63,6 +64,50 @@ def _chunks(geom: ConvGeometry, itemsize: int, padded_copies: int):
     return 1, max(1, min(O[0], (budget - per_image) // per_row))
 
 
+def _weight_matrices(w, geom: ConvGeometry, ct):
+    """Filters as G matrices ``(C_in/groups * taps) x (filters per group)``."""
+    Kp = math.prod(geom.kernel)
+    return np.ascontiguousarray(np.asarray(w, dtype=ct).reshape(
+        geom.groups, geom.C_out_per_group, geom.C_in_per_group * Kp).transpose(0, 2, 1))
+
+
+def _chunk_plan(x_cf, geom: ConvGeometry, ct, padded_copies: int):
+    """Yield ``(n0, n, xpad, r0, rows)`` per chunk: batch elements n0:n0+n (padded and cast:
+    ``xpad``) and first-axis output rows r0:r0+rows[0]. It holds no unrolled buffer, so that a
+    caller's buffer is freed as soon as the caller drops it."""
+    O = geom.out_spatial
+    nb, rb = _chunks(geom, ct.itemsize, padded_copies)
+    for n0 in range(0, geom.N, nb):
+        xpad = _padded(x_cf[n0:n0 + nb], geom, ct)
+        for r0 in range(0, O[0], rb):
+            yield n0, xpad.shape[0], xpad, r0, (min(O[0], r0 + rb) - r0,) + O[1:]
+
+
+def _unroll(xpad, geom: ConvGeometry, r0: int, rows, ct):
+    """``cols[g, (n, *rows), (c, *k)]`` for output rows r0:r0+rows[0] of the padded ``xpad``."""
+    G, Cg, D, K = geom.groups, geom.C_in_per_group, geom.rank, geom.kernel
+    n, s = xpad.shape[0], xpad.strides
+    # windows[g, n, *out, c, *k] = xpad[n, g*Cg + c, out*stride + k*dilation]
+    windows = as_strided(
+        xpad[:, :, r0 * geom.stride[0]:],
+        shape=(G, n) + rows + (Cg,) + K,
+        strides=((Cg * s[1], s[0]) + tuple(s[2 + i] * geom.stride[i] for i in range(D))
+                 + (s[1],) + tuple(s[2 + i] * geom.dilation[i] for i in range(D))),
+        writeable=False)
+    cols = np.empty(windows.shape, dtype=ct)
+    np.copyto(cols, windows)
+    return cols.reshape(G, n * math.prod(rows), Cg * math.prod(K))
+
+
+def _grouped_rows(y_block, geom: ConvGeometry, ct):
+    """A block ``(n, C_out, *rows)`` of conv's output as ``(G, n * prod(rows), C_out/groups)``."""
+    n, rows = y_block.shape[0], y_block.shape[2:]
+    y = y_block.reshape((n, geom.groups, geom.C_out_per_group) + rows)
+    y = np.moveaxis(np.moveaxis(y, 1, 0), 2, -1)  # (G, n, *rows, Cog)
+    return np.asarray(y, dtype=ct).reshape(geom.groups, n * math.prod(rows),
+                                            geom.C_out_per_group)
+
+
 def conv_forward(x_cf, w, bias, geom: ConvGeometry, activation, out_cf) -> None:
     """Fill ``out_cf`` ``(N, C_out, *out_spatial)`` with the convolution of ``x_cf``.
 
@@ -71,37 +116,75 @@ def conv_forward(x_cf, w, bias, geom: ConvGeometry, activation, out_cf) -> None:
     ``bias``: ``(C_out,)`` or None. Sums are carried in the accumulator dtype of ``out_cf``.
     """
     ct = accumulator_dtype(out_cf.dtype)
-    G, Cg, Cog, D = geom.groups, geom.C_in_per_group, geom.C_out_per_group, geom.rank
-    K, O, Kp = geom.kernel, geom.out_spatial, math.prod(geom.kernel)
-    # filters as G matrices of (C_in/groups * taps) x (filters per group)
-    wmat = np.ascontiguousarray(
-        np.asarray(w, dtype=ct).reshape(G, Cog, Cg * Kp).transpose(0, 2, 1))
+    G, Cog = geom.groups, geom.C_out_per_group
+    wmat = _weight_matrices(w, geom, ct)
     b = None if bias is None else np.asarray(bias, dtype=ct).reshape(G, 1, Cog)
     copies = 1 if geom.padding_mode == "zeros" else 2
-    nb, rb = _chunks(geom, ct.itemsize, copies)
+    for n0, n, xpad, r0, rows in _chunk_plan(x_cf, geom, ct, copies):
+        cols = _unroll(xpad, geom, r0, rows, ct)
+        res = np.matmul(cols, wmat)
+        del cols
+        if b is not None:
+            res += b
+        _activate(res, activation)
+        # (G, n, *rows, Cog) -> (n, *rows, G*Cog) -> (n, C_out, *rows)
+        res = np.moveaxis(res.reshape((G, n) + rows + (Cog,)), 0, -2)
+        res = res.reshape((n,) + rows + (geom.C_out,))
+        out_cf[n0:n0 + n, :, r0:r0 + rows[0]] = np.moveaxis(res, -1, 1)
 
+
+def filter_grad(x_cf, g_cf, geom: ConvGeometry, out) -> None:
+    """``out`` ``(C_out, C_in/groups, *kernel_size)`` = the adjoint of ``w -> conv(x, w)``
+    applied to ``g_cf`` ``(N, C_out, *out_spatial)``: sum over the batch and output positions
+    of conj(unrolled x) times g, one matmul per chunk."""
+    ct = accumulator_dtype(out.dtype)
+    dw = np.zeros((geom.groups, geom.C_out_per_group, geom.C_in_per_group
+                   * math.prod(geom.kernel)), dtype=ct)
+    copies = 1 if geom.padding_mode == "zeros" else 2
+    for n0, n, xpad, r0, rows in _chunk_plan(x_cf, geom, ct, copies):
+        cols = _unroll(xpad, geom, r0, rows, ct)
+        gm = _grouped_rows(g_cf[n0:n0 + n, :, r0:r0 + rows[0]], geom, ct)
+        if ct.kind == "c":
+            np.conjugate(cols, out=cols)
+        dw += np.matmul(gm.transpose(0, 2, 1), cols)
+    out[...] = dw.reshape(out.shape)
+
+
+def data_adjoint(g_cf, w, bias, geom: ConvGeometry, conjugate: bool, out_cf) -> None:
+    """``out_cf`` ``(N, C_in, *in_spatial)`` = the transpose of ``x -> conv(x, w)`` (with
+    conjugated filters when ``conjugate``: the Hermitian adjoint) applied to ``g_cf``
+    ``(N, C_out, *out_spatial)``, plus ``bias`` ``(C_in,)`` when given.
+
+    Per chunk, ``cols = g @ w^T`` gives each output position's contribution to each (channel,
+    tap) of its window; each tap's contributions are then added onto the padded input grid with
+    one strided slice (col2im), and the padding is folded back (zeros: cut off).
+    """
+    ct = accumulator_dtype(out_cf.dtype)
+    G, Cg, D, K = geom.groups, geom.C_in_per_group, geom.rank, geom.kernel
+    O, S = geom.out_spatial, geom.stride
+    wmat = _weight_matrices(w, geom, ct)  # (G, Cg*Kp, Cog)
+    wt = np.ascontiguousarray((np.conjugate(wmat) if conjugate else wmat).transpose(0, 2, 1))
+    nb, rb = _chunks(geom, ct.itemsize, 2)
     for n0 in range(0, geom.N, nb):
-        xpad = _padded(x_cf[n0:n0 + nb], geom, ct)
-        n = xpad.shape[0]
-        s = xpad.strides
+        n = min(nb, geom.N - n0)
+        grad = np.zeros((n, geom.C_in) + geom.padded_spatial, dtype=ct)
         for r0 in range(0, O[0], rb):
             rows = (min(O[0], r0 + rb) - r0,) + O[1:]
-            # windows[g, n, *out, c, *k] = xpad[n, g*Cg + c, out*stride + k*dilation]
-            start = xpad[:, :, r0 * geom.stride[0]:]
-            windows = as_strided(
-                start,
-                shape=(G, n) + rows + (Cg,) + K,
-                strides=((Cg * s[1], s[0]) + tuple(s[2 + i] * geom.stride[i] for i in range(D))
-                         + (s[1],) + tuple(s[2 + i] * geom.dilation[i] for i in range(D))),
-                writeable=False)
-            cols = np.empty(windows.shape, dtype=ct)
-            np.copyto(cols, windows)
-            res = np.matmul(cols.reshape(G, n * math.prod(rows), Cg * Kp), wmat)
+            gm = _grouped_rows(g_cf[n0:n0 + n, :, r0:r0 + rows[0]], geom, ct)
+            cols = np.matmul(gm, wt).reshape((G, n) + rows + (Cg,) + K)
+            for tap in itertools.product(*[range(k) for k in K]):
+                first = [t * d for t, d in zip(tap, geom.dilation)]
+                first[0] += r0 * S[0]
+                dst = grad[(slice(None), slice(None)) + tuple(
+                    slice(f, f + (r - 1) * s + 1, s) for f, r, s in zip(first, rows, S))]
+                src = cols[(Ellipsis,) + tap]              # (G, n, *rows, Cg)
+                src = np.moveaxis(src, -1, 1)              # (G, Cg, n, *rows)
+                dst += np.moveaxis(src.reshape((G * Cg, n) + rows), 1, 0)
             del cols
-            if b is not None:
-                res += b
-            _activate(res, activation)
-            # (G, n, *rows, Cog) -> (n, *rows, G*Cog) -> (n, C_out, *rows)
-            res = np.moveaxis(res.reshape((G, n) + rows + (Cog,)), 0, -2)
-            res = res.reshape((n,) + rows + (geom.C_out,))
-            out_cf[n0:n0 + n, :, r0:r0 + rows[0]] = np.moveaxis(res, -1, 1)
+        if bias is None:
+            unpad_adjoint(np, grad, geom, out_cf[n0:n0 + n])
+        else:  # add the bias in the accumulator dtype: one rounding into the output dtype
+            block = np.empty((n, geom.C_in) + geom.in_spatial, dtype=ct)
+            unpad_adjoint(np, grad, geom, block)
+            block += np.asarray(bias, dtype=ct).reshape((1, -1) + (1,) * D)
+            out_cf[n0:n0 + n] = block

@@ -2,6 +2,14 @@
 
 Only imported when a call runs on the GPU. Launches go to CuPy's current stream on the current
 device (the caller's ``with cupy.cuda.Device(i)`` / ``with stream:`` are respected).
+
+Each operation is written once as ``_op(xp, run, ...)``: ``xp`` is the array module and
+``run(file, kernel, dtype, work_items, args)`` launches one kernel over ``work_items`` threads'
+worth of work. The public functions pass CuPy and a CuPy launcher; the test suite passes NumPy
+and a launcher that runs the same kernel source on the host (tests/test_kernel_emulation.py).
+Kernel scalar arguments are NumPy scalars typed as the kernels declare them (``int`` -> int32,
+``long long`` -> int64): CuPy passes a NumPy scalar by its type, so a mismatch would shift every
+later argument.
 """
 from __future__ import annotations
 
@@ -11,8 +19,9 @@ import math
 import numpy as np
 
 from . import kernels
+from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
-from .layout import pad_spatial
+from .layout import pad_spatial, unpad_adjoint
 
 #: When True, outputs are filled with NaN before each launch so that elements a kernel fails to
 #: write show up in tests (costs one extra pass over the output; for testing only).
@@ -28,6 +37,19 @@ def _max_blocks(device_id: int) -> int:
     return sms * 32  # the kernels grid-stride; more blocks than this only adds scheduling
 
 
+def _gpu_run(file: str, name: str, dtype, work_items: int, args) -> None:
+    import cupy
+    device_id = cupy.cuda.Device().id
+    blocks = min(-(-work_items // _THREADS), _max_blocks(device_id))
+    if blocks > 0:
+        kernels.get_function(file, name, dtype, device_id)((blocks,), (_THREADS,), args)
+
+
+def _gpu_threads() -> int:
+    import cupy
+    return _max_blocks(cupy.cuda.Device().id) * _THREADS
+
+
 def _element_strides(a, rank: int):
     """(n, c, d, h, w) strides of a channels-first view in elements, unit spatial dims in front."""
     item = a.itemsize
@@ -37,66 +59,130 @@ def _element_strides(a, rank: int):
     return s[:2] + [0] * (3 - rank) + s[2:]
 
 
-def _aligned(a):
-    """``a`` itself, or a copy when its data pointer is not aligned to a whole element."""
-    import cupy
-    return a if a.data.ptr % a.itemsize == 0 else cupy.ascontiguousarray(a)
+def _aligned(xp, a):
+    """``a``, or a contiguous copy when its data pointer is not aligned to a whole element."""
+    ptr = a.ctypes.data if isinstance(a, np.ndarray) else a.data.ptr
+    return a if ptr % a.itemsize == 0 else xp.ascontiguousarray(a)
 
 
-def prepare(xp, x_cf, w, bias, geom: ConvGeometry, dtype):
-    """Inputs as the kernels take them: (x_cf, filters, bias or None, geometry).
+def _i64(values):
+    return tuple(np.int64(v) for v in values)
 
-    x is cast to ``dtype`` (no copy when it already is) and, for a padding_mode other than zeros,
-    pre-padded (the geometry then has zero padding); zero padding stays in the kernel. Filters
-    are small: one contiguous copy in ``dtype`` (this also makes flip's reversed view contiguous,
-    so one kernel serves correlation and convolution).
-    """
+
+def _shape_params(geom: ConvGeometry):
+    """Spatial sizes and options as the kernels take them: 3-D, unit dims in front."""
+    lead = (1,) * (3 - geom.rank)
+    return (_i64(lead + geom.in_spatial) + _i64(lead + geom.out_spatial)
+            + _i64(lead + geom.kernel) + _i64(lead + geom.stride)
+            + _i64((0,) * (3 - geom.rank) + geom.pad_before) + _i64(lead + geom.dilation))
+
+
+def _prepare_x(xp, x_cf, geom: ConvGeometry, dtype):
+    """x cast to ``dtype`` and, for a padding_mode other than zeros, pre-padded (the returned
+    geometry then has zero padding); zero padding stays in the kernels."""
     x_cf = x_cf.astype(dtype, copy=False)
     if geom.padding_mode != "zeros" and max(geom.pad_before + geom.pad_after) > 0:
         x_cf = pad_spatial(xp, x_cf, geom)
         geom = geom.with_zero_padding()
+    return _aligned(xp, x_cf), geom
+
+
+def _poison(a):
+    if poison_outputs:
+        a.fill(np.nan)
+
+
+def _forward(xp, run, x_cf, w, bias, geom: ConvGeometry, activation, out_cf) -> None:
+    dtype = np.dtype(out_cf.dtype)
+    x_cf, geom = _prepare_x(xp, x_cf, geom, dtype)
+    # Filters are small: one contiguous copy in the output dtype (this also makes flip's
+    # reversed view contiguous, so one kernel serves correlation and convolution).
     w = xp.ascontiguousarray(w, dtype=dtype)
     b = None if bias is None else xp.ascontiguousarray(bias, dtype=dtype)
-    return x_cf, w, b, geom
+    _poison(out_cf)
+    # without a bias the kernel never reads its pointer; pass the filters as a valid one
+    args = ((x_cf, w, w if b is None else b, out_cf)
+            + (np.int32(b is not None), np.int32(geom.layout == "channels_last"))
+            + _i64((geom.N, geom.C_out, geom.groups, geom.C_in_per_group))
+            + _shape_params(geom)
+            + _i64(_element_strides(x_cf, geom.rank)) + _i64(_element_strides(out_cf, geom.rank)))
+    run("conv_direct.cu", kernels.conv_direct_name(dtype, activation), dtype,
+        geom.N * geom.C_out * math.prod(geom.out_spatial), args)
 
 
-def kernel_params(geom: ConvGeometry, x_cf, out_cf, has_bias: bool):
-    """The scalar arguments of ``conv_direct`` after its four pointers, typed as it declares them
-    (``int`` -> int32, ``long long`` -> int64; CuPy passes NumPy scalars by their type)."""
-    lead = (1,) * (3 - geom.rank)
-    i64 = np.int64
-    params = (np.int32(has_bias), np.int32(geom.layout == "channels_last"),
-              i64(geom.N), i64(geom.C_out), i64(geom.groups), i64(geom.C_in_per_group))
-    for values in (lead + geom.in_spatial, lead + geom.out_spatial, lead + geom.kernel,
-                   lead + geom.stride, (0,) * (3 - geom.rank) + geom.pad_before,
-                   lead + geom.dilation, _element_strides(x_cf, geom.rank),
-                   _element_strides(out_cf, geom.rank)):
-        params += tuple(i64(v) for v in values)
-    return params
+def _data_adjoint(xp, run, g_cf, w, bias, geom: ConvGeometry, conjugate: bool, out_cf) -> None:
+    fold = geom.padding_mode != "zeros" and max(geom.pad_before + geom.pad_after) > 0
+    # With a fold the kernel fills the gradient of the padded input and the padding is folded
+    # back after it: both in the accumulator dtype, so float16 is rounded once, at the end.
+    dtype = accumulator_dtype(out_cf.dtype) if fold else np.dtype(out_cf.dtype)
+    g_cf = _aligned(xp, g_cf.astype(dtype, copy=False))
+    w = xp.ascontiguousarray(w, dtype=dtype)
+    b = None if bias is None else xp.ascontiguousarray(bias, dtype=dtype)
+    if fold:
+        if b is not None:
+            raise AssertionError("a bias with a padding mode: no public function asks for it")
+        target = xp.empty((geom.N, geom.C_in) + geom.padded_spatial, dtype=dtype)
+        kgeom = geom.with_zero_padding()
+    else:
+        target, kgeom = out_cf, geom
+    _poison(target)
+    args = ((g_cf, w, w if b is None else b, target)
+            + (np.int32(b is not None), np.int32(geom.layout == "channels_last"))
+            + _i64((kgeom.N, kgeom.C_in, kgeom.groups, kgeom.C_out_per_group))
+            + _shape_params(kgeom)
+            + _i64(_element_strides(g_cf, geom.rank)) + _i64(_element_strides(target, geom.rank)))
+    run("conv_adjoint.cu", kernels.data_adjoint_name(dtype, conjugate), dtype,
+        kgeom.N * kgeom.C_in * math.prod(kgeom.in_spatial), args)
+    if fold:
+        _poison(out_cf)
+        unpad_adjoint(xp, target, geom, out_cf)
 
 
-def grid_size(geom: ConvGeometry, max_blocks: int) -> int:
-    """Blocks of _THREADS for one thread per output element, capped (the kernel grid-strides)."""
-    total = geom.N * geom.C_out * math.prod(geom.out_spatial)
-    return min(-(-total // _THREADS), max_blocks)
+def filter_grad_chunks(geom: ConvGeometry, threads: int):
+    """(R, chunk): the M = N * prod(out_spatial) terms of each filter element in R chunks of
+    ``chunk``, so that about ``threads`` threads have work. Fixed for a given shape and device,
+    which keeps the result bit-identical run after run."""
+    E = geom.C_out * geom.terms_per_output
+    M = geom.N * math.prod(geom.out_spatial)
+    if M == 0:
+        return 1, 0
+    R = max(1, min(M, threads // E))
+    chunk = -(-M // R)
+    return -(-M // chunk), chunk
+
+
+def _filter_grad(xp, run, threads: int, x_cf, g_cf, geom: ConvGeometry, out) -> None:
+    dtype = np.dtype(out.dtype)
+    x_cf, geom = _prepare_x(xp, x_cf, geom, dtype)
+    g_cf = _aligned(xp, g_cf.astype(dtype, copy=False))
+    R, chunk = filter_grad_chunks(geom, threads)
+    E = geom.C_out * geom.terms_per_output
+    partial = xp.empty((R, E), dtype=accumulator_dtype(dtype))
+    _poison(partial)
+    _poison(out)
+    first, second = kernels.filter_grad_names(dtype)
+    args = ((x_cf, g_cf, partial) + _i64((R, chunk))
+            + _i64((geom.N, geom.C_out, geom.groups, geom.C_in_per_group))
+            + _shape_params(geom)
+            + _i64(_element_strides(x_cf, geom.rank)) + _i64(_element_strides(g_cf, geom.rank)))
+    run("conv_adjoint.cu", first, dtype, R * E, args)
+    run("conv_adjoint.cu", second, dtype, E, (partial, out, np.int64(R), np.int64(E)))
 
 
 def conv_forward(x_cf, w, bias, geom: ConvGeometry, activation, out_cf) -> None:
-    """Fill the CuPy array view ``out_cf`` ``(N, C_out, *out_spatial)``; see cpu.conv_forward."""
+    """Fill the CuPy view ``out_cf`` ``(N, C_out, *out_spatial)``; see cpu.conv_forward."""
     import cupy
+    _forward(cupy, _gpu_run, x_cf, w, bias, geom, activation, out_cf)
 
-    dtype = np.dtype(out_cf.dtype)
-    x_cf, w, b, geom = prepare(cupy, x_cf, w, bias, geom, dtype)
-    x_cf = _aligned(x_cf)
-    if poison_outputs:
-        out_cf.fill(np.nan)
-    device_id = cupy.cuda.Device().id
-    blocks = grid_size(geom, _max_blocks(device_id))
-    if blocks == 0:
-        return
-    kernel = kernels.get_function("conv_direct.cu", kernels.conv_direct_name(dtype, activation),
-                                  dtype, device_id)
-    # without a bias the kernel never reads its pointer; pass the filters as a valid one
-    args = (x_cf, w, w if b is None else b, out_cf) + kernel_params(geom, x_cf, out_cf,
-                                                                   b is not None)
-    kernel((blocks,), (_THREADS,), args)
+
+def data_adjoint(g_cf, w, bias, geom: ConvGeometry, conjugate: bool, out_cf) -> None:
+    """Fill the CuPy view ``out_cf`` ``(N, C_in, *in_spatial)``; see cpu.data_adjoint."""
+    import cupy
+    _data_adjoint(cupy, _gpu_run, g_cf, w, bias, geom, conjugate, out_cf)
+
+
+def filter_grad(x_cf, g_cf, geom: ConvGeometry, out) -> None:
+    """Fill the contiguous CuPy array ``out`` ``(C_out, C_in/groups, *k)``; see cpu.filter_grad.
+    Deterministic: two kernels, partial sums over fixed chunks and then their ordered sum."""
+    import cupy
+    _filter_grad(cupy, _gpu_run, _gpu_threads(), x_cf, g_cf, geom, out)

@@ -269,3 +269,117 @@ def plan_conv(x_shape: Tuple[int, ...], filter_shape: Tuple[int, ...],
             f"{tuple(zip(before, after))} has spatial size {padded}")
     return ConvGeometry(D, layout, batched, N, C_in, C_out, groups, tuple(in_spatial), kernel,
                         stride, dilation, before, after, padding_mode, out_spatial)
+
+
+def _check_result_shape(geom: ConvGeometry, got_shape, got_name: str, given_name: str,
+                        given_shape) -> None:
+    if tuple(got_shape) != geom.out_shape():
+        raise ValueError(
+            f"{given_name} {tuple(given_shape)} cannot produce {got_name} of shape "
+            f"{tuple(got_shape)}: with these options conv gives {geom.out_shape()}")
+
+
+def plan_conv_input_grad(grad_out_shape, filter_shape, input_shape, **options) -> ConvGeometry:
+    """Geometry of the conv whose input gradient is asked for: ``input_shape`` is its x.
+
+    ``options`` are plan_conv's keywords; ValueError when conv of ``input_shape`` does not give
+    ``grad_out_shape``.
+    """
+    input_shape = _shape_arg(input_shape, "input_shape")
+    geom = plan_conv(input_shape, tuple(filter_shape), **options)
+    _check_result_shape(geom, grad_out_shape, "grad_out", "input_shape", input_shape)
+    return geom
+
+
+def plan_conv_filter_grad(x_shape, grad_out_shape, filter_shape, **options) -> ConvGeometry:
+    """Geometry of the conv whose filter gradient is asked for (``filter_shape`` its filters)."""
+    filter_shape = _shape_arg(filter_shape, "filter_shape")
+    geom = plan_conv(tuple(x_shape), filter_shape, **options)
+    _check_result_shape(geom, grad_out_shape, "grad_out", f"x of shape {tuple(x_shape)} with "
+                        f"filter_shape", filter_shape)
+    return geom
+
+
+def _shape_arg(shape, name: str) -> Tuple[int, ...]:
+    if not isinstance(shape, (tuple, list)) or not all(_is_int(v) for v in shape):
+        raise TypeError(f"{name} must be a tuple of ints, got {shape!r}")
+    if min(shape, default=0) < 0:
+        raise ValueError(f"{name} must not hold negative sizes, got {tuple(shape)}")
+    return tuple(int(v) for v in shape)
+
+
+def plan_conv_transpose(y_shape, filter_shape, bias_shape=None, *, stride: IntOrTuple = 1,
+                        padding=0, output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
+                        groups: int = 1, layout: str = "channels_first",
+                        rank: Optional[int] = None, fname: str = "conv_transpose"
+                        ) -> ConvGeometry:
+    """Geometry of a transposed convolution, described as the conv it transposes.
+
+    ``y`` (C_out channels, ``out_spatial``) maps back to C_in channels of size
+    ``(in - 1)*stride - before - after + dilation*(k - 1) + output_padding + 1`` per axis
+    (PyTorch's ConvTranspose). The returned geometry is that of the forward conv from the
+    transposed result (``in_spatial``) to ``y`` (``out_spatial``); ``bias_shape`` is ``(C_in,)``.
+    Padding is an int, one int per dim or one (before, after) pair per dim.
+    """
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {_fmt(layout)}")
+    D = len(filter_shape) - 2
+    if rank is not None and D != rank:
+        raise ValueError(
+            f"{fname} needs filters of shape (C_out, C_in/groups, {', '.join('k' * rank)}) "
+            f"({rank + 2} dims), got filters of shape {tuple(filter_shape)}")
+    if D not in (1, 2, 3):
+        raise ValueError(
+            f"filters must have shape (C_out, C_in/groups, *kernel_size) with 1, 2 or 3 kernel "
+            f"dims (3 to 5 dims in all), got filters of shape {tuple(filter_shape)}")
+    if len(y_shape) not in (D + 1, D + 2):
+        where = "(N, C_out, *spatial)" if layout == "channels_first" else "(N, *spatial, C_out)"
+        raise ValueError(f"y must have {D + 2} dims {where} or {D + 1} without the batch axis "
+                         f"to match filters of shape {tuple(filter_shape)}, got y of shape "
+                         f"{tuple(y_shape)}")
+    if isinstance(padding, str):
+        raise ValueError(f"{fname} takes an int, one int per dim or (before, after) pairs as "
+                         f"padding, got {_fmt(padding)}")
+    batched = len(y_shape) == D + 2
+    full = tuple(y_shape) if batched else (1,) + tuple(y_shape)
+    if layout == "channels_first":
+        N, C_y, y_spatial = full[0], full[1], full[2:]
+    else:
+        N, C_y, y_spatial = full[0], full[-1], full[1:-1]
+    C_out, Cg, kernel = filter_shape[0], filter_shape[1], tuple(filter_shape[2:])
+    if not _is_int(groups):
+        raise TypeError(f"groups must be an int, got {_fmt(groups)}")
+    groups = int(groups)
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    if min(kernel) < 1 or C_out < 1 or Cg < 1:
+        raise ValueError(f"filters of shape {tuple(filter_shape)} hold no kernels or empty ones")
+    if C_out % groups:
+        raise ValueError(f"groups={groups} must divide the number of filters C_out={C_out} "
+                         f"(filters of shape {tuple(filter_shape)})")
+    if C_y != C_out:
+        raise ValueError(f"channel mismatch: y of shape {tuple(y_shape)} (layout='{layout}') "
+                         f"has {C_y} channels but filters of shape {tuple(filter_shape)} map "
+                         f"C_out={C_out} channels back to C_in={Cg * groups}")
+    C_in = Cg * groups
+    if bias_shape is not None and tuple(bias_shape) != (C_in,):
+        raise ValueError(f"bias must have shape (C_in,) = ({C_in},) for {fname} with filters of "
+                         f"shape {tuple(filter_shape)}, got bias of shape {tuple(bias_shape)}")
+    stride = normalize_ints(stride, D, "stride", 1)
+    dilation = normalize_ints(dilation, D, "dilation", 1)
+    output_padding = normalize_ints(output_padding, D, "output_padding", 0)
+    for op, s, d in zip(output_padding, stride, dilation):
+        if op >= max(s, d):
+            raise ValueError(f"output_padding must be smaller than max(stride, dilation) in "
+                             f"every dim, got output_padding {output_padding} with stride "
+                             f"{stride} and dilation {dilation}")
+    before, after = resolve_padding(padding, y_spatial, kernel, stride, dilation)
+    in_spatial = tuple((n - 1) * s - b - a + d * (k - 1) + op + 1 for n, s, b, a, d, k, op
+                       in zip(y_spatial, stride, before, after, dilation, kernel,
+                              output_padding))
+    if min(y_spatial) < 1 or min(in_spatial) < 1:
+        raise ValueError(f"{fname} of y of shape {tuple(y_shape)} with padding "
+                         f"{tuple(zip(before, after))} gives an empty result (spatial size "
+                         f"{in_spatial})")
+    return ConvGeometry(D, layout, batched, N, C_in, C_out, groups, in_spatial, kernel, stride,
+                        dilation, before, after, "zeros", tuple(y_spatial))

@@ -91,14 +91,27 @@ def conv_direct_name(dtype, activation: Optional[str]) -> str:
     return f"conv_direct<{CTYPES[np.dtype(dtype)]}, {ACTIVATIONS[activation]}>"
 
 
+def data_adjoint_name(dtype, conjugate: bool) -> str:
+    return f"conv_data_adjoint<{CTYPES[np.dtype(dtype)]}, {'true' if conjugate else 'false'}>"
+
+
+def filter_grad_names(dtype) -> Tuple[str, str]:
+    """(first stage: partial sums, second stage: their ordered sum) for ``dtype``."""
+    ctype = CTYPES[np.dtype(dtype)]
+    return f"conv_filter_grad_partial<{ctype}>", f"sum_partials<{ctype}>"
+
+
 def module_names(filename: str, dtype) -> Tuple[str, ...]:
     """Every template instantiation of ``filename`` that a call in ``dtype`` may need."""
     if filename == "conv_direct.cu":
         return tuple(conv_direct_name(dtype, a) for a in activation_names(dtype))
+    if filename == "conv_adjoint.cu":
+        return (data_adjoint_name(dtype, True), data_adjoint_name(dtype, False)) \
+            + filter_grad_names(dtype)
     raise KeyError(f"unknown kernel file {filename!r}")
 
 
-KERNEL_FILES: Tuple[str, ...] = ("conv_direct.cu",)
+KERNEL_FILES: Tuple[str, ...] = ("conv_direct.cu", "conv_adjoint.cu")
 
 
 def every_module_request() -> List[Tuple[str, Tuple[str, ...], Tuple[str, ...]]]:

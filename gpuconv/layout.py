@@ -21,18 +21,69 @@ def to_channels_first(xp, x, geom: ConvGeometry):
     return x
 
 
-def alloc_output(xp, geom: ConvGeometry, dtype):
-    """(result in the caller's layout, its channels-first view ``(N, C_out, *out_spatial)``)."""
+def _alloc(xp, geom: ConvGeometry, channels: int, spatial, dtype):
     if geom.layout == "channels_first":
-        out = xp.empty((geom.N, geom.C_out) + geom.out_spatial, dtype=dtype)
+        out = xp.empty((geom.N, channels) + tuple(spatial), dtype=dtype)
         view = out
     else:
-        out = xp.empty((geom.N,) + geom.out_spatial + (geom.C_out,), dtype=dtype)
+        out = xp.empty((geom.N,) + tuple(spatial) + (channels,), dtype=dtype)
         view = xp.moveaxis(out, -1, 1)
     return (out if geom.batched else out[0]), view
+
+
+def alloc_output(xp, geom: ConvGeometry, dtype):
+    """(conv's result in the caller's layout, its channels-first view (N, C_out, *out_spatial))."""
+    return _alloc(xp, geom, geom.C_out, geom.out_spatial, dtype)
+
+
+def alloc_input(xp, geom: ConvGeometry, dtype):
+    """(an array shaped like conv's x in the caller's layout, its view (N, C_in, *in_spatial)):
+    where the input gradient and the transposed convolution go."""
+    return _alloc(xp, geom, geom.C_in, geom.in_spatial, dtype)
 
 
 def pad_spatial(xp, x_cf, geom: ConvGeometry):
     """A padded copy of the channels-first ``x_cf`` by ``geom``'s padding and padding_mode."""
     widths = [(0, 0), (0, 0)] + list(zip(geom.pad_before, geom.pad_after))
     return xp.pad(x_cf, widths, mode=PAD_MODES[geom.padding_mode])
+
+
+def unpad_adjoint(xp, grad_padded, geom: ConvGeometry, out):
+    """The adjoint of :func:`pad_spatial`: fold a gradient over the padded input back onto x.
+
+    ``grad_padded`` is ``(N, C, *padded_spatial)``; ``out`` (``(N, C, *in_spatial)``) receives
+    the interior plus every padded element added onto the sample it was copied from. Within one
+    border every source index is distinct (reflect and circular padding never exceed the input,
+    replicate copies one edge sample, which is summed first), so plain indexed adds are exact and
+    deterministic.
+    """
+    g = grad_padded
+    for ax in range(geom.rank):
+        axis = 2 + ax
+        n, b, a = geom.in_spatial[ax], geom.pad_before[ax], geom.pad_after[ax]
+        take = lambda sl: g[(slice(None),) * axis + (sl,)]  # noqa: E731
+        inner = take(slice(b, b + n)).copy()
+        if geom.padding_mode == "zeros":
+            g = inner
+            continue
+        at = lambda idx: (slice(None),) * axis + (idx,)  # noqa: E731
+        if geom.padding_mode == "replicate":
+            if b:
+                inner[at(slice(0, 1))] += take(slice(0, b)).sum(axis=axis, keepdims=True)
+            if a:
+                inner[at(slice(n - 1, n))] += take(slice(b + n, b + n + a)).sum(
+                    axis=axis, keepdims=True)
+        else:
+            # source of padded position p (p < b before, p >= b + n after), as PyTorch pads
+            if geom.padding_mode == "reflect":
+                src_before = [b - p for p in range(b)]
+                src_after = [n - 2 - j for j in range(a)]
+            else:  # circular
+                src_before = [(p - b) % n for p in range(b)]
+                src_after = [j % n for j in range(a)]
+            if b:
+                inner[at(xp.asarray(src_before))] += take(slice(0, b))
+            if a:
+                inner[at(xp.asarray(src_after))] += take(slice(b + n, b + n + a))
+        g = inner
+    out[...] = g

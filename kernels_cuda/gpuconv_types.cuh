@@ -35,6 +35,14 @@ __device__ __forceinline__ gc_complex<R> operator*(gc_complex<R> a, gc_complex<R
     return {a.re * b.re - a.im * b.im, a.re * b.im + a.im * b.re};
 }
 
+// Complex conjugate (identity for real numbers): the adjoints are Hermitian.
+__device__ __forceinline__ float gc_conj(float v) { return v; }
+__device__ __forceinline__ double gc_conj(double v) { return v; }
+template <typename R>
+__device__ __forceinline__ gc_complex<R> gc_conj(gc_complex<R> v) {
+    return {v.re, -v.im};
+}
+
 // acc += a * b in the accumulator type.
 __device__ __forceinline__ float gc_madd(float acc, float a, float b) { return fmaf(a, b, acc); }
 __device__ __forceinline__ double gc_madd(double acc, double a, double b) { return fma(a, b, acc); }

@@ -146,3 +146,129 @@ def error_bound(x, filters, bias, out_dtype, activation, **options):
     bound = (activation_lipschitz(activation) * gamma * mag
              + (u_out + own) * np.abs(exact) + np.finfo(real).smallest_subnormal)
     return exact, bound
+
+
+# ---- adjoints and the transpose, written as literally as the forward reference ----
+
+def _prepare(x, D, layout):
+    x = np.asarray(x)
+    batched = x.ndim == D + 2
+    if not batched:
+        x = x[None]
+    if layout == "channels_last":
+        x = np.moveaxis(x, -1, 1)
+    return x, batched
+
+
+def _finish(y, batched, layout):
+    if layout == "channels_last":
+        y = np.moveaxis(y, 1, -1)
+    return y if batched else y[0]
+
+
+def _taps_and_sources(S, K, O, stride, dilation, pads, mode, t):
+    """Per axis: the source index into x of output position p at tap t, and whether it is real."""
+    idx, ok = [], []
+    for ax in range(len(S)):
+        i = np.arange(O[ax]) * stride[ax] + t[ax] * dilation[ax] - pads[ax][0]
+        j, valid = _source_index(i, S[ax], mode)
+        idx.append(j)
+        ok.append(valid)
+    mask = np.ones(O, bool)
+    for ax in range(len(S)):
+        shape = [1] * len(S)
+        shape[ax] = O[ax]
+        mask = mask & ok[ax].reshape(shape)
+    return np.ix_(*idx), mask
+
+
+def _geometry(x_shape_cf, w_shape, stride, padding, dilation):
+    D = len(w_shape) - 2
+    S, K = x_shape_cf[2:], w_shape[2:]
+    stride, dilation = _tuple(stride, D), _tuple(dilation, D)
+    pads = reference_pads(padding, S, K, stride, dilation)
+    O = [(n + b + a - d * (k - 1) - 1) // s + 1
+         for n, (b, a), k, s, d in zip(S, pads, K, stride, dilation)]
+    return S, K, stride, dilation, pads, O
+
+
+def reference_input_grad(g, filters, input_shape, *, stride=1, padding=0, dilation=1, groups=1,
+                         padding_mode="zeros", layout="channels_first", flip=False):
+    """dx[n, ci, src(p, t)] += conj(w[o, c, t]) * g[n, o, p], for every (o, c, t, p): the
+    scatter that defines the Hermitian adjoint; padded samples land on the sample they copy."""
+    w = np.asarray(filters).astype(np.complex128)
+    D = w.ndim - 2
+    g, batched = _prepare(g, D, layout)
+    g = g.astype(np.complex128)
+    shape = tuple(input_shape) if len(input_shape) == D + 2 else (1,) + tuple(input_shape)
+    if layout == "channels_last":
+        shape = (shape[0], shape[-1]) + shape[1:-1]
+    S, K, stride, dilation, pads, O = _geometry(shape, w.shape, stride, padding, dilation)
+    C_out, Cg = w.shape[:2]
+    dx = np.zeros(shape, np.complex128)
+    for o in range(C_out):
+        grp = o // (C_out // groups)
+        for c in range(Cg):
+            for t in itertools.product(*[range(k) for k in K]):
+                tap = tuple(k - 1 - ti for k, ti in zip(K, t)) if flip else t
+                grid, mask = _taps_and_sources(S, K, O, stride, dilation, pads, padding_mode, t)
+                contrib = np.conj(w[(o, c) + tap]) * g[:, o] * mask
+                np.add.at(dx, (slice(None), grp * Cg + c) + grid, contrib)
+    return _finish(dx, batched, layout)
+
+
+def reference_filter_grad(x, g, filter_shape, *, stride=1, padding=0, dilation=1, groups=1,
+                          padding_mode="zeros", layout="channels_first", flip=False):
+    """dw[o, c, t] = sum over n and output positions p of conj(xpad[n, ci, p*s + t*d]) g[n, o, p]."""
+    D = len(filter_shape) - 2
+    x, _ = _prepare(x, D, layout)
+    g, _ = _prepare(g, D, layout)
+    x, g = x.astype(np.complex128), g.astype(np.complex128)
+    S, K, stride, dilation, pads, O = _geometry(x.shape, filter_shape, stride, padding, dilation)
+    C_out, Cg = filter_shape[:2]
+    dw = np.zeros(filter_shape, np.complex128)
+    for o in range(C_out):
+        grp = o // (C_out // groups)
+        for c in range(Cg):
+            for t in itertools.product(*[range(k) for k in K]):
+                grid, mask = _taps_and_sources(S, K, O, stride, dilation, pads, padding_mode, t)
+                vals = x[:, grp * Cg + c][(slice(None),) + grid] * mask
+                tap = tuple(k - 1 - ti for k, ti in zip(K, t)) if flip else t
+                dw[(o, c) + tap] = np.sum(np.conj(vals) * g[:, o])
+    return dw
+
+
+def reference_conv_transpose(y, filters, bias=None, *, stride=1, padding=0, output_padding=0,
+                             dilation=1, groups=1, layout="channels_first", flip=False):
+    """out[n, ci, o*s + t*d - before] += y[n, co, o] * w[co, c, t] (no conjugation), on a grid
+    of (in-1)*s - before - after + d*(k-1) + output_padding + 1 per axis, plus bias[ci]."""
+    w = np.asarray(filters).astype(np.complex128)
+    D = w.ndim - 2
+    y, batched = _prepare(y, D, layout)
+    y = y.astype(np.complex128)
+    I = y.shape[2:]
+    K = w.shape[2:]
+    stride, dilation = _tuple(stride, D), _tuple(dilation, D)
+    opad = _tuple(output_padding, D)
+    pads = reference_pads(padding, I, K, stride, dilation)
+    L = [(n - 1) * s - b - a + d * (k - 1) + op + 1
+         for n, s, (b, a), d, k, op in zip(I, stride, pads, dilation, K, opad)]
+    C_out, Cg = w.shape[:2]
+    out = np.zeros((y.shape[0], Cg * groups) + tuple(L), np.complex128)
+    for co in range(C_out):
+        grp = co // (C_out // groups)
+        for c in range(Cg):
+            for t in itertools.product(*[range(k) for k in K]):
+                tap = tuple(k - 1 - ti for k, ti in zip(K, t)) if flip else t
+                dest, keep = [], []
+                for ax in range(D):
+                    p = np.arange(I[ax]) * stride[ax] + t[ax] * dilation[ax] - pads[ax][0]
+                    keep.append((p >= 0) & (p < L[ax]))
+                    dest.append(p)
+                sel = np.ix_(*[np.nonzero(k)[0] for k in keep])
+                where = np.ix_(*[d[k] for d, k in zip(dest, keep)])
+                out[(slice(None), grp * Cg + c) + where] += \
+                    w[(co, c) + tap] * y[:, co][(slice(None),) + sel]
+    if bias is not None:
+        out += np.asarray(bias).reshape((1, -1) + (1,) * D)
+    return _finish(out, batched, layout)

@@ -12,60 +12,63 @@ from __future__ import annotations
 import ctypes
 import shutil
 import subprocess
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import gpuconv
+import gpuconv.adjoint
+import gpuconv.forward
 from gpuconv import cuda, kernels
-from gpuconv.dtypes import result_dtype
-from gpuconv.geometry import plan_conv
-from gpuconv.layout import alloc_output, to_channels_first
 from cases import grid_cases
+from test_adjoint import (TRANSPOSE_CASES, _grad_out, _options, check_filter_grad,
+                          check_input_grad, check_transpose, transpose_call)
 from test_grid import _check
 
 HERE = Path(__file__).resolve().parent / "host_emulation"
 
 
 class Emulator:
+    """Compiles one kernel instantiation at a time as host C++ and launches it serially."""
+
     def __init__(self, workdir: Path):
         self.workdir = workdir
-        self.source = workdir / "conv_direct_expanded.cu"
-        self.source.write_text(kernels.kernel_source("conv_direct.cu"))
         self.libs = {}
 
-    def library(self, name_expression: str):
-        if name_expression not in self.libs:
+    def library(self, filename: str, name_expression: str):
+        key = (filename, name_expression)
+        if key not in self.libs:
+            source = self.workdir / f"{filename}.expanded"
+            if not source.exists():
+                source.write_text(kernels.kernel_source(filename))
             out = self.workdir / f"emu{len(self.libs)}.so"
             build = subprocess.run(
                 ["g++", "-O1", "-shared", "-fPIC", "-std=c++17", f"-I{HERE}",
-                 f'-DGC_SOURCE="{self.source}"', f"-DGC_KERNEL={name_expression}",
+                 f'-DGC_SOURCE="{source}"', f"-DGC_KERNEL={name_expression}",
                  str(HERE / "launch.cpp"), "-o", str(out)], capture_output=True, text=True)
             assert build.returncode == 0, build.stderr
             lib = ctypes.CDLL(str(out))
             lib.gc_emulate.restype = ctypes.c_int
-            self.libs[name_expression] = lib
-        return self.libs[name_expression]
+            self.libs[key] = lib
+        return self.libs[key]
 
-    def conv(self, x, filters, bias, *, activation=None, flip=False, **options):
-        """gpuconv.cuda's preparation and arguments, with the launch done by the emulator."""
-        geom = plan_conv(x.shape, filters.shape, None if bias is None else bias.shape, **options)
-        dtype = result_dtype(x.dtype, filters.dtype, None if bias is None else bias.dtype)
-        w = filters[(Ellipsis,) + (slice(None, None, -1),) * geom.rank] if flip else filters
-        out, out_cf = alloc_output(np, geom, dtype)
-        out_cf.fill(np.nan)  # poison: unwritten elements fail the check
-        x_cf, w, b, geom = cuda.prepare(np, to_channels_first(np, x, geom), w, bias, geom, dtype)
-        params = cuda.kernel_params(geom, x_cf, out_cf, b is not None)
-        arrays = (x_cf, w, w if b is None else b, out_cf)
-        pointers = (ctypes.c_void_p * 4)(*[a.ctypes.data for a in arrays])
-        values = (ctypes.c_longlong * len(params))(*[int(p) for p in params])
-        sizes = (ctypes.c_int * len(params))(*[p.itemsize for p in params])
-        # a small grid, so that the grid-stride loop runs several rounds
-        blocks = cuda.grid_size(geom, max_blocks=3)
-        lib = self.library(kernels.conv_direct_name(dtype, activation))
-        status = lib.gc_emulate(pointers, 4, values, sizes, len(params), blocks, 64)
-        assert status == 0, f"arguments do not fit the kernel signature (code {status})"
-        return out
+    def run(self, filename, name, dtype, work_items, args):
+        """gpuconv.cuda's launcher interface, on the host: 64 threads a block, at most 3 blocks,
+        so that the grid-stride loops run several rounds."""
+        blocks = min(-(-work_items // 64), 3)
+        if blocks == 0:
+            return
+        arrays = [a for a in args if isinstance(a, np.ndarray) and a.ndim > 0]
+        scalars = args[len(arrays):]
+        assert all(isinstance(a, np.generic) for a in scalars), "arrays must come first"
+        pointers = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
+        values = (ctypes.c_longlong * len(scalars))(*[int(v) for v in scalars])
+        sizes = (ctypes.c_int * len(scalars))(*[v.itemsize for v in scalars])
+        status = self.library(filename, name).gc_emulate(pointers, len(arrays), values, sizes,
+                                                         len(scalars), blocks, 64)
+        assert status == 0, f"{name}: arguments do not fit the kernel signature (code {status})"
 
 
 @pytest.fixture(scope="module")
@@ -75,21 +78,60 @@ def emulator(tmp_path_factory):
     return Emulator(tmp_path_factory.mktemp("emulation"))
 
 
-@pytest.mark.parametrize("case", grid_cases(), ids=lambda c: c.name)
-def test_kernel_source_against_reference(case, emulator):
+@pytest.fixture
+def emulated_gpu(emulator, monkeypatch):
+    """Every public function runs its GPU code path (gpuconv.cuda) on NumPy arrays, with the
+    CUDA kernels run on the host; outputs are poisoned with NaN before each launch."""
+    backend = types.SimpleNamespace(
+        conv_forward=lambda *a: cuda._forward(np, emulator.run, *a),
+        data_adjoint=lambda *a: cuda._data_adjoint(np, emulator.run, *a),
+        # few threads: many chunks per filter element, so the two-stage sum is exercised
+        filter_grad=lambda *a: cuda._filter_grad(np, emulator.run, 3 * 64, *a),
+    )
+
+    def run(device, primary, arrays, compute):
+        return compute(np, backend, *arrays)
+
+    monkeypatch.setattr(gpuconv.forward, "run", run)
+    monkeypatch.setattr(gpuconv.adjoint, "run", run)
+    monkeypatch.setattr(cuda, "poison_outputs", True)
+    return emulator
+
+
+CASES = grid_cases()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_forward_kernel(case, emulated_gpu):
     x0 = case.x.copy()
-    got = emulator.conv(case.x, case.filters, case.bias, **case.options)
+    got = gpuconv.conv(case.x, case.filters, case.bias, **case.options)
     _check(case, got, "emulated kernel")
     np.testing.assert_array_equal(case.x, x0)
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_adjoint_kernels(case, emulated_gpu):
+    rng = np.random.default_rng(abs(hash(case.name)) % 2**32)
+    g = _grad_out(case, rng)
+    opts = _options(case)
+    check_input_grad(case, g, gpuconv.conv_input_grad(g, case.filters, case.x.shape, **opts))
+    check_filter_grad(case, g, gpuconv.conv_filter_grad(case.x, g, case.filters.shape, **opts))
+
+
+@pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=lambda c: c.name)
+def test_transpose_kernel(case, emulated_gpu):
+    y, b, opts = transpose_call(case)
+    check_transpose(case, y, b, opts, gpuconv.conv_transpose(y, case.filters, b, **opts))
+
+
 def test_argument_size_mismatch_is_detected(emulator):
     """The signature check can fail: hand it an int64 where the kernel declares an int."""
-    lib = emulator.library(kernels.conv_direct_name(np.float32, None))
-    x, out = np.zeros((1, 1, 4), np.float32), np.zeros((1, 1, 3), np.float32)
-    n = len(cuda.kernel_params(plan_conv(x.shape, (1, 1, 2)), x, out, False))
+    lib = emulator.library("conv_direct.cu", kernels.conv_direct_name(np.float32, None))
+    n = 34  # scalars of conv_direct after its 4 pointers
     pointers = (ctypes.c_void_p * 4)(0, 0, 0, 0)
     values = (ctypes.c_longlong * n)(*([0] * n))
     sizes = (ctypes.c_int * n)(*([8] * n))
     assert lib.gc_emulate(pointers, 4, values, sizes, n, 0, 1) == -100
     assert lib.gc_emulate(pointers, 4, values, sizes, n - 1, 0, 1) == -1
+    sizes = (ctypes.c_int * n)(*([4, 4] + [8] * (n - 2)))
+    assert lib.gc_emulate(pointers, 4, values, sizes, n, 0, 1) == 0

@@ -46,3 +46,26 @@ def test_workspace_setting_validation(monkeypatch):
         gpuconv.get_cpu_workspace()
     monkeypatch.setenv("GPUCONV_CPU_WORKSPACE", "1048576")
     assert gpuconv.get_cpu_workspace() == 2**20
+
+
+@pytest.mark.parametrize("which", ["input_grad", "filter_grad", "transpose"])
+def test_adjoints_stay_under_the_workspace(which):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 8, 40, 40)).astype(np.float32)
+    w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    g = rng.standard_normal((4, 16, 40, 40)).astype(np.float32)
+    limit = 2**20
+    calls = {
+        "input_grad": lambda: gpuconv.conv_input_grad(g, w, x.shape, padding=1, device="cpu"),
+        "filter_grad": lambda: gpuconv.conv_filter_grad(x, g, w.shape, padding=1, device="cpu"),
+        "transpose": lambda: gpuconv.conv_transpose(g, w, np.ones(8, np.float32), padding=1,
+                                                    device="cpu"),
+    }
+    with gpuconv.cpu_workspace(limit):
+        tracemalloc.start()
+        out = calls[which]()
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    unrolled = x.itemsize * 4 * 40 * 40 * 8 * 9
+    assert unrolled > limit
+    assert peak - out.nbytes <= limit + 64 * 2**10, (peak - out.nbytes, limit)

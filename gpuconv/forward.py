@@ -1,46 +1,22 @@
 """The public convolution functions: validate once, then hand the call to one backend."""
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
-import numpy as np
-
-from . import device as _device
-from .dtypes import check_dtype, result_dtype
+from .dispatch import check_array, check_flip, flipped, run
+from .dtypes import result_dtype
 from .geometry import IntOrTuple, PaddingArg, plan_conv
 from .kernels import ACTIVATIONS
 from .layout import alloc_output, to_channels_first
 
 
-def _check_array(a, name: str) -> None:
-    if isinstance(a, np.ndarray) or _device.is_cupy_array(a):
-        check_dtype(a, name)
-        return
-    raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(a).__module__}."
-                    f"{type(a).__qualname__}")
-
-
-def _to_host(a):
-    return a.get() if _device.is_cupy_array(a) else a
-
-
-def _to_current_gpu(cupy, a):
-    """``a`` on CuPy's current device: NumPy arrays are copied there, and so are CuPy arrays that
-    live on another GPU (a kernel must not dereference another device's memory)."""
-    if _device.is_cupy_array(a) and a.device.id != cupy.cuda.Device().id:
-        return cupy.array(a, copy=True)
-    return cupy.asarray(a)
-
-
 def _conv(fname: str, rank: Optional[int], x, filters, bias, stride, padding, dilation, groups,
           padding_mode, layout, flip, activation, device):
-    _check_array(x, "x")
-    _check_array(filters, "filters")
+    check_array(x, "x")
+    check_array(filters, "filters")
     if bias is not None:
-        _check_array(bias, "bias")
-    if not isinstance(flip, (bool, np.bool_)):
-        raise TypeError(f"flip must be True or False, got {flip!r}")
+        check_array(bias, "bias")
+    check_flip(flip)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
     geom = plan_conv(tuple(x.shape), tuple(filters.shape),
@@ -51,30 +27,15 @@ def _conv(fname: str, rank: Optional[int], x, filters, bias, stride, padding, di
     if activation is not None and dtype.kind == "c":
         raise ValueError(f"activation={activation!r} is not defined for complex values "
                          f"(dtype {dtype.name}); apply it to the real or imaginary part yourself")
-    kind, device_id = _device.resolve(device, x, filters, bias)
 
-    w = filters
-    if flip:  # true convolution is correlation with every kernel reversed along each axis
-        w = filters[(Ellipsis,) + (slice(None, None, -1),) * geom.rank]
-
-    if kind == "cpu":
-        from . import cpu as backend
-        x, w, bias = _to_host(x), _to_host(w), None if bias is None else _to_host(bias)
-        out, out_cf = alloc_output(np, geom, dtype)
-        backend.conv_forward(to_channels_first(np, x, geom), w, bias, geom, activation, out_cf)
+    def compute(xp, backend, x, w, b):
+        out, out_cf = alloc_output(xp, geom, dtype)
+        # true convolution is correlation with every kernel reversed along each axis
+        backend.conv_forward(to_channels_first(xp, x, geom), flipped(w, geom.rank) if flip else w,
+                             b, geom, activation, out_cf)
         return out
 
-    import cupy
-    from . import cuda as backend
-    x_on_gpu = _device.is_cupy_array(x)
-    ctx = cupy.cuda.Device(device_id) if device_id is not None else contextlib.nullcontext()
-    with ctx:
-        x, w = _to_current_gpu(cupy, x), _to_current_gpu(cupy, w)
-        bias = None if bias is None else _to_current_gpu(cupy, bias)
-        out, out_cf = alloc_output(cupy, geom, dtype)
-        backend.conv_forward(to_channels_first(cupy, x, geom), w, bias, geom, activation,
-                             out_cf)
-        return out if x_on_gpu else out.get()
+    return run(device, x, (x, filters, bias), compute)
 
 
 _DOC = """{summary}

@@ -1,0 +1,146 @@
+"""Transposed convolution and the exact adjoints of ``conv`` (its gradients)."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from .dispatch import check_array, check_flip, flipped, run
+from .dtypes import result_dtype
+from .geometry import (IntOrTuple, PaddingArg, plan_conv_filter_grad, plan_conv_input_grad,
+                       plan_conv_transpose)
+from .layout import alloc_input, to_channels_first
+
+
+def _conv_transpose(fname, rank, y, filters, bias, stride, padding, output_padding, dilation,
+                    groups, layout, flip, device):
+    check_array(y, "y")
+    check_array(filters, "filters")
+    if bias is not None:
+        check_array(bias, "bias")
+    check_flip(flip)
+    geom = plan_conv_transpose(tuple(y.shape), tuple(filters.shape),
+                               None if bias is None else tuple(bias.shape), stride=stride,
+                               padding=padding, output_padding=output_padding, dilation=dilation,
+                               groups=groups, layout=layout, rank=rank, fname=fname)
+    dtype = result_dtype(y.dtype, filters.dtype, None if bias is None else bias.dtype)
+
+    def compute(xp, backend, y, w, b):
+        out, out_cf = alloc_input(xp, geom, dtype)
+        backend.data_adjoint(to_channels_first(xp, y, geom), flipped(w, geom.rank) if flip else w,
+                             b, geom, False, out_cf)
+        return out
+
+    return run(device, y, (y, filters, bias), compute)
+
+
+def conv_transpose(y, filters, bias=None, *, stride: IntOrTuple = 1, padding=0,
+                   output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1,
+                   layout: str = "channels_first", flip: bool = False, device: str = "auto"):
+    """Transposed convolution (PyTorch's ``conv_transpose{1,2,3}d``, same weight layout).
+
+    Shapes (D = filters.ndim - 2):
+      y:       (N, C_out, *spatial) or (N, *spatial, C_out) for layout="channels_last";
+               without N the result has none either.
+      filters: (C_out, C_in // groups, *kernel_size) -- the same array ``conv`` takes for the
+               convolution this transposes: each of y's C_out channels is spread back through
+               its filter's C_in // groups kernels onto the C_in result channels.
+      bias:    (C_in,) or None.
+      result:  (N, C_in, *out) with out = (in - 1)*stride - before - after
+               + dilation*(k - 1) + output_padding + 1 per axis.
+
+    ``padding``: int, one int per dim, or one (before, after) pair per dim (the padding of the
+    forward conv). ``output_padding`` (< max(stride, dilation)) adds rows at the end, resolving
+    which input size a strided conv came from. ``flip=True`` transposes true convolution.
+    Complex filters are not conjugated (a transpose, as in PyTorch); for the Hermitian adjoint
+    use :func:`conv_input_grad`. Other options and devices are as for :func:`gpuconv.conv`.
+    """
+    return _conv_transpose("conv_transpose", None, y, filters, bias, stride, padding,
+                           output_padding, dilation, groups, layout, flip, device)
+
+
+def conv_transpose1d(y, filters, bias=None, *, stride: IntOrTuple = 1, padding=0,
+                     output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1,
+                     layout: str = "channels_first", flip: bool = False, device: str = "auto"):
+    """1-D :func:`conv_transpose` (filters must have 1-D kernels)."""
+    return _conv_transpose("conv_transpose1d", 1, y, filters, bias, stride, padding,
+                           output_padding, dilation, groups, layout, flip, device)
+
+
+def conv_transpose2d(y, filters, bias=None, *, stride: IntOrTuple = 1, padding=0,
+                     output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1,
+                     layout: str = "channels_first", flip: bool = False, device: str = "auto"):
+    """2-D :func:`conv_transpose` (filters must have 2-D kernels)."""
+    return _conv_transpose("conv_transpose2d", 2, y, filters, bias, stride, padding,
+                           output_padding, dilation, groups, layout, flip, device)
+
+
+def conv_transpose3d(y, filters, bias=None, *, stride: IntOrTuple = 1, padding=0,
+                     output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1,
+                     layout: str = "channels_first", flip: bool = False, device: str = "auto"):
+    """3-D :func:`conv_transpose` (filters must have 3-D kernels)."""
+    return _conv_transpose("conv_transpose3d", 3, y, filters, bias, stride, padding,
+                           output_padding, dilation, groups, layout, flip, device)
+
+
+def conv_input_grad(grad_out, filters, input_shape: Sequence[int], *, stride: IntOrTuple = 1,
+                    padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1,
+                    padding_mode: str = "zeros", layout: str = "channels_first",
+                    flip: bool = False, device: str = "auto"):
+    """The exact adjoint of ``x -> conv(x, filters, ...)``: the gradient with respect to x.
+
+    ``grad_out`` has the shape of ``conv``'s result, ``filters`` is
+    ``(C_out, C_in // groups, *kernel_size)``, and ``input_shape`` is the shape of x (it fixes
+    sizes that strides leave ambiguous). The result has ``input_shape``. For complex dtypes it
+    is the Hermitian adjoint: ``vdot(conv(x, w), g) == vdot(x, conv_input_grad(g, w, x.shape))``.
+    Every option of ``conv`` is accepted (padding strings, padding modes -- whose padded borders
+    are folded back onto the samples they copy --, stride, dilation, groups, flip, layout); no
+    bias or activation (differentiate those separately). Deterministic on both devices.
+    """
+    check_array(grad_out, "grad_out")
+    check_array(filters, "filters")
+    check_flip(flip)
+    geom = plan_conv_input_grad(tuple(grad_out.shape), tuple(filters.shape), input_shape,
+                                stride=stride, padding=padding, dilation=dilation, groups=groups,
+                                padding_mode=padding_mode, layout=layout,
+                                fname="conv_input_grad")
+    dtype = result_dtype(grad_out.dtype, filters.dtype)
+
+    def compute(xp, backend, g, w):
+        out, out_cf = alloc_input(xp, geom, dtype)
+        backend.data_adjoint(to_channels_first(xp, g, geom), flipped(w, geom.rank) if flip else w,
+                             None, geom, True, out_cf)
+        return out
+
+    return run(device, grad_out, (grad_out, filters), compute)
+
+
+def conv_filter_grad(x, grad_out, filter_shape: Sequence[int], *, stride: IntOrTuple = 1,
+                     padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1,
+                     padding_mode: str = "zeros", layout: str = "channels_first",
+                     flip: bool = False, device: str = "auto"):
+    """The exact adjoint of ``filters -> conv(x, filters, ...)``: the gradient w.r.t. filters.
+
+    ``x`` is conv's input, ``grad_out`` has the shape of conv's result, and the result has
+    ``filter_shape`` = ``(C_out, C_in // groups, *kernel_size)``: for each filter, one gradient
+    kernel per input channel of its group, summed over the batch and every output position. For
+    complex dtypes it is the Hermitian adjoint:
+    ``vdot(conv(x, w), g) == vdot(w, conv_filter_grad(x, g, w.shape))``. Every option of
+    ``conv`` is accepted. Deterministic on both devices: on the GPU a two-stage reduction in a
+    fixed order (no atomics), so repeated calls give bit-identical results.
+    """
+    check_array(x, "x")
+    check_array(grad_out, "grad_out")
+    check_flip(flip)
+    geom = plan_conv_filter_grad(tuple(x.shape), tuple(grad_out.shape), filter_shape,
+                                 stride=stride, padding=padding, dilation=dilation,
+                                 groups=groups, padding_mode=padding_mode, layout=layout,
+                                 fname="conv_filter_grad")
+    dtype = result_dtype(x.dtype, grad_out.dtype)
+
+    def compute(xp, backend, x, g):
+        out = xp.empty(tuple(filter_shape), dtype=dtype)
+        backend.filter_grad(to_channels_first(xp, x, geom), to_channels_first(xp, g, geom),
+                            geom, out)
+        # the gradient for flipped filters, flipped back
+        return xp.ascontiguousarray(flipped(out, geom.rank)) if flip else out
+
+    return run(device, x, (x, grad_out), compute)
