@@ -103,12 +103,15 @@ def _random_array(rng: np.random.Generator, shape, dtype) -> np.ndarray:
     return a.astype(dtype)
 
 
-def build_case(assign: Dict[str, Any], seed: int) -> Case:
-    """Concrete shapes and arrays for one assignment of the options."""
+def build_case(assign: Dict[str, Any], seed: int, kernel=None) -> Case:
+    """Concrete shapes and arrays for one assignment of the options (``kernel`` forces the
+    kernel size)."""
     rng = np.random.default_rng(seed)
     D = assign["rank"]
     small = D == 3
     K = tuple(int(k) for k in rng.integers(1, 4, size=D))
+    if kernel is not None:
+        K = (kernel,) * D
     dil = {"1": (1,) * D, "2": (2,) * D,
            "mixed": tuple(int(v) for v in rng.integers(1, 3, size=D))}[assign["dilation"]]
     stride = {"1": (1,) * D, "2": (2,) * D,
@@ -155,3 +158,19 @@ def build_case(assign: Dict[str, Any], seed: int) -> Case:
 def grid_cases() -> List[Case]:
     assigns = pairwise_cases() + random_cases(120, seed=7)
     return [build_case(a, seed=1000 + i) for i, a in enumerate(assigns)]
+
+
+def fast_path_cases() -> List[Case]:
+    """Cases aimed at the CPU's special paths: 1x1 kernels without padding (pointwise) and one
+    kernel per filter (depthwise, with multipliers), across dtypes, strides, layouts, epilogues."""
+    out = []
+    for i, a in enumerate(random_cases(60, seed=11)):
+        a = dict(a, padding=rng_choice(i, ("int0", "valid")), padding_mode="zeros")
+        out.append(build_case(a, seed=5000 + i, kernel=1))
+    for i, a in enumerate(random_cases(60, seed=12)):
+        out.append(build_case(dict(a, groups="depthwise"), seed=6000 + i))
+    return out
+
+
+def rng_choice(i, options):
+    return options[i % len(options)]

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 
 import gpuconv
-from cases import grid_cases
+from cases import fast_path_cases, grid_cases
 from reference import error_bound
 
 CASES = grid_cases()
+FAST_PATH_CASES = fast_path_cases()
 
 
 def _check(case, got, what):
@@ -31,6 +32,12 @@ def test_cpu_against_reference(case):
     _check(case, got, "cpu")
     np.testing.assert_array_equal(case.x, x0)
     np.testing.assert_array_equal(case.filters, w0)
+
+
+@pytest.mark.parametrize("case", FAST_PATH_CASES, ids=lambda c: c.name)
+def test_cpu_fast_paths_against_reference(case):
+    got = gpuconv.conv(case.x, case.filters, case.bias, device="cpu", **case.options)
+    _check(case, got, "cpu fast path")
 
 
 @pytest.mark.gpu
