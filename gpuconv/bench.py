@@ -4,8 +4,8 @@ Runs a named set ("cpu" or "gpu") of the layer suite ``shapes.json`` on one devi
 peers that are installed -- PyTorch (``torch.nn.functional.conv{1,2,3}d``; on the GPU with cuDNN,
 TF32 off and ``cudnn.benchmark``) and, on the CPU, SciPy's ``scipy.signal.correlate`` over every
 (filter, channel) pair, which is what a user without this package writes. Contenders are
-interleaved call by call after a warm-up (each timed call preceded by one untimed call of the
-same contender, so that no contender pays for the one before it); each gets the median of several runs (with min/max),
+interleaved call by call after a warm-up (each timed call preceded by a short pause and one
+untimed call of the same contender, so that no contender pays for the one before it); each gets the median of several runs (with min/max),
 GFLOP/s, and each peer's ratio (peer time / gpuconv time: above 1 means gpuconv is faster). Every
 peer's output is compared with gpuconv's, so a row only counts if both computed the same thing.
 Peak temporary memory of a gpuconv call is measured too (tracemalloc on the CPU, the CuPy pool's
@@ -169,7 +169,7 @@ def _peak_temp_bytes(call, device) -> Optional[int]:
 
 
 def run_layer(layer, dtype, device, peers, repeat, warmup, scipy_max_calls, rng, progress,
-              warmup_seconds=0.3):
+              warmup_seconds=0.3, pause=0.0):
     D, x, w = _layer_arrays(layer, dtype, rng)
     flops = plan_conv(x.shape, w.shape, **_kw(layer)).flops
     contenders = {"gpuconv": gpuconv_contender(layer, x, w, device)}
@@ -209,6 +209,10 @@ def run_layer(layer, dtype, device, peers, repeat, warmup, scipy_max_calls, rng,
             # reasons that are not the contender's (OpenBLAS threads still spinning, vCPUs
             # idle after SciPy's single-threaded loop; seen 1.5-4x). Skipped for contenders
             # slower than a second, where it would be noise.
+            # And a pause before it: OpenBLAS's threads spin for up to ~0.1 s after a call,
+            # which took a PyTorch 3x3 layer here from 2.7 ms to 6.7-22 ms.
+            if pause:
+                time.sleep(pause)
             if not times[name] or min(times[name]) < 1000:
                 call()
             sync()
@@ -295,6 +299,9 @@ def main(argv=None) -> int:
     ap.add_argument("--scipy-max-calls", type=int, default=10000,
                     help="skip the SciPy peer where it needs more correlate calls per run "
                          "(one per image, filter and channel: a Python loop)")
+    ap.add_argument("--pause", type=float, default=None,
+                    help="seconds to pause before each timed contender (default 0.15 on the "
+                         "CPU, where other libraries' spinning threads linger, 0 on the GPU)")
     ap.add_argument("--json", help="write the results to this file")
     args = ap.parse_args(argv)
 
@@ -323,6 +330,7 @@ def main(argv=None) -> int:
         except ImportError:
             pass
 
+    pause = args.pause if args.pause is not None else (0.15 if args.device == "cpu" else 0.0)
     rng = np.random.default_rng(0)
     rows = []
     total = len(layers)
@@ -330,7 +338,7 @@ def main(argv=None) -> int:
     for i, layer in enumerate(layers):
         rows.append(run_layer(layer, args.dtype, args.device, peers, args.repeat, args.warmup,
                               args.scipy_max_calls, rng,
-                              lambda label, i=i: _progress(i, total, label)))
+                              lambda label, i=i: _progress(i, total, label), pause=pause))
         _progress(i + 1, total, layer["name"])
     present = [p for p in peers if any(p in r["contenders"] for r in rows)]
     print(table(rows, present))
@@ -352,6 +360,7 @@ def main(argv=None) -> int:
                                  ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
             "versions": versions, "shapes": str(shapes_path), "set": args.set or args.device,
             "dtype": args.dtype, "repeat": args.repeat, "warmup": args.warmup,
+            "pause_s": pause,
             "bench": rows, "summary": summary,
         }
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
