@@ -170,6 +170,61 @@ class ConvGeometry:
                             self.dilation, zero, zero, "zeros", self.out_spatial)
 
 
+def _check_layout(layout) -> None:
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {_fmt(layout)}")
+
+
+def _kernel_rank(filter_shape, rank: Optional[int], fname: str) -> int:
+    """D, the kernels' rank, checked against the rank that ``fname`` requires."""
+    D = len(filter_shape) - 2
+    if rank is not None and D != rank:
+        raise ValueError(
+            f"{fname} needs filters of shape (C_out, C_in/groups, {', '.join('k' * rank)}) "
+            f"({rank + 2} dims), got filters of shape {tuple(filter_shape)}")
+    if D not in (1, 2, 3):
+        raise ValueError(
+            f"filters must have shape (C_out, C_in/groups, *kernel_size) with 1, 2 or 3 kernel "
+            f"dims (3 to 5 dims in all), got filters of shape {tuple(filter_shape)}")
+    return D
+
+
+def _split_channels(shape, D: int, layout: str, name: str, channels: str, filter_shape):
+    """(batched, N, C, spatial) of an x-like array ``name`` with ``channels`` channels."""
+    if len(shape) not in (D + 1, D + 2):
+        where = (f"(N, {channels}, *spatial)" if layout == "channels_first"
+                 else f"(N, *spatial, {channels})")
+        raise ValueError(
+            f"{name} must have {D + 2} dims {where} or {D + 1} without the batch axis to match "
+            f"filters of shape {tuple(filter_shape)} ({D}-D kernels), got {name} of shape "
+            f"{tuple(shape)}")
+    batched = len(shape) == D + 2
+    full = tuple(shape) if batched else (1,) + tuple(shape)
+    if layout == "channels_first":
+        return batched, full[0], full[1], full[2:]
+    return batched, full[0], full[-1], full[1:-1]
+
+
+def _check_filters(filter_shape, groups):
+    """(groups, C_out, C_in/groups, kernel_size) of a filter bank, checked."""
+    if not _is_int(groups):
+        raise TypeError(f"groups must be an int, got {_fmt(groups)}")
+    groups = int(groups)
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    C_out, Cg, kernel = filter_shape[0], filter_shape[1], tuple(filter_shape[2:])
+    if min(kernel) < 1:
+        raise ValueError(f"filters hold empty kernels: kernel_size {kernel} from filters of shape "
+                         f"{tuple(filter_shape)}")
+    if C_out < 1 or Cg < 1:
+        raise ValueError(f"filters of shape {tuple(filter_shape)} hold no kernels: C_out and "
+                         f"C_in/groups must be >= 1")
+    if C_out % groups:
+        raise ValueError(f"groups={groups} must divide the number of filters C_out={C_out} "
+                         f"(filters of shape {tuple(filter_shape)})")
+    return groups, C_out, Cg, kernel
+
+
 def plan_conv(x_shape: Tuple[int, ...], filter_shape: Tuple[int, ...],
               bias_shape: Optional[Tuple[int, ...]] = None, *, stride: IntOrTuple = 1,
               padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1,
@@ -182,51 +237,15 @@ def plan_conv(x_shape: Tuple[int, ...], filter_shape: Tuple[int, ...],
     ``(C_out, C_in // groups, *kernel_size)``. ``rank`` (1, 2 or 3), when given, is the spatial rank
     that ``fname`` (conv1d/conv2d/conv3d) requires. Raises ValueError/TypeError naming the argument.
     """
-    if not isinstance(layout, str) or layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {_fmt(layout)}")
+    _check_layout(layout)
     if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {_fmt(padding_mode)}")
-
-    D = len(filter_shape) - 2
-    if rank is not None and D != rank:
-        raise ValueError(
-            f"{fname} needs filters of shape (C_out, C_in/groups, {', '.join('k' * rank)}) "
-            f"({rank + 2} dims), got filters of shape {tuple(filter_shape)}")
-    if D not in (1, 2, 3):
-        raise ValueError(
-            f"filters must have shape (C_out, C_in/groups, *kernel_size) with 1, 2 or 3 kernel "
-            f"dims (3 to 5 dims in all), got filters of shape {tuple(filter_shape)}")
-    if len(x_shape) not in (D + 1, D + 2):
-        where = "(N, C_in, *spatial)" if layout == "channels_first" else "(N, *spatial, C_in)"
-        raise ValueError(
-            f"x must have {D + 2} dims {where} or {D + 1} without the batch axis to match filters "
-            f"of shape {tuple(filter_shape)} ({D}-D kernels), got x of shape {tuple(x_shape)}")
-    batched = len(x_shape) == D + 2
-    full_x = tuple(x_shape) if batched else (1,) + tuple(x_shape)
-    if layout == "channels_first":
-        N, C_in, in_spatial = full_x[0], full_x[1], full_x[2:]
-    else:
-        N, C_in, in_spatial = full_x[0], full_x[-1], full_x[1:-1]
-    C_out, Cg = filter_shape[0], filter_shape[1]
-    kernel = tuple(filter_shape[2:])
-
-    if not _is_int(groups):
-        raise TypeError(f"groups must be an int, got {_fmt(groups)}")
-    groups = int(groups)
-    if groups < 1:
-        raise ValueError(f"groups must be >= 1, got {groups}")
-    if min(kernel) < 1:
-        raise ValueError(f"filters hold empty kernels: kernel_size {kernel} from filters of shape "
-                         f"{tuple(filter_shape)}")
-    if C_out < 1 or Cg < 1:
-        raise ValueError(f"filters of shape {tuple(filter_shape)} hold no kernels: C_out and "
-                         f"C_in/groups must be >= 1")
+    D = _kernel_rank(filter_shape, rank, fname)
+    batched, N, C_in, in_spatial = _split_channels(x_shape, D, layout, "x", "C_in", filter_shape)
+    groups, C_out, Cg, kernel = _check_filters(filter_shape, groups)
     if C_in % groups:
         raise ValueError(f"groups={groups} must divide the input channels C_in={C_in} "
                          f"(x of shape {tuple(x_shape)}, layout='{layout}')")
-    if C_out % groups:
-        raise ValueError(f"groups={groups} must divide the number of filters C_out={C_out} "
-                         f"(filters of shape {tuple(filter_shape)})")
     if C_in // groups != Cg:
         raise ValueError(
             f"channel mismatch: x of shape {tuple(x_shape)} (layout='{layout}') has C_in={C_in} "
@@ -321,42 +340,13 @@ def plan_conv_transpose(y_shape, filter_shape, bias_shape=None, *, stride: IntOr
     transposed result (``in_spatial``) to ``y`` (``out_spatial``); ``bias_shape`` is ``(C_in,)``.
     Padding is an int, one int per dim or one (before, after) pair per dim.
     """
-    if not isinstance(layout, str) or layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {_fmt(layout)}")
-    D = len(filter_shape) - 2
-    if rank is not None and D != rank:
-        raise ValueError(
-            f"{fname} needs filters of shape (C_out, C_in/groups, {', '.join('k' * rank)}) "
-            f"({rank + 2} dims), got filters of shape {tuple(filter_shape)}")
-    if D not in (1, 2, 3):
-        raise ValueError(
-            f"filters must have shape (C_out, C_in/groups, *kernel_size) with 1, 2 or 3 kernel "
-            f"dims (3 to 5 dims in all), got filters of shape {tuple(filter_shape)}")
-    if len(y_shape) not in (D + 1, D + 2):
-        where = "(N, C_out, *spatial)" if layout == "channels_first" else "(N, *spatial, C_out)"
-        raise ValueError(f"y must have {D + 2} dims {where} or {D + 1} without the batch axis "
-                         f"to match filters of shape {tuple(filter_shape)}, got y of shape "
-                         f"{tuple(y_shape)}")
+    _check_layout(layout)
+    D = _kernel_rank(filter_shape, rank, fname)
     if isinstance(padding, str):
         raise ValueError(f"{fname} takes an int, one int per dim or (before, after) pairs as "
                          f"padding, got {_fmt(padding)}")
-    batched = len(y_shape) == D + 2
-    full = tuple(y_shape) if batched else (1,) + tuple(y_shape)
-    if layout == "channels_first":
-        N, C_y, y_spatial = full[0], full[1], full[2:]
-    else:
-        N, C_y, y_spatial = full[0], full[-1], full[1:-1]
-    C_out, Cg, kernel = filter_shape[0], filter_shape[1], tuple(filter_shape[2:])
-    if not _is_int(groups):
-        raise TypeError(f"groups must be an int, got {_fmt(groups)}")
-    groups = int(groups)
-    if groups < 1:
-        raise ValueError(f"groups must be >= 1, got {groups}")
-    if min(kernel) < 1 or C_out < 1 or Cg < 1:
-        raise ValueError(f"filters of shape {tuple(filter_shape)} hold no kernels or empty ones")
-    if C_out % groups:
-        raise ValueError(f"groups={groups} must divide the number of filters C_out={C_out} "
-                         f"(filters of shape {tuple(filter_shape)})")
+    batched, N, C_y, y_spatial = _split_channels(y_shape, D, layout, "y", "C_out", filter_shape)
+    groups, C_out, Cg, kernel = _check_filters(filter_shape, groups)
     if C_y != C_out:
         raise ValueError(f"channel mismatch: y of shape {tuple(y_shape)} (layout='{layout}') "
                          f"has {C_y} channels but filters of shape {tuple(filter_shape)} map "
