@@ -11,6 +11,7 @@ from .adjoint import (conv_filter_grad, conv_input_grad, conv_transpose, conv_tr
                       conv_transpose2d, conv_transpose3d)
 from .config import cpu_workspace, get_cpu_workspace, set_cpu_workspace
 from .forward import conv, conv1d, conv2d, conv3d
+from .describe import Description, describe
 from .device import DeviceUnavailableError
 from .geometry import ConvGeometry, plan_conv
 from .info import Info, info
@@ -22,7 +23,7 @@ except PackageNotFoundError:  # running from a source checkout without installin
 
 __all__ = [
     "conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "conv_transpose1d",
-    "conv_transpose2d", "conv_transpose3d", "conv_input_grad", "conv_filter_grad", "info", "Info", "DeviceUnavailableError",
+    "conv_transpose2d", "conv_transpose3d", "conv_input_grad", "conv_filter_grad", "describe", "Description", "info", "Info", "DeviceUnavailableError",
     "ConvGeometry", "plan_conv", "cpu_workspace", "get_cpu_workspace", "set_cpu_workspace",
     "__version__",
 ]

@@ -108,6 +108,11 @@ def main(argv=None) -> int:
                                     "built-in example on every available device.")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("info", help="versions, GPUs, and where device='auto' runs")
+    sub.add_parser("bench", help="the benchmark harness (gpuconv bench --help)", add_help=False)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # everything after it belongs to the harness
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "info":
         print(info())

@@ -24,3 +24,9 @@ def test_info_command():
     run = _run("info")
     assert run.returncode == 0, run.stderr
     assert "gpuconv" in run.stdout and "device='auto'" in run.stdout
+
+
+def test_bench_subcommand_hands_over_its_arguments():
+    run = _run("bench", "--help")
+    assert run.returncode == 0, run.stderr
+    assert "--shapes" in run.stdout and "--peers" in run.stdout

@@ -47,6 +47,7 @@ def test_wheel_contains_kernels_and_installed_package_finds_them(tmp_path):
     sources = sorted(p.name for p in (ROOT / "kernels_cuda").iterdir() if p.suffix in (".cu", ".cuh"))
     for name in sources:
         assert f"gpuconv/kernels_cuda/{name}" in names, names
+    assert "gpuconv/py.typed" in names  # type hints are part of the API
 
     site = tmp_path / "site"
     install = subprocess.run(
