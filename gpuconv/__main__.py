@@ -108,6 +108,10 @@ def main(argv=None) -> int:
                                     "built-in example on every available device.")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("info", help="versions, GPUs, and where device='auto' runs")
+    check = sub.add_parser("check", help="self-test: every device here against float64 and "
+                                         "each other, on random configurations")
+    check.add_argument("--cases", type=int, default=200)
+    check.add_argument("--seed", type=int, default=0)
     sub.add_parser("bench", help="the benchmark harness (gpuconv bench --help)", add_help=False)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # everything after it belongs to the harness
@@ -117,6 +121,9 @@ def main(argv=None) -> int:
     if args.command == "info":
         print(info())
         return 0
+    if args.command == "check":
+        from .selfcheck import run_check
+        return run_check(args.cases, args.seed)
     return main_job()
 
 

@@ -30,3 +30,24 @@ def test_bench_subcommand_hands_over_its_arguments():
     run = _run("bench", "--help")
     assert run.returncode == 0, run.stderr
     assert "--shapes" in run.stdout and "--peers" in run.stdout
+
+
+def test_check_passes_here():
+    run = _run("check", "--cases", "60", "--seed", "3")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "all checks passed" in run.stdout and "cpu" in run.stdout
+
+
+def test_check_fails_on_wrong_results(monkeypatch, capsys):
+    """The self-test can fail: corrupt every non-float64 result slightly."""
+    import numpy as np
+    import gpuconv.selfcheck as sc
+    real_conv = sc.conv
+
+    def wrong(x, *a, **kw):
+        y = real_conv(x, *a, **kw)
+        return y if y.dtype in (np.float64, np.complex128) else y * (1 + 1e-2)
+
+    monkeypatch.setattr(sc, "conv", wrong)
+    assert sc.run_check(20, seed=1, progress=False) == 1
+    assert "FAILED" in capsys.readouterr().out
