@@ -15,6 +15,7 @@ from .describe import Description, describe
 from .device import DeviceUnavailableError
 from .geometry import ConvGeometry, plan_conv
 from .info import Info, info
+from .layers import Conv1D, Conv2D, Conv3D
 
 try:
     __version__ = _version("gpuconv")
@@ -23,7 +24,7 @@ except PackageNotFoundError:  # running from a source checkout without installin
 
 __all__ = [
     "conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "conv_transpose1d",
-    "conv_transpose2d", "conv_transpose3d", "conv_input_grad", "conv_filter_grad", "describe", "Description", "info", "Info", "DeviceUnavailableError",
+    "conv_transpose2d", "conv_transpose3d", "conv_input_grad", "conv_filter_grad", "describe", "Description", "Conv1D", "Conv2D", "Conv3D", "info", "Info", "DeviceUnavailableError",
     "ConvGeometry", "plan_conv", "cpu_workspace", "get_cpu_workspace", "set_cpu_workspace",
     "__version__",
 ]
