@@ -1,7 +1,7 @@
 """Transposed convolution and the exact adjoints of ``conv`` (its gradients)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 from .dispatch import check_array, check_flip, flipped, run
 from .dtypes import result_dtype

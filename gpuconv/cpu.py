@@ -18,7 +18,7 @@ from numpy.lib.stride_tricks import as_strided
 from .config import get_cpu_workspace
 from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
-from .layout import PAD_MODES, unpad_adjoint
+from .layout import pad_spatial, unpad_adjoint
 
 
 def _tap_major(geom: ConvGeometry) -> bool:
@@ -34,10 +34,8 @@ def _padded(xs, geom: ConvGeometry, dtype, channels_last: bool):
     ``(n, C, *padded)``, or ``(n, *padded, C)`` when ``channels_last``."""
     if channels_last:
         xs = np.moveaxis(xs, 1, -1)
-        spatial_axes = range(1, 1 + geom.rank)
-    else:
-        spatial_axes = range(2, 2 + geom.rank)
     if geom.padding_mode == "zeros":
+        spatial_axes = range(1, 1 + geom.rank) if channels_last else range(2, 2 + geom.rank)
         shape = list(xs.shape)
         interior = [slice(None)] * xs.ndim
         for ax, b, a in zip(spatial_axes, geom.pad_before, geom.pad_after):
@@ -46,10 +44,7 @@ def _padded(xs, geom: ConvGeometry, dtype, channels_last: bool):
         xpad = np.zeros(shape, dtype=dtype)
         xpad[tuple(interior)] = xs
         return xpad
-    widths = [(0, 0)] * xs.ndim
-    for ax, b, a in zip(spatial_axes, geom.pad_before, geom.pad_after):
-        widths[ax] = (b, a)
-    return np.pad(xs.astype(dtype, copy=False), widths, mode=PAD_MODES[geom.padding_mode])
+    return pad_spatial(np, xs.astype(dtype, copy=False), geom, channels_last)
 
 
 def _activate(res, activation):
@@ -196,7 +191,7 @@ def _depthwise_forward(x_cf, w, bias, geom: ConvGeometry, activation, out_cf, ct
     """Filters of one kernel each (depthwise, with any multiplier C_out/C_in): a multiply-add
     per tap over a channels-last window view, vectorised over channels; no unrolling, no
     matmul (a matmul with one kernel per filter would have an inner dimension of taps only)."""
-    C, Cog, D, K = geom.C_in, geom.C_out_per_group, geom.rank, geom.kernel
+    C, Cog, K = geom.C_in, geom.C_out_per_group, geom.kernel
     wt = np.asarray(w, dtype=ct).reshape(C, Cog, math.prod(K))  # filter c*Cog + j, tap t
     b = None if bias is None else np.asarray(bias, dtype=ct).reshape(C, Cog)
     S, Dl = geom.stride, geom.dilation

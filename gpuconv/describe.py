@@ -1,7 +1,6 @@
 """``gpuconv.describe``: a convolution layer explained in words, from shapes alone."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Tuple
 

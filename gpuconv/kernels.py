@@ -126,7 +126,14 @@ def _module(filename: str, names: Tuple[str, ...], options: Tuple[str, ...], dev
     return cupy.RawModule(code=kernel_source(filename), options=options, name_expressions=names)
 
 
-def get_function(filename: str, name: str, dtype, device_id: int):
-    """The compiled kernel ``name`` from ``filename`` for the current device (cached)."""
+@functools.lru_cache(maxsize=None)
+def _function(filename: str, name: str, dtype: np.dtype, device_id: int):
     names = module_names(filename, dtype)
     return _module(filename, names, COMPILE_OPTIONS, device_id).get_function(name)
+
+
+def get_function(filename: str, name: str, dtype, device_id: int):
+    """The compiled kernel ``name`` from ``filename`` for the current device (cached: a call
+    with compiled kernels does no lookups beyond one dictionary hit)."""
+    return _function(filename, name, np.dtype(dtype), device_id)
+

@@ -42,10 +42,12 @@ def alloc_input(xp, geom: ConvGeometry, dtype):
     return _alloc(xp, geom, geom.C_in, geom.in_spatial, dtype)
 
 
-def pad_spatial(xp, x_cf, geom: ConvGeometry):
-    """A padded copy of the channels-first ``x_cf`` by ``geom``'s padding and padding_mode."""
-    widths = [(0, 0), (0, 0)] + list(zip(geom.pad_before, geom.pad_after))
-    return xp.pad(x_cf, widths, mode=PAD_MODES[geom.padding_mode])
+def pad_spatial(xp, x, geom: ConvGeometry, channels_last: bool = False):
+    """A padded copy of ``x`` -- ``(N, C, *spatial)``, or ``(N, *spatial, C)`` when
+    ``channels_last`` -- by ``geom``'s padding and padding_mode (same axis order out)."""
+    spatial = list(zip(geom.pad_before, geom.pad_after))
+    widths = [(0, 0)] + spatial + [(0, 0)] if channels_last else [(0, 0), (0, 0)] + spatial
+    return xp.pad(x, widths, mode=PAD_MODES[geom.padding_mode])
 
 
 def unpad_adjoint(xp, grad_padded, geom: ConvGeometry, out):

@@ -54,6 +54,16 @@ def _source_index(i, n, mode):
     raise ValueError(mode)
 
 
+def _prepare(x, D, layout):
+    x = np.asarray(x)
+    batched = x.ndim == D + 2
+    if not batched:
+        x = x[None]
+    if layout == "channels_last":
+        x = np.moveaxis(x, -1, 1)
+    return x, batched
+
+
 def reference_conv(x, filters, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
                    padding_mode="zeros", layout="channels_first", flip=False, activation=None):
     x = np.asarray(x)
@@ -61,14 +71,9 @@ def reference_conv(x, filters, bias=None, *, stride=1, padding=0, dilation=1, gr
     D = w.ndim - 2
     is_complex = any(np.iscomplexobj(a) for a in (x, w, bias) if a is not None)
     big = np.complex128 if is_complex else np.float64
-    x = x.astype(big)
     w = w.astype(big)
-    batched = x.ndim == D + 2
-    if not batched:
-        x = x[None]
-    if layout == "channels_last":
-        x = np.moveaxis(x, -1, 1)
-    N, C_in, S = x.shape[0], x.shape[1], x.shape[2:]
+    x, batched = _prepare(x.astype(big), D, layout)
+    N, S = x.shape[0], x.shape[2:]
     C_out, Cg, K = w.shape[0], w.shape[1], w.shape[2:]
     stride, dilation = _tuple(stride, D), _tuple(dilation, D)
     pads = reference_pads(padding, S, K, stride, dilation)
@@ -107,9 +112,7 @@ def reference_conv(x, filters, bias=None, *, stride=1, padding=0, dilation=1, gr
         y = np.tanh(y)
     else:
         assert activation is None
-    if layout == "channels_last":
-        y = np.moveaxis(y, 1, -1)
-    return y if batched else y[0]
+    return _finish(y, batched, layout)
 
 
 def activation_lipschitz(activation):
@@ -149,16 +152,6 @@ def error_bound(x, filters, bias, out_dtype, activation, **options):
 
 
 # ---- adjoints and the transpose, written as literally as the forward reference ----
-
-def _prepare(x, D, layout):
-    x = np.asarray(x)
-    batched = x.ndim == D + 2
-    if not batched:
-        x = x[None]
-    if layout == "channels_last":
-        x = np.moveaxis(x, -1, 1)
-    return x, batched
-
 
 def _finish(y, batched, layout):
     if layout == "channels_last":

@@ -2,7 +2,6 @@
 arrays are never modified; unusual but valid inputs (views, read-only, mixed dtypes) work."""
 from __future__ import annotations
 
-import re
 
 import numpy as np
 import pytest
