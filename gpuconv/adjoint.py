@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .dispatch import check_array, check_flip, flipped, run
+from .dispatch import as_array, check_flip, flipped, run
 from .dtypes import result_dtype
 from .geometry import (IntOrTuple, PaddingArg, plan_conv_filter_grad, plan_conv_input_grad,
                        plan_conv_transpose)
@@ -12,10 +12,10 @@ from .layout import alloc_input, to_channels_first
 
 def _conv_transpose(fname, rank, y, filters, bias, stride, padding, output_padding, dilation,
                     groups, layout, flip, device):
-    check_array(y, "y")
-    check_array(filters, "filters")
+    y_in = y
+    y, filters = as_array(y, "y"), as_array(filters, "filters")
     if bias is not None:
-        check_array(bias, "bias")
+        bias = as_array(bias, "bias")
     check_flip(flip)
     geom = plan_conv_transpose(tuple(y.shape), tuple(filters.shape),
                                None if bias is None else tuple(bias.shape), stride=stride,
@@ -29,7 +29,7 @@ def _conv_transpose(fname, rank, y, filters, bias, stride, padding, output_paddi
                              b, geom, False, out_cf)
         return out
 
-    return run(device, y, (y, filters, bias), compute)
+    return run(device, y_in, (y, filters, bias), compute)
 
 
 def conv_transpose(y, filters, bias=None, *, stride: IntOrTuple = 1, padding=0,
@@ -95,8 +95,8 @@ def conv_input_grad(grad_out, filters, input_shape: Sequence[int], *, stride: In
     are folded back onto the samples they copy --, stride, dilation, groups, flip, layout); no
     bias or activation (differentiate those separately). Deterministic on both devices.
     """
-    check_array(grad_out, "grad_out")
-    check_array(filters, "filters")
+    g_in = grad_out
+    grad_out, filters = as_array(grad_out, "grad_out"), as_array(filters, "filters")
     check_flip(flip)
     geom = plan_conv_input_grad(tuple(grad_out.shape), tuple(filters.shape), input_shape,
                                 stride=stride, padding=padding, dilation=dilation, groups=groups,
@@ -110,7 +110,7 @@ def conv_input_grad(grad_out, filters, input_shape: Sequence[int], *, stride: In
                              None, geom, True, out_cf)
         return out
 
-    return run(device, grad_out, (grad_out, filters), compute)
+    return run(device, g_in, (grad_out, filters), compute)
 
 
 def conv_filter_grad(x, grad_out, filter_shape: Sequence[int], *, stride: IntOrTuple = 1,
@@ -127,8 +127,8 @@ def conv_filter_grad(x, grad_out, filter_shape: Sequence[int], *, stride: IntOrT
     ``conv`` is accepted. Deterministic on both devices: on the GPU a two-stage reduction in a
     fixed order (no atomics), so repeated calls give bit-identical results.
     """
-    check_array(x, "x")
-    check_array(grad_out, "grad_out")
+    x_in = x
+    x, grad_out = as_array(x, "x"), as_array(grad_out, "grad_out")
     check_flip(flip)
     geom = plan_conv_filter_grad(tuple(x.shape), tuple(grad_out.shape), filter_shape,
                                  stride=stride, padding=padding, dilation=dilation,
@@ -143,4 +143,4 @@ def conv_filter_grad(x, grad_out, filter_shape: Sequence[int], *, stride: IntOrT
         # the gradient for flipped filters, flipped back
         return xp.ascontiguousarray(flipped(out, geom.rank)) if flip else out
 
-    return run(device, x, (x, grad_out), compute)
+    return run(device, x_in, (x, grad_out), compute)

@@ -7,16 +7,9 @@ import contextlib
 import numpy as np
 
 from . import device as _device
-from .dtypes import check_dtype
+from .interop import as_array, like
 
-
-def check_array(a, name: str) -> None:
-    """TypeError unless ``a`` is a NumPy or CuPy array of an accepted dtype."""
-    if isinstance(a, np.ndarray) or _device.is_cupy_array(a):
-        check_dtype(a, name)
-        return
-    raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(a).__module__}."
-                    f"{type(a).__qualname__}")
+__all__ = ["as_array", "check_flip", "flipped", "run"]
 
 
 def check_flip(flip) -> None:
@@ -41,20 +34,25 @@ def _to_current_gpu(cupy, a):
     return cupy.asarray(a)
 
 
-def run(device, primary, arrays, compute):
+def run(device, caller_primary, arrays, compute):
     """``compute(xp, backend, *arrays)`` on the device that ``device`` and the arrays select.
 
-    ``arrays`` may hold None. On the CPU the result is NumPy; on the GPU it is CuPy when
-    ``primary`` (the call's main input) is a CuPy array, and is copied back to NumPy otherwise.
+    ``arrays`` are NumPy/CuPy arrays (from :func:`as_array`) or None; ``arrays[0]`` is the
+    call's main input, and ``caller_primary`` is that input as the caller passed it. On the CPU
+    the result is NumPy; on the GPU it is CuPy when the main input lives on a GPU and is copied
+    back to NumPy otherwise. It is then handed back as ``caller_primary``'s kind of object (a
+    PyTorch tensor for a PyTorch tensor, see :mod:`gpuconv.interop`).
     """
+    primary = arrays[0]
     kind, device_id = _device.resolve(device, *[a for a in arrays if a is not None])
     if kind == "cpu":
         from . import cpu
-        return compute(np, cpu, *[None if a is None else _to_host(a) for a in arrays])
+        return like(caller_primary,
+                    compute(np, cpu, *[None if a is None else _to_host(a) for a in arrays]))
     import cupy
     from . import cuda
     ctx = cupy.cuda.Device(device_id) if device_id is not None else contextlib.nullcontext()
     with ctx:
         moved = [None if a is None else _to_current_gpu(cupy, a) for a in arrays]
         out = compute(cupy, cuda, *moved)
-        return out if _device.is_cupy_array(primary) else out.get()
+        return like(caller_primary, out if _device.is_cupy_array(primary) else out.get())

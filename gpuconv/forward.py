@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .dispatch import check_array, check_flip, flipped, run
+from .dispatch import as_array, check_flip, flipped, run
 from .dtypes import result_dtype
 from .geometry import IntOrTuple, PaddingArg, plan_conv
 from .kernels import ACTIVATIONS
@@ -12,10 +12,10 @@ from .layout import alloc_output, to_channels_first
 
 def _conv(fname: str, rank: Optional[int], x, filters, bias, stride, padding, dilation, groups,
           padding_mode, layout, flip, activation, device):
-    check_array(x, "x")
-    check_array(filters, "filters")
+    x_in = x
+    x, filters = as_array(x, "x"), as_array(filters, "filters")
     if bias is not None:
-        check_array(bias, "bias")
+        bias = as_array(bias, "bias")
     check_flip(flip)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
@@ -35,7 +35,7 @@ def _conv(fname: str, rank: Optional[int], x, filters, bias, stride, padding, di
                              b, geom, activation, out_cf)
         return out
 
-    return run(device, x, (x, filters, bias), compute)
+    return run(device, x_in, (x, filters, bias), compute)
 
 
 _DOC = """{summary}

@@ -8,6 +8,7 @@ import numpy as np
 
 from .device import is_cupy_array
 from .forward import conv
+from .interop import as_array
 from .geometry import normalize_ints
 
 INITIALIZERS = ("glorot_uniform", "he_normal", "zeros")
@@ -88,14 +89,15 @@ class _ConvND:
     def __call__(self, x):
         """``conv(x, self.filters, self.bias, ...)``; x is ``(N, *spatial, C_in)`` for
         data_format="channels_last" (the default, as in Keras) or ``(N, C_in, *spatial)``."""
-        if not hasattr(x, "ndim") or x.ndim not in (self.rank + 1, self.rank + 2):
+        xa = as_array(x, "x")  # a NumPy/CuPy view of x, to read its shape and device
+        if xa.ndim not in (self.rank + 1, self.rank + 2):
             raise ValueError(f"{type(self).__name__} needs x with {self.rank + 2} dims (or "
-                             f"{self.rank + 1} without the batch axis), got "
-                             f"{getattr(x, 'shape', type(x).__name__)}")
-        in_channels = x.shape[-1] if self.data_format == "channels_last" else \
-            x.shape[1 if x.ndim == self.rank + 2 else 0]
+                             f"{self.rank + 1} without the batch axis), got shape "
+                             f"{tuple(xa.shape)}")
+        in_channels = xa.shape[-1] if self.data_format == "channels_last" else \
+            xa.shape[1 if xa.ndim == self.rank + 2 else 0]
         if not self.built:
-            self.build(in_channels, like=x)
+            self.build(in_channels, like=xa)
         return conv(x, self.filters, self.bias, stride=self.strides, padding=self.padding,
                     dilation=self.dilation_rate, groups=self.groups,
                     padding_mode=self.padding_mode, layout=self.data_format,

@@ -52,7 +52,7 @@ BAD = [
     (dict(filters=W.astype(bool)), TypeError, r"filters has dtype bool"),
     (dict(x=X.astype(object)), TypeError, r"x has dtype object"),
     (dict(bias=B.astype(np.int64)), TypeError, r"bias has dtype int64"),
-    (dict(x=X.tolist()), TypeError, r"x must be a NumPy or CuPy array, got builtins.list"),
+    (dict(x=X.tolist()), TypeError, r"x must be a NumPy or CuPy array.*DLPack.*got builtins.list"),
     (dict(filters=3.0), TypeError, r"filters must be a NumPy or CuPy array"),
     (dict(padding=6, padding_mode="reflect"), ValueError,
      r"reflect padding must be smaller than the input.*\(6, 6\).*size 6"),
