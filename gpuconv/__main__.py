@@ -1,4 +1,5 @@
-"""``python -m gpuconv`` (or ``gpuconv``): the main job, and ``gpuconv info``.
+"""``python -m gpuconv`` (or ``gpuconv``): the cross-device example, and the subcommands
+``info``, ``check``, ``demo`` and ``bench``.
 
 The main job convolves built-in examples on every device available here and compares them: the
 classic 5x5 image with the 3x3 'X' kernel, then a random batch through a small filter bank.
@@ -112,11 +113,16 @@ def main(argv=None) -> int:
                                          "each other, on random configurations")
     check.add_argument("--cases", type=int, default=200)
     check.add_argument("--seed", type=int, default=0)
+    sub.add_parser("demo", help="a figure of kernels and filters at work on a picture "
+                                "(gpuconv demo --help)", add_help=False)
     sub.add_parser("bench", help="the benchmark harness (gpuconv bench --help)", add_help=False)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # everything after it belongs to the harness
         from .bench import main as bench_main
         return bench_main(argv[1:])
+    if argv[:1] == ["demo"]:
+        from .demo import main as demo_main
+        return demo_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "info":
         print(info())

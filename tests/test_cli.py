@@ -51,3 +51,12 @@ def test_check_fails_on_wrong_results(monkeypatch, capsys):
     monkeypatch.setattr(sc, "conv", wrong)
     assert sc.run_check(20, seed=1, progress=False) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_demo_subcommand(tmp_path):
+    import pytest
+    pytest.importorskip("matplotlib")
+    run = _run("demo", "--out", str(tmp_path / "demo.png"), "--device", "cpu")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "6 filters of 3 kernels (3x3) each" in run.stdout
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
