@@ -23,8 +23,10 @@ except PackageNotFoundError:  # running from a source checkout without installin
     __version__ = "0.1.0+source"
 
 __all__ = [
-    "conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "conv_transpose1d",
-    "conv_transpose2d", "conv_transpose3d", "conv_input_grad", "conv_filter_grad", "describe", "Description", "Conv1D", "Conv2D", "Conv3D", "info", "Info", "DeviceUnavailableError",
-    "ConvGeometry", "plan_conv", "cpu_workspace", "get_cpu_workspace", "set_cpu_workspace",
-    "__version__",
+    "conv", "conv1d", "conv2d", "conv3d",
+    "conv_transpose", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    "conv_input_grad", "conv_filter_grad",
+    "describe", "Description", "Conv1D", "Conv2D", "Conv3D",
+    "info", "Info", "DeviceUnavailableError", "ConvGeometry", "plan_conv",
+    "cpu_workspace", "get_cpu_workspace", "set_cpu_workspace", "__version__",
 ]

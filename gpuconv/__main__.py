@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any, Callable, List, Optional, Sequence, TextIO
 
 import numpy as np
 
@@ -25,11 +26,11 @@ X_KERNEL = np.array([[1, 0, 1],
                      [1, 0, 1]], dtype=np.float32)
 
 
-def _devices():
+def _devices() -> List[str]:
     return ["cpu"] + (["cuda"] if cuda_status().available else [])
 
 
-def _median_ms(fn, repeats=5):
+def _median_ms(fn: Callable[[], Any], repeats: int = 5) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -38,7 +39,7 @@ def _median_ms(fn, repeats=5):
     return float(np.median(times))
 
 
-def _gpu_call(x, w, b, **kw):
+def _gpu_call(x: Any, w: Any, b: Any, **kw: Any) -> Any:
     """Run on CuPy arrays already on the GPU and wait for the result, for honest timing."""
     import cupy
     out = conv2d(x, w, b, device="cuda", **kw)
@@ -46,7 +47,8 @@ def _gpu_call(x, w, b, **kw):
     return out
 
 
-def main_job(out=sys.stdout) -> int:
+def main_job(out: Optional[TextIO] = None) -> int:
+    out = sys.stdout if out is None else out
     p = lambda *a: print(*a, file=out)  # noqa: E731
     devices = _devices()
     p("gpuconv main job: devices available here:", ", ".join(devices))
@@ -68,7 +70,7 @@ def main_job(out=sys.stdout) -> int:
     x = rng.standard_normal((N, C_in, H, W)).astype(np.float32)
     filters = (rng.standard_normal((C_out, C_in, 3, 3)) / np.sqrt(C_in * 9)).astype(np.float32)
     bias = rng.standard_normal(C_out).astype(np.float32) * 0.1
-    kw = dict(padding="same", activation="relu")
+    kw: dict = dict(padding="same", activation="relu")
     p(f"\n2) A batch of {N} images with {C_in} channels of {H}x{W}, through {C_out} filters of "
       f"{C_in} kernels (3x3) each, bias, relu, padding='same':")
     p(f"   x {x.shape} * filters {filters.shape} -> ({N}, {C_out}, {H}, {W})")
@@ -102,7 +104,7 @@ def main_job(out=sys.stdout) -> int:
     return 0 if ok else 1
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="gpuconv", description="N-D multi-channel convolution on NVIDIA GPUs (CuPy, no "
                                     "cuDNN) with a NumPy fallback. With no command: run the "

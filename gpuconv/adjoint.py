@@ -1,17 +1,20 @@
 """Transposed convolution and the exact adjoints of ``conv`` (its gradients)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 from .dispatch import as_array, check_flip, flipped, run
 from .dtypes import result_dtype
 from .geometry import (IntOrTuple, PaddingArg, plan_conv_filter_grad, plan_conv_input_grad,
                        plan_conv_transpose)
 from .layout import alloc_input, to_channels_first
+from ._typing import Array
 
 
-def _conv_transpose(fname, rank, y, filters, bias, stride, padding, output_padding, dilation,
-                    groups, layout, flip, device):
+def _conv_transpose(fname: str, rank: Optional[int], y: Array, filters: Array, bias: Array,
+                    stride: IntOrTuple, padding: PaddingArg, output_padding: IntOrTuple,
+                    dilation: IntOrTuple, groups: int, layout: str, flip: bool,
+                    device: str) -> Array:
     y_in = y
     y, filters = as_array(y, "y"), as_array(filters, "filters")
     if bias is not None:
@@ -23,7 +26,7 @@ def _conv_transpose(fname, rank, y, filters, bias, stride, padding, output_paddi
                                groups=groups, layout=layout, rank=rank, fname=fname)
     dtype = result_dtype(y.dtype, filters.dtype, None if bias is None else bias.dtype)
 
-    def compute(xp, backend, y, w, b):
+    def compute(xp: Any, backend: Any, y: Array, w: Array, b: Array) -> Array:
         out, out_cf = alloc_input(xp, geom, dtype)
         backend.data_adjoint(to_channels_first(xp, y, geom), flipped(w, geom.rank) if flip else w,
                              b, geom, False, out_cf)
@@ -32,9 +35,11 @@ def _conv_transpose(fname, rank, y, filters, bias, stride, padding, output_paddi
     return run(device, y_in, (y, filters, bias), compute)
 
 
-def conv_transpose(y, filters, bias=None, *, stride: IntOrTuple = 1, padding=0,
+def conv_transpose(y: Array, filters: Array, bias: Optional[Array] = None, *,
+                   stride: IntOrTuple = 1, padding: PaddingArg = 0,
                    output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1,
-                   layout: str = "channels_first", flip: bool = False, device: str = "auto"):
+                   layout: str = "channels_first", flip: bool = False,
+                   device: str = "auto") -> Array:
     """Transposed convolution (PyTorch's ``conv_transpose{1,2,3}d``, same weight layout).
 
     Shapes (D = filters.ndim - 2):
@@ -57,34 +62,59 @@ def conv_transpose(y, filters, bias=None, *, stride: IntOrTuple = 1, padding=0,
                            output_padding, dilation, groups, layout, flip, device)
 
 
-def conv_transpose1d(y, filters, bias=None, *, stride: IntOrTuple = 1, padding=0,
-                     output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1,
-                     layout: str = "channels_first", flip: bool = False, device: str = "auto"):
-    """1-D :func:`conv_transpose` (filters must have 1-D kernels)."""
+def conv_transpose1d(y: Array, filters: Array, bias: Optional[Array] = None, *,
+                     stride: IntOrTuple = 1, padding: PaddingArg = 0,
+                     output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
+                     groups: int = 1, layout: str = "channels_first", flip: bool = False,
+                     device: str = "auto") -> Array:
+    """1-D :func:`conv_transpose` (filters must have 1-D kernels).
+
+    ``y``: ``(N, C_out, L)`` (or ``(N, L, C_out)`` for ``layout="channels_last"``);
+    ``filters``: ``(C_out, C_in // groups, k)``; ``bias``: ``(C_in,)`` or None; the result:
+    ``(N, C_in, *out)`` with out = (in - 1)*stride - before - after + dilation*(k - 1) +
+    output_padding + 1 per axis. See :func:`conv_transpose` for the options.
+    """
     return _conv_transpose("conv_transpose1d", 1, y, filters, bias, stride, padding,
                            output_padding, dilation, groups, layout, flip, device)
 
 
-def conv_transpose2d(y, filters, bias=None, *, stride: IntOrTuple = 1, padding=0,
-                     output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1,
-                     layout: str = "channels_first", flip: bool = False, device: str = "auto"):
-    """2-D :func:`conv_transpose` (filters must have 2-D kernels)."""
+def conv_transpose2d(y: Array, filters: Array, bias: Optional[Array] = None, *,
+                     stride: IntOrTuple = 1, padding: PaddingArg = 0,
+                     output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
+                     groups: int = 1, layout: str = "channels_first", flip: bool = False,
+                     device: str = "auto") -> Array:
+    """2-D :func:`conv_transpose` (filters must have 2-D kernels).
+
+    ``y``: ``(N, C_out, H, W)`` (or ``(N, H, W, C_out)`` for ``layout="channels_last"``);
+    ``filters``: ``(C_out, C_in // groups, kh, kw)``; ``bias``: ``(C_in,)`` or None; the result:
+    ``(N, C_in, *out)`` with out = (in - 1)*stride - before - after + dilation*(k - 1) +
+    output_padding + 1 per axis. See :func:`conv_transpose` for the options.
+    """
     return _conv_transpose("conv_transpose2d", 2, y, filters, bias, stride, padding,
                            output_padding, dilation, groups, layout, flip, device)
 
 
-def conv_transpose3d(y, filters, bias=None, *, stride: IntOrTuple = 1, padding=0,
-                     output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1,
-                     layout: str = "channels_first", flip: bool = False, device: str = "auto"):
-    """3-D :func:`conv_transpose` (filters must have 3-D kernels)."""
+def conv_transpose3d(y: Array, filters: Array, bias: Optional[Array] = None, *,
+                     stride: IntOrTuple = 1, padding: PaddingArg = 0,
+                     output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
+                     groups: int = 1, layout: str = "channels_first", flip: bool = False,
+                     device: str = "auto") -> Array:
+    """3-D :func:`conv_transpose` (filters must have 3-D kernels).
+
+    ``y``: ``(N, C_out, D, H, W)`` (or ``(N, D, H, W, C_out)`` for ``layout="channels_last"``);
+    ``filters``: ``(C_out, C_in // groups, kd, kh, kw)``; ``bias``: ``(C_in,)`` or None; the result:
+    ``(N, C_in, *out)`` with out = (in - 1)*stride - before - after + dilation*(k - 1) +
+    output_padding + 1 per axis. See :func:`conv_transpose` for the options.
+    """
     return _conv_transpose("conv_transpose3d", 3, y, filters, bias, stride, padding,
                            output_padding, dilation, groups, layout, flip, device)
 
 
-def conv_input_grad(grad_out, filters, input_shape: Sequence[int], *, stride: IntOrTuple = 1,
-                    padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1,
-                    padding_mode: str = "zeros", layout: str = "channels_first",
-                    flip: bool = False, device: str = "auto"):
+def conv_input_grad(grad_out: Array, filters: Array, input_shape: Sequence[int], *,
+                    stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1,
+                    groups: int = 1, padding_mode: str = "zeros",
+                    layout: str = "channels_first", flip: bool = False,
+                    device: str = "auto") -> Array:
     """The exact adjoint of ``x -> conv(x, filters, ...)``: the gradient with respect to x.
 
     ``grad_out`` has the shape of ``conv``'s result, ``filters`` is
@@ -104,7 +134,7 @@ def conv_input_grad(grad_out, filters, input_shape: Sequence[int], *, stride: In
                                 fname="conv_input_grad")
     dtype = result_dtype(grad_out.dtype, filters.dtype)
 
-    def compute(xp, backend, g, w):
+    def compute(xp: Any, backend: Any, g: Array, w: Array) -> Array:
         out, out_cf = alloc_input(xp, geom, dtype)
         backend.data_adjoint(to_channels_first(xp, g, geom), flipped(w, geom.rank) if flip else w,
                              None, geom, True, out_cf)
@@ -113,10 +143,11 @@ def conv_input_grad(grad_out, filters, input_shape: Sequence[int], *, stride: In
     return run(device, g_in, (grad_out, filters), compute)
 
 
-def conv_filter_grad(x, grad_out, filter_shape: Sequence[int], *, stride: IntOrTuple = 1,
-                     padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1,
-                     padding_mode: str = "zeros", layout: str = "channels_first",
-                     flip: bool = False, device: str = "auto"):
+def conv_filter_grad(x: Array, grad_out: Array, filter_shape: Sequence[int], *,
+                     stride: IntOrTuple = 1, padding: PaddingArg = 0,
+                     dilation: IntOrTuple = 1, groups: int = 1, padding_mode: str = "zeros",
+                     layout: str = "channels_first", flip: bool = False,
+                     device: str = "auto") -> Array:
     """The exact adjoint of ``filters -> conv(x, filters, ...)``: the gradient w.r.t. filters.
 
     ``x`` is conv's input, ``grad_out`` has the shape of conv's result, and the result has
@@ -136,7 +167,7 @@ def conv_filter_grad(x, grad_out, filter_shape: Sequence[int], *, stride: IntOrT
                                  fname="conv_filter_grad")
     dtype = result_dtype(x.dtype, grad_out.dtype)
 
-    def compute(xp, backend, x, g):
+    def compute(xp: Any, backend: Any, x: Array, g: Array) -> Array:
         out = xp.empty(tuple(filter_shape), dtype=dtype)
         backend.filter_grad(to_channels_first(xp, x, geom), to_channels_first(xp, g, geom),
                             geom, out)

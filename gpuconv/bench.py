@@ -5,9 +5,10 @@ peers that are installed -- PyTorch (``torch.nn.functional.conv{1,2,3}d``; on th
 TF32 off and ``cudnn.benchmark``) and, on the CPU, SciPy's ``scipy.signal.correlate`` over every
 (filter, channel) pair, which is what a user without this package writes. Contenders are
 interleaved call by call after a warm-up (each timed call preceded by a short pause and one
-untimed call of the same contender, so that no contender pays for the one before it); each gets the median of several runs (with min/max),
-GFLOP/s, and each peer's ratio (peer time / gpuconv time: above 1 means gpuconv is faster). Every
-peer's output is compared with gpuconv's, so a row only counts if both computed the same thing.
+untimed call of the same contender, so that no contender pays for the one before it); each
+gets the median of several runs (with min/max), GFLOP/s, and each peer's ratio (peer time /
+gpuconv time: above 1 means gpuconv is faster). Every peer's output is compared with
+gpuconv's, so a row only counts if both computed the same thing.
 Peak temporary memory of a gpuconv call is measured too (tracemalloc on the CPU, the CuPy pool's
 high-water mark on the GPU). Peers are optional (``pip install gpuconv[bench]``), never needed by
 the package. Tests never read the timings.
@@ -25,13 +26,17 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
 from . import conv, __version__
 from .device import cuda_status
 from .geometry import plan_conv
+
+Layer = Dict[str, Any]  # one entry of shapes.json
+# a contender: (the call to time, how to bring its result to the host as NumPy)
+Contender = Tuple[Callable[[], Any], Callable[[Any], np.ndarray]]
 
 SHAPES_ENV = "GPUCONV_SHAPES"
 
@@ -59,7 +64,8 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _progress(done: int, total: int, label: str, stream=sys.stderr) -> None:
+def _progress(done: int, total: int, label: str, stream: Optional[TextIO] = None) -> None:
+    stream = sys.stderr if stream is None else stream
     if not stream.isatty() and done not in (0, total):
         return  # in logs, only the first and last line
     width = 30
@@ -72,7 +78,8 @@ def _progress(done: int, total: int, label: str, stream=sys.stderr) -> None:
 
 # ---- contenders: each returns (call, result-to-host) for one layer, or raises ImportError ----
 
-def _layer_arrays(layer: dict, dtype, rng):
+def _layer_arrays(layer: Layer, dtype: str,
+                  rng: np.random.Generator) -> Tuple[int, np.ndarray, np.ndarray]:
     D = len(layer["kernel"])
     x = rng.standard_normal((layer["N"], layer["C_in"], *layer["spatial"])).astype(dtype)
     w = rng.standard_normal((layer["C_out"], layer["C_in"] // layer["groups"],
@@ -86,7 +93,7 @@ def _kw(layer: dict) -> dict:
                 groups=layer["groups"])
 
 
-def gpuconv_contender(layer, x, w, device):
+def gpuconv_contender(layer: Layer, x: np.ndarray, w: np.ndarray, device: str) -> Contender:
     kw = _kw(layer)
     if device == "cpu":
         return (lambda: conv(x, w, device="cpu", **kw)), (lambda r: r)
@@ -95,7 +102,7 @@ def gpuconv_contender(layer, x, w, device):
     return (lambda: conv(xg, wg, device="cuda", **kw)), cupy.asnumpy
 
 
-def torch_contender(layer, x, w, device):
+def torch_contender(layer: Layer, x: np.ndarray, w: np.ndarray, device: str) -> Contender:
     import torch
     import torch.nn.functional as F
     f = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(layer["kernel"])]
@@ -107,13 +114,13 @@ def torch_contender(layer, x, w, device):
     wt = torch.from_numpy(w).to(device)
     kw = _kw(layer)
 
-    def call():
+    def call() -> Any:
         with torch.no_grad():
             return f(xt, wt, **kw)
     return call, (lambda r: r.cpu().numpy())
 
 
-def scipy_contender(layer, x, w, device):
+def scipy_contender(layer: Layer, x: np.ndarray, w: np.ndarray, device: str) -> Contender:
     """What a user writes with SciPy: one correlate per (image, filter, channel), summed."""
     if device != "cpu":
         raise ImportError("SciPy runs on the CPU only")
@@ -126,7 +133,7 @@ def scipy_contender(layer, x, w, device):
     Cg, Cog = geom.C_in_per_group, geom.C_out_per_group
     take = tuple(slice(None, o * s, s) for o, s in zip(geom.out_spatial, geom.stride))
 
-    def call():
+    def call() -> Any:
         xp = np.pad(x, pads)
         out = np.zeros((geom.N, geom.C_out) + geom.out_spatial, x.dtype)
         for n in range(geom.N):
@@ -142,7 +149,7 @@ def scipy_contender(layer, x, w, device):
 PEERS: Dict[str, Callable] = {"torch": torch_contender, "scipy": scipy_contender}
 
 
-def _timer(device):
+def _timer(device: str) -> Tuple[Callable[[], float], Callable[[], None]]:
     if device == "cpu":
         return time.perf_counter, (lambda: None)
     import cupy
@@ -150,7 +157,7 @@ def _timer(device):
     return time.perf_counter, sync
 
 
-def _peak_temp_bytes(call, device) -> Optional[int]:
+def _peak_temp_bytes(call: Callable[[], Any], device: str) -> Optional[int]:
     if device == "cpu":
         tracemalloc.start()
         try:
@@ -168,8 +175,10 @@ def _peak_temp_bytes(call, device) -> Optional[int]:
     return int(pool.total_bytes() - before - out.nbytes)  # total: the pool's high-water mark
 
 
-def run_layer(layer, dtype, device, peers, repeat, warmup, scipy_max_calls, rng, progress,
-              warmup_seconds=0.3, pause=0.0):
+def run_layer(layer: Layer, dtype: str, device: str, peers: Sequence[str], repeat: int,
+              warmup: int, scipy_max_calls: int, rng: np.random.Generator,
+              progress: Callable[[str], None],
+              warmup_seconds: float = 0.3, pause: float = 0.0) -> Dict[str, Any]:
     D, x, w = _layer_arrays(layer, dtype, rng)
     flops = plan_conv(x.shape, w.shape, **_kw(layer)).flops
     contenders = {"gpuconv": gpuconv_contender(layer, x, w, device)}
@@ -236,12 +245,12 @@ def run_layer(layer, dtype, device, peers, repeat, warmup, scipy_max_calls, rng,
     return row
 
 
-def geomean(values) -> Optional[float]:
-    values = [v for v in values if v]
-    return float(math.exp(sum(math.log(v) for v in values) / len(values))) if values else None
+def geomean(values: Sequence[Optional[float]]) -> Optional[float]:
+    present = [float(v) for v in values if v]
+    return float(math.exp(sum(map(math.log, present)) / len(present))) if present else None
 
 
-def summarize(rows, peers):
+def summarize(rows: Sequence[Dict[str, Any]], peers: Sequence[str]) -> Dict[str, Any]:
     out = {}
     for peer in peers:
         dense = [r["ratio"].get(peer) for r in rows if not r["depthwise"]]
@@ -252,7 +261,7 @@ def summarize(rows, peers):
     return out
 
 
-def table(rows, peers) -> str:
+def table(rows: Sequence[Dict[str, Any]], peers: Sequence[str]) -> str:
     head = f"{'layer':<26} {'GFLOP':>6} {'gpuconv ms':>11} {'GFLOP/s':>8}"
     for p in peers:
         head += f" {p + ' ms':>10} {'x' + p:>7}"
@@ -280,8 +289,9 @@ def _git_commit() -> Optional[str]:
         return None
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gpuconv.bench", description=__doc__.split("\n\n")[0])
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gpuconv.bench",
+                                 description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--set", default=None, choices=("cpu", "gpu"),
                     help="layer set of shapes.json (default: the device's)")
     ap.add_argument("--shapes", help=f"path to shapes.json (default: ${SHAPES_ENV} or "
@@ -336,9 +346,10 @@ def main(argv=None) -> int:
     total = len(layers)
     _progress(0, total, "starting")
     for i, layer in enumerate(layers):
+        def progress(label: str, i: int = i) -> None:
+            _progress(i, total, label)
         rows.append(run_layer(layer, args.dtype, args.device, peers, args.repeat, args.warmup,
-                              args.scipy_max_calls, rng,
-                              lambda label, i=i: _progress(i, total, label), pause=pause))
+                              args.scipy_max_calls, rng, progress, pause=pause))
         _progress(i + 1, total, layer["name"])
     present = [p for p in peers if any(p in r["contenders"] for r in rows)]
     print(table(rows, present))

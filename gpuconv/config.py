@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from typing import Iterator
 
 _DEFAULT_CPU_WORKSPACE = 256 * 2**20
 _state = threading.local()
@@ -16,7 +17,8 @@ def _env_default() -> int:
     try:
         parsed = int(value)
     except ValueError:
-        raise ValueError(f"GPUCONV_CPU_WORKSPACE must be a number of bytes, got {value!r}") from None
+        raise ValueError(f"GPUCONV_CPU_WORKSPACE must be a number of bytes, "
+                         f"got {value!r}") from None
     if parsed < 1:
         raise ValueError(f"GPUCONV_CPU_WORKSPACE must be >= 1 byte, got {parsed}")
     return parsed
@@ -33,7 +35,7 @@ def get_cpu_workspace() -> int:
     return _env_default() if value is None else value
 
 
-def set_cpu_workspace(nbytes) -> None:
+def set_cpu_workspace(nbytes: int) -> None:
     """Set the CPU temporary-memory budget in bytes for this thread (None restores the default)."""
     if nbytes is not None:
         if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 1:
@@ -42,7 +44,7 @@ def set_cpu_workspace(nbytes) -> None:
 
 
 @contextlib.contextmanager
-def cpu_workspace(nbytes):
+def cpu_workspace(nbytes: int) -> Iterator[None]:
     """``with gpuconv.cpu_workspace(64 * 2**20): ...`` sets the budget for the block."""
     previous = getattr(_state, "cpu_workspace", None)
     set_cpu_workspace(nbytes)

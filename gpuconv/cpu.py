@@ -19,6 +19,8 @@ from .config import get_cpu_workspace
 from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
 from .layout import pad_spatial, unpad_adjoint
+from typing import Iterator, Optional, Tuple
+from ._typing import Array, DTypeLike
 
 
 def _tap_major(geom: ConvGeometry) -> bool:
@@ -29,7 +31,7 @@ def _tap_major(geom: ConvGeometry) -> bool:
     return geom.C_in_per_group >= geom.kernel[-1]
 
 
-def _padded(xs, geom: ConvGeometry, dtype, channels_last: bool):
+def _padded(xs: Array, geom: ConvGeometry, dtype: DTypeLike, channels_last: bool) -> Array:
     """The batch chunk ``xs`` (a channels-first view) padded and cast to ``dtype``: a new array
     ``(n, C, *padded)``, or ``(n, *padded, C)`` when ``channels_last``."""
     if channels_last:
@@ -47,7 +49,7 @@ def _padded(xs, geom: ConvGeometry, dtype, channels_last: bool):
     return pad_spatial(np, xs.astype(dtype, copy=False), geom, channels_last)
 
 
-def _activate(res, activation):
+def _activate(res: Array, activation: Optional[str]) -> None:
     """Apply ``activation`` to ``res`` in place."""
     if activation is None:
         return
@@ -65,7 +67,7 @@ def _activate(res, activation):
         raise ValueError(f"activation {activation!r} is not implemented on the CPU")
 
 
-def _chunks(geom: ConvGeometry, itemsize: int, padded_copies: int):
+def _chunks(geom: ConvGeometry, itemsize: int, padded_copies: int) -> Tuple[int, int]:
     """(batch elements, first-axis output rows) per chunk so temporaries fit the workspace."""
     O = geom.out_spatial
     row = math.prod(O[1:])
@@ -80,7 +82,7 @@ def _chunks(geom: ConvGeometry, itemsize: int, padded_copies: int):
     return 1, max(1, min(O[0], (budget - per_image) // per_row))
 
 
-def _weight_matrices(w, geom: ConvGeometry, ct, tap_major: bool):
+def _weight_matrices(w: Array, geom: ConvGeometry, ct: np.dtype, tap_major: bool) -> Array:
     """Filters as G matrices ``(C_in/groups * taps) x (filters per group)``, rows ordered
     ``(*k, c)`` when ``tap_major`` else ``(c, *k)`` to match the unrolled input."""
     G, Cog, Cg, Kp = (geom.groups, geom.C_out_per_group, geom.C_in_per_group,
@@ -90,7 +92,8 @@ def _weight_matrices(w, geom: ConvGeometry, ct, tap_major: bool):
     return np.ascontiguousarray(wm).reshape(G, Cg * Kp, Cog)
 
 
-def _chunk_plan(x_cf, geom: ConvGeometry, ct, padded_copies: int, tap_major: bool):
+def _chunk_plan(x_cf: Array, geom: ConvGeometry, ct: np.dtype, padded_copies: int,
+                tap_major: bool) -> Iterator[Tuple[int, int, Array, int, Tuple[int, ...]]]:
     """Yield ``(n0, n, xpad, r0, rows)`` per chunk: batch elements n0:n0+n (padded and cast:
     ``xpad``, channels-last when ``tap_major``) and first-axis output rows r0:r0+rows[0]. It
     holds no unrolled buffer, so that a caller's buffer is freed as soon as the caller drops it."""
@@ -102,7 +105,8 @@ def _chunk_plan(x_cf, geom: ConvGeometry, ct, padded_copies: int, tap_major: boo
             yield n0, xpad.shape[0], xpad, r0, (min(O[0], r0 + rb) - r0,) + O[1:]
 
 
-def _unroll(xpad, geom: ConvGeometry, r0: int, rows, ct, tap_major: bool):
+def _unroll(xpad: Array, geom: ConvGeometry, r0: int, rows: Tuple[int, ...], ct: np.dtype,
+            tap_major: bool) -> Array:
     """``cols[g, (n, *rows), (*k, c) or (c, *k)]`` for output rows r0:r0+rows[0] of ``xpad``."""
     G, Cg, D, K = geom.groups, geom.C_in_per_group, geom.rank, geom.kernel
     n = xpad.shape[0]
@@ -126,7 +130,7 @@ def _unroll(xpad, geom: ConvGeometry, r0: int, rows, ct, tap_major: bool):
     return cols.reshape(G, n * math.prod(rows), Cg * math.prod(K))
 
 
-def _grouped_rows(y_block, geom: ConvGeometry, ct):
+def _grouped_rows(y_block: Array, geom: ConvGeometry, ct: np.dtype) -> Array:
     """A block ``(n, C_out, *rows)`` of conv's output as ``(G, n * prod(rows), C_out/groups)``."""
     n, rows = y_block.shape[0], y_block.shape[2:]
     y = y_block.reshape((n, geom.groups, geom.C_out_per_group) + rows)
@@ -135,7 +139,8 @@ def _grouped_rows(y_block, geom: ConvGeometry, ct):
                                             geom.C_out_per_group)
 
 
-def conv_forward(x_cf, w, bias, geom: ConvGeometry, activation, out_cf) -> None:
+def conv_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry, activation: Optional[str],
+                 out_cf: Array) -> None:
     """Fill ``out_cf`` ``(N, C_out, *out_spatial)`` with the convolution of ``x_cf``.
 
     ``x_cf``: ``(N, C_in, *spatial)`` NumPy array or view (any strides, any accepted dtype);
@@ -165,7 +170,8 @@ def conv_forward(x_cf, w, bias, geom: ConvGeometry, activation, out_cf) -> None:
         out_cf[n0:n0 + n, :, r0:r0 + rows[0]] = np.moveaxis(res, -1, 1)
 
 
-def _pointwise_forward(x_cf, w, bias, geom: ConvGeometry, activation, out_cf, ct) -> None:
+def _pointwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
+                       activation: Optional[str], out_cf: Array, ct: np.dtype) -> None:
     """1x1 kernels, no padding: each output position is a (filters x kernels) matrix times the
     input's channel vector there, so ``(G, Cog, Cg) @ (n, G, Cg, positions)`` per batch chunk
     with no unrolling (the stride is a view; channels-first x needs no copy at stride 1)."""
@@ -187,7 +193,8 @@ def _pointwise_forward(x_cf, w, bias, geom: ConvGeometry, activation, out_cf, ct
         out_cf[n0:n0 + nb] = res.reshape(out_cf[n0:n0 + nb].shape)
 
 
-def _depthwise_forward(x_cf, w, bias, geom: ConvGeometry, activation, out_cf, ct) -> None:
+def _depthwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
+                       activation: Optional[str], out_cf: Array, ct: np.dtype) -> None:
     """Filters of one kernel each (depthwise, with any multiplier C_out/C_in): a multiply-add
     per tap over a channels-last window view, vectorised over channels; no unrolling, no
     matmul (a matmul with one kernel per filter would have an inner dimension of taps only)."""
@@ -214,7 +221,7 @@ def _depthwise_forward(x_cf, w, bias, geom: ConvGeometry, activation, out_cf, ct
         out_cf[n0:n0 + n, :, r0:r0 + rows[0]] = np.moveaxis(acc, -1, 1)
 
 
-def filter_grad(x_cf, g_cf, geom: ConvGeometry, out) -> None:
+def filter_grad(x_cf: Array, g_cf: Array, geom: ConvGeometry, out: Array) -> None:
     """``out`` ``(C_out, C_in/groups, *kernel_size)`` = the adjoint of ``w -> conv(x, w)``
     applied to ``g_cf`` ``(N, C_out, *out_spatial)``: sum over the batch and output positions
     of conj(unrolled x) times g, one matmul per chunk."""
@@ -234,7 +241,8 @@ def filter_grad(x_cf, g_cf, geom: ConvGeometry, out) -> None:
     out[...] = dw.reshape(out.shape)
 
 
-def data_adjoint(g_cf, w, bias, geom: ConvGeometry, conjugate: bool, out_cf) -> None:
+def data_adjoint(g_cf: Array, w: Array, bias: Array, geom: ConvGeometry, conjugate: bool,
+                 out_cf: Array) -> None:
     """``out_cf`` ``(N, C_in, *in_spatial)`` = the transpose of ``x -> conv(x, w)`` (with
     conjugated filters when ``conjugate``: the Hermitian adjoint) applied to ``g_cf``
     ``(N, C_out, *out_spatial)``, plus ``bias`` ``(C_in,)`` when given.

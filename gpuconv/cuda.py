@@ -22,6 +22,8 @@ from . import kernels
 from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
 from .layout import pad_spatial, unpad_adjoint
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+from ._typing import Array, DTypeLike
 
 #: When True, outputs are filled with NaN before each launch so that elements a kernel fails to
 #: write show up in tests (costs one extra pass over the output; for testing only).
@@ -37,7 +39,7 @@ def _max_blocks(device_id: int) -> int:
     return sms * 32  # the kernels grid-stride; more blocks than this only adds scheduling
 
 
-def _gpu_run(file: str, name: str, dtype, work_items: int, args) -> None:
+def _gpu_run(file: str, name: str, dtype: DTypeLike, work_items: int, args: Sequence[Any]) -> None:
     import cupy
     device_id = cupy.cuda.Device().id
     blocks = min(-(-work_items // _THREADS), _max_blocks(device_id))
@@ -50,7 +52,7 @@ def _gpu_threads() -> int:
     return _max_blocks(cupy.cuda.Device().id) * _THREADS
 
 
-def _element_strides(a, rank: int):
+def _element_strides(a: Array, rank: int) -> List[int]:
     """(n, c, d, h, w) strides of a channels-first view in elements, unit spatial dims in front."""
     item = a.itemsize
     if any(s % item for s in a.strides):
@@ -59,17 +61,17 @@ def _element_strides(a, rank: int):
     return s[:2] + [0] * (3 - rank) + s[2:]
 
 
-def _aligned(xp, a):
+def _aligned(xp: Any, a: Array) -> Array:
     """``a``, or a contiguous copy when its data pointer is not aligned to a whole element."""
     ptr = a.ctypes.data if isinstance(a, np.ndarray) else a.data.ptr
     return a if ptr % a.itemsize == 0 else xp.ascontiguousarray(a)
 
 
-def _i64(values):
+def _i64(values: Sequence[int]) -> Tuple[np.int64, ...]:
     return tuple(np.int64(v) for v in values)
 
 
-def _shape_params(geom: ConvGeometry):
+def _shape_params(geom: ConvGeometry) -> Tuple[np.int64, ...]:
     """Spatial sizes and options as the kernels take them: 3-D, unit dims in front."""
     lead = (1,) * (3 - geom.rank)
     return (_i64(lead + geom.in_spatial) + _i64(lead + geom.out_spatial)
@@ -77,7 +79,8 @@ def _shape_params(geom: ConvGeometry):
             + _i64((0,) * (3 - geom.rank) + geom.pad_before) + _i64(lead + geom.dilation))
 
 
-def _prepare_x(xp, x_cf, geom: ConvGeometry, dtype):
+def _prepare_x(xp: Any, x_cf: Array, geom: ConvGeometry, dtype: DTypeLike) -> Tuple[Array,
+               ConvGeometry]:
     """x cast to ``dtype`` and, for a padding_mode other than zeros, pre-padded (the returned
     geometry then has zero padding); zero padding stays in the kernels."""
     x_cf = x_cf.astype(dtype, copy=False)
@@ -87,12 +90,13 @@ def _prepare_x(xp, x_cf, geom: ConvGeometry, dtype):
     return _aligned(xp, x_cf), geom
 
 
-def _poison(a):
+def _poison(a: Array) -> None:
     if poison_outputs:
         a.fill(np.nan)
 
 
-def _forward(xp, run, x_cf, w, bias, geom: ConvGeometry, activation, out_cf) -> None:
+def _forward(xp: Any, run: Callable[..., None], x_cf: Array, w: Array, bias: Array,
+             geom: ConvGeometry, activation: Optional[str], out_cf: Array) -> None:
     dtype = np.dtype(out_cf.dtype)
     x_cf, geom = _prepare_x(xp, x_cf, geom, dtype)
     # Filters are small: one contiguous copy in the output dtype (this also makes flip's
@@ -110,7 +114,8 @@ def _forward(xp, run, x_cf, w, bias, geom: ConvGeometry, activation, out_cf) -> 
         geom.N * geom.C_out * math.prod(geom.out_spatial), args)
 
 
-def _data_adjoint(xp, run, g_cf, w, bias, geom: ConvGeometry, conjugate: bool, out_cf) -> None:
+def _data_adjoint(xp: Any, run: Callable[..., None], g_cf: Array, w: Array, bias: Array,
+                  geom: ConvGeometry, conjugate: bool, out_cf: Array) -> None:
     fold = geom.padding_mode != "zeros" and max(geom.pad_before + geom.pad_after) > 0
     # With a fold the kernel fills the gradient of the padded input and the padding is folded
     # back after it: both in the accumulator dtype, so float16 is rounded once, at the end.
@@ -138,7 +143,7 @@ def _data_adjoint(xp, run, g_cf, w, bias, geom: ConvGeometry, conjugate: bool, o
         unpad_adjoint(xp, target, geom, out_cf)
 
 
-def filter_grad_chunks(geom: ConvGeometry, threads: int):
+def filter_grad_chunks(geom: ConvGeometry, threads: int) -> Tuple[int, int]:
     """(R, chunk): the M = N * prod(out_spatial) terms of each filter element in R chunks of
     ``chunk``, so that about ``threads`` threads have work. Fixed for a given shape and device,
     which keeps the result bit-identical run after run."""
@@ -151,7 +156,8 @@ def filter_grad_chunks(geom: ConvGeometry, threads: int):
     return -(-M // chunk), chunk
 
 
-def _filter_grad(xp, run, threads: int, x_cf, g_cf, geom: ConvGeometry, out) -> None:
+def _filter_grad(xp: Any, run: Callable[..., None], threads: int, x_cf: Array, g_cf: Array,
+                 geom: ConvGeometry, out: Array) -> None:
     dtype = np.dtype(out.dtype)
     x_cf, geom = _prepare_x(xp, x_cf, geom, dtype)
     g_cf = _aligned(xp, g_cf.astype(dtype, copy=False))
@@ -169,19 +175,21 @@ def _filter_grad(xp, run, threads: int, x_cf, g_cf, geom: ConvGeometry, out) -> 
     run("conv_adjoint.cu", second, dtype, E, (partial, out, np.int64(R), np.int64(E)))
 
 
-def conv_forward(x_cf, w, bias, geom: ConvGeometry, activation, out_cf) -> None:
+def conv_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry, activation: Optional[str],
+                 out_cf: Array) -> None:
     """Fill the CuPy view ``out_cf`` ``(N, C_out, *out_spatial)``; see cpu.conv_forward."""
     import cupy
     _forward(cupy, _gpu_run, x_cf, w, bias, geom, activation, out_cf)
 
 
-def data_adjoint(g_cf, w, bias, geom: ConvGeometry, conjugate: bool, out_cf) -> None:
+def data_adjoint(g_cf: Array, w: Array, bias: Array, geom: ConvGeometry, conjugate: bool,
+                 out_cf: Array) -> None:
     """Fill the CuPy view ``out_cf`` ``(N, C_in, *in_spatial)``; see cpu.data_adjoint."""
     import cupy
     _data_adjoint(cupy, _gpu_run, g_cf, w, bias, geom, conjugate, out_cf)
 
 
-def filter_grad(x_cf, g_cf, geom: ConvGeometry, out) -> None:
+def filter_grad(x_cf: Array, g_cf: Array, geom: ConvGeometry, out: Array) -> None:
     """Fill the contiguous CuPy array ``out`` ``(C_out, C_in/groups, *k)``; see cpu.filter_grad.
     Deterministic: two kernels, partial sums over fixed chunks and then their ordered sum."""
     import cupy

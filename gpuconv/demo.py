@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, TextIO
+from typing import Any, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
 from .describe import describe
 from .device import cuda_status, resolve
 from .forward import conv2d
+from ._typing import Array
 
 CHANNELS = ("R", "G", "B")
 MAX_SIDE = 256  # pictures are shrunk to at most this many pixels per side (the figure is small)
@@ -34,11 +35,11 @@ _CENTRE = np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], np.float32)
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 weights of R, G, B
 
 
-def _same_on_every_channel(kernel: np.ndarray, weights=_LUMA) -> np.ndarray:
+def _same_on_every_channel(kernel: np.ndarray, weights: np.ndarray = _LUMA) -> np.ndarray:
     return weights[:, None, None] * kernel
 
 
-def filter_bank():
+def filter_bank() -> Tuple[List[str], np.ndarray, np.ndarray]:
     """(names, filters (6, 3, 3, 3), bias (6,)): six filters of three 3x3 kernels (R, G, B)."""
     bank = [
         ("vertical edges (Sobel)", _same_on_every_channel(_SOBEL_X), 0.0),
@@ -67,7 +68,7 @@ def sample_picture(size: int = 128) -> np.ndarray:
     img[1] = 0.45 + 0.15 * yy
     img[2] = 0.85 - 0.45 * yy
 
-    def paint(mask, rgb):
+    def paint(mask: Array, rgb: Tuple[float, float, float]) -> None:
         for c in range(3):
             img[c][mask] = rgb[c]
 
@@ -140,7 +141,7 @@ def compute(picture: np.ndarray, device: str = "auto") -> DemoResult:
                       feature, where, agreement)
 
 
-def _host(a):
+def _host(a: Array) -> np.ndarray:
     return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else a
 
 
@@ -177,7 +178,7 @@ def explain(result: DemoResult, source: str) -> str:
     return "\n".join(lines)
 
 
-def _signed(ax, a, title, fontsize):
+def _signed(ax: Any, a: Array, title: str, fontsize: float) -> None:
     lim = float(np.max(np.abs(a))) or 1.0
     ax.imshow(a, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
     ax.set_title(title, fontsize=fontsize)

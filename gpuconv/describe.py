@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Sequence, Tuple
 
 from .geometry import IntOrTuple, PaddingArg, plan_conv
 
 
-def _dims(shape) -> str:
+def _dims(shape: Sequence[int]) -> str:
     return "x".join(str(k) for k in shape)
 
 
@@ -66,9 +66,9 @@ class Description:
         return "\n".join(lines)
 
 
-def describe(x_shape, filter_shape, *, stride: IntOrTuple = 1, padding: PaddingArg = 0,
-             dilation: IntOrTuple = 1, groups: int = 1, padding_mode: str = "zeros",
-             layout: str = "channels_first") -> Description:
+def describe(x_shape: Sequence[int], filter_shape: Sequence[int], *, stride: IntOrTuple = 1,
+             padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1,
+             padding_mode: str = "zeros", layout: str = "channels_first") -> Description:
     """Explain the layer that ``conv(x, filters, ...)`` computes, from the shapes alone.
 
     ``x_shape``: ``(N, C_in, *spatial)`` or ``(N, *spatial, C_in)`` for

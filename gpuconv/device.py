@@ -8,7 +8,8 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
+from ._typing import Array
 
 ENV_VAR = "GPUCONV_DEVICE"
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
@@ -80,12 +81,12 @@ def cuda_status() -> CudaStatus:
                       drv_version, count, tuple(names))
 
 
-def is_cupy_array(a) -> bool:
+def is_cupy_array(a: Array) -> bool:
     """True for a ``cupy.ndarray`` (checked without importing CuPy)."""
     return type(a).__module__.split(".")[0] == "cupy" and hasattr(a, "device")
 
 
-def _parse(device, source: str) -> Tuple[str, Optional[int]]:
+def _parse(device: str, source: str) -> Tuple[str, Optional[int]]:
     if not isinstance(device, str):
         raise TypeError(f"{source} must be a string, one of {DEVICE_CHOICES}, got {device!r}")
     if device in ("auto", "cpu", "cuda"):
@@ -104,7 +105,7 @@ def default_device() -> str:
     return "auto"
 
 
-def resolve(device, *arrays) -> Tuple[str, Optional[int]]:
+def resolve(device: str, *arrays: Any) -> Tuple[str, Optional[int]]:
     """``("cpu", None)`` or ``("cuda", device_id)`` for a call given ``device`` and its arrays.
 
     ``"auto"`` (after GPUCONV_DEVICE) runs CuPy arrays on the GPU they are on, and NumPy arrays on

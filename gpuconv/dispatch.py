@@ -8,25 +8,27 @@ import numpy as np
 
 from . import device as _device
 from .interop import as_array, like
+from typing import Any, Callable, Sequence
+from ._typing import Array
 
 __all__ = ["as_array", "check_flip", "flipped", "run"]
 
 
-def check_flip(flip) -> None:
+def check_flip(flip: bool) -> None:
     if not isinstance(flip, (bool, np.bool_)):
         raise TypeError(f"flip must be True or False, got {flip!r}")
 
 
-def flipped(w, rank: int):
+def flipped(w: Array, rank: int) -> Array:
     """``w`` reversed along its ``rank`` trailing (kernel) axes: a view, no copy."""
     return w[(Ellipsis,) + (slice(None, None, -1),) * rank]
 
 
-def _to_host(a):
+def _to_host(a: Array) -> Array:
     return a.get() if _device.is_cupy_array(a) else a
 
 
-def _to_current_gpu(cupy, a):
+def _to_current_gpu(cupy: Any, a: Array) -> Array:
     """``a`` on CuPy's current device: NumPy arrays are copied there, and so are CuPy arrays that
     live on another GPU (a kernel must not dereference another device's memory)."""
     if _device.is_cupy_array(a) and a.device.id != cupy.cuda.Device().id:
@@ -34,7 +36,8 @@ def _to_current_gpu(cupy, a):
     return cupy.asarray(a)
 
 
-def run(device, caller_primary, arrays, compute):
+def run(device: str, caller_primary: Array, arrays: Sequence[Any],
+        compute: Callable[..., Any]) -> Any:
     """``compute(xp, backend, *arrays)`` on the device that ``device`` and the arrays select.
 
     ``arrays`` are NumPy/CuPy arrays (from :func:`as_array`) or None; ``arrays[0]`` is the

@@ -1,17 +1,20 @@
 """The public convolution functions: validate once, then hand the call to one backend."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from .dispatch import as_array, check_flip, flipped, run
 from .dtypes import result_dtype
 from .geometry import IntOrTuple, PaddingArg, plan_conv
 from .kernels import ACTIVATIONS
 from .layout import alloc_output, to_channels_first
+from ._typing import Array
 
 
-def _conv(fname: str, rank: Optional[int], x, filters, bias, stride, padding, dilation, groups,
-          padding_mode, layout, flip, activation, device):
+def _conv(fname: str, rank: Optional[int], x: Array, filters: Array, bias: Array,
+          stride: IntOrTuple, padding: PaddingArg, dilation: IntOrTuple, groups: int,
+          padding_mode: str, layout: str, flip: bool, activation: Optional[str],
+          device: str) -> Array:
     x_in = x
     x, filters = as_array(x, "x"), as_array(filters, "filters")
     if bias is not None:
@@ -28,7 +31,7 @@ def _conv(fname: str, rank: Optional[int], x, filters, bias, stride, padding, di
         raise ValueError(f"activation={activation!r} is not defined for complex values "
                          f"(dtype {dtype.name}); apply it to the real or imaginary part yourself")
 
-    def compute(xp, backend, x, w, b):
+    def compute(xp: Any, backend: Any, x: Array, w: Array, b: Array) -> Array:
         out, out_cf = alloc_output(xp, geom, dtype)
         # true convolution is correlation with every kernel reversed along each axis
         backend.conv_forward(to_channels_first(xp, x, geom), flipped(w, geom.rank) if flip else w,
@@ -71,34 +74,34 @@ _DOC = """{summary}
     """
 
 
-def conv(x, filters, bias=None, *, stride: IntOrTuple = 1, padding: PaddingArg = 0,
-         dilation: IntOrTuple = 1, groups: int = 1, padding_mode: str = "zeros",
-         layout: str = "channels_first", flip: bool = False, activation: Optional[str] = None,
-         device: str = "auto"):
+def conv(x: Array, filters: Array, bias: Optional[Array] = None, *, stride: IntOrTuple = 1,
+         padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1,
+         padding_mode: str = "zeros", layout: str = "channels_first", flip: bool = False,
+         activation: Optional[str] = None, device: str = "auto") -> Array:
     return _conv("conv", None, x, filters, bias, stride, padding, dilation, groups,
                  padding_mode, layout, flip, activation, device)
 
 
-def conv1d(x, filters, bias=None, *, stride: IntOrTuple = 1, padding: PaddingArg = 0,
-           dilation: IntOrTuple = 1, groups: int = 1, padding_mode: str = "zeros",
-           layout: str = "channels_first", flip: bool = False,
-           activation: Optional[str] = None, device: str = "auto"):
+def conv1d(x: Array, filters: Array, bias: Optional[Array] = None, *, stride: IntOrTuple = 1,
+           padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1,
+           padding_mode: str = "zeros", layout: str = "channels_first", flip: bool = False,
+           activation: Optional[str] = None, device: str = "auto") -> Array:
     return _conv("conv1d", 1, x, filters, bias, stride, padding, dilation, groups,
                  padding_mode, layout, flip, activation, device)
 
 
-def conv2d(x, filters, bias=None, *, stride: IntOrTuple = 1, padding: PaddingArg = 0,
-           dilation: IntOrTuple = 1, groups: int = 1, padding_mode: str = "zeros",
-           layout: str = "channels_first", flip: bool = False,
-           activation: Optional[str] = None, device: str = "auto"):
+def conv2d(x: Array, filters: Array, bias: Optional[Array] = None, *, stride: IntOrTuple = 1,
+           padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1,
+           padding_mode: str = "zeros", layout: str = "channels_first", flip: bool = False,
+           activation: Optional[str] = None, device: str = "auto") -> Array:
     return _conv("conv2d", 2, x, filters, bias, stride, padding, dilation, groups,
                  padding_mode, layout, flip, activation, device)
 
 
-def conv3d(x, filters, bias=None, *, stride: IntOrTuple = 1, padding: PaddingArg = 0,
-           dilation: IntOrTuple = 1, groups: int = 1, padding_mode: str = "zeros",
-           layout: str = "channels_first", flip: bool = False,
-           activation: Optional[str] = None, device: str = "auto"):
+def conv3d(x: Array, filters: Array, bias: Optional[Array] = None, *, stride: IntOrTuple = 1,
+           padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1,
+           padding_mode: str = "zeros", layout: str = "channels_first", flip: bool = False,
+           activation: Optional[str] = None, device: str = "auto") -> Array:
     return _conv("conv3d", 3, x, filters, bias, stride, padding, dilation, groups,
                  padding_mode, layout, flip, activation, device)
 

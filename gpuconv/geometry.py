@@ -3,16 +3,17 @@
 Both backends (``gpuconv.cpu`` and ``gpuconv.cuda``) and every public function take a
 :class:`ConvGeometry` from :func:`plan_conv` and never recompute output sizes or padding themselves.
 
-Vocabulary: a *kernel* is one weight array of ``kernel_size`` slid over one input channel; a *filter*
-is the stack of ``C_in // groups`` kernels that makes one output channel; a layer has ``C_out``
-filters, so its weights (``filters``) have shape ``(C_out, C_in // groups, *kernel_size)``.
+Vocabulary: a *kernel* is one weight array of ``kernel_size`` slid over one input channel; a
+*filter* is the stack of ``C_in // groups`` kernels that makes one output channel; a layer has
+``C_out`` filters, so its weights (``filters``) have shape ``(C_out, C_in // groups,
+*kernel_size)``.
 """
 from __future__ import annotations
 
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union, cast
 
 LAYOUTS = ("channels_first", "channels_last")
 PADDING_STRINGS = ("valid", "same", "full")
@@ -22,17 +23,17 @@ IntOrTuple = Union[int, Sequence[int]]
 PaddingArg = Union[str, int, Sequence[Union[int, Sequence[int]]]]
 
 
-def _is_int(value) -> bool:
+def _is_int(value: Any) -> bool:
     # bool is an int subclass, but stride=True is a mistake, not a stride of 1.
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _fmt(value) -> str:
+def _fmt(value: Any) -> str:
     return repr(value) if not isinstance(value, str) else f"'{value}'"
 
 
-def normalize_ints(value, rank: int, name: str, minimum: int) -> Tuple[int, ...]:
-    """``value`` (an int or one int per spatial dim) as a tuple of ``rank`` ints, each >= minimum."""
+def normalize_ints(value: Any, rank: int, name: str, minimum: int) -> Tuple[int, ...]:
+    """``value`` (an int or one int per spatial dim) as ``rank`` ints, each >= minimum."""
     if _is_int(value):
         values = (int(value),) * rank
     elif isinstance(value, (tuple, list)):
@@ -77,17 +78,19 @@ def resolve_padding(padding: PaddingArg, in_spatial: Tuple[int, ...], kernel: Tu
             full = tuple(d * (k - 1) for k, d in zip(kernel, dilation))
             return full, full
         if padding == "same":
-            before, after = [], []
+            lo: List[int] = []
+            hi: List[int] = []
             for n, k, s, d in zip(in_spatial, kernel, stride, dilation):
                 out = -(-n // s)  # ceil(n / s)
                 total = max((out - 1) * s + d * (k - 1) + 1 - n, 0)
-                before.append(total // 2)
-                after.append(total - total // 2)
-            return tuple(before), tuple(after)
+                lo.append(total // 2)
+                hi.append(total - total // 2)
+            return tuple(lo), tuple(hi)
         raise ValueError(f"padding must be an int, a tuple, or one of {PADDING_STRINGS}, "
                          f"got {_fmt(padding)}")
     if _is_int(padding):
-        pairs = [(int(padding), int(padding))] * rank
+        p0 = int(cast(int, padding))
+        pairs = [(p0, p0)] * rank
     elif isinstance(padding, (tuple, list)):
         if len(padding) != rank:
             raise ValueError(
@@ -170,12 +173,12 @@ class ConvGeometry:
                             self.dilation, zero, zero, "zeros", self.out_spatial)
 
 
-def _check_layout(layout) -> None:
+def _check_layout(layout: str) -> None:
     if not isinstance(layout, str) or layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {_fmt(layout)}")
 
 
-def _kernel_rank(filter_shape, rank: Optional[int], fname: str) -> int:
+def _kernel_rank(filter_shape: Sequence[int], rank: Optional[int], fname: str) -> int:
     """D, the kernels' rank, checked against the rank that ``fname`` requires."""
     D = len(filter_shape) - 2
     if rank is not None and D != rank:
@@ -189,7 +192,8 @@ def _kernel_rank(filter_shape, rank: Optional[int], fname: str) -> int:
     return D
 
 
-def _split_channels(shape, D: int, layout: str, name: str, channels: str, filter_shape):
+def _split_channels(shape: Sequence[int], D: int, layout: str, name: str, channels: str,
+                    filter_shape: Sequence[int]) -> Tuple[bool, int, int, Tuple[int, ...]]:
     """(batched, N, C, spatial) of an x-like array ``name`` with ``channels`` channels."""
     if len(shape) not in (D + 1, D + 2):
         where = (f"(N, {channels}, *spatial)" if layout == "channels_first"
@@ -205,7 +209,8 @@ def _split_channels(shape, D: int, layout: str, name: str, channels: str, filter
     return batched, full[0], full[-1], full[1:-1]
 
 
-def _check_filters(filter_shape, groups):
+def _check_filters(filter_shape: Sequence[int], groups: int) -> Tuple[int, int, int,
+                   Tuple[int, ...]]:
     """(groups, C_out, C_in/groups, kernel_size) of a filter bank, checked."""
     if not _is_int(groups):
         raise TypeError(f"groups must be an int, got {_fmt(groups)}")
@@ -290,15 +295,16 @@ def plan_conv(x_shape: Tuple[int, ...], filter_shape: Tuple[int, ...],
                         stride, dilation, before, after, padding_mode, out_spatial)
 
 
-def _check_result_shape(geom: ConvGeometry, got_shape, got_name: str, given_name: str,
-                        given_shape) -> None:
+def _check_result_shape(geom: ConvGeometry, got_shape: Sequence[int], got_name: str,
+                        given_name: str, given_shape: Sequence[int]) -> None:
     if tuple(got_shape) != geom.out_shape():
         raise ValueError(
             f"{given_name} {tuple(given_shape)} cannot produce {got_name} of shape "
             f"{tuple(got_shape)}: with these options conv gives {geom.out_shape()}")
 
 
-def plan_conv_input_grad(grad_out_shape, filter_shape, input_shape, **options) -> ConvGeometry:
+def plan_conv_input_grad(grad_out_shape: Sequence[int], filter_shape: Sequence[int],
+                         input_shape: Sequence[int], **options: Any) -> ConvGeometry:
     """Geometry of the conv whose input gradient is asked for: ``input_shape`` is its x.
 
     ``options`` are plan_conv's keywords; ValueError when conv of ``input_shape`` does not give
@@ -310,7 +316,8 @@ def plan_conv_input_grad(grad_out_shape, filter_shape, input_shape, **options) -
     return geom
 
 
-def plan_conv_filter_grad(x_shape, grad_out_shape, filter_shape, **options) -> ConvGeometry:
+def plan_conv_filter_grad(x_shape: Sequence[int], grad_out_shape: Sequence[int],
+                          filter_shape: Sequence[int], **options: Any) -> ConvGeometry:
     """Geometry of the conv whose filter gradient is asked for (``filter_shape`` its filters)."""
     filter_shape = _shape_arg(filter_shape, "filter_shape")
     geom = plan_conv(tuple(x_shape), filter_shape, **options)
@@ -319,7 +326,7 @@ def plan_conv_filter_grad(x_shape, grad_out_shape, filter_shape, **options) -> C
     return geom
 
 
-def _shape_arg(shape, name: str) -> Tuple[int, ...]:
+def _shape_arg(shape: Sequence[int], name: str) -> Tuple[int, ...]:
     if not isinstance(shape, (tuple, list)) or not all(_is_int(v) for v in shape):
         raise TypeError(f"{name} must be a tuple of ints, got {shape!r}")
     if min(shape, default=0) < 0:
@@ -327,11 +334,12 @@ def _shape_arg(shape, name: str) -> Tuple[int, ...]:
     return tuple(int(v) for v in shape)
 
 
-def plan_conv_transpose(y_shape, filter_shape, bias_shape=None, *, stride: IntOrTuple = 1,
-                        padding=0, output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
-                        groups: int = 1, layout: str = "channels_first",
-                        rank: Optional[int] = None, fname: str = "conv_transpose"
-                        ) -> ConvGeometry:
+def plan_conv_transpose(y_shape: Sequence[int], filter_shape: Sequence[int],
+                        bias_shape: Optional[Sequence[int]] = None, *, stride: IntOrTuple = 1,
+                        padding: PaddingArg = 0, output_padding: IntOrTuple = 0,
+                        dilation: IntOrTuple = 1, groups: int = 1,
+                        layout: str = "channels_first", rank: Optional[int] = None,
+                        fname: str = "conv_transpose") -> ConvGeometry:
     """Geometry of a transposed convolution, described as the conv it transposes.
 
     ``y`` (C_out channels, ``out_spatial``) maps back to C_in channels of size

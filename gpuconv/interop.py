@@ -18,6 +18,7 @@ import numpy as np
 
 from .device import is_cupy_array
 from .dtypes import check_dtype
+from ._typing import Array
 
 # DLPack device types (dlpack.h: DLDeviceType)
 _DL_CPU, _DL_CUDA, _DL_CUDA_HOST, _DL_CUDA_MANAGED = 1, 2, 3, 13
@@ -26,19 +27,19 @@ _ACCEPTED_KINDS = ("a NumPy or CuPy array, or an array that exposes DLPack or "
                    "__cuda_array_interface__ (a PyTorch tensor, a JAX array, ...)")
 
 
-def _describe_type(a) -> str:
+def _describe_type(a: Array) -> str:
     return f"{type(a).__module__}.{type(a).__qualname__}"
 
 
-def _library(a) -> str:
+def _library(a: Array) -> str:
     return type(a).__module__.split(".")[0]
 
 
-def _is_torch_tensor(a) -> bool:
+def _is_torch_tensor(a: Array) -> bool:
     return _library(a) == "torch" and hasattr(a, "requires_grad") and hasattr(a, "data_ptr")
 
 
-def _cupy_for(name: str, a):
+def _cupy_for(name: str, a: Array) -> Any:
     try:
         import cupy
     except Exception as exc:
@@ -48,7 +49,7 @@ def _cupy_for(name: str, a):
     return cupy
 
 
-def _from_dlpack(a, name: str):
+def _from_dlpack(a: Array, name: str) -> Array:
     """NumPy or CuPy view of a DLPack producer, chosen by where its memory lives."""
     try:
         dev_type, dev_id = a.__dlpack_device__()
@@ -70,7 +71,7 @@ def _from_dlpack(a, name: str):
                     f"gpuconv runs on the CPU and on CUDA GPUs only")
 
 
-def as_array(a, name: str):
+def as_array(a: Array, name: str) -> Array:
     """``a`` as a NumPy or CuPy array of an accepted dtype, sharing its memory (no copy).
 
     TypeError, naming ``name``, for anything gpuconv cannot view or convolve (lists, scalars,
@@ -97,12 +98,12 @@ def as_array(a, name: str):
     return view
 
 
-def _jax_from_dlpack(result):
+def _jax_from_dlpack(result: Array) -> Any:
     import jax.numpy as jnp
     return jnp.from_dlpack(result)
 
 
-def _torch_from_dlpack(result):
+def _torch_from_dlpack(result: Array) -> Any:
     import torch
     return torch.from_dlpack(result)
 
@@ -111,7 +112,7 @@ def _torch_from_dlpack(result):
 _RETURNERS = {"torch": _torch_from_dlpack, "jax": _jax_from_dlpack, "jaxlib": _jax_from_dlpack}
 
 
-def returner(a) -> Optional[Callable[[Any], Any]]:
+def returner(a: Array) -> Optional[Callable[[Any], Any]]:
     """How to hand a result back as ``a``'s kind of object: None for NumPy/CuPy (and for
     producers whose library cannot import DLPack), else a function of the NumPy/CuPy result."""
     if isinstance(a, np.ndarray) or is_cupy_array(a):
@@ -119,7 +120,7 @@ def returner(a) -> Optional[Callable[[Any], Any]]:
     return _RETURNERS.get(_library(a))
 
 
-def like(a, result):
+def like(a: Array, result: Array) -> Any:
     """``result`` (NumPy or CuPy) as ``a``'s kind of object, sharing memory (see module doc)."""
     back = returner(a)
     return result if back is None else back(result)

@@ -14,11 +14,12 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .dtypes import ACCEPTED
+from ._typing import DTypeLike
 
 #: C++ type of each accepted dtype in the kernels (see kernels_cuda/gpuconv_types.cuh).
 CTYPES: Dict[np.dtype, str] = {
@@ -80,28 +81,28 @@ def kernel_source(filename: str) -> str:
     return "\n".join(_expand(path, {path.resolve()})) + "\n"
 
 
-def activation_names(dtype) -> Tuple[Optional[str], ...]:
+def activation_names(dtype: DTypeLike) -> Tuple[Optional[str], ...]:
     """Activations the kernels support for ``dtype``: none for complex (there is no ordering)."""
     if np.dtype(dtype).kind == "c":
         return (None,)
     return tuple(ACTIVATIONS)
 
 
-def conv_direct_name(dtype, activation: Optional[str]) -> str:
+def conv_direct_name(dtype: DTypeLike, activation: Optional[str]) -> str:
     return f"conv_direct<{CTYPES[np.dtype(dtype)]}, {ACTIVATIONS[activation]}>"
 
 
-def data_adjoint_name(dtype, conjugate: bool) -> str:
+def data_adjoint_name(dtype: DTypeLike, conjugate: bool) -> str:
     return f"conv_data_adjoint<{CTYPES[np.dtype(dtype)]}, {'true' if conjugate else 'false'}>"
 
 
-def filter_grad_names(dtype) -> Tuple[str, str]:
+def filter_grad_names(dtype: DTypeLike) -> Tuple[str, str]:
     """(first stage: partial sums, second stage: their ordered sum) for ``dtype``."""
     ctype = CTYPES[np.dtype(dtype)]
     return f"conv_filter_grad_partial<{ctype}>", f"sum_partials<{ctype}>"
 
 
-def module_names(filename: str, dtype) -> Tuple[str, ...]:
+def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
     """Every template instantiation of ``filename`` that a call in ``dtype`` may need."""
     if filename == "conv_direct.cu":
         return tuple(conv_direct_name(dtype, a) for a in activation_names(dtype))
@@ -120,19 +121,19 @@ def every_module_request() -> List[Tuple[str, Tuple[str, ...], Tuple[str, ...]]]
 
 
 @functools.lru_cache(maxsize=None)
-def _module(filename: str, names: Tuple[str, ...], options: Tuple[str, ...], device_id: int):
+def _module(filename: str, names: Tuple[str, ...], options: Tuple[str, ...], device_id: int) -> Any:
     import cupy
     # device_id is part of the key: a module is loaded into one device's context.
     return cupy.RawModule(code=kernel_source(filename), options=options, name_expressions=names)
 
 
 @functools.lru_cache(maxsize=None)
-def _function(filename: str, name: str, dtype: np.dtype, device_id: int):
+def _function(filename: str, name: str, dtype: np.dtype, device_id: int) -> Any:
     names = module_names(filename, dtype)
     return _module(filename, names, COMPILE_OPTIONS, device_id).get_function(name)
 
 
-def get_function(filename: str, name: str, dtype, device_id: int):
+def get_function(filename: str, name: str, dtype: DTypeLike, device_id: int) -> Any:
     """The compiled kernel ``name`` from ``filename`` for the current device (cached: a call
     with compiled kernels does no lookups beyond one dictionary hit)."""
     return _function(filename, name, np.dtype(dtype), device_id)

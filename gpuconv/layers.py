@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
 from .device import is_cupy_array
 from .forward import conv
 from .interop import as_array
-from .geometry import normalize_ints
+from .geometry import IntOrTuple, PaddingArg, normalize_ints
+from ._typing import Array, DTypeLike
 
 INITIALIZERS = ("glorot_uniform", "he_normal", "zeros")
 
@@ -34,12 +35,13 @@ def _initial(name: str, shape: Tuple[int, ...], fan_in: int, fan_out: int,
 class _ConvND:
     rank = 0
 
-    def __init__(self, filters: int, kernel_size: Union[int, Tuple[int, ...]], strides=1,
-                 padding="valid", dilation_rate=1, groups: int = 1,
+    def __init__(self, filters: int, kernel_size: Union[int, Tuple[int, ...]],
+                 strides: IntOrTuple = 1, padding: PaddingArg = "valid",
+                 dilation_rate: IntOrTuple = 1, groups: int = 1,
                  activation: Optional[str] = None, use_bias: bool = True,
-                 data_format: str = "channels_last",
-                 kernel_initializer: str = "glorot_uniform", seed: Optional[int] = None,
-                 dtype="float32", padding_mode: str = "zeros", device: str = "auto"):
+                 data_format: str = "channels_last", kernel_initializer: str = "glorot_uniform",
+                 seed: Optional[int] = None, dtype: DTypeLike = "float32",
+                 padding_mode: str = "zeros", device: str = "auto"):
         if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
             raise ValueError(f"filters (the number of filters, C_out) must be an int >= 1, "
                              f"got {filters!r}")
@@ -54,14 +56,15 @@ class _ConvND:
         self.kernel_initializer = kernel_initializer
         self.dtype = np.dtype(dtype)
         self.seed = seed
-        self.filters = None  # (C_out, C_in // groups, *kernel_size), built on the first call
-        self.bias = None     # (C_out,) or None
+        # NumPy or CuPy arrays, made on the first call on the input's device
+        self.filters: Any = None  # (C_out, C_in // groups, *kernel_size)
+        self.bias: Any = None     # (C_out,) or None
 
     @property
     def built(self) -> bool:
         return self.filters is not None
 
-    def build(self, in_channels: int, like=None) -> None:
+    def build(self, in_channels: int, like: Optional[Array] = None) -> None:
         """Make the filters for ``in_channels`` input channels, on ``like``'s device."""
         if in_channels % self.groups or self.n_filters % self.groups:
             raise ValueError(f"groups={self.groups} must divide the input channels "
@@ -80,13 +83,13 @@ class _ConvND:
                 b = None if b is None else cupy.asarray(b)
         self.filters, self.bias = w, b
 
-    def kernel(self, o: int, c: int):
+    def kernel(self, o: int, c: int) -> Array:
         """The kernel of filter ``o`` for input channel ``c`` of its group: ``kernel_size``."""
         if not self.built:
             raise ValueError("the layer has no filters yet: call it on an input first")
         return self.filters[o, c]
 
-    def __call__(self, x):
+    def __call__(self, x: Array) -> Array:
         """``conv(x, self.filters, self.bias, ...)``; x is ``(N, *spatial, C_in)`` for
         data_format="channels_last" (the default, as in Keras) or ``(N, C_in, *spatial)``."""
         xa = as_array(x, "x")  # a NumPy/CuPy view of x, to read its shape and device
@@ -112,7 +115,11 @@ class _ConvND:
 
 
 class Conv1D(_ConvND):
-    """1-D convolution layer (Keras-style constructor); weights ``(C_out, C_in/groups, k)``."""
+    """1-D convolution layer (Keras-style constructor); weights ``(C_out, C_in/groups, k)``.
+
+    Input ``(N, L, C_in)`` (data_format="channels_last", the default) or ``(N, C_in, L)``;
+    output ``(N, L', C_out)`` or ``(N, C_out, L')``. Arguments as for :class:`Conv2D`.
+    """
     rank = 1
 
 
@@ -122,6 +129,8 @@ class Conv2D(_ConvND):
     ``Conv2D(filters, kernel_size, strides=1, padding="valid", dilation_rate=1, groups=1,
     activation=None, use_bias=True, data_format="channels_last",
     kernel_initializer="glorot_uniform" | "he_normal" | "zeros", seed=None, dtype="float32")``.
+    Input ``(N, H, W, C_in)`` (data_format="channels_last", the default) or
+    ``(N, C_in, H, W)``; output ``(N, H', W', C_out)`` or ``(N, C_out, H', W')``.
     The filters are made on the first call from the input's channel count, on the input's
     device, and held as ``.filters`` and ``.bias``; ``layer.kernel(o, c)`` is one kernel.
     """
@@ -129,5 +138,11 @@ class Conv2D(_ConvND):
 
 
 class Conv3D(_ConvND):
-    """3-D convolution layer (Keras-style constructor); weights ``(C_out, C_in/groups, *k)``."""
+    """3-D convolution layer (Keras-style constructor); weights
+    ``(C_out, C_in/groups, kd, kh, kw)``.
+
+    Input ``(N, D, H, W, C_in)`` (data_format="channels_last", the default) or
+    ``(N, C_in, D, H, W)``; output likewise with C_out channels. Arguments as for
+    :class:`Conv2D`.
+    """
     rank = 3

@@ -7,12 +7,14 @@ into an output allocated in the caller's layout; these helpers make those views 
 from __future__ import annotations
 
 from .geometry import ConvGeometry
+from typing import Any, Sequence, Tuple
+from ._typing import Array, DTypeLike
 
 #: padding_mode -> the mode of ``numpy.pad``/``cupy.pad`` with PyTorch's meaning.
 PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
-def to_channels_first(xp, x, geom: ConvGeometry):
+def to_channels_first(xp: Any, x: Array, geom: ConvGeometry) -> Array:
     """``x`` as the caller gave it -> a view of shape ``(N, C_in, *spatial)``."""
     if not geom.batched:
         x = x[None]
@@ -21,7 +23,8 @@ def to_channels_first(xp, x, geom: ConvGeometry):
     return x
 
 
-def _alloc(xp, geom: ConvGeometry, channels: int, spatial, dtype):
+def _alloc(xp: Any, geom: ConvGeometry, channels: int, spatial: Sequence[int],
+           dtype: DTypeLike) -> Tuple[Array, Array]:
     if geom.layout == "channels_first":
         out = xp.empty((geom.N, channels) + tuple(spatial), dtype=dtype)
         view = out
@@ -31,18 +34,18 @@ def _alloc(xp, geom: ConvGeometry, channels: int, spatial, dtype):
     return (out if geom.batched else out[0]), view
 
 
-def alloc_output(xp, geom: ConvGeometry, dtype):
+def alloc_output(xp: Any, geom: ConvGeometry, dtype: DTypeLike) -> Tuple[Array, Array]:
     """(conv's result in the caller's layout, its channels-first view (N, C_out, *out_spatial))."""
     return _alloc(xp, geom, geom.C_out, geom.out_spatial, dtype)
 
 
-def alloc_input(xp, geom: ConvGeometry, dtype):
+def alloc_input(xp: Any, geom: ConvGeometry, dtype: DTypeLike) -> Tuple[Array, Array]:
     """(an array shaped like conv's x in the caller's layout, its view (N, C_in, *in_spatial)):
     where the input gradient and the transposed convolution go."""
     return _alloc(xp, geom, geom.C_in, geom.in_spatial, dtype)
 
 
-def pad_spatial(xp, x, geom: ConvGeometry, channels_last: bool = False):
+def pad_spatial(xp: Any, x: Array, geom: ConvGeometry, channels_last: bool = False) -> Array:
     """A padded copy of ``x`` -- ``(N, C, *spatial)``, or ``(N, *spatial, C)`` when
     ``channels_last`` -- by ``geom``'s padding and padding_mode (same axis order out)."""
     spatial = list(zip(geom.pad_before, geom.pad_after))
@@ -50,7 +53,7 @@ def pad_spatial(xp, x, geom: ConvGeometry, channels_last: bool = False):
     return xp.pad(x, widths, mode=PAD_MODES[geom.padding_mode])
 
 
-def unpad_adjoint(xp, grad_padded, geom: ConvGeometry, out):
+def unpad_adjoint(xp: Any, grad_padded: Array, geom: ConvGeometry, out: Array) -> None:
     """The adjoint of :func:`pad_spatial`: fold a gradient over the padded input back onto x.
 
     ``grad_padded`` is ``(N, C, *padded_spatial)``; ``out`` (``(N, C, *in_spatial)``) receives

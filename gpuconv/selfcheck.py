@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Any, Dict, List, Optional, TextIO, Tuple
 
 import numpy as np
 
@@ -23,7 +23,8 @@ from .forward import conv
 DTYPES = ("float16", "float32", "float64", "complex64", "complex128")
 
 
-def random_call(rng: np.random.Generator):
+def random_call(rng: np.random.Generator
+                ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Dict[str, Any]]:
     """(x, filters, bias, options) of one random, valid conv call with small shapes."""
     D = int(rng.integers(1, 4))
     dtype = np.dtype(DTYPES[rng.integers(len(DTYPES))])
@@ -44,7 +45,7 @@ def random_call(rng: np.random.Generator):
     N = int(rng.integers(1, 3))
     shape = (N, C_in) + S if layout == "channels_first" else (N,) + S + (C_in,)
 
-    def arr(shape):
+    def arr(shape: Tuple[int, ...]) -> np.ndarray:
         a = rng.uniform(-1, 1, shape)
         if dtype.kind == "c":
             a = a + 1j * rng.uniform(-1, 1, shape)
@@ -58,7 +59,8 @@ def random_call(rng: np.random.Generator):
     return arr(shape), arr((C_out, Cg) + K), bias, options
 
 
-def error_bound(x, w, b, options, exact):
+def error_bound(x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray], options: Dict[str, Any],
+                exact: np.ndarray) -> np.ndarray:
     """gamma_n * (the same call on |x|, |w|, |b|) + the output dtype's rounding of |exact|."""
     dtype = np.result_type(x, w, *(() if b is None else (b,)))
     real = np.dtype(dtype.char.lower()) if dtype.kind == "c" else dtype
@@ -81,7 +83,9 @@ class DeviceResult:
     worst: float = 0.0   # largest error / bound seen
 
 
-def run_check(cases: int = 200, seed: int = 0, out=sys.stdout, progress=True) -> int:
+def run_check(cases: int = 200, seed: int = 0, out: Optional[TextIO] = None,
+              progress: bool = True) -> int:
+    out = sys.stdout if out is None else out
     devices = ["cpu"] + (["cuda"] if cuda_status().available else [])
     rng = np.random.default_rng(seed)
     results: Dict[str, DeviceResult] = {d: DeviceResult() for d in devices}
