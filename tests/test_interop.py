@@ -1,7 +1,7 @@
 """Arrays from other libraries: viewed without copies, results handed back as the caller's kind.
 
 CI has neither PyTorch nor a GPU, so the generic DLPack path is exercised there through a small
-foreign array type below; the PyTorch tests run wherever PyTorch is installed (CPU tensors), and
+foreign array type below; the PyTorch and JAX tests run wherever those are installed (CPU), and
 the CUDA ones where a GPU is usable too.
 """
 from __future__ import annotations
@@ -160,6 +160,19 @@ def test_torch_bad_tensors_are_refused_by_name(torch):
         gpuconv.conv2d(X, torch.from_numpy(W).to(torch.bfloat16))
     with pytest.raises(TypeError, match=r"x has dtype int64"):
         gpuconv.conv2d(torch.zeros((1, 3, 5, 5), dtype=torch.int64), W)
+
+
+# ---------------------------------------------------------------------------- JAX (CPU)
+
+def test_jax_array_in_jax_array_out():
+    jax = pytest.importorskip("jax")
+    jx = jax.numpy.asarray(X)
+    view = as_array(jx, "x")
+    assert isinstance(view, np.ndarray) and view.ctypes.data == jx.unsafe_buffer_pointer()
+    y = gpuconv.conv2d(jx, W, B, padding="same", device="cpu")
+    assert isinstance(y, jax.Array) and y.shape == (2, 4, 9, 8)
+    np.testing.assert_array_equal(np.asarray(y), gpuconv.conv2d(X, W, B, padding="same",
+                                                                device="cpu"))
 
 
 # ---------------------------------------------------------------------------- GPU
