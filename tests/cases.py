@@ -103,9 +103,9 @@ def _random_array(rng: np.random.Generator, shape, dtype) -> np.ndarray:
     return a.astype(dtype)
 
 
-def build_case(assign: Dict[str, Any], seed: int, kernel=None) -> Case:
+def build_case(assign: Dict[str, Any], seed: int, kernel=None, wide: bool = False) -> Case:
     """Concrete shapes and arrays for one assignment of the options (``kernel`` forces the
-    kernel size)."""
+    kernel size; ``wide`` makes the last axis long enough for >= 32 outputs per row)."""
     rng = np.random.default_rng(seed)
     D = assign["rank"]
     small = D == 3
@@ -120,6 +120,8 @@ def build_case(assign: Dict[str, Any], seed: int, kernel=None) -> Case:
     # every axis at least as long as the dilated kernel and >= 3: then every padding below
     # (explicit ones <= 2, "same"/"full" < the span) is legal for reflect and circular too
     S = tuple(int(max(s, 3) + rng.integers(0, 3 if small else 6)) for s in span)
+    if wide:
+        S = S[:-1] + (32 * stride[-1] + span[-1] + int(rng.integers(0, 5)),)
     padding = {
         "int0": 0, "int1": 1,
         "per_dim": tuple(int(v) for v in rng.integers(0, 3, size=D)),
@@ -162,13 +164,17 @@ def grid_cases() -> List[Case]:
 
 def fast_path_cases() -> List[Case]:
     """Cases aimed at the CPU's special paths: 1x1 kernels without padding (pointwise) and one
-    kernel per filter (depthwise, with multipliers), across dtypes, strides, layouts, epilogues."""
+    kernel per filter (depthwise, with multipliers, short and long rows), across dtypes,
+    strides, layouts, epilogues."""
     out = []
     for i, a in enumerate(random_cases(60, seed=11)):
         a = dict(a, padding=rng_choice(i, ("int0", "valid")), padding_mode="zeros")
         out.append(build_case(a, seed=5000 + i, kernel=1))
     for i, a in enumerate(random_cases(60, seed=12)):
         out.append(build_case(dict(a, groups="depthwise"), seed=6000 + i))
+    # depthwise with >= 32 outputs per row: the CPU's channels-first depthwise path
+    for i, a in enumerate(random_cases(40, seed=13)):
+        out.append(build_case(dict(a, groups="depthwise"), seed=7000 + i, wide=True))
     return out
 
 
