@@ -14,6 +14,8 @@ from reference import reference_conv
     (1, (4, 8, 40, 40), (16, 8, 3, 3), dict(padding=1)),
     (1, (3, 6, 30, 30), (6, 1, 5, 5), dict(padding="same", groups=6, padding_mode="reflect")),
     (1, (2, 4, 12, 12, 12), (8, 4, 3, 3, 3), dict(padding=1)),
+    # depthwise with 64-wide output rows: the channels-first depthwise path, in row chunks
+    (1, (4, 16, 64, 64), (32, 1, 3, 3), dict(padding=1, groups=16)),
 ])
 def test_peak_temporary_memory_stays_under_the_workspace(limit_mib, shape, wshape, kw):
     rng = np.random.default_rng(0)
