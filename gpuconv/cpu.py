@@ -229,11 +229,11 @@ def _depthwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     for n0, n, xpad, r0, rows in _chunk_plan(x_cf, geom, ct, copies, tap_major=not cf,
                                              cap=DEPTHWISE_CHUNK_BYTES):
         block = out_cf[n0:n0 + n, :, r0:r0 + rows[0]]
+        # accumulate straight into the output where it has the compute dtype and the layout
+        direct = cf and block.dtype == ct and block.flags.c_contiguous
         if cf:
             shape = (n, C, Cog) + rows
-            # accumulate straight into the output where it has the compute dtype
-            acc = block.reshape(shape) if block.dtype == ct and block.flags.c_contiguous \
-                else np.empty(shape, dtype=ct)
+            acc = block.reshape(shape) if direct else np.empty(shape, dtype=ct)
         else:  # a trailing multiplier axis only when there is one: length-1 inner loops crawl
             acc = np.empty((n,) + rows + ((C, Cog) if Cog > 1 else (C,)), dtype=ct)
         tmp = np.empty_like(acc)
@@ -258,7 +258,7 @@ def _depthwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
         if cf:
             acc = acc.reshape((n, geom.C_out) + rows)
             _activate(acc, activation)
-            if acc is not block and not np.shares_memory(acc, block):
+            if not direct:
                 block[...] = acc
         else:
             acc = acc.reshape((n,) + rows + (geom.C_out,))

@@ -132,17 +132,13 @@ def compute(picture: np.ndarray, device: str = "auto") -> DemoResult:
     # whose filter c*C_out + o is the single kernel filters[o, c]
     per_kernel = filters.transpose(1, 0, 2, 3).reshape(C_in * C_out, 1, 3, 3)
     maps = conv2d(x, per_kernel, groups=C_in, padding="same", device=device)
-    maps = _host(maps)[0].reshape(C_in, C_out, *x.shape[2:]).transpose(1, 0, 2, 3)
-    feature = _host(conv2d(x, filters, bias, padding="same", activation="relu",
-                           device=device))[0]
+    # x is a NumPy array, so the results are NumPy on either device
+    maps = maps[0].reshape(C_in, C_out, *x.shape[2:]).transpose(1, 0, 2, 3)
+    feature = conv2d(x, filters, bias, padding="same", activation="relu", device=device)[0]
     summed = maps.sum(axis=1)
     agreement = float(np.max(np.abs(np.maximum(summed + bias[:, None, None], 0) - feature)))
     return DemoResult(picture, names, filters, bias, np.ascontiguousarray(maps), summed,
                       feature, where, agreement)
-
-
-def _host(a: Array) -> np.ndarray:
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else a
 
 
 def _gpu_words(index: Optional[int]) -> str:
