@@ -105,3 +105,15 @@ def test_without_matplotlib_it_says_how_to_get_it(monkeypatch, tmp_path):
     assert 'pip install "gpuconv[demo]"' in err and not (tmp_path / "f.png").exists()
     rc, out, err = _run("--image", str(tmp_path / "x.png"))
     assert rc == 2 and "needs matplotlib" in err
+
+
+@pytest.mark.gpu
+def test_demo_on_the_gpu_matches_the_cpu(gpu):
+    picture = demo.sample_picture(40)
+    on_cpu, on_gpu = demo.compute(picture, "cpu"), demo.compute(picture, "cuda")
+    assert on_gpu.device.startswith("cuda:")
+    assert on_gpu.agreement <= demo.agreement_bound(on_gpu)
+    # both are float32 sums of 27 products (and a bias) in different orders
+    for a, b in ((on_cpu.kernel_maps, on_gpu.kernel_maps),
+                 (on_cpu.feature_maps, on_gpu.feature_maps)):
+        assert np.abs(a - b).max() <= 2 * demo.agreement_bound(on_cpu)

@@ -177,11 +177,13 @@ def test_jax_array_in_jax_array_out():
 
 # ---------------------------------------------------------------------------- GPU
 
+@pytest.mark.gpu
 def test_cupy_in_cupy_out(gpu):
     y = gpuconv.conv2d(gpu.asarray(X), gpu.asarray(W), device="cuda")
     assert isinstance(y, gpu.ndarray)
 
 
+@pytest.mark.gpu
 def test_cuda_array_interface_is_viewed_without_a_copy(gpu):
     a = gpu.asarray(X)
 
@@ -197,6 +199,7 @@ def test_cuda_array_interface_is_viewed_without_a_copy(gpu):
     np.testing.assert_array_equal(gpu.asnumpy(y), gpu.asnumpy(gpuconv.conv2d(a, gpu.asarray(W))))
 
 
+@pytest.mark.gpu
 def test_torch_cuda_tensor_in_torch_cuda_tensor_out(gpu, torch):
     if not torch.cuda.is_available():
         pytest.skip("PyTorch sees no CUDA device")
