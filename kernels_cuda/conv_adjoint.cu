@@ -5,6 +5,7 @@
 // Shapes and strides are those of the *forward* conv: x is (N, C_in, ID, IH, IW), y (its output,
 // here the incoming gradient g) is (N, C_out, OD, OH, OW), filters are contiguous
 // (C_out, C_in/groups, KD, KH, KW). 1-D and 2-D calls have unit leading spatial dims.
+#include "gpuconv_index.cuh"
 #include "gpuconv_types.cuh"
 
 // dx[n, ci, i] = bias[ci] + sum over the filters co of ci's group and their taps k with
@@ -34,19 +35,8 @@ __global__ void conv_data_adjoint(const T* __restrict__ g, const T* __restrict__
     const long long total = N * C_in * ID * IH * IW;
     for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
          idx += (long long)gridDim.x * blockDim.x) {
-        long long r = idx, ci, iw, ih, id;
-        if (ci_fastest) {
-            ci = r % C_in; r /= C_in;
-            iw = r % IW; r /= IW;
-            ih = r % IH; r /= IH;
-            id = r % ID; r /= ID;
-        } else {
-            iw = r % IW; r /= IW;
-            ih = r % IH; r /= IH;
-            id = r % ID; r /= ID;
-            ci = r % C_in; r /= C_in;
-        }
-        const long long n = r;
+        const gc_coords p = gc_split_index(idx, C_in, ID, IH, IW, ci_fastest);
+        const long long n = p.n, ci = p.c, id = p.d, ih = p.h, iw = p.w;
         const long long grp = ci / Cg, c = ci % Cg;
         acc_t sum = num::zero();
         for (long long j = 0; j < Cog; ++j) {

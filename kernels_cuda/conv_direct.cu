@@ -10,6 +10,7 @@
 // channels-last layouts and non-contiguous inputs need no copy. Zero padding is done here by
 // skipping taps that fall outside the input; other padding modes arrive pre-padded. The filters
 // are contiguous (C_out, C_in/groups, KD, KH, KW). All index arithmetic is 64-bit.
+#include "gpuconv_index.cuh"
 #include "gpuconv_types.cuh"
 
 template <typename T, int ACT>
@@ -33,21 +34,9 @@ __global__ void conv_direct(const T* __restrict__ x, const T* __restrict__ w,
     const long long total = N * C_out * OD * OH * OW;
     for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
          idx += (long long)gridDim.x * blockDim.x) {
-        // Neighbouring threads take neighbouring elements of y's fastest axis, so stores coalesce
-        // in either layout.
-        long long r = idx, co, ow, oh, od;
-        if (co_fastest) {
-            co = r % C_out; r /= C_out;
-            ow = r % OW; r /= OW;
-            oh = r % OH; r /= OH;
-            od = r % OD; r /= OD;
-        } else {
-            ow = r % OW; r /= OW;
-            oh = r % OH; r /= OH;
-            od = r % OD; r /= OD;
-            co = r % C_out; r /= C_out;
-        }
-        const long long n = r;
+        // neighbouring threads store neighbouring elements of y in either layout
+        const gc_coords p = gc_split_index(idx, C_out, OD, OH, OW, co_fastest);
+        const long long n = p.n, co = p.c, od = p.d, oh = p.h, ow = p.w;
         const long long g = co / Cog;
         const T* xg = x + n * xs_n + g * Cg * xs_c;
         const T* wf = w + co * Cg * KD * KH * KW;  // filter co: Cg kernels of KD*KH*KW taps
