@@ -7,6 +7,7 @@ has ``C_out`` filters, so its weights have shape ``(C_out, C_in // groups, *kern
 """
 from importlib.metadata import PackageNotFoundError, version as _version
 
+from . import algorithms
 from .adjoint import (conv_filter_grad, conv_input_grad, conv_transpose, conv_transpose1d,
                       conv_transpose2d, conv_transpose3d)
 from .config import cpu_workspace, get_cpu_workspace, set_cpu_workspace
@@ -23,7 +24,7 @@ except PackageNotFoundError:  # running from a source checkout without installin
     __version__ = "0.1.0+source"
 
 __all__ = [
-    "conv", "conv1d", "conv2d", "conv3d",
+    "conv", "conv1d", "conv2d", "conv3d", "algorithms",
     "conv_transpose", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
     "conv_input_grad", "conv_filter_grad",
     "describe", "Description", "Conv1D", "Conv2D", "Conv3D",

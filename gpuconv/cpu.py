@@ -15,6 +15,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import algorithms
 from .config import get_cpu_workspace
 from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
@@ -143,17 +144,19 @@ def _grouped_rows(y_block: Array, geom: ConvGeometry, ct: np.dtype) -> Array:
 
 
 def conv_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry, activation: Optional[str],
-                 out_cf: Array) -> None:
+                 out_cf: Array, algorithm: str = "auto") -> None:
     """Fill ``out_cf`` ``(N, C_out, *out_spatial)`` with the convolution of ``x_cf``.
 
     ``x_cf``: ``(N, C_in, *spatial)`` NumPy array or view (any strides, any accepted dtype);
     ``w``: ``(C_out, C_in // groups, *kernel_size)`` filters, already flipped for ``flip=True``;
     ``bias``: ``(C_out,)`` or None. Sums are carried in the accumulator dtype of ``out_cf``.
+    ``algorithm``: see :mod:`gpuconv.algorithms` ("gemm" is this function's own body).
     """
     ct = accumulator_dtype(out_cf.dtype)
-    if geom.C_in_per_group == 1 and geom.groups > 1:
+    algorithm = algorithms.choose("cpu", algorithm, geom, out_cf.dtype)
+    if algorithm == "depthwise":
         return _depthwise_forward(x_cf, w, bias, geom, activation, out_cf, ct)
-    if max(geom.kernel) == 1 and max(geom.pad_before + geom.pad_after) == 0:
+    if algorithm == "pointwise":
         return _pointwise_forward(x_cf, w, bias, geom, activation, out_cf, ct)
     G, Cog = geom.groups, geom.C_out_per_group
     tap_major = _tap_major(geom)

@@ -4,8 +4,8 @@ Only imported when a call runs on the GPU. Launches go to CuPy's current stream 
 device (the caller's ``with cupy.cuda.Device(i)`` / ``with stream:`` are respected).
 
 Each operation is written once as ``_op(xp, run, ...)``: ``xp`` is the array module and
-``run(file, kernel, dtype, work_items, args)`` launches one kernel over ``work_items`` threads'
-worth of work. The public functions pass CuPy and a CuPy launcher; the test suite passes NumPy
+``run(file, kernel, dtype, work, args)`` launches one kernel: a grid-stride kernel over ``work``
+threads' worth of work (an int), or a tiled kernel on the blocks a :class:`Grid` names. The public functions pass CuPy and a CuPy launcher; the test suite passes NumPy
 and a launcher that runs the same kernel source on the host (tests/test_kernel_emulation.py).
 Kernel scalar arguments are NumPy scalars typed as the kernels declare them (``int`` -> int32,
 ``long long`` -> int64): CuPy passes a NumPy scalar by its type, so a mismatch would shift every
@@ -18,11 +18,11 @@ import math
 
 import numpy as np
 
-from . import kernels
+from . import algorithms, kernels
 from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
 from .layout import pad_spatial, unpad_adjoint
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 from ._typing import Array, DTypeLike
 
 #: When True, outputs are filled with NaN before each launch so that elements a kernel fails to
@@ -39,10 +39,21 @@ def _max_blocks(device_id: int) -> int:
     return sms * 32  # the kernels grid-stride; more blocks than this only adds scheduling
 
 
-def _gpu_run(file: str, name: str, dtype: DTypeLike, work_items: int, args: Sequence[Any]) -> None:
+class Grid(NamedTuple):
+    """A tiled kernel's launch: ``blocks`` (x, y, z) of ``threads`` threads each."""
+    blocks: Tuple[int, int, int]
+    threads: int
+
+
+def _gpu_run(file: str, name: str, dtype: DTypeLike, work: Union[int, Grid],
+             args: Sequence[Any]) -> None:
     import cupy
     device_id = cupy.cuda.Device().id
-    blocks = min(-(-work_items // _THREADS), _max_blocks(device_id))
+    if isinstance(work, Grid):
+        if min(work.blocks) > 0:
+            kernels.get_function(file, name, dtype, device_id)(work.blocks, (work.threads,), args)
+        return
+    blocks = min(-(-work // _THREADS), _max_blocks(device_id))
     if blocks > 0:
         kernels.get_function(file, name, dtype, device_id)((blocks,), (_THREADS,), args)
 
@@ -96,8 +107,10 @@ def _poison(a: Array) -> None:
 
 
 def _forward(xp: Any, run: Callable[..., None], x_cf: Array, w: Array, bias: Array,
-             geom: ConvGeometry, activation: Optional[str], out_cf: Array) -> None:
+             geom: ConvGeometry, activation: Optional[str], out_cf: Array,
+             algorithm: str = "auto") -> None:
     dtype = np.dtype(out_cf.dtype)
+    algorithm = algorithms.choose("cuda", algorithm, geom, dtype)
     x_cf, geom = _prepare_x(xp, x_cf, geom, dtype)
     # Filters are small: one contiguous copy in the output dtype (this also makes flip's
     # reversed view contiguous, so one kernel serves correlation and convolution).
@@ -110,8 +123,16 @@ def _forward(xp: Any, run: Callable[..., None], x_cf: Array, w: Array, bias: Arr
             + _i64((geom.N, geom.C_out, geom.groups, geom.C_in_per_group))
             + _shape_params(geom)
             + _i64(_element_strides(x_cf, geom.rank)) + _i64(_element_strides(out_cf, geom.rank)))
-    run("conv_direct.cu", kernels.conv_direct_name(dtype, activation), dtype,
-        geom.N * geom.C_out * math.prod(geom.out_spatial), args)
+    if algorithm == "direct":
+        run("conv_direct.cu", kernels.conv_direct_name(dtype, activation), dtype,
+            geom.N * geom.C_out * math.prod(geom.out_spatial), args)
+        return
+    tile = algorithm[len("gemm_"):]
+    BM, BN = kernels.GEMM_TILES[tile][:2]
+    blocks = (-(-geom.N * math.prod(geom.out_spatial) // BM), -(-geom.C_out_per_group // BN),
+              geom.groups)
+    run("conv_gemm.cu", kernels.conv_gemm_name(dtype, activation, tile), dtype,
+        Grid(blocks, kernels.gemm_threads(tile)), args)
 
 
 def _data_adjoint(xp: Any, run: Callable[..., None], g_cf: Array, w: Array, bias: Array,
@@ -176,10 +197,10 @@ def _filter_grad(xp: Any, run: Callable[..., None], threads: int, x_cf: Array, g
 
 
 def conv_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry, activation: Optional[str],
-                 out_cf: Array) -> None:
+                 out_cf: Array, algorithm: str = "auto") -> None:
     """Fill the CuPy view ``out_cf`` ``(N, C_out, *out_spatial)``; see cpu.conv_forward."""
     import cupy
-    _forward(cupy, _gpu_run, x_cf, w, bias, geom, activation, out_cf)
+    _forward(cupy, _gpu_run, x_cf, w, bias, geom, activation, out_cf, algorithm)
 
 
 def data_adjoint(g_cf: Array, w: Array, bias: Array, geom: ConvGeometry, conjugate: bool,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from .algorithms import check_name
 from .dispatch import as_array, check_flip, flipped, run
 from .dtypes import result_dtype
 from .geometry import IntOrTuple, PaddingArg, plan_conv
@@ -14,12 +15,13 @@ from ._typing import Array
 def _conv(fname: str, rank: Optional[int], x: Array, filters: Array, bias: Array,
           stride: IntOrTuple, padding: PaddingArg, dilation: IntOrTuple, groups: int,
           padding_mode: str, layout: str, flip: bool, activation: Optional[str],
-          device: str) -> Array:
+          device: str, algorithm: str) -> Array:
     x_in = x
     x, filters = as_array(x, "x"), as_array(filters, "filters")
     if bias is not None:
         bias = as_array(bias, "bias")
     check_flip(flip)
+    check_name(algorithm)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
     geom = plan_conv(tuple(x.shape), tuple(filters.shape),
@@ -35,7 +37,7 @@ def _conv(fname: str, rank: Optional[int], x: Array, filters: Array, bias: Array
         out, out_cf = alloc_output(xp, geom, dtype)
         # true convolution is correlation with every kernel reversed along each axis
         backend.conv_forward(to_channels_first(xp, x, geom), flipped(w, geom.rank) if flip else w,
-                             b, geom, activation, out_cf)
+                             b, geom, activation, out_cf, algorithm)
         return out
 
     return run(device, x_in, (x, filters, bias), compute)
@@ -67,6 +69,10 @@ _DOC = """{summary}
             (real dtypes only).
       device: "auto" (GPUCONV_DEVICE if set; else CuPy arrays stay on their GPU and NumPy arrays
             use the GPU when one is usable, coming back as NumPy), "cpu", "cuda" or "cuda:N".
+      algorithm: "auto" (a rule on the shape), or one of the device's algorithms to force it:
+            CPU "gemm", "pointwise", "depthwise"; CUDA "direct", "gemm", "gemm_64x64",
+            "gemm_128x128", "gemm_128x32" (see gpuconv.algorithms). Same result, other speed;
+            ValueError if the device lacks it or it does not apply to the layer.
 
     dtypes: float16 (accumulated in float32), float32, float64, complex64, complex128.
     Raises TypeError/ValueError naming the argument for bad input, and
@@ -77,33 +83,37 @@ _DOC = """{summary}
 def conv(x: Array, filters: Array, bias: Optional[Array] = None, *, stride: IntOrTuple = 1,
          padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1,
          padding_mode: str = "zeros", layout: str = "channels_first", flip: bool = False,
-         activation: Optional[str] = None, device: str = "auto") -> Array:
+         activation: Optional[str] = None, device: str = "auto",
+         algorithm: str = "auto") -> Array:
     return _conv("conv", None, x, filters, bias, stride, padding, dilation, groups,
-                 padding_mode, layout, flip, activation, device)
+                 padding_mode, layout, flip, activation, device, algorithm)
 
 
 def conv1d(x: Array, filters: Array, bias: Optional[Array] = None, *, stride: IntOrTuple = 1,
            padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1,
            padding_mode: str = "zeros", layout: str = "channels_first", flip: bool = False,
-           activation: Optional[str] = None, device: str = "auto") -> Array:
+           activation: Optional[str] = None, device: str = "auto",
+         algorithm: str = "auto") -> Array:
     return _conv("conv1d", 1, x, filters, bias, stride, padding, dilation, groups,
-                 padding_mode, layout, flip, activation, device)
+                 padding_mode, layout, flip, activation, device, algorithm)
 
 
 def conv2d(x: Array, filters: Array, bias: Optional[Array] = None, *, stride: IntOrTuple = 1,
            padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1,
            padding_mode: str = "zeros", layout: str = "channels_first", flip: bool = False,
-           activation: Optional[str] = None, device: str = "auto") -> Array:
+           activation: Optional[str] = None, device: str = "auto",
+         algorithm: str = "auto") -> Array:
     return _conv("conv2d", 2, x, filters, bias, stride, padding, dilation, groups,
-                 padding_mode, layout, flip, activation, device)
+                 padding_mode, layout, flip, activation, device, algorithm)
 
 
 def conv3d(x: Array, filters: Array, bias: Optional[Array] = None, *, stride: IntOrTuple = 1,
            padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1,
            padding_mode: str = "zeros", layout: str = "channels_first", flip: bool = False,
-           activation: Optional[str] = None, device: str = "auto") -> Array:
+           activation: Optional[str] = None, device: str = "auto",
+         algorithm: str = "auto") -> Array:
     return _conv("conv3d", 3, x, filters, bias, stride, padding, dilation, groups,
-                 padding_mode, layout, flip, activation, device)
+                 padding_mode, layout, flip, activation, device, algorithm)
 
 
 conv.__doc__ = _DOC.format(summary="N-D multi-channel convolution of x with a bank of filters.",

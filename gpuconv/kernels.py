@@ -92,6 +92,32 @@ def conv_direct_name(dtype: DTypeLike, activation: Optional[str]) -> str:
     return f"conv_direct<{CTYPES[np.dtype(dtype)]}, {ACTIVATIONS[activation]}>"
 
 
+#: Tiles of the implicit-GEMM kernel (conv_gemm.cu): name -> (BM, BN, BK, TM, TN). A block
+#: computes BM output positions x BN filters in steps of BK terms; each thread TM x TN of them.
+GEMM_TILES: Dict[str, Tuple[int, int, int, int, int]] = {
+    "64x64": (64, 64, 8, 4, 4),
+    "128x128": (128, 128, 8, 8, 8),
+    "128x32": (128, 32, 8, 4, 4),
+}
+
+
+def gemm_tiles(dtype: DTypeLike) -> Tuple[str, ...]:
+    """The tiles compiled for ``dtype``: 128x128 holds 64 accumulators a thread, which fit the
+    registers (and its two shared buffers the 48 KiB) only for 4-byte accumulators."""
+    acc = 4 if np.dtype(dtype) == np.float16 else np.dtype(dtype).itemsize
+    return tuple(t for t in GEMM_TILES if acc <= 4 or t != "128x128")
+
+
+def gemm_threads(tile: str) -> int:
+    BM, BN, _, TM, TN = GEMM_TILES[tile]
+    return (BM // TM) * (BN // TN)
+
+
+def conv_gemm_name(dtype: DTypeLike, activation: Optional[str], tile: str) -> str:
+    params = ", ".join(str(v) for v in GEMM_TILES[tile])
+    return f"conv_gemm<{CTYPES[np.dtype(dtype)]}, {ACTIVATIONS[activation]}, {params}>"
+
+
 def data_adjoint_name(dtype: DTypeLike, conjugate: bool) -> str:
     return f"conv_data_adjoint<{CTYPES[np.dtype(dtype)]}, {'true' if conjugate else 'false'}>"
 
@@ -106,13 +132,16 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
     """Every template instantiation of ``filename`` that a call in ``dtype`` may need."""
     if filename == "conv_direct.cu":
         return tuple(conv_direct_name(dtype, a) for a in activation_names(dtype))
+    if filename == "conv_gemm.cu":
+        return tuple(conv_gemm_name(dtype, a, t) for a in activation_names(dtype)
+                     for t in gemm_tiles(dtype))
     if filename == "conv_adjoint.cu":
         return (data_adjoint_name(dtype, True), data_adjoint_name(dtype, False)) \
             + filter_grad_names(dtype)
     raise KeyError(f"unknown kernel file {filename!r}")
 
 
-KERNEL_FILES: Tuple[str, ...] = ("conv_direct.cu", "conv_adjoint.cu")
+KERNEL_FILES: Tuple[str, ...] = ("conv_direct.cu", "conv_gemm.cu", "conv_adjoint.cu")
 
 
 def every_module_request() -> List[Tuple[str, Tuple[str, ...], Tuple[str, ...]]]:

@@ -103,9 +103,11 @@ def _random_array(rng: np.random.Generator, shape, dtype) -> np.ndarray:
     return a.astype(dtype)
 
 
-def build_case(assign: Dict[str, Any], seed: int, kernel=None, wide: bool = False) -> Case:
+def build_case(assign: Dict[str, Any], seed: int, kernel=None, wide: bool = False,
+               channels: Optional[Tuple[int, int]] = None) -> Case:
     """Concrete shapes and arrays for one assignment of the options (``kernel`` forces the
-    kernel size; ``wide`` makes the last axis long enough for >= 32 outputs per row)."""
+    kernel size; ``wide`` makes the last axis long enough for >= 32 outputs per row;
+    ``channels`` = (kernels per filter, filters per group) forces those, groups 1 or 2)."""
     rng = np.random.default_rng(seed)
     D = assign["rank"]
     small = D == 3
@@ -134,6 +136,8 @@ def build_case(assign: Dict[str, Any], seed: int, kernel=None, wide: bool = Fals
         G, Cg, Cog = C_in, 1, int(rng.integers(1, 3))
     else:
         Cg, Cog = int(rng.integers(1, 4 if not small else 3)), int(rng.integers(1, 4))
+        if channels is not None:
+            Cg, Cog = channels
         C_in = G * Cg
     C_out = G * Cog
     N = int(rng.integers(1, 3))
@@ -175,6 +179,21 @@ def fast_path_cases() -> List[Case]:
     # depthwise with >= 32 outputs per row: the CPU's channels-first depthwise path
     for i, a in enumerate(random_cases(40, seed=13)):
         out.append(build_case(dict(a, groups="depthwise"), seed=7000 + i, wide=True))
+    return out
+
+
+def tile_cases() -> List[Case]:
+    """Cases big enough for a tiled GPU kernel to need several tiles along every axis: 70
+    filters a group (2-3 filter tiles), 9-13 kernels a filter (many steps of 8 terms), and
+    hundreds of output positions; every dtype, both layouts, groups 1 and 2."""
+    out = []
+    for i, a in enumerate(random_cases(10, seed=14)):
+        a = dict(a, groups=rng_choice(i, ("1", "2")), rank=rng_choice(i, (1, 2, 2, 3)),
+                 dtype=FACTORS["dtype"][i % 5],
+                 layout=rng_choice(i // 5, ("channels_first", "channels_last")))
+        if not _valid(a):
+            a["epilogue"] = "bias"
+        out.append(build_case(a, seed=8000 + i, channels=(9 + i % 5, 70), wide=True))
     return out
 
 

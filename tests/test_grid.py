@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 import gpuconv
-from cases import fast_path_cases, grid_cases
+from cases import fast_path_cases, grid_cases, tile_cases
 from reference import error_bound
 
 CASES = grid_cases()
 FAST_PATH_CASES = fast_path_cases()
+TILE_CASES = tile_cases()
 
 
 def _check(case, got, what):
@@ -60,3 +61,54 @@ def test_gpu_against_cpu_and_reference(case, gpu):
     back = gpuconv.conv(case.x, case.filters, case.bias, device="cuda", **case.options)
     assert isinstance(back, np.ndarray)
     np.testing.assert_array_equal(back, got)
+
+
+def _forced(case, device, algorithm, xp=np):
+    """conv with ``algorithm`` forced, or None after checking the ValueError when it does not
+    apply to the case (the error must name the algorithm and say why)."""
+    from gpuconv import algorithms
+    from gpuconv.geometry import plan_conv
+    o = case.options
+    geom = plan_conv(case.x.shape, case.filters.shape, None, stride=o["stride"],
+                     padding=o["padding"], dilation=o["dilation"], groups=o["groups"],
+                     padding_mode=o["padding_mode"], layout=o["layout"])
+    dtype = np.result_type(case.x, case.filters)
+    kind = "cpu" if device == "cpu" else "cuda"
+    concrete = algorithm
+    if kind == "cuda" and algorithm == "gemm":
+        concrete = "gemm_" + algorithms._gemm_tile(geom, dtype)
+    x, w = xp.asarray(case.x), xp.asarray(case.filters)
+    b = None if case.bias is None else xp.asarray(case.bias)
+    if algorithms.why_not(kind, concrete, geom, dtype):
+        with pytest.raises(ValueError, match=f"algorithm={concrete!r} cannot run this call"):
+            gpuconv.conv(x, w, b, device=device, algorithm=algorithm, **o)
+        return None
+    return gpuconv.conv(x, w, b, device=device, algorithm=algorithm, **o)
+
+
+@pytest.mark.parametrize("algorithm", ["gemm", "pointwise", "depthwise"])
+@pytest.mark.parametrize("case", CASES + FAST_PATH_CASES, ids=lambda c: c.name)
+def test_cpu_algorithms_against_reference(case, algorithm):
+    """Every CPU algorithm forced on every case it applies to (auto picks one per case)."""
+    x0 = case.x.copy()
+    got = _forced(case, "cpu", algorithm)
+    if got is not None:
+        _check(case, got, f"cpu {algorithm}")
+    np.testing.assert_array_equal(case.x, x0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("algorithm", ["direct", "gemm", "gemm_64x64", "gemm_128x128",
+                                       "gemm_128x32"])
+@pytest.mark.parametrize("case", CASES + TILE_CASES, ids=lambda c: c.name)
+def test_gpu_algorithms_against_reference(case, algorithm, gpu):
+    """Every CUDA kernel forced on every case, against the reference and the CPU."""
+    cp = gpu
+    got = _forced(case, "cuda", algorithm, cp)
+    if got is None:
+        return
+    got = cp.asnumpy(got)
+    _check(case, got, f"gpu {algorithm}")
+    cpu = gpuconv.conv(case.x, case.filters, case.bias, device="cpu", **case.options)
+    _, bound = error_bound(case.x, case.filters, case.bias, got.dtype, **case.options)
+    assert np.all(np.abs(got.astype(np.complex128) - cpu) <= 2 * bound)

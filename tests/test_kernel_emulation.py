@@ -22,7 +22,7 @@ import gpuconv
 import gpuconv.adjoint
 import gpuconv.forward
 from gpuconv import cuda, kernels
-from cases import grid_cases
+from cases import grid_cases, tile_cases
 from test_adjoint import (TRANSPOSE_CASES, _grad_out, _options, check_filter_grad,
                           check_input_grad, check_transpose, transpose_call)
 from test_grid import _check
@@ -45,29 +45,38 @@ class Emulator:
                 source.write_text(kernels.kernel_source(filename))
             out = self.workdir / f"emu{len(self.libs)}.so"
             build = subprocess.run(
-                ["g++", "-O1", "-shared", "-fPIC", "-std=c++17", f"-I{HERE}",
+                ["g++", "-O1", "-shared", "-fPIC", "-pthread", "-std=c++17", f"-I{HERE}",
                  f'-DGC_SOURCE="{source}"', f"-DGC_KERNEL={name_expression}",
                  str(HERE / "launch.cpp"), "-o", str(out)], capture_output=True, text=True)
             assert build.returncode == 0, build.stderr
             lib = ctypes.CDLL(str(out))
             lib.gc_emulate.restype = ctypes.c_int
+            lib.gc_emulate_tiled.restype = ctypes.c_int
             self.libs[key] = lib
         return self.libs[key]
 
-    def run(self, filename, name, dtype, work_items, args):
-        """gpuconv.cuda's launcher interface, on the host: 64 threads a block, at most 3 blocks,
-        so that the grid-stride loops run several rounds."""
-        blocks = min(-(-work_items // 64), 3)
-        if blocks == 0:
-            return
+    def run(self, filename, name, dtype, work, args):
+        """gpuconv.cuda's launcher interface, on the host. Grid-stride kernels (``work`` an int):
+        64 threads a block, at most 3 blocks, so that the loops run several rounds. Tiled
+        kernels (a ``cuda.Grid``): the grid as given, each block on its own host threads."""
         arrays = [a for a in args if isinstance(a, np.ndarray) and a.ndim > 0]
         scalars = args[len(arrays):]
         assert all(isinstance(a, np.generic) for a in scalars), "arrays must come first"
         pointers = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
         values = (ctypes.c_longlong * len(scalars))(*[int(v) for v in scalars])
         sizes = (ctypes.c_int * len(scalars))(*[v.itemsize for v in scalars])
-        status = self.library(filename, name).gc_emulate(pointers, len(arrays), values, sizes,
-                                                         len(scalars), blocks, 64)
+        lib = self.library(filename, name)
+        if isinstance(work, cuda.Grid):
+            if min(work.blocks) == 0:
+                return
+            status = lib.gc_emulate_tiled(pointers, len(arrays), values, sizes, len(scalars),
+                                          *work.blocks, work.threads)
+        else:
+            blocks = min(-(-work // 64), 3)
+            if blocks == 0:
+                return
+            status = lib.gc_emulate(pointers, len(arrays), values, sizes, len(scalars), blocks,
+                                    64)
         assert status == 0, f"{name}: arguments do not fit the kernel signature (code {status})"
 
 
@@ -99,6 +108,7 @@ def emulated_gpu(emulator, monkeypatch):
 
 
 CASES = grid_cases()
+TILE_CASES = tile_cases()
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -107,6 +117,23 @@ def test_forward_kernel(case, emulated_gpu):
     got = gpuconv.conv(case.x, case.filters, case.bias, **case.options)
     _check(case, got, "emulated kernel")
     np.testing.assert_array_equal(case.x, x0)
+
+
+@pytest.mark.parametrize("tile", list(kernels.GEMM_TILES))
+@pytest.mark.parametrize("case", CASES + TILE_CASES, ids=lambda c: c.name)
+def test_gemm_kernel(case, tile, emulated_gpu):
+    """The implicit-GEMM kernel, each tile, over the whole grid (tiles a dtype does not build
+    are refused with a ValueError instead)."""
+    x0, w0 = case.x.copy(), case.filters.copy()
+    algorithm = f"gemm_{tile}"
+    if tile not in kernels.gemm_tiles(np.result_type(case.x, case.filters)):
+        with pytest.raises(ValueError, match="not built for"):
+            gpuconv.conv(case.x, case.filters, case.bias, algorithm=algorithm, **case.options)
+        return
+    got = gpuconv.conv(case.x, case.filters, case.bias, algorithm=algorithm, **case.options)
+    _check(case, got, f"emulated {algorithm}")
+    np.testing.assert_array_equal(case.x, x0)
+    np.testing.assert_array_equal(case.filters, w0)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)

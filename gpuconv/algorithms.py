@@ -1,0 +1,106 @@
+"""The ways each device can compute a forward convolution, and which one a call uses.
+
+Every algorithm computes the same convolution; they differ in speed only, and the test suite
+forces each one over the shape grid and checks it against the reference. ``algorithm="auto"``
+(the default) picks by a rule on the layer's shape; a name forces that algorithm, or raises a
+ValueError when the device does not have it or it does not apply to the layer.
+
+On the CPU:
+  ``gemm``       windows unrolled into a matrix (im2col), one BLAS matmul per chunk;
+  ``pointwise``  1x1 kernels without padding: one matmul over the input as it lies, no unrolling;
+  ``depthwise``  one kernel per filter (C_in/groups == 1): a multiply-add per tap over views.
+On CUDA:
+  ``direct``     one thread per output element, a loop over the filter's terms;
+  ``gemm``       implicit GEMM: output positions x filters in shared-memory tiles, the windows
+                 gathered on the fly (kernels_cuda/conv_gemm.cu), with a tile chosen by shape;
+  ``gemm_64x64``, ``gemm_128x128``, ``gemm_128x32``: the same with that tile
+                 (positions x filters per block).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Tuple
+
+import numpy as np
+
+from . import kernels
+from .geometry import ConvGeometry
+from ._typing import DTypeLike
+
+_GEMM = tuple(f"gemm_{t}" for t in kernels.GEMM_TILES)
+
+#: device kind -> the algorithms it has, in the order they are listed to users.
+ALGORITHMS: Dict[str, Tuple[str, ...]] = {
+    "cpu": ("gemm", "pointwise", "depthwise"),
+    "cuda": ("direct", "gemm") + _GEMM,
+}
+NAMES = ("auto",) + tuple(dict.fromkeys(n for names in ALGORITHMS.values() for n in names))
+
+_CUDA_GRID_LIMIT = 65535  # blocks along a grid's y and z axes
+
+
+def check_name(algorithm: str) -> None:
+    """TypeError/ValueError unless ``algorithm`` is "auto" or some device's algorithm."""
+    if not isinstance(algorithm, str):
+        raise TypeError(f"algorithm must be a string, one of {NAMES}; got {algorithm!r}")
+    if algorithm not in NAMES:
+        raise ValueError(f"algorithm must be one of {NAMES}, got {algorithm!r}")
+
+
+def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> str:
+    """Why ``algorithm`` cannot compute this layer on ``kind``, or "" when it can."""
+    if algorithm not in ALGORITHMS[kind]:
+        return (f"the {kind} device has no {algorithm!r} algorithm; it has "
+                f"{('auto',) + ALGORITHMS[kind]}")
+    shape = f"filters {(geom.C_out, geom.C_in_per_group) + geom.kernel}, groups={geom.groups}"
+    if algorithm == "depthwise" and geom.C_in_per_group != 1:
+        return (f"'depthwise' needs one kernel per filter (C_in/groups == 1); these are {shape}")
+    if algorithm == "pointwise" and (max(geom.kernel) != 1 or
+                                     max(geom.pad_before + geom.pad_after) != 0):
+        return (f"'pointwise' needs 1x1 kernels and no padding; these are {shape}, padding "
+                f"{tuple(zip(geom.pad_before, geom.pad_after))}")
+    if algorithm.startswith("gemm_"):
+        tile = algorithm[len("gemm_"):]
+        if tile not in kernels.gemm_tiles(dtype):
+            return (f"{algorithm!r} is not built for {np.dtype(dtype).name} (its accumulators "
+                    f"do not fit the registers); use one of "
+                    f"{tuple('gemm_' + t for t in kernels.gemm_tiles(dtype))}")
+        BN = kernels.GEMM_TILES[tile][1]
+        if geom.groups > _CUDA_GRID_LIMIT or -(-geom.C_out_per_group // BN) > _CUDA_GRID_LIMIT:
+            return (f"{algorithm!r} launches one block row per group and {BN} filters: "
+                    f"{shape} exceeds CUDA's {_CUDA_GRID_LIMIT} blocks per grid axis")
+    return ""
+
+
+def _gemm_tile(geom: ConvGeometry, dtype: DTypeLike) -> str:
+    """The tile for ``algorithm="gemm"``: narrow for few filters a group; the big 128x128 tile
+    when there are enough filters to fill it and enough work for one such block per SM of an
+    H100 (132); else 64x64. (A first rule, to be measured on a GPU.)"""
+    Cog, M = geom.C_out_per_group, geom.N * math.prod(geom.out_spatial)
+    if Cog <= 32:
+        return "128x32"
+    if ("128x128" in kernels.gemm_tiles(dtype) and Cog >= 128
+            and M * geom.C_out >= 132 * 128 * 128):
+        return "128x128"
+    return "64x64"
+
+
+def choose(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> str:
+    """The concrete algorithm a forward call on ``kind`` ("cpu" or "cuda") runs."""
+    if algorithm == "auto":
+        if kind == "cpu":
+            if geom.C_in_per_group == 1 and geom.groups > 1:
+                return "depthwise"
+            if not why_not(kind, "pointwise", geom, dtype):
+                return "pointwise"
+            return "gemm"
+        # The implicit-GEMM kernels have been checked on the host (tests/test_kernel_emulation)
+        # but not yet timed or run on a GPU: until a GPU record shows them correct and faster,
+        # "auto" keeps the direct kernel and "gemm" is opt-in.
+        return "direct"
+    if kind == "cuda" and algorithm == "gemm":
+        algorithm = "gemm_" + _gemm_tile(geom, dtype)
+    reason = why_not(kind, algorithm, geom, dtype)
+    if reason:
+        raise ValueError(f"algorithm={algorithm!r} cannot run this call: {reason}")
+    return algorithm

@@ -1,0 +1,194 @@
+// Implicit-GEMM convolution: the same result as conv_direct.cu, computed as a tiled matrix
+// product that never unrolls the input in global memory.
+//
+// Per group g the convolution is Y[m, f] = sum_k A[m, k] * B[k, f] with
+//   m = (n, od, oh, ow)        an output position,     M = N * OD * OH * OW,
+//   f                          a filter of the group,  Cog = C_out / groups,
+//   k = (c, kd, kh, kw)        a term of one filter,   Kg = C_in / groups * KD * KH * KW,
+//   A[m, k] = x[n, g*Cg + c, od*SD - PD + kd*DD, ...]  (0 where the window leaves the input),
+//   B[k, f] = w[g*Cog + f, c, kd, kh, kw]              (the filters are contiguous: B is w^T).
+// A block computes a BM x BN tile of Y in steps of BK terms. Each step's A and B tiles are read
+// from global memory into registers while the previous step's tiles are multiplied out of shared
+// memory (two shared buffers, one barrier per step). A thread owns TM x TN accumulators, in runs
+// of up to four neighbouring rows/columns so that it reads them from shared memory as one vector.
+//
+// The window offset of each term k (its channel, and its tap's place in the window) takes three
+// divisions to find; BK threads find them once per step for the whole block and share them, so
+// that the A loads are one table lookup, a bounds check and a load each.
+//
+// x and y are addressed through element strides, as in conv_direct: both layouts and any view
+// work. Loads of A from channels-first x are coalesced (neighbouring threads take neighbouring
+// output positions). Sums run in the accumulator type (float for half), in the order k = 0, 1, ...
+// within each thread, so results are deterministic.
+#include "gpuconv_index.cuh"
+#include "gpuconv_types.cuh"
+
+// Up to four neighbouring accumulator-type values, read from shared memory as one vector.
+template <typename A, int V>
+struct __align__(V * sizeof(A)) gc_run {
+    A v[V];
+};
+
+template <typename T, int ACT, int BM, int BN, int BK, int TM, int TN>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+          T* __restrict__ y, int has_bias, int co_fastest,
+          long long N, long long C_out, long long groups, long long Cg,
+          long long ID, long long IH, long long IW,
+          long long OD, long long OH, long long OW,
+          long long KD, long long KH, long long KW,
+          long long SD, long long SH, long long SW,
+          long long PD, long long PH, long long PW,
+          long long DD, long long DH, long long DW,
+          long long xs_n, long long xs_c, long long xs_d, long long xs_h, long long xs_w,
+          long long ys_n, long long ys_c, long long ys_d, long long ys_h, long long ys_w) {
+    typedef gc_num<T> num;
+    typedef typename num::acc acc_t;
+    constexpr int MT = BM / TM, NT = BN / TN, THREADS = MT * NT;
+    constexpr int VM = TM < 4 ? TM : 4, VN = TN < 4 ? TN : 4;  // vector run lengths
+    constexpr int A_LOADS = BM * BK / THREADS, B_LOADS = BN * BK / THREADS;
+    static_assert(TM % VM == 0 && TN % VN == 0, "accumulator runs must tile TM and TN");
+    static_assert(THREADS % BM == 0 && (BM * BK) % THREADS == 0, "A tile: whole rows per thread");
+    static_assert((BN * BK) % THREADS == 0, "B tile: whole loads per thread");
+
+    __shared__ __align__(4 * sizeof(acc_t)) acc_t As[2][BK][BM];
+    __shared__ __align__(4 * sizeof(acc_t)) acc_t Bs[2][BK][BN];
+    __shared__ long long k_offset[2][BK];  // x offset of term k from its window's corner
+    __shared__ int k_tap[2][BK][3];        // (kd*DD, kh*DH, kw*DW); kd*DD = -1 past the end
+
+    const int tid = threadIdx.x;
+    const long long KV = KD * KH * KW, Kg = Cg * KV;
+    const long long M = N * OD * OH * OW, Cog = C_out / groups;
+    const long long g = blockIdx.z;
+    const long long m0 = blockIdx.x * (long long)BM, f0 = blockIdx.y * (long long)BN;
+    const long long steps = (Kg + BK - 1) / BK;
+
+    // this thread's A row (one output position for all of its loads) and its window's corner
+    const int am = tid % BM;
+    long long a_base = 0, d0 = 0, h0 = 0, w0 = 0;
+    const bool a_valid = m0 + am < M;
+    if (a_valid) {
+        const gc_coords p = gc_split_index(m0 + am, 1, OD, OH, OW, false);
+        d0 = p.d * SD - PD;
+        h0 = p.h * SH - PH;
+        w0 = p.w * SW - PW;
+        a_base = p.n * xs_n + g * Cg * xs_c + d0 * xs_d + h0 * xs_h + w0 * xs_w;
+    }
+    const T* wg = w + g * Cog * Kg;
+
+    auto find_terms = [&](long long step, int buf) {
+        if (tid < BK) {
+            const long long k = step * BK + tid;
+            if (k < Kg) {
+                const long long c = k / KV, t = k % KV;
+                const long long kd = t / (KH * KW), kh = (t / KW) % KH, kw = t % KW;
+                k_offset[buf][tid] = c * xs_c + kd * DD * xs_d + kh * DH * xs_h + kw * DW * xs_w;
+                k_tap[buf][tid][0] = int(kd * DD);
+                k_tap[buf][tid][1] = int(kh * DH);
+                k_tap[buf][tid][2] = int(kw * DW);
+            } else {
+                k_offset[buf][tid] = 0;
+                k_tap[buf][tid][0] = -1;  // fails the bounds check: A is 0 past the last term
+                k_tap[buf][tid][1] = 0;
+                k_tap[buf][tid][2] = 0;
+            }
+        }
+    };
+
+    acc_t a_next[A_LOADS], b_next[B_LOADS];
+    auto load = [&](long long step, int buf) {
+#pragma unroll
+        for (int i = 0; i < A_LOADS; ++i) {
+            const int kk = tid / BM + i * (THREADS / BM);
+            acc_t v = num::zero();
+            const int* tap = k_tap[buf][kk];
+            const long long id = d0 + tap[0], ih = h0 + tap[1], iw = w0 + tap[2];
+            if (a_valid && tap[0] >= 0 && (unsigned long long)id < (unsigned long long)ID &&
+                (unsigned long long)ih < (unsigned long long)IH &&
+                (unsigned long long)iw < (unsigned long long)IW)
+                v = num::load(x[a_base + k_offset[buf][kk]]);
+            a_next[i] = v;
+        }
+#pragma unroll
+        for (int i = 0; i < B_LOADS; ++i) {
+            const int e = tid + i * THREADS, kk = e % BK, ff = e / BK;
+            const long long k = step * BK + kk;
+            acc_t v = num::zero();
+            if (f0 + ff < Cog && k < Kg) v = num::load(wg[(f0 + ff) * Kg + k]);
+            b_next[i] = v;
+        }
+    };
+    auto stash = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < A_LOADS; ++i) As[buf][tid / BM + i * (THREADS / BM)][am] = a_next[i];
+#pragma unroll
+        for (int i = 0; i < B_LOADS; ++i) {
+            const int e = tid + i * THREADS;
+            Bs[buf][e % BK][e / BK] = b_next[i];
+        }
+    };
+
+    // which accumulators this thread owns: neighbouring threads take neighbouring output
+    // positions (channels-first y) or neighbouring filters (channels-last y), so stores coalesce
+    const int tm = co_fastest ? tid / NT : tid % MT;
+    const int tn = co_fastest ? tid % NT : tid / MT;
+    acc_t acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = num::zero();
+
+    find_terms(0, 0);
+    __syncthreads();
+    load(0, 0);
+    stash(0);
+    if (steps > 1) find_terms(1, 1);
+    __syncthreads();
+
+    for (long long s = 0; s < steps; ++s) {
+        const int cur = int(s & 1);
+        if (s + 1 < steps) load(s + 1, cur ^ 1);  // in flight while this step multiplies
+#pragma unroll
+        for (int kk = 0; kk < BK; ++kk) {
+            acc_t a[TM], b[TN];
+#pragma unroll
+            for (int r = 0; r < TM / VM; ++r) {
+                const gc_run<acc_t, VM> run =
+                    *reinterpret_cast<const gc_run<acc_t, VM>*>(&As[cur][kk][r * MT * VM + tm * VM]);
+#pragma unroll
+                for (int v = 0; v < VM; ++v) a[r * VM + v] = run.v[v];
+            }
+#pragma unroll
+            for (int r = 0; r < TN / VN; ++r) {
+                const gc_run<acc_t, VN> run =
+                    *reinterpret_cast<const gc_run<acc_t, VN>*>(&Bs[cur][kk][r * NT * VN + tn * VN]);
+#pragma unroll
+                for (int v = 0; v < VN; ++v) b[r * VN + v] = run.v[v];
+            }
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TN; ++j) acc[i][j] = gc_madd(acc[i][j], a[i], b[j]);
+        }
+        if (s + 1 < steps) stash(cur ^ 1);
+        if (s + 2 < steps) find_terms(s + 2, cur);
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const long long m = m0 + (i / VM) * MT * VM + tm * VM + i % VM;
+        if (m >= M) continue;
+        const gc_coords p = gc_split_index(m, 1, OD, OH, OW, false);
+        const long long y_base = p.n * ys_n + p.d * ys_d + p.h * ys_h + p.w * ys_w;
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+            const long long f = f0 + (j / VN) * NT * VN + tn * VN + j % VN;
+            if (f >= Cog) continue;
+            const long long co = g * Cog + f;
+            acc_t v = acc[i][j];
+            if (has_bias) v = v + num::load(bias[co]);
+            y[y_base + co * ys_c] = num::store(gc_activate<ACT>(v));
+        }
+    }
+}

@@ -1,0 +1,86 @@
+"""The algorithm= keyword: names, refusals with reasons, and the rule "auto" follows."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv import algorithms
+from gpuconv.geometry import plan_conv
+
+
+def _geom(x_shape, w_shape, **options):
+    return plan_conv(x_shape, w_shape, None, **options)
+
+
+def test_names_are_listed_and_checked():
+    assert algorithms.NAMES[0] == "auto"
+    assert set(algorithms.ALGORITHMS["cpu"]) == {"gemm", "pointwise", "depthwise"}
+    assert {"direct", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x32"} == set(
+        algorithms.ALGORITHMS["cuda"])
+    x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="algorithm must be one of .*'winograd'"):
+        gpuconv.conv(x, w, algorithm="winograd", device="cpu")
+    with pytest.raises(TypeError, match="algorithm must be a string"):
+        gpuconv.conv(x, w, algorithm=3, device="cpu")
+
+
+def test_cpu_refuses_a_cuda_kernel_and_says_what_it_has():
+    x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"the cpu device has no 'direct' algorithm; it has "
+                                         r"\('auto', 'gemm', 'pointwise', 'depthwise'\)"):
+        gpuconv.conv(x, w, algorithm="direct", device="cpu")
+
+
+def test_refusals_name_the_filters():
+    x, w = np.ones((1, 4, 5, 5), np.float32), np.ones((6, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"'depthwise' needs one kernel per filter .* filters "
+                                         r"\(6, 2, 3, 3\), groups=2"):
+        gpuconv.conv(x, w, groups=2, algorithm="depthwise", device="cpu")
+    with pytest.raises(ValueError, match=r"'pointwise' needs 1x1 kernels and no padding"):
+        gpuconv.conv(x, w[:, :, :1, :1], groups=2, padding=1, algorithm="pointwise",
+                     device="cpu")
+
+
+def test_auto_rule():
+    g = _geom((2, 8, 9, 9), (8, 1, 3, 3), groups=8)
+    assert algorithms.choose("cpu", "auto", g, np.float32) == "depthwise"
+    g = _geom((2, 8, 9, 9), (4, 8, 1, 1))
+    assert algorithms.choose("cpu", "auto", g, np.float32) == "pointwise"
+    g = _geom((2, 8, 9, 9), (4, 8, 1, 1), padding=1)
+    assert algorithms.choose("cpu", "auto", g, np.float32) == "gemm"
+    g = _geom((2, 8, 9, 9), (4, 8, 3, 3))
+    assert algorithms.choose("cpu", "auto", g, np.float32) == "gemm"
+    # not yet run on a GPU: auto stays on the direct kernel there
+    assert algorithms.choose("cuda", "auto", g, np.float32) == "direct"
+
+
+@pytest.mark.parametrize("c_out, n, dtype, tile", [
+    (32, 4, np.float32, "128x32"),        # few filters: the narrow tile
+    (256, 8, np.float32, "128x128"),      # many filters and positions: the big tile
+    (256, 8, np.float64, "64x64"),        # ... which float64 does not build
+    (256, 1, np.float32, "64x64"),        # too few positions to fill 128 rows x 128 columns
+    (64, 8, np.float16, "64x64"),
+])
+def test_gemm_tile_rule(c_out, n, dtype, tile):
+    g = _geom((n, 16, 40, 40), (c_out, 16, 3, 3), padding=1)
+    assert algorithms.choose("cuda", "gemm", g, dtype) == f"gemm_{tile}"
+
+
+def test_tiles_a_dtype_does_not_build_are_refused():
+    g = _geom((2, 16, 40, 40), (256, 16, 3, 3), padding=1)
+    for dtype in (np.float64, np.complex64, np.complex128):
+        with pytest.raises(ValueError, match=r"'gemm_128x128' is not built for"):
+            algorithms.choose("cuda", "gemm_128x128", g, dtype)
+    assert algorithms.choose("cuda", "gemm_128x128", g, np.float16) == "gemm_128x128"
+
+
+def test_every_algorithm_gives_the_same_result_on_the_cpu():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6, 7, 7))
+    w = rng.standard_normal((6, 1, 1, 1))
+    results = [gpuconv.conv(x, w, groups=6, algorithm=a, device="cpu")
+               for a in ("auto", "gemm", "pointwise", "depthwise")]
+    exact = x * w[:, 0, 0, 0][None, :, None, None]  # a 1x1 depthwise conv scales each channel
+    for r in results:
+        np.testing.assert_allclose(r, exact, rtol=1e-14, atol=0)
