@@ -14,7 +14,9 @@ On CUDA:
   ``gemm``       implicit GEMM: output positions x filters in shared-memory tiles, the windows
                  gathered on the fly (kernels_cuda/conv_gemm.cu), with a tile chosen by shape;
   ``gemm_64x64``, ``gemm_128x128``, ``gemm_128x32``: the same with that tile
-                 (positions x filters per block).
+                 (positions x filters per block);
+  ``depthwise``  one kernel per filter: 32-bit indexing, 3x3/5x5/7x7 and 1-D 3/5/7 taps
+                 unrolled (kernels_cuda/conv_depthwise.cu).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ _GEMM = tuple(f"gemm_{t}" for t in kernels.GEMM_TILES)
 #: device kind -> the algorithms it has, in the order they are listed to users.
 ALGORITHMS: Dict[str, Tuple[str, ...]] = {
     "cpu": ("gemm", "pointwise", "depthwise"),
-    "cuda": ("direct", "gemm") + _GEMM,
+    "cuda": ("direct", "gemm") + _GEMM + ("depthwise",),
 }
 NAMES = ("auto",) + tuple(dict.fromkeys(n for names in ALGORITHMS.values() for n in names))
 
@@ -59,6 +61,12 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
                                      max(geom.pad_before + geom.pad_after) != 0):
         return (f"'pointwise' needs 1x1 kernels and no padding; these are {shape}, padding "
                 f"{tuple(zip(geom.pad_before, geom.pad_after))}")
+    if kind == "cuda" and algorithm == "depthwise":
+        x_elems = geom.N * geom.C_in * math.prod(geom.padded_spatial)
+        y_elems = geom.N * geom.C_out * math.prod(geom.out_spatial)
+        if max(x_elems, y_elems) >= kernels.DEPTHWISE_MAX_ELEMENTS:
+            return (f"the CUDA 'depthwise' kernel takes inputs and outputs of fewer than 2^30 "
+                    f"elements; this call has {x_elems} in and {y_elems} out")
     if algorithm.startswith("gemm_"):
         tile = algorithm[len("gemm_"):]
         if tile not in kernels.gemm_tiles(dtype):

@@ -127,6 +127,11 @@ def _forward(xp: Any, run: Callable[..., None], x_cf: Array, w: Array, bias: Arr
         run("conv_direct.cu", kernels.conv_direct_name(dtype, activation), dtype,
             geom.N * geom.C_out * math.prod(geom.out_spatial), args)
         return
+    if algorithm == "depthwise":
+        size = kernels.depthwise_size(((1,) * (3 - geom.rank)) + geom.kernel)
+        run("conv_depthwise.cu", kernels.conv_depthwise_name(dtype, activation, size), dtype,
+            geom.N * geom.C_out * math.prod(geom.out_spatial), args)
+        return
     tile = algorithm[len("gemm_"):]
     BM, BN = kernels.GEMM_TILES[tile][:2]
     blocks = (-(-geom.N * math.prod(geom.out_spatial) // BM), -(-geom.C_out_per_group // BN),

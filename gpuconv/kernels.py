@@ -118,6 +118,26 @@ def conv_gemm_name(dtype: DTypeLike, activation: Optional[str], tile: str) -> st
     return f"conv_gemm<{CTYPES[np.dtype(dtype)]}, {ACTIVATIONS[activation]}, {params}>"
 
 
+#: Kernel sizes (height, width; depth 1) the depthwise kernel (conv_depthwise.cu) is compiled
+#: for with the taps unrolled; (0, 0) is its runtime-size instantiation for every other size.
+DEPTHWISE_SIZES: Tuple[Tuple[int, int], ...] = ((3, 3), (5, 5), (7, 7), (1, 3), (1, 5), (1, 7),
+                                                (0, 0))
+
+#: The depthwise kernel indexes its loop with 32-bit ints: inputs and outputs stay below this.
+DEPTHWISE_MAX_ELEMENTS = 2**30
+
+
+def depthwise_size(kernel_3d: Tuple[int, int, int]) -> Tuple[int, int]:
+    """The instantiation of conv_depthwise for a (KD, KH, KW) kernel."""
+    return kernel_3d[1:] if kernel_3d[0] == 1 and kernel_3d[1:] in DEPTHWISE_SIZES else (0, 0)
+
+
+def conv_depthwise_name(dtype: DTypeLike, activation: Optional[str],
+                        size: Tuple[int, int]) -> str:
+    return (f"conv_depthwise<{CTYPES[np.dtype(dtype)]}, {ACTIVATIONS[activation]}, "
+            f"{size[0]}, {size[1]}>")
+
+
 def data_adjoint_name(dtype: DTypeLike, conjugate: bool) -> str:
     return f"conv_data_adjoint<{CTYPES[np.dtype(dtype)]}, {'true' if conjugate else 'false'}>"
 
@@ -135,13 +155,17 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
     if filename == "conv_gemm.cu":
         return tuple(conv_gemm_name(dtype, a, t) for a in activation_names(dtype)
                      for t in gemm_tiles(dtype))
+    if filename == "conv_depthwise.cu":
+        return tuple(conv_depthwise_name(dtype, a, k) for a in activation_names(dtype)
+                     for k in DEPTHWISE_SIZES)
     if filename == "conv_adjoint.cu":
         return (data_adjoint_name(dtype, True), data_adjoint_name(dtype, False)) \
             + filter_grad_names(dtype)
     raise KeyError(f"unknown kernel file {filename!r}")
 
 
-KERNEL_FILES: Tuple[str, ...] = ("conv_direct.cu", "conv_gemm.cu", "conv_adjoint.cu")
+KERNEL_FILES: Tuple[str, ...] = ("conv_direct.cu", "conv_gemm.cu", "conv_depthwise.cu",
+                                  "conv_adjoint.cu")
 
 
 def every_module_request() -> List[Tuple[str, Tuple[str, ...], Tuple[str, ...]]]:

@@ -68,7 +68,7 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
     long long a_base = 0, d0 = 0, h0 = 0, w0 = 0;
     const bool a_valid = m0 + am < M;
     if (a_valid) {
-        const gc_coords p = gc_split_index(m0 + am, 1, OD, OH, OW, false);
+        const gc_coords p = gc_split_index(m0 + am, 1LL, OD, OH, OW, false);
         d0 = p.d * SD - PD;
         h0 = p.h * SH - PH;
         w0 = p.w * SW - PW;
@@ -179,7 +179,7 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
     for (int i = 0; i < TM; ++i) {
         const long long m = m0 + (i / VM) * MT * VM + tm * VM + i % VM;
         if (m >= M) continue;
-        const gc_coords p = gc_split_index(m, 1, OD, OH, OW, false);
+        const gc_coords p = gc_split_index(m, 1LL, OD, OH, OW, false);
         const long long y_base = p.n * ys_n + p.d * ys_d + p.h * ys_h + p.w * ys_w;
 #pragma unroll
         for (int j = 0; j < TN; ++j) {

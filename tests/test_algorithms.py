@@ -16,7 +16,7 @@ def _geom(x_shape, w_shape, **options):
 def test_names_are_listed_and_checked():
     assert algorithms.NAMES[0] == "auto"
     assert set(algorithms.ALGORITHMS["cpu"]) == {"gemm", "pointwise", "depthwise"}
-    assert {"direct", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x32"} == set(
+    assert {"direct", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x32", "depthwise"} == set(
         algorithms.ALGORITHMS["cuda"])
     x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
     with pytest.raises(ValueError, match="algorithm must be one of .*'winograd'"):
@@ -84,3 +84,16 @@ def test_every_algorithm_gives_the_same_result_on_the_cpu():
     exact = x * w[:, 0, 0, 0][None, :, None, None]  # a 1x1 depthwise conv scales each channel
     for r in results:
         np.testing.assert_allclose(r, exact, rtol=1e-14, atol=0)
+
+
+def test_depthwise_kernel_sizes():
+    from gpuconv import kernels
+    assert kernels.depthwise_size((1, 3, 3)) == (3, 3)
+    assert kernels.depthwise_size((1, 1, 5)) == (1, 5)
+    assert kernels.depthwise_size((1, 3, 5)) == (0, 0)   # not compiled: runtime sizes
+    assert kernels.depthwise_size((3, 3, 3)) == (0, 0)   # depth > 1: runtime sizes
+    g = _geom((2, 8, 9, 9), (8, 1, 3, 3), groups=8)
+    assert algorithms.choose("cuda", "depthwise", g, np.float32) == "depthwise"
+    g = _geom((1, 2**15, 2**8, 2**7), (2**15, 1, 1, 1), groups=2**15)
+    with pytest.raises(ValueError, match="fewer than 2\\^30 elements; this call has 1073741824"):
+        algorithms.choose("cuda", "depthwise", g, np.float32)

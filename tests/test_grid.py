@@ -99,8 +99,8 @@ def test_cpu_algorithms_against_reference(case, algorithm):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("algorithm", ["direct", "gemm", "gemm_64x64", "gemm_128x128",
-                                       "gemm_128x32"])
-@pytest.mark.parametrize("case", CASES + TILE_CASES, ids=lambda c: c.name)
+                                       "gemm_128x32", "depthwise"])
+@pytest.mark.parametrize("case", CASES + TILE_CASES + FAST_PATH_CASES, ids=lambda c: c.name)
 def test_gpu_algorithms_against_reference(case, algorithm, gpu):
     """Every CUDA kernel forced on every case, against the reference and the CPU."""
     cp = gpu

@@ -22,7 +22,7 @@ import gpuconv
 import gpuconv.adjoint
 import gpuconv.forward
 from gpuconv import cuda, kernels
-from cases import grid_cases, tile_cases
+from cases import fast_path_cases, grid_cases, tile_cases
 from test_adjoint import (TRANSPOSE_CASES, _grad_out, _options, check_filter_grad,
                           check_input_grad, check_transpose, transpose_call)
 from test_grid import _check
@@ -109,6 +109,7 @@ def emulated_gpu(emulator, monkeypatch):
 
 CASES = grid_cases()
 TILE_CASES = tile_cases()
+DEPTHWISE_CASES = [c for c in CASES + fast_path_cases() if c.filters.shape[1] == 1]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -134,6 +135,26 @@ def test_gemm_kernel(case, tile, emulated_gpu):
     _check(case, got, f"emulated {algorithm}")
     np.testing.assert_array_equal(case.x, x0)
     np.testing.assert_array_equal(case.filters, w0)
+
+
+@pytest.mark.parametrize("case", DEPTHWISE_CASES, ids=lambda c: c.name)
+def test_depthwise_kernel(case, emulated_gpu):
+    """The depthwise kernel (unrolled and runtime-size instantiations) on every case with one
+    kernel per filter."""
+    got = gpuconv.conv(case.x, case.filters, case.bias, algorithm="depthwise", **case.options)
+    _check(case, got, "emulated depthwise")
+
+
+def test_depthwise_kernel_unrolled_sizes(emulated_gpu):
+    rng = np.random.default_rng(3)
+    for k in ((3, 3), (5, 5), (7, 7), (3,), (5,), (7,)):
+        x = rng.standard_normal((2, 6) + (11,) * len(k)).astype(np.float32)
+        w = rng.standard_normal((12, 1) + k).astype(np.float32)
+        case = types.SimpleNamespace(x=x, filters=w, bias=None, options=dict(
+            groups=6, padding=1, stride=1, dilation=1, padding_mode="zeros",
+            layout="channels_first", flip=False, activation=None))
+        got = gpuconv.conv(x, w, groups=6, padding=1, algorithm="depthwise")
+        _check(case, got, f"emulated depthwise {k}")
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
