@@ -128,7 +128,7 @@ def _forward(xp: Any, run: Callable[..., None], x_cf: Array, w: Array, bias: Arr
             geom.N * geom.C_out * math.prod(geom.out_spatial), args)
         return
     if algorithm == "depthwise":
-        size = kernels.depthwise_size(((1,) * (3 - geom.rank)) + geom.kernel)
+        size = kernels.depthwise_size(geom.kernel)
         run("conv_depthwise.cu", kernels.conv_depthwise_name(dtype, activation, size), dtype,
             geom.N * geom.C_out * math.prod(geom.out_spatial), args)
         return

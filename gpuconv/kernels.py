@@ -127,9 +127,10 @@ DEPTHWISE_SIZES: Tuple[Tuple[int, int], ...] = ((3, 3), (5, 5), (7, 7), (1, 3), 
 DEPTHWISE_MAX_ELEMENTS = 2**30
 
 
-def depthwise_size(kernel_3d: Tuple[int, int, int]) -> Tuple[int, int]:
-    """The instantiation of conv_depthwise for a (KD, KH, KW) kernel."""
-    return kernel_3d[1:] if kernel_3d[0] == 1 and kernel_3d[1:] in DEPTHWISE_SIZES else (0, 0)
+def depthwise_size(kernel: Tuple[int, ...]) -> Tuple[int, int]:
+    """The instantiation of conv_depthwise for a 1-, 2- or 3-D kernel size."""
+    kd, kh, kw = (1,) * (3 - len(kernel)) + tuple(kernel)
+    return (kh, kw) if kd == 1 and (kh, kw) in DEPTHWISE_SIZES else (0, 0)
 
 
 def conv_depthwise_name(dtype: DTypeLike, activation: Optional[str],
