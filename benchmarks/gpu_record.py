@@ -1,12 +1,16 @@
 """Run gpuconv's test suite (GPU tests included) and compute-sanitizer on a CUDA machine, and
 write the JSON record that benchmarks/results/ keeps as evidence.
 
-    python benchmarks/gpu_record.py --commit <sha> [--sanitizer] [--out DIR]
+    python benchmarks/gpu_record.py --commit <sha> [--sanitizer] [--bench] [--out DIR]
 
 The record names the commit tested (pass it: the device machine gets a copy of the working tree
 without .git), the device, the date, CuPy/CUDA versions, the passed/failed/skipped counts of the
 whole suite and, with --sanitizer, the error count of each compute-sanitizer tool run over the
-GPU tests. It refuses to write a record when no GPU was used, so a record always means a GPU run.
+GPU tests (every kernel on the multi-tile cases, the direct kernel on the whole grid, the
+examples; not the full algorithm x grid product, which the plain run covers). With --bench it
+also runs the benchmark on the "gpu" set (float32 and float16, every CUDA algorithm beside
+auto, PyTorch/cuDNN as the peer, measured peaks, host overhead) and keeps its peaks, rows and
+summary. It refuses to write a record when no GPU was used, so a record always means a GPU run.
 """
 from __future__ import annotations
 
@@ -21,6 +25,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SANITIZER_TOOLS = ("memcheck", "racecheck", "initcheck", "synccheck")
+SANITIZER_TESTS = ("-m", "gpu", "tests/test_grid.py", "tests/test_examples.py",
+                   "-k", "not test_gpu_algorithms_against_reference")
+BENCH_ARGS = ("--device", "cuda", "--peers", "torch", "--dtype", "float32,float16",
+              "--algorithms", "auto,gemm,depthwise,direct", "--measure-peak", "--overhead")
 
 
 def run_pytest(junit: Path, args, prefix=()):
@@ -54,6 +62,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--commit", required=True, help="the commit whose tree is being tested")
     ap.add_argument("--sanitizer", action="store_true", help="also run compute-sanitizer")
+    ap.add_argument("--bench", action="store_true", help="also run the benchmark")
+    ap.add_argument("--bench-args", default="",
+                    help="extra arguments for python -m gpuconv.bench (e.g. '--only a b')")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--work", default="/tmp/gpuconv-record")
     args = ap.parse_args()
@@ -80,7 +91,7 @@ def main() -> int:
         record["sanitizer"] = {}
         for tool in SANITIZER_TOOLS:
             proc, counts = run_pytest(
-                work / f"{tool}.xml", ["-m", "gpu", "tests/test_grid.py", "tests/test_examples.py"],
+                work / f"{tool}.xml", list(SANITIZER_TESTS),
                 prefix=("compute-sanitizer", f"--tool={tool}", "--target-processes=all"))
             (work / f"{tool}.log").write_text(proc.stdout + proc.stderr)
             found = re.findall(r"ERROR SUMMARY: (\d+) error", proc.stdout + proc.stderr)
@@ -88,6 +99,22 @@ def main() -> int:
                 "errors": int(found[-1]) if found else None,  # None: no summary was printed
                 "tests": counts}
             print(tool, record["sanitizer"][tool])
+
+    if args.bench:
+        bench_json = work / "bench.json"
+        cmd = [sys.executable, "-m", "gpuconv.bench", *BENCH_ARGS, *args.bench_args.split(),
+               "--json", str(bench_json)]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        (work / "bench.log").write_text(proc.stdout + proc.stderr)
+        print(proc.stdout[-6000:], proc.stderr[-2000:])
+        record["bench_command"] = " ".join(["python -m gpuconv.bench", *BENCH_ARGS,
+                                            *args.bench_args.split()])
+        if proc.returncode == 0:
+            bench = json.loads(bench_json.read_text())
+            for key in ("peak", "bench", "summary", "versions", "repeat", "timing"):
+                record[key] = bench.get(key)
+        else:
+            record["bench_error"] = (proc.stderr or proc.stdout)[-2000:]
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

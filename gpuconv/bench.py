@@ -30,8 +30,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
-from . import conv, __version__
+from . import algorithms, conv, __version__
 from .device import cuda_status
+from .dtypes import result_dtype
 from .geometry import plan_conv
 
 Layer = Dict[str, Any]  # one entry of shapes.json
@@ -66,7 +67,7 @@ def cpu_model() -> str:
 
 def _progress(done: int, total: int, label: str, stream: Optional[TextIO] = None) -> None:
     stream = sys.stderr if stream is None else stream
-    if not stream.isatty() and done not in (0, total):
+    if not stream.isatty() and not (done == 0 and label == "starting") and done != total:
         return  # in logs, only the first and last line
     width = 30
     filled = int(width * done / max(total, 1))
@@ -93,13 +94,37 @@ def _kw(layer: dict) -> dict:
                 groups=layer["groups"])
 
 
-def gpuconv_contender(layer: Layer, x: np.ndarray, w: np.ndarray, device: str) -> Contender:
-    kw = _kw(layer)
+def gpuconv_contender(layer: Layer, x: np.ndarray, w: np.ndarray, device: str,
+                      algorithm: str = "auto") -> Contender:
+    kw = dict(_kw(layer), algorithm=algorithm)
     if device == "cpu":
         return (lambda: conv(x, w, device="cpu", **kw)), (lambda r: r)
     import cupy
     xg, wg = cupy.asarray(x), cupy.asarray(w)
     return (lambda: conv(xg, wg, device="cuda", **kw)), cupy.asnumpy
+
+
+def concrete_algorithm(layer: Layer, dtype: str, device: str, algorithm: str) -> str:
+    """The algorithm gpuconv runs for ``layer`` (what "auto" resolves to), or why none can."""
+    geom = plan_conv((layer["N"], layer["C_in"], *layer["spatial"]),
+                     (layer["C_out"], layer["C_in"] // layer["groups"], *layer["kernel"]),
+                     **_kw(layer))
+    try:
+        return algorithms.choose("cpu" if device == "cpu" else "cuda", algorithm, geom,
+                                 result_dtype(dtype))
+    except ValueError as exc:
+        return f"n/a: {exc}"
+
+
+def min_bytes(layer: Layer, dtype: str) -> int:
+    """Bytes a conv must move at least: read x and the filters once, write y once."""
+    x = layer["N"] * layer["C_in"] * math.prod(layer["spatial"])
+    w = layer["C_out"] * layer["C_in"] // layer["groups"] * math.prod(layer["kernel"])
+    geom = plan_conv((layer["N"], layer["C_in"], *layer["spatial"]),
+                     (layer["C_out"], layer["C_in"] // layer["groups"], *layer["kernel"]),
+                     **_kw(layer))
+    y = layer["N"] * layer["C_out"] * math.prod(geom.out_spatial)
+    return (x + w + y) * np.dtype(dtype).itemsize
 
 
 def torch_contender(layer: Layer, x: np.ndarray, w: np.ndarray, device: str) -> Contender:
@@ -157,6 +182,24 @@ def _timer(device: str) -> Tuple[Callable[[], float], Callable[[], None]]:
     return time.perf_counter, sync
 
 
+def _time_call_ms(call: Callable[[], Any], device: str) -> float:
+    """One call's time in ms: wall clock on the CPU; on the GPU, CUDA events recorded on the
+    current stream around the call (the GPU's time from the first launch to the last kernel's
+    end, host gaps between launches included), the device synchronized before and after."""
+    if device == "cpu":
+        t0 = time.perf_counter()
+        call()
+        return (time.perf_counter() - t0) * 1e3
+    import cupy
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    cupy.cuda.Device().synchronize()
+    start.record()
+    call()
+    end.record()
+    end.synchronize()
+    return float(cupy.cuda.get_elapsed_time(start, end))
+
+
 def _peak_temp_bytes(call: Callable[[], Any], device: str) -> Optional[int]:
     if device == "cpu":
         tracemalloc.start()
@@ -178,11 +221,22 @@ def _peak_temp_bytes(call: Callable[[], Any], device: str) -> Optional[int]:
 def run_layer(layer: Layer, dtype: str, device: str, peers: Sequence[str], repeat: int,
               warmup: int, scipy_max_calls: int, rng: np.random.Generator,
               progress: Callable[[str], None],
-              warmup_seconds: float = 0.3, pause: float = 0.0) -> Dict[str, Any]:
+              warmup_seconds: float = 0.3, pause: float = 0.0,
+              algorithm_names: Sequence[str] = ("auto",),
+              peak: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """One layer's row. ``algorithm_names``: the first is timed as "gpuconv" (the ratios are
+    against it), the others as "gpuconv:<name>" where they apply to the layer."""
     D, x, w = _layer_arrays(layer, dtype, rng)
     flops = plan_conv(x.shape, w.shape, **_kw(layer)).flops
-    contenders = {"gpuconv": gpuconv_contender(layer, x, w, device)}
+    chosen = concrete_algorithm(layer, dtype, device, algorithm_names[0])
+    contenders = {"gpuconv": gpuconv_contender(layer, x, w, device, algorithm_names[0])}
     skipped = {}
+    for extra in algorithm_names[1:]:
+        resolved = concrete_algorithm(layer, dtype, device, extra)
+        if resolved.startswith("n/a"):
+            skipped[f"gpuconv:{extra}"] = resolved
+        else:
+            contenders[f"gpuconv:{extra}"] = gpuconv_contender(layer, x, w, device, extra)
     for name in peers:
         pairs = layer["N"] * layer["C_out"] * layer["C_in"] // layer["groups"]
         if name == "scipy" and pairs > scipy_max_calls:
@@ -225,13 +279,12 @@ def run_layer(layer: Layer, dtype: str, device: str, peers: Sequence[str], repea
             if not times[name] or min(times[name]) < 1000:
                 call()
             sync()
-            t0 = clock()
-            call()
-            sync()
-            times[name].append((clock() - t0) * 1e3)
+            times[name].append(_time_call_ms(call, device))
+    depthwise = layer["groups"] > 1 and layer["groups"] == layer["C_in"]
     row = {"layer": layer["name"], "dtype": np.dtype(dtype).name, "device": device,
-           "depthwise": layer["groups"] > 1 and layer["groups"] == layer["C_in"],
-           "gflop": flops / 1e9, "peak_temp_mib": None, "contenders": {}, "skipped": skipped}
+           "algorithm": chosen, "depthwise": depthwise,
+           "gflop": flops / 1e9, "min_mib": min_bytes(layer, dtype) / 2**20,
+           "peak_temp_mib": None, "contenders": {}, "skipped": skipped}
     for name, ts in times.items():
         med = float(np.median(ts))
         row["contenders"][name] = {"median_ms": med, "min_ms": float(min(ts)),
@@ -240,9 +293,79 @@ def run_layer(layer: Layer, dtype: str, device: str, peers: Sequence[str], repea
     mine = row["contenders"]["gpuconv"]["median_ms"]
     row["ratio"] = {name: row["contenders"][name]["median_ms"] / mine
                     for name in row["contenders"] if name != "gpuconv"}
-    peak = _peak_temp_bytes(contenders["gpuconv"][0], device)
-    row["peak_temp_mib"] = None if peak is None else peak / 2**20
+    if peak:
+        row.update(of_peak(flops, min_bytes(layer, dtype), mine, np.dtype(dtype).name, peak))
+    temp = _peak_temp_bytes(contenders["gpuconv"][0], device)
+    row["peak_temp_mib"] = None if temp is None else temp / 2**20
     return row
+
+
+def measure_peak(seconds: float = 0.2) -> Dict[str, Any]:
+    """The current GPU's measured ceilings: FP32 and FP64 FMA throughput (kernels_cuda/peak.cu
+    on every SM), float16 matmul throughput through cuBLAS (tensor cores), and device-memory
+    bandwidth (a 1 GiB device-to-device copy: bytes read + written). Each the best of a few
+    timed runs, after a warm-up."""
+    import cupy
+    from . import kernels
+    dev = cupy.cuda.Device()
+    sms = dev.attributes["MultiProcessorCount"]
+    out: Dict[str, Any] = {"sms": sms}
+
+    def best_ms(call: Callable[[], Any], runs: int = 5) -> float:
+        call()
+        return min(_time_call_ms(call, "cuda") for _ in range(runs))
+
+    for dtype, key in ((np.float32, "float32_tflops"), (np.float64, "float64_tflops")):
+        f = kernels.get_function("peak.cu", f"gc_fma_peak<{kernels.CTYPES[np.dtype(dtype)]}>",
+                                 dtype, dev.id)
+        blocks, threads, iters = sms * 16, 256, 1 << 11
+        sink = cupy.empty(blocks * threads, dtype=dtype)
+        one, tiny = dtype(1.0), dtype(1e-7)
+        ms = best_ms(lambda: f((blocks,), (threads,), (sink, np.int32(iters), one, tiny)))
+        out[key] = 2 * 8 * iters * blocks * threads / ms / 1e9
+    n = 8192
+    a = cupy.ones((n, n), dtype=cupy.float16)
+    ms = best_ms(lambda: cupy.matmul(a, a))
+    out["float16_tflops"] = 2 * n**3 / ms / 1e9
+    src = cupy.empty(2**30 // 4, dtype=cupy.float32)
+    dst = cupy.empty_like(src)
+    ms = best_ms(lambda: cupy.copyto(dst, src))
+    out["bandwidth_gbs"] = 2 * src.nbytes / ms / 1e6
+    del a, src, dst
+    return out
+
+
+def host_overhead_us(device: str, calls: int = 2000) -> Dict[str, float]:
+    """Host time of one gpuconv call with compiled kernels, on a layer too small for the GPU to
+    be the limit (1x8x16x16 input, 8 3x3 filters): the wall time of many back-to-back calls
+    divided by their count, before one synchronization, and the same for PyTorch where
+    installed."""
+    import cupy
+    x = cupy.ones((1, 8, 16, 16), dtype=cupy.float32)
+    w = cupy.ones((8, 8, 3, 3), dtype=cupy.float32)
+    out: Dict[str, float] = {}
+
+    def per_call(call: Callable[[], Any]) -> float:
+        for _ in range(50):
+            call()
+        cupy.cuda.Device().synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            call()
+        elapsed = time.perf_counter() - t0
+        cupy.cuda.Device().synchronize()
+        return elapsed / calls * 1e6
+
+    out["gpuconv"] = per_call(lambda: conv(x, w, padding=1, device="cuda"))
+    try:
+        import torch
+        import torch.nn.functional as F
+        xt, wt = torch.ones(1, 8, 16, 16, device="cuda"), torch.ones(8, 8, 3, 3, device="cuda")
+        with torch.no_grad():
+            out["torch"] = per_call(lambda: F.conv2d(xt, wt, padding=1))
+    except ImportError:
+        pass
+    return out
 
 
 def geomean(values: Sequence[Optional[float]]) -> Optional[float]:
@@ -250,26 +373,59 @@ def geomean(values: Sequence[Optional[float]]) -> Optional[float]:
     return float(math.exp(sum(map(math.log, present)) / len(present))) if present else None
 
 
-def summarize(rows: Sequence[Dict[str, Any]], peers: Sequence[str]) -> Dict[str, Any]:
-    out = {}
+def of_peak(flops: int, nbytes: int, ms: float, dtype: str,
+            peak: Dict[str, Any]) -> Dict[str, Any]:
+    """A GPU row's TFLOP/s and how close it runs to the floor the measured peaks set: the larger
+    of flops / compute peak and bytes / bandwidth."""
+    compute = peak.get(f"{dtype}_tflops")
+    bw = peak.get("bandwidth_gbs")
+    t_compute = flops / (compute * 1e12) if compute else 0.0
+    t_memory = nbytes / (bw * 1e9) if bw else 0.0
+    floor_ms = max(t_compute, t_memory) * 1e3
+    return {"tflops": flops / ms / 1e9,
+            "pct_of_compute_peak": 100 * t_compute * 1e3 / ms if compute else None,
+            "pct_of_bandwidth": 100 * t_memory * 1e3 / ms if bw else None,
+            "floor_ms": floor_ms or None,
+            "bound": None if not floor_ms else ("compute" if t_compute >= t_memory
+                                                else "memory")}
+
+
+def peer_label(peer: str, device: str) -> str:
+    """How the summary names a peer: PyTorch on a GPU is cuDNN."""
+    return "cudnn" if peer == "torch" and device == "cuda" else peer
+
+
+def summarize(rows: Sequence[Dict[str, Any]], peers: Sequence[str],
+              device: str = "cpu") -> Dict[str, Any]:
+    """Geometric means of the peers' time over gpuconv's (above 1: gpuconv is faster): dense
+    layers per dtype (``<dtype>_vs_<peer>``; with one dtype also ``dense_vs_<peer>``), and
+    depthwise layers (``depthwise_vs_<peer>``, float32 when it ran, else the first dtype)."""
+    out: Dict[str, Any] = {}
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+    dw_dtype = "float32" if "float32" in dtypes else (dtypes[0] if dtypes else None)
     for peer in peers:
-        dense = [r["ratio"].get(peer) for r in rows if not r["depthwise"]]
-        dw = [r["ratio"].get(peer) for r in rows if r["depthwise"]]
-        out[f"dense_vs_{peer}"] = geomean(dense)
-        out[f"depthwise_vs_{peer}"] = geomean(dw)
+        label = peer_label(peer, device)
+        for dt in dtypes:
+            out[f"{dt}_vs_{label}"] = geomean([r["ratio"].get(peer) for r in rows
+                                               if not r["depthwise"] and r["dtype"] == dt])
+        if len(dtypes) == 1:
+            out[f"dense_vs_{label}"] = out[f"{dtypes[0]}_vs_{label}"]
+        out[f"depthwise_vs_{label}"] = geomean([r["ratio"].get(peer) for r in rows
+                                                if r["depthwise"] and r["dtype"] == dw_dtype])
     out["max_peak_temp_mib"] = max((r["peak_temp_mib"] or 0) for r in rows) if rows else None
     return out
 
 
 def table(rows: Sequence[Dict[str, Any]], peers: Sequence[str]) -> str:
-    head = f"{'layer':<26} {'GFLOP':>6} {'gpuconv ms':>11} {'GFLOP/s':>8}"
+    head = f"{'layer':<26} {'dtype':<10} {'algorithm':<13} {'GFLOP':>6} {'gpuconv ms':>11} {'GFLOP/s':>8}"
     for p in peers:
         head += f" {p + ' ms':>10} {'x' + p:>7}"
     head += f" {'temp MiB':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         g = r["contenders"]["gpuconv"]
-        line = f"{r['layer']:<26} {r['gflop']:>6.2f} {g['median_ms']:>11.2f} {g['gflops']:>8.1f}"
+        line = (f"{r['layer']:<26} {r['dtype']:<10} {r['algorithm'][:13]:<13} {r['gflop']:>6.2f} "
+                f"{g['median_ms']:>11.2f} {g['gflops']:>8.1f}")
         for p in peers:
             c = r["contenders"].get(p)
             line += (f" {c['median_ms']:>10.2f} {r['ratio'][p]:>7.2f}" if c else
@@ -297,7 +453,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--shapes", help=f"path to shapes.json (default: ${SHAPES_ENV} or "
                                      f"shared/bench/shapes.json beside the checkout)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--dtype", default="float32",
+                    help="dtype, or several comma-separated (float32,float16): one row per "
+                         "layer and dtype, and a summary per dtype")
+    ap.add_argument("--algorithms", default="auto",
+                    help="gpuconv algorithms to time, comma-separated (see gpuconv.algorithms); "
+                         "the first is 'gpuconv', the ratios are against it")
+    ap.add_argument("--measure-peak", action="store_true",
+                    help="(cuda) measure FMA, tensor-core and memory peaks first and give each "
+                         "row its TFLOP/s and %% of the peak / bandwidth that bounds it")
+    ap.add_argument("--overhead", action="store_true",
+                    help="(cuda) measure the host time of one small call")
     ap.add_argument("--peers", default="torch,scipy", help="comma-separated: torch, scipy")
     ap.add_argument("--only", nargs="*", help="layer names to run (default: all of the set)")
     ap.add_argument("--repeat", type=int, default=7)
@@ -340,22 +506,43 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except ImportError:
             pass
 
+    dtypes = [d for d in args.dtype.split(",") if d]
+    algorithm_names = [a for a in args.algorithms.split(",") if a]
+    try:
+        for d in dtypes:
+            np.dtype(d)
+        for a in algorithm_names:
+            algorithms.check_name(a)
+    except (TypeError, ValueError) as exc:
+        print(f"bad --dtype or --algorithms: {exc}", file=sys.stderr)
+        return 2
+    if (args.measure_peak or args.overhead) and args.device != "cuda":
+        print("--measure-peak and --overhead need --device cuda", file=sys.stderr)
+        return 2
+    peak = measure_peak() if args.measure_peak else None
+    if peak:
+        print("measured peaks: " + ", ".join(f"{k} {v:.1f}" for k, v in peak.items()))
     pause = args.pause if args.pause is not None else (0.15 if args.device == "cpu" else 0.0)
     rng = np.random.default_rng(0)
     rows = []
-    total = len(layers)
+    jobs = [(layer, dt) for dt in dtypes for layer in layers]
+    total = len(jobs)
     _progress(0, total, "starting")
-    for i, layer in enumerate(layers):
+    for i, (layer, dt) in enumerate(jobs):
         def progress(label: str, i: int = i) -> None:
             _progress(i, total, label)
-        rows.append(run_layer(layer, args.dtype, args.device, peers, args.repeat, args.warmup,
-                              args.scipy_max_calls, rng, progress, pause=pause))
+        rows.append(run_layer(layer, dt, args.device, peers, args.repeat, args.warmup,
+                              args.scipy_max_calls, rng, progress, pause=pause,
+                              algorithm_names=algorithm_names, peak=peak))
         _progress(i + 1, total, layer["name"])
     present = [p for p in peers if any(p in r["contenders"] for r in rows)]
-    print(table(rows, present))
-    summary = summarize(rows, present)
+    extras = [f"gpuconv:{a}" for a in algorithm_names[1:]]
+    print(table(rows, present + [e for e in extras if any(e in r["contenders"] for r in rows)]))
+    summary = summarize(rows, present, args.device)
+    if args.overhead:
+        summary["host_overhead_us"] = host_overhead_us(args.device)
     for k, v in summary.items():
-        print(f"{k}: {v if v is None else round(v, 3)}")
+        print(f"{k}: {v if v is None or isinstance(v, dict) else round(v, 3)}")
 
     if args.json:
         versions = {"numpy": np.__version__, "python": platform.python_version()}
@@ -370,9 +557,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "blas_threads_env": {k: os.environ.get(k) for k in
                                  ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
             "versions": versions, "shapes": str(shapes_path), "set": args.set or args.device,
-            "dtype": args.dtype, "repeat": args.repeat, "warmup": args.warmup,
-            "pause_s": pause,
-            "bench": rows, "summary": summary,
+            "dtype": args.dtype, "algorithms": algorithm_names, "repeat": args.repeat,
+            "warmup": args.warmup, "pause_s": pause, "timing": (
+                "CUDA events around each call" if args.device == "cuda" else "perf_counter"),
+            "peak": peak, "bench": rows, "summary": summary,
         }
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
         print(f"wrote {args.json}")

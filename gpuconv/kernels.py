@@ -159,6 +159,9 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
     if filename == "conv_depthwise.cu":
         return tuple(conv_depthwise_name(dtype, a, k) for a in activation_names(dtype)
                      for k in DEPTHWISE_SIZES)
+    if filename == "peak.cu":  # the benchmark's FMA throughput probe
+        return (f"gc_fma_peak<{CTYPES[np.dtype(dtype)]}>",) if np.dtype(dtype) in (
+            np.float32, np.float64) else ()
     if filename == "conv_adjoint.cu":
         return (data_adjoint_name(dtype, True), data_adjoint_name(dtype, False)) \
             + filter_grad_names(dtype)
@@ -166,12 +169,13 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
 
 
 KERNEL_FILES: Tuple[str, ...] = ("conv_direct.cu", "conv_gemm.cu", "conv_depthwise.cu",
-                                  "conv_adjoint.cu")
+                                  "conv_adjoint.cu", "peak.cu")
 
 
 def every_module_request() -> List[Tuple[str, Tuple[str, ...], Tuple[str, ...]]]:
     """(filename, name_expressions, options) of every module the package can compile."""
-    return [(f, module_names(f, dt), COMPILE_OPTIONS) for f in KERNEL_FILES for dt in ACCEPTED]
+    return [(f, module_names(f, dt), COMPILE_OPTIONS) for f in KERNEL_FILES for dt in ACCEPTED
+            if module_names(f, dt)]
 
 
 @functools.lru_cache(maxsize=None)

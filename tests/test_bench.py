@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 LAYERS = {"about": "test", "cpu": [
     {"name": "tiny_3x3", "N": 1, "C_in": 3, "spatial": [12, 12], "C_out": 4, "kernel": [3, 3],
@@ -47,3 +48,96 @@ def test_bench_rejects_unknown_layer(tmp_path):
     run = subprocess.run([sys.executable, "-m", "gpuconv.bench", "--shapes", str(shapes),
                           "--only", "nope"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "unknown layer" in run.stderr
+
+
+def test_bench_several_dtypes_and_algorithms(tmp_path):
+    shapes = tmp_path / "shapes.json"
+    shapes.write_text(json.dumps(LAYERS))
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, "-m", "gpuconv.bench", "--shapes", str(shapes),
+                          "--repeat", "2", "--warmup", "0", "--peers", "",
+                          "--dtype", "float32,float64", "--algorithms", "auto,gemm,depthwise",
+                          "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    rec = json.loads(out.read_text())
+    rows = {(r["layer"], r["dtype"]): r for r in rec["bench"]}
+    assert set(rows) == {(l, d) for l in ("tiny_3x3", "tiny_dw") for d in ("float32", "float64")}
+    # what "auto" ran, and the forced algorithms timed beside it where they apply
+    assert rows["tiny_3x3", "float32"]["algorithm"] == "gemm"
+    assert rows["tiny_dw", "float64"]["algorithm"] == "depthwise"
+    assert set(rows["tiny_dw", "float32"]["contenders"]) == {"gpuconv", "gpuconv:gemm",
+                                                             "gpuconv:depthwise"}
+    assert "needs one kernel per filter" in rows["tiny_3x3", "float32"]["skipped"][
+        "gpuconv:depthwise"]
+    # per-dtype summary keys; with no peers they are absent, the memory figure is there
+    assert rec["summary"]["max_peak_temp_mib"] is not None
+    assert rec["algorithms"] == ["auto", "gemm", "depthwise"]
+    # the minimum traffic of tiny_3x3 in float64: x, filters and y once
+    assert np.isclose(rows["tiny_3x3", "float64"]["min_mib"] * 2**20,
+                      8 * (3 * 144 + 4 * 3 * 9 + 4 * 144))
+
+
+def test_bench_gpu_options_need_cuda(tmp_path):
+    shapes = tmp_path / "shapes.json"
+    shapes.write_text(json.dumps(LAYERS))
+    run = subprocess.run([sys.executable, "-m", "gpuconv.bench", "--shapes", str(shapes),
+                          "--measure-peak"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "need --device cuda" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "gpuconv.bench", "--shapes", str(shapes),
+                          "--algorithms", "fastest"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and "algorithm must be one of" in run.stderr
+
+
+def test_summary_and_peak_arithmetic():
+    from gpuconv.bench import of_peak, summarize
+    rows = [{"dtype": "float32", "depthwise": False, "ratio": {"torch": 2.0}, "peak_temp_mib": 1},
+            {"dtype": "float32", "depthwise": False, "ratio": {"torch": 0.5}, "peak_temp_mib": 3},
+            {"dtype": "float16", "depthwise": False, "ratio": {"torch": 4.0}, "peak_temp_mib": 1},
+            {"dtype": "float32", "depthwise": True, "ratio": {"torch": 1.5}, "peak_temp_mib": 2},
+            {"dtype": "float16", "depthwise": True, "ratio": {"torch": 9.0}, "peak_temp_mib": 2}]
+    s = summarize(rows, ["torch"], "cuda")
+    assert np.isclose(s["float32_vs_cudnn"], 1.0) and np.isclose(s["float16_vs_cudnn"], 4.0)
+    assert np.isclose(s["depthwise_vs_cudnn"], 1.5) and s["max_peak_temp_mib"] == 3
+    assert "dense_vs_cudnn" not in s  # two dtypes: no single dense figure
+    # 1 TFLOP in 100 ms against a 20 TFLOP/s peak: 50 ms floor, 50 % of it; 1 GB at 1000 GB/s
+    r = of_peak(10**12, 10**9, 100.0, "float32", {"float32_tflops": 20.0, "bandwidth_gbs": 1000})
+    assert np.isclose(r["tflops"], 10.0) and np.isclose(r["pct_of_compute_peak"], 50.0)
+    assert np.isclose(r["pct_of_bandwidth"], 1.0) and r["bound"] == "compute"
+    assert np.isclose(r["floor_ms"], 50.0)
+
+
+GPU_LAYERS = {"cpu": [], "gpu": [
+    {"name": "tiny_3x3", "N": 2, "C_in": 16, "spatial": [20, 20], "C_out": 32, "kernel": [3, 3],
+     "stride": 1, "padding": 1, "dilation": 1, "groups": 1},
+    {"name": "tiny_dw", "N": 2, "C_in": 8, "spatial": [20, 20], "C_out": 8, "kernel": [3, 3],
+     "stride": 1, "padding": 1, "dilation": 1, "groups": 8},
+]}
+
+
+@pytest.mark.gpu
+def test_bench_cuda_record(tmp_path, gpu):
+    """On a GPU: CUDA-event timings, the measured peaks, each row's share of its floor, the
+    host overhead, and every algorithm beside auto."""
+    shapes = tmp_path / "shapes.json"
+    shapes.write_text(json.dumps(GPU_LAYERS))
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, "-m", "gpuconv.bench", "--shapes", str(shapes),
+                          "--device", "cuda", "--repeat", "3", "--warmup", "1",
+                          "--peers", "torch", "--dtype", "float32,float16",
+                          "--algorithms", "auto,gemm,depthwise", "--measure-peak",
+                          "--overhead", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    rec = json.loads(out.read_text())
+    peak = rec["peak"]
+    assert 1 < peak["float32_tflops"] < 500 and 10 < peak["bandwidth_gbs"] < 20000
+    assert peak["float16_tflops"] > peak["float32_tflops"]
+    for row in rec["bench"]:
+        assert row["tflops"] > 0 and row["floor_ms"] > 0
+        assert row["bound"] in ("compute", "memory")
+        for name, c in row["contenders"].items():
+            if name != "gpuconv" and c["max_rel_diff_vs_gpuconv"] is not None:
+                assert c["max_rel_diff_vs_gpuconv"] < 1e-2, (row["layer"], name, c)
+    assert rec["summary"]["host_overhead_us"]["gpuconv"] > 0
+    assert rec["timing"] == "CUDA events around each call"

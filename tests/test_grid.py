@@ -97,13 +97,10 @@ def test_cpu_algorithms_against_reference(case, algorithm):
     np.testing.assert_array_equal(case.x, x0)
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("algorithm", ["direct", "gemm", "gemm_64x64", "gemm_128x128",
-                                       "gemm_128x32", "depthwise"])
-@pytest.mark.parametrize("case", CASES + TILE_CASES + FAST_PATH_CASES, ids=lambda c: c.name)
-def test_gpu_algorithms_against_reference(case, algorithm, gpu):
-    """Every CUDA kernel forced on every case, against the reference and the CPU."""
-    cp = gpu
+GPU_ALGORITHMS = ["direct", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x32", "depthwise"]
+
+
+def _check_gpu_algorithm(case, algorithm, cp):
     got = _forced(case, "cuda", algorithm, cp)
     if got is None:
         return
@@ -112,3 +109,20 @@ def test_gpu_algorithms_against_reference(case, algorithm, gpu):
     cpu = gpuconv.conv(case.x, case.filters, case.bias, device="cpu", **case.options)
     _, bound = error_bound(case.x, case.filters, case.bias, got.dtype, **case.options)
     assert np.all(np.abs(got.astype(np.complex128) - cpu) <= 2 * bound)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("algorithm", GPU_ALGORITHMS)
+@pytest.mark.parametrize("case", CASES + FAST_PATH_CASES, ids=lambda c: c.name)
+def test_gpu_algorithms_against_reference(case, algorithm, gpu):
+    """Every CUDA kernel forced on every case, against the reference and the CPU."""
+    _check_gpu_algorithm(case, algorithm, gpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("algorithm", GPU_ALGORITHMS)
+@pytest.mark.parametrize("case", TILE_CASES + FAST_PATH_CASES[-8:], ids=lambda c: c.name)
+def test_gpu_algorithms_tile_cases(case, algorithm, gpu):
+    """The same on the cases that need several tiles along every axis (and some wide depthwise
+    ones): the set compute-sanitizer runs every kernel over (benchmarks/gpu_record.py)."""
+    _check_gpu_algorithm(case, algorithm, gpu)
