@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 LAYOUTS = ("channels_first", "channels_last")
 PADDING_STRINGS = ("valid", "same", "full")
@@ -230,6 +230,18 @@ def _check_filters(filter_shape: Sequence[int], groups: int) -> Tuple[int, int, 
     return groups, C_out, Cg, kernel
 
 
+def _typed_key(value: Any) -> Any:
+    """``value`` with the type of every part beside it: 1, 1.0, True and np.int64(1) compare
+    equal in Python but are not the same argument (True is refused where 1 is accepted)."""
+    if isinstance(value, (tuple, list)):
+        return (type(value), tuple(_typed_key(v) for v in value))
+    return (type(value), value)
+
+
+_PLANS: Dict[Any, "ConvGeometry"] = {}
+_PLANS_MAX = 4096
+
+
 def plan_conv(x_shape: Tuple[int, ...], filter_shape: Tuple[int, ...],
               bias_shape: Optional[Tuple[int, ...]] = None, *, stride: IntOrTuple = 1,
               padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1,
@@ -241,7 +253,30 @@ def plan_conv(x_shape: Tuple[int, ...], filter_shape: Tuple[int, ...],
     (channels_last), with or without the N axis; ``filter_shape`` is
     ``(C_out, C_in // groups, *kernel_size)``. ``rank`` (1, 2 or 3), when given, is the spatial rank
     that ``fname`` (conv1d/conv2d/conv3d) requires. Raises ValueError/TypeError naming the argument.
+
+    Plans of valid calls are kept (by the arguments and their types; at most 4096): a layer
+    called again in a loop skips the checks, which are most of a small call's host time.
     """
+    args = (x_shape, filter_shape, bias_shape, stride, padding, dilation, groups, padding_mode,
+            layout, rank, fname)
+    try:
+        key = _typed_key(args)
+        plan = _PLANS.get(key)
+    except TypeError:  # an unhashable argument: it gets the checks and their error
+        key, plan = None, None
+    if plan is None:
+        plan = _plan_conv(*args)
+        if key is not None:
+            if len(_PLANS) >= _PLANS_MAX:
+                _PLANS.clear()
+            _PLANS[key] = plan
+    return plan
+
+
+def _plan_conv(x_shape: Tuple[int, ...], filter_shape: Tuple[int, ...],
+               bias_shape: Optional[Tuple[int, ...]], stride: IntOrTuple, padding: PaddingArg,
+               dilation: IntOrTuple, groups: int, padding_mode: str, layout: str,
+               rank: Optional[int], fname: str) -> ConvGeometry:
     _check_layout(layout)
     if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {_fmt(padding_mode)}")

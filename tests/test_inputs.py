@@ -179,3 +179,21 @@ def test_padding_modes_by_hand(mode, want):
     x = np.array([[[1.0, 2.0, 3.0]]])
     out = gpuconv.conv1d(x, np.ones((1, 1, 1)), padding=2, padding_mode=mode, device="cpu")
     np.testing.assert_array_equal(out[0, 0], want)
+
+
+def test_plans_are_reused_but_checks_still_see_types():
+    """plan_conv keeps plans of valid calls; an argument equal in value but of another type
+    (True for 1, 1.0 for 1) must still be refused after the valid one was kept."""
+    from gpuconv import geometry
+    x, w = np.ones((1, 2, 6, 6)), np.ones((3, 2, 3, 3))
+    first = geometry.plan_conv(x.shape, w.shape, stride=1, padding=1)
+    assert geometry.plan_conv(x.shape, w.shape, stride=1, padding=1) is first
+    with pytest.raises((TypeError, ValueError), match="stride"):
+        gpuconv.conv(x, w, stride=True, padding=1, device="cpu")
+    with pytest.raises((TypeError, ValueError), match="padding"):
+        gpuconv.conv(x, w, stride=1, padding=1.0, device="cpu")
+    # unhashable arguments skip the cache and get the checks
+    with pytest.raises((TypeError, ValueError), match="stride"):
+        gpuconv.conv(x, w, stride=[1, {}], device="cpu")
+    got = gpuconv.conv(x, w, stride=[1, 1], padding=[1, 1], device="cpu")
+    np.testing.assert_array_equal(got, gpuconv.conv(x, w, stride=1, padding=1, device="cpu"))
