@@ -417,7 +417,8 @@ def summarize(rows: Sequence[Dict[str, Any]], peers: Sequence[str],
 
 
 def table(rows: Sequence[Dict[str, Any]], peers: Sequence[str]) -> str:
-    head = f"{'layer':<26} {'dtype':<10} {'algorithm':<13} {'GFLOP':>6} {'gpuconv ms':>11} {'GFLOP/s':>8}"
+    head = (f"{'layer':<26} {'dtype':<10} {'algorithm':<13} {'GFLOP':>6} {'gpuconv ms':>11} "
+            f"{'GFLOP/s':>8}")
     for p in peers:
         head += f" {p + ' ms':>10} {'x' + p:>7}"
     head += f" {'temp MiB':>9}"

@@ -5,8 +5,9 @@ device (the caller's ``with cupy.cuda.Device(i)`` / ``with stream:`` are respect
 
 Each operation is written once as ``_op(xp, run, ...)``: ``xp`` is the array module and
 ``run(file, kernel, dtype, work, args)`` launches one kernel: a grid-stride kernel over ``work``
-threads' worth of work (an int), or a tiled kernel on the blocks a :class:`Grid` names. The public functions pass CuPy and a CuPy launcher; the test suite passes NumPy
-and a launcher that runs the same kernel source on the host (tests/test_kernel_emulation.py).
+threads' worth of work (an int), or a tiled kernel on the blocks a :class:`Grid` names. The
+public functions pass CuPy and a CuPy launcher; the test suite passes NumPy and a launcher that
+runs the same kernel source on the host (tests/test_kernel_emulation.py).
 Kernel scalar arguments are NumPy scalars typed as the kernels declare them (``int`` -> int32,
 ``long long`` -> int64): CuPy passes a NumPy scalar by its type, so a mismatch would shift every
 later argument.

@@ -29,6 +29,25 @@ struct __align__(V * sizeof(A)) gc_run {
     A v[V];
 };
 
+// Which of a tile row's elements a thread owns: its i-th is in run i / V (runs of V neighbours,
+// the P threads along this axis side by side), place i % V in the run.
+template <int V, int P>
+__device__ __forceinline__ int gc_owned(int thread, int i) {
+    return (i / V) * P * V + thread * V + i % V;
+}
+
+// The T elements a thread owns of one row of a shared tile, read one run (vector) at a time.
+template <typename A, int T, int V, int P>
+__device__ __forceinline__ void gc_read_owned(A (&out)[T], const A* row, int thread) {
+#pragma unroll
+    for (int r = 0; r < T / V; ++r) {
+        const gc_run<A, V> run =
+            *reinterpret_cast<const gc_run<A, V>*>(row + gc_owned<V, P>(thread, r * V));
+#pragma unroll
+        for (int v = 0; v < V; ++v) out[r * V + v] = run.v[v];
+    }
+}
+
 template <typename T, int ACT, int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
 conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
@@ -151,20 +170,8 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 #pragma unroll
         for (int kk = 0; kk < BK; ++kk) {
             acc_t a[TM], b[TN];
-#pragma unroll
-            for (int r = 0; r < TM / VM; ++r) {
-                const gc_run<acc_t, VM> run =
-                    *reinterpret_cast<const gc_run<acc_t, VM>*>(&As[cur][kk][r * MT * VM + tm * VM]);
-#pragma unroll
-                for (int v = 0; v < VM; ++v) a[r * VM + v] = run.v[v];
-            }
-#pragma unroll
-            for (int r = 0; r < TN / VN; ++r) {
-                const gc_run<acc_t, VN> run =
-                    *reinterpret_cast<const gc_run<acc_t, VN>*>(&Bs[cur][kk][r * NT * VN + tn * VN]);
-#pragma unroll
-                for (int v = 0; v < VN; ++v) b[r * VN + v] = run.v[v];
-            }
+            gc_read_owned<acc_t, TM, VM, MT>(a, As[cur][kk], tm);
+            gc_read_owned<acc_t, TN, VN, NT>(b, Bs[cur][kk], tn);
 #pragma unroll
             for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -177,13 +184,13 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
-        const long long m = m0 + (i / VM) * MT * VM + tm * VM + i % VM;
+        const long long m = m0 + gc_owned<VM, MT>(tm, i);
         if (m >= M) continue;
         const gc_coords p = gc_split_index(m, 1LL, OD, OH, OW, false);
         const long long y_base = p.n * ys_n + p.d * ys_d + p.h * ys_h + p.w * ys_w;
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
-            const long long f = f0 + (j / VN) * NT * VN + tn * VN + j % VN;
+            const long long f = f0 + gc_owned<VN, NT>(tn, j);
             if (f >= Cog) continue;
             const long long co = g * Cog + f;
             acc_t v = acc[i][j];
