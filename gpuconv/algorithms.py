@@ -6,7 +6,9 @@ forces each one over the shape grid and checks it against the reference. ``algor
 ValueError when the device does not have it or it does not apply to the layer.
 
 On the CPU:
-  ``gemm``       windows unrolled into a matrix (im2col), one BLAS matmul per chunk;
+  ``gemm``       windows unrolled into matrix columns (im2col) from a channels-first padded
+                 chunk (strided layers: split into stride phases first), one BLAS matmul
+                 ``filters @ cols`` per chunk, landing in channels-first order;
   ``pointwise``  1x1 kernels without padding: one matmul over the input as it lies, no unrolling;
   ``depthwise``  one kernel per filter (C_in/groups == 1): a multiply-add per tap over views.
 On CUDA:
@@ -67,7 +69,7 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
         if max(x_elems, y_elems) >= kernels.DEPTHWISE_MAX_ELEMENTS:
             return (f"the CUDA 'depthwise' kernel takes inputs and outputs of fewer than 2^30 "
                     f"elements; this call has {x_elems} in and {y_elems} out")
-    if algorithm.startswith("gemm_"):
+    if kind == "cuda" and algorithm.startswith("gemm_"):
         tile = algorithm[len("gemm_"):]
         if tile not in kernels.gemm_tiles(dtype):
             return (f"{algorithm!r} is not built for {np.dtype(dtype).name} (its accumulators "

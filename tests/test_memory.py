@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import gpuconv
+import gpuconv.cpu  # noqa: F401  loaded here: importing the backend is not a call's temporary
 from reference import reference_conv
 
 
@@ -16,6 +17,9 @@ from reference import reference_conv
     (1, (2, 4, 12, 12, 12), (8, 4, 3, 3, 3), dict(padding=1)),
     # depthwise with 64-wide output rows: the channels-first depthwise path, in row chunks
     (1, (4, 16, 64, 64), (32, 1, 3, 3), dict(padding=1, groups=16)),
+    # strided: the unrolling reads the input split into stride phases, in row chunks
+    (1, (2, 6, 96, 96), (8, 6, 5, 5), dict(stride=2, padding=2)),
+    (1, (2, 3, 40, 24, 30), (4, 3, 3, 2, 4), dict(stride=(2, 1, 3), padding=1)),
 ])
 def test_peak_temporary_memory_stays_under_the_workspace(limit_mib, shape, wshape, kw):
     rng = np.random.default_rng(0)
@@ -71,3 +75,22 @@ def test_adjoints_stay_under_the_workspace(which):
     unrolled = x.itemsize * 4 * 40 * 40 * 8 * 9
     assert unrolled > limit
     assert peak - out.nbytes <= limit + 64 * 2**10, (peak - out.nbytes, limit)
+
+
+def test_strided_filter_grad_in_row_chunks():
+    """The filter gradient of a strided layer (the phase-split unrolling) summed over row
+    chunks of a small workspace, against the reference."""
+    from reference import reference_filter_grad
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 61, 60))
+    g = rng.standard_normal((2, 4, 29, 28))
+    limit = 2**18
+    unrolled = x.itemsize * 2 * 29 * 28 * 3 * 25
+    assert unrolled > limit
+    with gpuconv.cpu_workspace(limit):
+        got = gpuconv.conv_filter_grad(x, g, (4, 3, 5, 5), stride=2, device="cpu")
+    want = reference_filter_grad(x, g, (4, 3, 5, 5), stride=2)
+    # float64 sums of 2 * 29 * 28 products each: a few thousand units of roundoff at most
+    mag = reference_filter_grad(np.abs(x), np.abs(g), (4, 3, 5, 5), stride=2).real
+    n = 2 * 29 * 28
+    assert np.all(np.abs(got - want) <= n * np.finfo(np.float64).eps * mag)
