@@ -30,8 +30,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
-from . import algorithms, conv, __version__
-from .device import cuda_status
+from . import algorithms, conv, tuning, __version__
+from .config import get_autotune, set_autotune
+from .device import cpu_model, cuda_device_name, cuda_status
 from .dtypes import result_dtype
 from .geometry import plan_conv
 
@@ -53,16 +54,6 @@ def find_shapes(path: Optional[str]) -> Path:
         if c and Path(c).is_file():
             return Path(c)
     raise FileNotFoundError(f"no shapes.json found: pass --shapes PATH or set {SHAPES_ENV}")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _progress(done: int, total: int, label: str, stream: Optional[TextIO] = None) -> None:
@@ -218,6 +209,11 @@ def _peak_temp_bytes(call: Callable[[], Any], device: str) -> Optional[int]:
     return int(pool.total_bytes() - before - out.nbytes)  # total: the pool's high-water mark
 
 
+def _cuda_name() -> str:
+    import cupy
+    return cuda_device_name(cupy.cuda.Device().id)
+
+
 def run_layer(layer: Layer, dtype: str, device: str, peers: Sequence[str], repeat: int,
               warmup: int, scipy_max_calls: int, rng: np.random.Generator,
               progress: Callable[[str], None],
@@ -280,6 +276,12 @@ def run_layer(layer: Layer, dtype: str, device: str, peers: Sequence[str], repea
                 call()
             sync()
             times[name].append(_time_call_ms(call, device))
+    if algorithm_names[0] == "auto" and get_autotune():  # what the tuner chose, now known
+        chosen = tuning.remembered(
+            "cpu" if device == "cpu" else "cuda",
+            cpu_model() if device == "cpu" else _cuda_name(), plan_conv(x.shape, w.shape,
+                                                                        **_kw(layer)),
+            result_dtype(dtype)) or chosen
     depthwise = layer["groups"] > 1 and layer["groups"] == layer["C_in"]
     row = {"layer": layer["name"], "dtype": np.dtype(dtype).name, "device": device,
            "algorithm": chosen, "depthwise": depthwise,
@@ -479,6 +481,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--pause", type=float, default=None,
                     help="seconds to pause before each timed contender (default 0.15 on the "
                          "CPU, where other libraries' spinning threads linger, 0 on the GPU)")
+    ap.add_argument("--autotune", action="store_true",
+                    help="autotune gpuconv's 'auto' (gpuconv.autotune): its warm-up calls time "
+                         "every algorithm that applies and keep the fastest; rows name it")
     ap.add_argument("--json", help="write the results to this file")
     args = ap.parse_args(argv)
 
@@ -524,6 +529,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if peak:
         print("measured peaks: " + ", ".join(f"{k} {v:.1f}" for k, v in peak.items()))
     pause = args.pause if args.pause is not None else (0.15 if args.device == "cpu" else 0.0)
+    if args.autotune:
+        set_autotune(True)
     rng = np.random.default_rng(0)
     rows = []
     jobs = [(layer, dt) for dt in dtypes for layer in layers]
@@ -558,7 +565,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "blas_threads_env": {k: os.environ.get(k) for k in
                                  ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
             "versions": versions, "shapes": str(shapes_path), "set": args.set or args.device,
-            "dtype": args.dtype, "algorithms": algorithm_names, "repeat": args.repeat,
+            "dtype": args.dtype, "algorithms": algorithm_names, "autotune": args.autotune,
+            "repeat": args.repeat,
             "warmup": args.warmup, "pause_s": pause, "timing": (
                 "CUDA events around each call" if args.device == "cuda" else "perf_counter"),
             "peak": peak, "bench": rows, "summary": summary,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import Iterator
+from typing import Any, Callable, ContextManager, Iterator, Optional
 
 _DEFAULT_CPU_WORKSPACE = 256 * 2**20
 _state = threading.local()
@@ -44,11 +44,49 @@ def set_cpu_workspace(nbytes: int) -> None:
 
 
 @contextlib.contextmanager
-def cpu_workspace(nbytes: int) -> Iterator[None]:
-    """``with gpuconv.cpu_workspace(64 * 2**20): ...`` sets the budget for the block."""
-    previous = getattr(_state, "cpu_workspace", None)
-    set_cpu_workspace(nbytes)
+def _scoped(name: str, setter: Callable[[Any], None], value: Any) -> Iterator[None]:
+    """Set this thread's setting ``name`` through ``setter`` for a block, then restore it."""
+    previous = getattr(_state, name, None)
+    setter(value)
     try:
         yield
     finally:
-        _state.cpu_workspace = previous
+        setattr(_state, name, previous)
+
+
+def cpu_workspace(nbytes: int) -> ContextManager[None]:
+    """``with gpuconv.cpu_workspace(64 * 2**20): ...`` sets the budget for the block."""
+    return _scoped("cpu_workspace", set_cpu_workspace, nbytes)
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def _autotune_env() -> bool:
+    value = os.environ.get("GPUCONV_AUTOTUNE", "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"GPUCONV_AUTOTUNE must be one of {_TRUE + _FALSE[1:]}, got {value!r}")
+
+
+def get_autotune() -> bool:
+    """Whether ``algorithm="auto"`` is autotuned in this thread (see :mod:`gpuconv.tuning`):
+    off by default, or the environment variable GPUCONV_AUTOTUNE=1."""
+    value = getattr(_state, "autotune", None)
+    return _autotune_env() if value is None else value
+
+
+def set_autotune(enabled: Optional[bool]) -> None:
+    """Turn autotuning of ``algorithm="auto"`` on or off for this thread (None: the default)."""
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be True, False or None, got {enabled!r}")
+    _state.autotune = enabled
+
+
+def autotune(enabled: bool = True) -> ContextManager[None]:
+    """``with gpuconv.autotune(): ...`` autotunes the "auto" calls of the block: the first call
+    of each layer times every algorithm that can run it and keeps the fastest (remembered on
+    disk), as ``torch.backends.cudnn.benchmark = True`` does."""
+    return _scoped("autotune", set_autotune, enabled)

@@ -16,8 +16,9 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from . import algorithms
-from .config import get_cpu_workspace
+from . import algorithms, tuning
+from .config import get_autotune, get_cpu_workspace
+from .device import cpu_model
 from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
 from .layout import pad_spatial, unpad_adjoint
@@ -161,6 +162,9 @@ def conv_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry, activat
     ``algorithm``: see :mod:`gpuconv.algorithms`.
     """
     ct = accumulator_dtype(out_cf.dtype)
+    if algorithm == "auto" and get_autotune():
+        algorithm = tuning.pick("cpu", cpu_model(), geom, out_cf.dtype, lambda name: conv_forward(
+            x_cf, w, bias, geom, activation, out_cf, name))
     algorithm = algorithms.choose("cpu", algorithm, geom, out_cf.dtype)
     if algorithm == "depthwise":
         return _depthwise_forward(x_cf, w, bias, geom, activation, out_cf, ct)

@@ -19,7 +19,9 @@ import math
 
 import numpy as np
 
-from . import algorithms, kernels
+from . import algorithms, kernels, tuning
+from .config import get_autotune
+from .device import cuda_device_name
 from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
 from .layout import pad_spatial, unpad_adjoint
@@ -206,6 +208,11 @@ def conv_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry, activat
                  out_cf: Array, algorithm: str = "auto") -> None:
     """Fill the CuPy view ``out_cf`` ``(N, C_out, *out_spatial)``; see cpu.conv_forward."""
     import cupy
+    if algorithm == "auto" and get_autotune():
+        algorithm = tuning.pick(
+            "cuda", cuda_device_name(cupy.cuda.Device().id), geom, out_cf.dtype,
+            lambda name: _forward(cupy, _gpu_run, x_cf, w, bias, geom, activation, out_cf, name),
+            sync=cupy.cuda.get_current_stream().synchronize)
     _forward(cupy, _gpu_run, x_cf, w, bias, geom, activation, out_cf, algorithm)
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional, Tuple
 from ._typing import Array
 
@@ -132,3 +134,23 @@ def resolve(device: str, *arrays: Any) -> Tuple[str, Optional[int]]:
     if index is None and on_gpu:
         index = on_gpu[0].device.id
     return "cuda", index
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo, else what the platform module knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_device_name(device_id: int) -> str:
+    """CUDA device ``device_id``'s name, e.g. "NVIDIA H100 80GB HBM3" (CuPy must be present)."""
+    import cupy
+    name = cupy.cuda.runtime.getDeviceProperties(device_id)["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)

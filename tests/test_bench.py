@@ -141,3 +141,20 @@ def test_bench_cuda_record(tmp_path, gpu):
                 assert c["max_rel_diff_vs_gpuconv"] < 1e-2, (row["layer"], name, c)
     assert rec["summary"]["host_overhead_us"]["gpuconv"] > 0
     assert rec["timing"] == "CUDA events around each call"
+
+
+def test_bench_autotune_names_the_tuned_choice(tmp_path):
+    shapes = tmp_path / "shapes.json"
+    shapes.write_text(json.dumps(LAYERS))
+    out, cache = tmp_path / "bench.json", tmp_path / "autotune.json"
+    env = dict(__import__("os").environ, GPUCONV_AUTOTUNE_CACHE=str(cache))
+    run = subprocess.run([sys.executable, "-m", "gpuconv.bench", "--shapes", str(shapes),
+                          "--repeat", "1", "--warmup", "1", "--peers", "", "--autotune",
+                          "--only", "tiny_dw", "--json", str(out)], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr
+    rec = json.loads(out.read_text())
+    assert rec["autotune"] is True
+    (choice,) = json.loads(cache.read_text()).values()
+    assert choice in ("gemm", "depthwise")  # the two CPU algorithms for a depthwise layer
+    assert rec["bench"][0]["algorithm"] == choice

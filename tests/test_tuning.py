@@ -1,0 +1,222 @@
+"""Opt-in autotuning of algorithm="auto" (gpuconv.tuning): what it times, what it keeps, where."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv import tuning
+from gpuconv.geometry import plan_conv
+from reference import error_bound
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A fresh cache file and no choices in memory; autotuning off unless a test turns it on."""
+    path = tmp_path / "sub" / "autotune.json"
+    monkeypatch.setenv("GPUCONV_AUTOTUNE_CACHE", str(path))
+    monkeypatch.delenv("GPUCONV_AUTOTUNE", raising=False)
+    tuning.clear_memory()
+    yield path
+    tuning.clear_memory()
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """Replace the stopwatch: each candidate 'takes' the seconds the test gives it, and every
+    timing is recorded."""
+    timed = []
+    seconds = {}
+
+    def fake(run, algorithm, sync):
+        timed.append(algorithm)
+        run(algorithm)  # still computes: the last candidate's output must not be what is returned
+        return seconds[algorithm]
+    monkeypatch.setattr(tuning, "time_candidate", fake)
+    return timed, seconds
+
+
+def _pointwise_layer():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((2, 8, 9, 7)), rng.standard_normal((5, 8, 1, 1))
+
+
+def _check(x, w, got, **kw):
+    exact, bound = error_bound(x, w, None, got.dtype, None, **kw)
+    assert np.all(np.abs(got - exact) <= bound)
+
+
+def test_off_by_default_writes_nothing(cache, clock):
+    x, w = _pointwise_layer()
+    assert gpuconv.get_autotune() is False
+    gpuconv.conv(x, w)
+    assert clock[0] == [] and not cache.exists()
+
+
+@pytest.mark.parametrize("fastest", ["gemm", "pointwise"])
+def test_times_every_candidate_once_and_keeps_the_fastest(cache, clock, fastest):
+    timed, seconds = clock
+    seconds.update({"gemm": 2.0, "pointwise": 1.0})
+    seconds[fastest] = 0.5
+    x, w = _pointwise_layer()
+    with gpuconv.autotune():
+        assert gpuconv.get_autotune() is True
+        got = gpuconv.conv(x, w)
+        again = gpuconv.conv(x, w)
+    assert gpuconv.get_autotune() is False
+    assert sorted(timed) == ["gemm", "pointwise"]  # both timed, once, on the first call only
+    _check(x, w, got)
+    np.testing.assert_array_equal(again, got)
+    stored = json.loads(cache.read_text())
+    assert list(stored.values()) == [fastest]
+    (key,) = stored
+    assert "cpu:" in key and "float64" in key and "kernel=(1, 1)" in key
+    assert gpuconv.__version__ in key
+
+
+def test_choice_on_disk_is_used_by_a_new_process(cache, clock, monkeypatch):
+    timed, seconds = clock
+    x, w = _pointwise_layer()
+    geom = plan_conv(x.shape, w.shape)
+    from gpuconv.device import cpu_model
+    key = tuning.layer_key("cpu", cpu_model(), geom, np.float64)
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({key: "gemm"}))
+    ran = []
+    original = gpuconv.cpu._gemm_forward
+    monkeypatch.setattr(gpuconv.cpu, "_gemm_forward", lambda *a: ran.append(1) or original(*a))
+    with gpuconv.autotune():
+        got = gpuconv.conv(x, w)
+    assert timed == [] and ran == [1]
+    _check(x, w, got)
+
+
+def test_one_candidate_is_not_timed(cache, clock):
+    # a 3x3 layer: only "gemm" applies on the CPU
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((1, 3, 6, 6)), rng.standard_normal((2, 3, 3, 3))
+    with gpuconv.autotune():
+        got = gpuconv.conv(x, w, padding=1)
+    assert clock[0] == []
+    assert list(json.loads(cache.read_text()).values()) == ["gemm"]
+    _check(x, w, got, padding=1)
+
+
+def test_choices_are_per_layer_and_dtype(cache, clock):
+    timed, seconds = clock
+    seconds.update({"gemm": 1.0, "pointwise": 2.0, "depthwise": 0.5})
+    x, w = _pointwise_layer()
+    w2 = np.ones((6, 4, 1, 1))
+    with gpuconv.autotune():
+        gpuconv.conv(x, w)
+        gpuconv.conv(x.astype(np.float32), w.astype(np.float32))
+        gpuconv.conv(x[:1], w)
+        gpuconv.conv(x, w2, groups=2)
+        gpuconv.conv(x, w)
+    assert len(json.loads(cache.read_text())) == 4
+    assert len(timed) == 8
+
+
+def test_a_malformed_cache_is_replaced(cache, clock):
+    timed, seconds = clock
+    seconds.update({"gemm": 1.0, "pointwise": 2.0})
+    cache.parent.mkdir(parents=True)
+    cache.write_text("{not json")
+    x, w = _pointwise_layer()
+    with gpuconv.autotune(), pytest.warns(RuntimeWarning, match="ignoring the autotune cache"):
+        gpuconv.conv(x, w)
+    assert list(json.loads(cache.read_text()).values()) == ["gemm"]
+
+
+def test_a_stale_choice_that_cannot_run_is_retimed(cache, clock):
+    timed, seconds = clock
+    seconds.update({"gemm": 1.0, "pointwise": 2.0})
+    x, w = _pointwise_layer()
+    key = tuning.layer_key("cpu", gpuconv.device.cpu_model(), plan_conv(x.shape, w.shape),
+                           np.float64)
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({key: "depthwise"}))  # does not apply to 8 kernels a filter
+    with gpuconv.autotune():
+        gpuconv.conv(x, w)
+    assert sorted(timed) == ["gemm", "pointwise"]
+    assert json.loads(cache.read_text())[key] == "gemm"
+
+
+def test_unwritable_cache_warns_and_still_computes(tmp_path, monkeypatch, clock):
+    timed, seconds = clock
+    seconds.update({"gemm": 1.0, "pointwise": 2.0})
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("GPUCONV_AUTOTUNE_CACHE", str(blocker / "autotune.json"))
+    tuning.clear_memory()
+    x, w = _pointwise_layer()
+    with gpuconv.autotune(), pytest.warns(RuntimeWarning, match="could not write"):
+        got = gpuconv.conv(x, w)
+    _check(x, w, got)
+    tuning.clear_memory()
+
+
+def test_real_timing_runs_each_candidate(cache):
+    """Without the fake clock: one untimed and REPEATS timed runs of each candidate."""
+    x, w = _pointwise_layer()
+    calls = []
+    original = tuning.time_candidate
+
+    def counting(run, algorithm, sync):
+        def counted(name):
+            calls.append(name)
+            run(name)
+        return original(counted, algorithm, sync)
+    tuning.time_candidate = counting
+    try:
+        with gpuconv.autotune():
+            got = gpuconv.conv(x, w)
+    finally:
+        tuning.time_candidate = original
+    assert sorted(calls) == sorted(["gemm", "pointwise"] * (1 + tuning.REPEATS))
+    assert json.loads(cache.read_text())  # something was chosen
+    _check(x, w, got)
+
+
+def test_settings(monkeypatch, cache):
+    monkeypatch.setenv("GPUCONV_AUTOTUNE", "1")
+    assert gpuconv.get_autotune() is True
+    with gpuconv.autotune(False):
+        assert gpuconv.get_autotune() is False
+    monkeypatch.setenv("GPUCONV_AUTOTUNE", "maybe")
+    with pytest.raises(ValueError, match="GPUCONV_AUTOTUNE"):
+        gpuconv.get_autotune()
+    with pytest.raises(TypeError, match="enabled must be True, False or None"):
+        gpuconv.set_autotune(1)
+    gpuconv.set_autotune(None)
+    monkeypatch.delenv("GPUCONV_AUTOTUNE")
+    assert gpuconv.get_autotune() is False
+    monkeypatch.delenv("GPUCONV_AUTOTUNE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere")
+    assert str(tuning.cache_path()) == "/somewhere/gpuconv/autotune.json"
+
+
+def test_cuda_candidates_are_concrete_kernels():
+    geom = plan_conv((2, 16, 9, 9), (32, 16, 3, 3))
+    names = tuning.candidates("cuda", geom, np.float32)
+    assert "gemm" not in names and "direct" in names and "gemm_64x64" in names
+    assert "depthwise" not in names
+    dw = plan_conv((2, 16, 9, 9), (16, 1, 3, 3), groups=16)
+    assert "depthwise" in tuning.candidates("cuda", dw, np.float32)
+    assert tuning.candidates("cpu", dw, np.float32) == ["gemm", "depthwise"]
+
+
+@pytest.mark.gpu
+def test_cuda_autotune_times_the_kernels_and_matches_the_cpu(cache, gpu):
+    cp = gpu
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((2, 16, 12, 12)), rng.standard_normal((24, 16, 3, 3))
+    with gpuconv.autotune():
+        got = cp.asnumpy(gpuconv.conv(cp.asarray(x), cp.asarray(w), padding=1))
+    (key, choice), = json.loads(cache.read_text()).items()
+    assert key.split("|")[1].strip().startswith("cuda:")
+    geom = plan_conv(x.shape, w.shape, padding=1)
+    assert choice in tuning.candidates("cuda", geom, np.float64)
+    _check(x, w, got, padding=1)
