@@ -17,6 +17,8 @@ On CUDA:
                  gathered on the fly (kernels_cuda/conv_gemm.cu), with a tile chosen by shape;
   ``gemm_64x64``, ``gemm_128x128``, ``gemm_128x32``: the same with that tile
                  (positions x filters per block);
+  ``gemm_tc``    the implicit GEMM on tensor cores (mma.sync, float16 in, float32 sums;
+                 compute capability 8.0+), 128 x 64 tiles (kernels_cuda/conv_gemm_tc.cu);
   ``depthwise``  one kernel per filter: 32-bit indexing, 3x3/5x5/7x7 and 1-D 3/5/7 taps
                  unrolled (kernels_cuda/conv_depthwise.cu).
 """
@@ -36,7 +38,7 @@ _GEMM = tuple(f"gemm_{t}" for t in kernels.GEMM_TILES)
 #: device kind -> the algorithms it has, in the order they are listed to users.
 ALGORITHMS: Dict[str, Tuple[str, ...]] = {
     "cpu": ("gemm", "pointwise", "depthwise"),
-    "cuda": ("direct", "gemm") + _GEMM + ("depthwise",),
+    "cuda": ("direct", "gemm") + _GEMM + ("gemm_tc", "depthwise"),
 }
 NAMES = ("auto",) + tuple(dict.fromkeys(n for names in ALGORITHMS.values() for n in names))
 
@@ -69,6 +71,16 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
         if max(x_elems, y_elems) >= kernels.DEPTHWISE_MAX_ELEMENTS:
             return (f"the CUDA 'depthwise' kernel takes inputs and outputs of fewer than 2^30 "
                     f"elements; this call has {x_elems} in and {y_elems} out")
+    if kind == "cuda" and algorithm == "gemm_tc":
+        if np.dtype(dtype) != np.float16:
+            return (f"'gemm_tc' multiplies float16 on tensor cores; this call is "
+                    f"{np.dtype(dtype).name}")
+        if geom.groups > _CUDA_GRID_LIMIT or \
+                -(-geom.C_out_per_group // kernels.GEMM_TC_TILE[1]) > _CUDA_GRID_LIMIT:
+            return (f"'gemm_tc' launches one block row per group and "
+                    f"{kernels.GEMM_TC_TILE[1]} filters: {shape} exceeds CUDA's "
+                    f"{_CUDA_GRID_LIMIT} blocks per grid axis")
+        return _tensor_core_problem()
     if kind == "cuda" and algorithm.startswith("gemm_"):
         tile = algorithm[len("gemm_"):]
         if tile not in kernels.gemm_tiles(dtype):
@@ -79,6 +91,20 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
         if geom.groups > _CUDA_GRID_LIMIT or -(-geom.C_out_per_group // BN) > _CUDA_GRID_LIMIT:
             return (f"{algorithm!r} launches one block row per group and {BN} filters: "
                     f"{shape} exceeds CUDA's {_CUDA_GRID_LIMIT} blocks per grid axis")
+    return ""
+
+
+def _tensor_core_problem() -> str:
+    """Why the current CUDA device cannot run mma.sync.m16n8k16 (compute capability below 8.0),
+    or "" (also when there is no CuPy device to ask: the host emulation of the tests)."""
+    try:
+        import cupy
+        capability = int(cupy.cuda.Device().compute_capability)
+    except Exception:
+        return ""
+    if capability < 80:
+        return (f"'gemm_tc' needs compute capability 8.0 or later (mma.sync.m16n8k16); this "
+                f"device has {capability // 10}.{capability % 10}")
     return ""
 
 

@@ -135,6 +135,13 @@ def _forward(xp: Any, run: Callable[..., None], x_cf: Array, w: Array, bias: Arr
         run("conv_depthwise.cu", kernels.conv_depthwise_name(dtype, activation, size), dtype,
             geom.N * geom.C_out * math.prod(geom.out_spatial), args)
         return
+    if algorithm == "gemm_tc":
+        BM, BN = kernels.GEMM_TC_TILE
+        blocks = (-(-geom.N * math.prod(geom.out_spatial) // BM),
+                  -(-geom.C_out_per_group // BN), geom.groups)
+        run("conv_gemm_tc.cu", kernels.conv_gemm_tc_name(activation), dtype,
+            Grid(blocks, kernels.GEMM_TC_THREADS), args)
+        return
     tile = algorithm[len("gemm_"):]
     BM, BN = kernels.GEMM_TILES[tile][:2]
     blocks = (-(-geom.N * math.prod(geom.out_spatial) // BM), -(-geom.C_out_per_group // BN),

@@ -118,6 +118,16 @@ def conv_gemm_name(dtype: DTypeLike, activation: Optional[str], tile: str) -> st
     return f"conv_gemm<{CTYPES[np.dtype(dtype)]}, {ACTIVATIONS[activation]}, {params}>"
 
 
+#: The tensor-core GEMM kernel (conv_gemm_tc.cu, float16 only, sm_80+): its tile (output
+#: positions x filters per block) and threads a block.
+GEMM_TC_TILE: Tuple[int, int] = (128, 64)
+GEMM_TC_THREADS = 256
+
+
+def conv_gemm_tc_name(activation: Optional[str]) -> str:
+    return f"conv_gemm_tc<{ACTIVATIONS[activation]}>"
+
+
 #: Kernel sizes (height, width; depth 1) the depthwise kernel (conv_depthwise.cu) is compiled
 #: for with the taps unrolled; (0, 0) is its runtime-size instantiation for every other size.
 DEPTHWISE_SIZES: Tuple[Tuple[int, int], ...] = ((3, 3), (5, 5), (7, 7), (1, 3), (1, 5), (1, 7),
@@ -156,6 +166,9 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
     if filename == "conv_gemm.cu":
         return tuple(conv_gemm_name(dtype, a, t) for a in activation_names(dtype)
                      for t in gemm_tiles(dtype))
+    if filename == "conv_gemm_tc.cu":
+        return tuple(conv_gemm_tc_name(a) for a in activation_names(dtype)) \
+            if np.dtype(dtype) == np.float16 else ()
     if filename == "conv_depthwise.cu":
         return tuple(conv_depthwise_name(dtype, a, k) for a in activation_names(dtype)
                      for k in DEPTHWISE_SIZES)
@@ -168,8 +181,8 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
     raise KeyError(f"unknown kernel file {filename!r}")
 
 
-KERNEL_FILES: Tuple[str, ...] = ("conv_direct.cu", "conv_gemm.cu", "conv_depthwise.cu",
-                                  "conv_adjoint.cu", "peak.cu")
+KERNEL_FILES: Tuple[str, ...] = ("conv_direct.cu", "conv_gemm.cu", "conv_gemm_tc.cu",
+                                  "conv_depthwise.cu", "conv_adjoint.cu", "peak.cu")
 
 
 def every_module_request() -> List[Tuple[str, Tuple[str, ...], Tuple[str, ...]]]:

@@ -20,7 +20,7 @@
 // work. Loads of A from channels-first x are coalesced (neighbouring threads take neighbouring
 // output positions). Sums run in the accumulator type (float for half), in the order k = 0, 1, ...
 // within each thread, so results are deterministic.
-#include "gpuconv_index.cuh"
+#include "gpuconv_gemm.cuh"
 #include "gpuconv_types.cuh"
 
 // Up to four neighbouring accumulator-type values, read from shared memory as one vector.
@@ -76,7 +76,7 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
     __shared__ int k_tap[2][BK][3];        // (kd*DD, kh*DH, kw*DW); kd*DD = -1 past the end
 
     const int tid = threadIdx.x;
-    const long long KV = KD * KH * KW, Kg = Cg * KV;
+    const long long Kg = Cg * KD * KH * KW;
     const long long M = N * OD * OH * OW, Cog = C_out / groups;
     const long long g = blockIdx.z;
     const long long m0 = blockIdx.x * (long long)BM, f0 = blockIdx.y * (long long)BN;
@@ -84,34 +84,13 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 
     // this thread's A row (one output position for all of its loads) and its window's corner
     const int am = tid % BM;
-    long long a_base = 0, d0 = 0, h0 = 0, w0 = 0;
-    const bool a_valid = m0 + am < M;
-    if (a_valid) {
-        const gc_coords p = gc_split_index(m0 + am, 1LL, OD, OH, OW, false);
-        d0 = p.d * SD - PD;
-        h0 = p.h * SH - PH;
-        w0 = p.w * SW - PW;
-        a_base = p.n * xs_n + g * Cg * xs_c + d0 * xs_d + h0 * xs_h + w0 * xs_w;
-    }
+    const gc_window win = gc_window_of(m0 + am, M, g, Cg, OD, OH, OW, SD, SH, SW, PD, PH, PW,
+                                       xs_n, xs_c, xs_d, xs_h, xs_w);
     const T* wg = w + g * Cog * Kg;
 
     auto find_terms = [&](long long step, int buf) {
-        if (tid < BK) {
-            const long long k = step * BK + tid;
-            if (k < Kg) {
-                const long long c = k / KV, t = k % KV;
-                const long long kd = t / (KH * KW), kh = (t / KW) % KH, kw = t % KW;
-                k_offset[buf][tid] = c * xs_c + kd * DD * xs_d + kh * DH * xs_h + kw * DW * xs_w;
-                k_tap[buf][tid][0] = int(kd * DD);
-                k_tap[buf][tid][1] = int(kh * DH);
-                k_tap[buf][tid][2] = int(kw * DW);
-            } else {
-                k_offset[buf][tid] = 0;
-                k_tap[buf][tid][0] = -1;  // fails the bounds check: A is 0 past the last term
-                k_tap[buf][tid][1] = 0;
-                k_tap[buf][tid][2] = 0;
-            }
-        }
+        gc_find_terms<BK>(tid, step, Kg, KD, KH, KW, DD, DH, DW, xs_c, xs_d, xs_h, xs_w,
+                          k_offset[buf], k_tap[buf]);
     };
 
     acc_t a_next[A_LOADS], b_next[B_LOADS];
@@ -120,12 +99,8 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
         for (int i = 0; i < A_LOADS; ++i) {
             const int kk = tid / BM + i * (THREADS / BM);
             acc_t v = num::zero();
-            const int* tap = k_tap[buf][kk];
-            const long long id = d0 + tap[0], ih = h0 + tap[1], iw = w0 + tap[2];
-            if (a_valid && tap[0] >= 0 && (unsigned long long)id < (unsigned long long)ID &&
-                (unsigned long long)ih < (unsigned long long)IH &&
-                (unsigned long long)iw < (unsigned long long)IW)
-                v = num::load(x[a_base + k_offset[buf][kk]]);
+            if (gc_inside(win, k_tap[buf][kk], ID, IH, IW))
+                v = num::load(x[win.base + k_offset[buf][kk]]);
             a_next[i] = v;
         }
 #pragma unroll

@@ -197,5 +197,14 @@ def tile_cases() -> List[Case]:
     return out
 
 
+def as_float16(case: Case) -> Case:
+    """The case with its arrays in float16 (real parts; activation kept): for the float16-only
+    tensor-core kernel."""
+    def half(a):
+        return None if a is None else np.ascontiguousarray(a.real).astype(np.float16)
+    return Case(case.name + "-f16", half(case.x), half(case.filters), half(case.bias),
+                dict(case.options))
+
+
 def rng_choice(i, options):
     return options[i % len(options)]

@@ -16,8 +16,8 @@ def _geom(x_shape, w_shape, **options):
 def test_names_are_listed_and_checked():
     assert algorithms.NAMES[0] == "auto"
     assert set(algorithms.ALGORITHMS["cpu"]) == {"gemm", "pointwise", "depthwise"}
-    assert {"direct", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x32", "depthwise"} == set(
-        algorithms.ALGORITHMS["cuda"])
+    assert {"direct", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x32", "gemm_tc",
+            "depthwise"} == set(algorithms.ALGORITHMS["cuda"])
     x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
     with pytest.raises(ValueError, match="algorithm must be one of .*'winograd'"):
         gpuconv.conv(x, w, algorithm="winograd", device="cpu")
@@ -97,3 +97,19 @@ def test_depthwise_kernel_sizes():
     g = _geom((1, 2**15, 2**8, 2**7), (2**15, 1, 1, 1), groups=2**15)
     with pytest.raises(ValueError, match="fewer than 2\\^30 elements; this call has 1073741824"):
         algorithms.choose("cuda", "depthwise", g, np.float32)
+
+
+def test_tensor_core_kernel_needs_compute_capability_8(monkeypatch):
+    """gemm_tc is refused, with the device's capability named, on a GPU older than sm_80 (a
+    stand-in CuPy reports one), and allowed on sm_90."""
+    import sys
+    import types
+    g = plan_conv((1, 4, 9, 9), (8, 4, 3, 3))
+    for capability, allowed in (("75", False), ("90", True)):
+        device = types.SimpleNamespace(compute_capability=capability)
+        fake = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda: device))
+        monkeypatch.setitem(sys.modules, "cupy", fake)
+        reason = algorithms.why_not("cuda", "gemm_tc", g, np.float16)
+        assert (reason == "") == allowed
+        if not allowed:
+            assert "compute capability 8.0" in reason and "has 7.5" in reason

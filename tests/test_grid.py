@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import gpuconv
-from cases import fast_path_cases, grid_cases, tile_cases
+from cases import as_float16, fast_path_cases, grid_cases, tile_cases
 from reference import error_bound
 
 CASES = grid_cases()
@@ -97,7 +97,8 @@ def test_cpu_algorithms_against_reference(case, algorithm):
     np.testing.assert_array_equal(case.x, x0)
 
 
-GPU_ALGORITHMS = ["direct", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x32", "depthwise"]
+GPU_ALGORITHMS = ["direct", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x32", "gemm_tc",
+                  "depthwise"]
 
 
 def _check_gpu_algorithm(case, algorithm, cp):
@@ -126,3 +127,11 @@ def test_gpu_algorithms_tile_cases(case, algorithm, gpu):
     """The same on the cases that need several tiles along every axis (and some wide depthwise
     ones): the set compute-sanitizer runs every kernel over (benchmarks/gpu_record.py)."""
     _check_gpu_algorithm(case, algorithm, gpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [as_float16(c) for c in TILE_CASES], ids=lambda c: c.name)
+def test_gpu_tensor_core_tile_cases(case, gpu):
+    """The tensor-core kernel (float16 only) on the multi-tile cases in float16, against the
+    reference and the CPU; compute-sanitizer runs it here too."""
+    _check_gpu_algorithm(case, "gemm_tc", gpu)

@@ -22,7 +22,7 @@ import gpuconv
 import gpuconv.adjoint
 import gpuconv.forward
 from gpuconv import cuda, kernels
-from cases import fast_path_cases, grid_cases, tile_cases
+from cases import as_float16, fast_path_cases, grid_cases, tile_cases
 from test_adjoint import (TRANSPOSE_CASES, _grad_out, _options, check_filter_grad,
                           check_input_grad, check_transpose, transpose_call)
 from test_grid import _check
@@ -135,6 +135,27 @@ def test_gemm_kernel(case, tile, emulated_gpu):
     _check(case, got, f"emulated {algorithm}")
     np.testing.assert_array_equal(case.x, x0)
     np.testing.assert_array_equal(case.filters, w0)
+
+
+TC_CASES = [c for c in CASES if np.result_type(c.x, c.filters) == np.float16] + [
+    as_float16(c) for c in TILE_CASES]
+
+
+@pytest.mark.parametrize("case", TC_CASES, ids=lambda c: c.name)
+def test_gemm_tc_kernel(case, emulated_gpu):
+    """The tensor-core GEMM kernel (its warp product emulated from PTX's fragment layouts) on
+    every float16 case of the grid and every multi-tile case in float16."""
+    x0 = case.x.copy()
+    got = gpuconv.conv(case.x, case.filters, case.bias, algorithm="gemm_tc", **case.options)
+    _check(case, got, "emulated gemm_tc")
+    np.testing.assert_array_equal(case.x, x0)
+
+
+def test_gemm_tc_refuses_other_dtypes(emulated_gpu):
+    x = np.ones((1, 2, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="'gemm_tc' multiplies float16 on tensor cores; this "
+                                         "call is float32"):
+        gpuconv.conv(x, np.ones((3, 2, 3, 3), np.float32), algorithm="gemm_tc")
 
 
 @pytest.mark.parametrize("case", DEPTHWISE_CASES, ids=lambda c: c.name)

@@ -3,7 +3,10 @@
 // serially, one thread after another, which gives exactly what the GPU gives for kernels
 // without shared memory or barriers. Tiled kernels run one block at a time with one host thread
 // per CUDA thread: __shared__ variables become function statics (one copy, shared by the
-// block's threads) and __syncthreads() is a barrier across them. Warp operations are not here.
+// block's threads) and __syncthreads() is a barrier across them. The one warp operation the
+// kernels use, the tensor-core product mma.m16n8k16 (float16 in, float out), is emulated from
+// PTX's documented fragment layouts with block-wide barriers, so it must be reached by every
+// thread of the block together (conv_gemm_tc.cu calls it in uniform control flow).
 #pragma once
 #include <cmath>
 #include <cstddef>
@@ -27,3 +30,38 @@ void __syncthreads();  // launch.cpp: a barrier across the block's host threads
 
 using std::exp;
 using std::tanh;
+
+#include <cstring>
+
+// d += A (16 x 16) * B (16 x 8) for the calling thread's warp, each lane holding its fragments in
+// the registers mma.sync.m16n8k16.row.col.f32.f16.f16.f32 uses (lane = 4 * group + t):
+// A r0..r3: (row group, terms 2t, 2t+1), (row group+8, same), (row group, 2t+8, 2t+9),
+// (row group+8, same); B r0, r1: (column group, terms 2t, 2t+1), (same, 2t+8, 2t+9);
+// d0..d3: (row group, columns 2t, 2t+1), (row group+8, same). The low half of a register is the
+// lower-indexed value. Written independently of the kernel, from the PTX ISA's tables.
+inline float gc_emu_half(unsigned bits) {
+    const unsigned short raw = static_cast<unsigned short>(bits & 0xffffu);
+    _Float16 h;
+    std::memcpy(&h, &raw, 2);
+    return static_cast<float>(h);
+}
+
+inline void gc_emulated_mma_16816(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    static float A[32][16][16], B[32][16][8];  // per warp of the block being run
+    const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const unsigned group = lane / 4, t = lane % 4;
+    for (unsigned r = 0; r < 4; ++r)
+        for (unsigned e = 0; e < 2; ++e)
+            A[warp][group + 8 * (r % 2)][2 * t + e + 8 * (r / 2)] = gc_emu_half(a[r] >> (16 * e));
+    for (unsigned r = 0; r < 2; ++r)
+        for (unsigned e = 0; e < 2; ++e)
+            B[warp][2 * t + e + 8 * r][group] = gc_emu_half(b[r] >> (16 * e));
+    __syncthreads();  // every lane's fragments are in place
+    for (unsigned i = 0; i < 4; ++i) {
+        const unsigned row = group + 8 * (i / 2), col = 2 * t + i % 2;
+        float s = d[i];
+        for (unsigned k = 0; k < 16; ++k) s += A[warp][row][k] * B[warp][k][col];
+        d[i] = s;
+    }
+    __syncthreads();  // every lane has read them before the next product overwrites them
+}

@@ -1,0 +1,63 @@
+// What the implicit-GEMM kernels (conv_gemm.cu, conv_gemm_tc.cu) share: the window an output
+// position reads, the per-step table of the terms' offsets within a window, and the bounds
+// check of one gathered element. See conv_gemm.cu for the GEMM's names (M, Kg, A, B).
+#pragma once
+#include "gpuconv_index.cuh"
+
+// The window of output position m of group g: its corner in the input (d0, h0, w0, which may lie
+// in the padding) and the x offset of the corner's first channel of the group; valid is false
+// past the last position (such rows gather zeros and are never stored).
+struct gc_window {
+    long long base, d0, h0, w0;
+    bool valid;
+};
+
+__device__ __forceinline__ gc_window gc_window_of(
+    long long m, long long M, long long g, long long Cg, long long OD, long long OH,
+    long long OW, long long SD, long long SH, long long SW, long long PD, long long PH,
+    long long PW, long long xs_n, long long xs_c, long long xs_d, long long xs_h,
+    long long xs_w) {
+    gc_window win = {0, 0, 0, 0, m < M};
+    if (win.valid) {
+        const gc_coords p = gc_split_index(m, 1LL, OD, OH, OW, false);
+        win.d0 = p.d * SD - PD;
+        win.h0 = p.h * SH - PH;
+        win.w0 = p.w * SW - PW;
+        win.base = p.n * xs_n + g * Cg * xs_c + win.d0 * xs_d + win.h0 * xs_h + win.w0 * xs_w;
+    }
+    return win;
+}
+
+// Threads 0..BK-1 fill the table of step `step`'s terms k = step * BK + tid: the x offset of the
+// term from its window's corner, and its tap's place (kd*DD, kh*DH, kw*DW); past the last term
+// the place is (-1, 0, 0), which fails gc_inside, so A is 0 there.
+template <int BK>
+__device__ __forceinline__ void gc_find_terms(
+    int tid, long long step, long long Kg, long long KD, long long KH, long long KW,
+    long long DD, long long DH, long long DW, long long xs_c, long long xs_d, long long xs_h,
+    long long xs_w, long long (&offset)[BK], int (&tap)[BK][3]) {
+    if (tid >= BK) return;
+    const long long k = step * BK + tid, KV = KD * KH * KW;
+    if (k < Kg) {
+        const long long c = k / KV, t = k % KV;
+        const long long kd = t / (KH * KW), kh = (t / KW) % KH, kw = t % KW;
+        offset[tid] = c * xs_c + kd * DD * xs_d + kh * DH * xs_h + kw * DW * xs_w;
+        tap[tid][0] = int(kd * DD);
+        tap[tid][1] = int(kh * DH);
+        tap[tid][2] = int(kw * DW);
+    } else {
+        offset[tid] = 0;
+        tap[tid][0] = -1;
+        tap[tid][1] = 0;
+        tap[tid][2] = 0;
+    }
+}
+
+// Whether the element of window `win` at tap place `tap` lies inside the input.
+__device__ __forceinline__ bool gc_inside(const gc_window& win, const int* tap, long long ID,
+                                          long long IH, long long IW) {
+    const long long id = win.d0 + tap[0], ih = win.h0 + tap[1], iw = win.w0 + tap[2];
+    return win.valid && tap[0] >= 0 && (unsigned long long)id < (unsigned long long)ID &&
+           (unsigned long long)ih < (unsigned long long)IH &&
+           (unsigned long long)iw < (unsigned long long)IW;
+}
