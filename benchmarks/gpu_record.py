@@ -27,8 +27,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SANITIZER_TOOLS = ("memcheck", "racecheck", "initcheck", "synccheck")
 SANITIZER_TESTS = ("-m", "gpu", "tests/test_grid.py", "tests/test_examples.py",
                    "-k", "not test_gpu_algorithms_against_reference")
-BENCH_ARGS = ("--device", "cuda", "--peers", "torch", "--dtype", "float32,float16",
-              "--algorithms", "auto,gemm,depthwise,direct", "--measure-peak", "--overhead")
+BENCH_ARGS = ("--device", "cuda", "--peers", "torch", "--algorithms",
+              "auto,gemm,gemm_tc,depthwise,direct", "--measure-peak", "--overhead")
+
+
+def bench_dtypes() -> str:
+    """float32 and float16, and bfloat16 where ml_dtypes is installed (NumPy needs it to hold
+    bfloat16; CuPy 14 uses the same)."""
+    try:
+        import ml_dtypes  # noqa: F401
+    except ImportError:
+        return "float32,float16"
+    return "float32,float16,bfloat16"
 
 
 def run_pytest(junit: Path, args, prefix=()):
@@ -102,13 +112,12 @@ def main() -> int:
 
     if args.bench:
         bench_json = work / "bench.json"
-        cmd = [sys.executable, "-m", "gpuconv.bench", *BENCH_ARGS, *args.bench_args.split(),
-               "--json", str(bench_json)]
+        bench_args = [*BENCH_ARGS, "--dtype", bench_dtypes(), *args.bench_args.split()]
+        cmd = [sys.executable, "-m", "gpuconv.bench", *bench_args, "--json", str(bench_json)]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         (work / "bench.log").write_text(proc.stdout + proc.stderr)
         print(proc.stdout[-6000:], proc.stderr[-2000:])
-        record["bench_command"] = " ".join(["python -m gpuconv.bench", *BENCH_ARGS,
-                                            *args.bench_args.split()])
+        record["bench_command"] = " ".join(["python -m gpuconv.bench", *bench_args])
         if proc.returncode == 0:
             bench = json.loads(bench_json.read_text())
             for key in ("peak", "bench", "summary", "versions", "repeat", "timing"):

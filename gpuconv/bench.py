@@ -33,7 +33,7 @@ import numpy as np
 from . import algorithms, conv, tuning, __version__
 from .config import get_autotune, set_autotune
 from .device import cpu_model, cuda_device_name, cuda_status
-from .dtypes import result_dtype
+from .dtypes import bfloat16, is_bfloat16, result_dtype
 from .geometry import plan_conv
 
 Layer = Dict[str, Any]  # one entry of shapes.json
@@ -126,14 +126,29 @@ def torch_contender(layer: Layer, x: np.ndarray, w: np.ndarray, device: str) -> 
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cudnn.benchmark = True
-    xt = torch.from_numpy(x).to(device)
-    wt = torch.from_numpy(w).to(device)
+    xt = _to_torch(torch, x).to(device)
+    wt = _to_torch(torch, w).to(device)
     kw = _kw(layer)
 
     def call() -> Any:
         with torch.no_grad():
             return f(xt, wt, **kw)
-    return call, (lambda r: r.cpu().numpy())
+    return call, _from_torch
+
+
+def _to_torch(torch: Any, a: np.ndarray) -> Any:
+    """A NumPy array as a CPU tensor sharing it; bfloat16 (which torch.from_numpy does not
+    take) by its bits."""
+    if is_bfloat16(a.dtype):
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def _from_torch(r: Any) -> np.ndarray:
+    import torch
+    if r.dtype == torch.bfloat16:
+        return r.cpu().view(torch.int16).numpy().view(bfloat16())
+    return r.cpu().numpy()
 
 
 def scipy_contender(layer: Layer, x: np.ndarray, w: np.ndarray, device: str) -> Contender:
@@ -148,6 +163,8 @@ def scipy_contender(layer: Layer, x: np.ndarray, w: np.ndarray, device: str) -> 
     pads = [(0, 0), (0, 0)] + list(zip(geom.pad_before, geom.pad_after))
     Cg, Cog = geom.C_in_per_group, geom.C_out_per_group
     take = tuple(slice(None, o * s, s) for o, s in zip(geom.out_spatial, geom.stride))
+    if is_bfloat16(x.dtype):  # SciPy does not take bfloat16: its user would widen to float32
+        x, w = x.astype(np.float32), w.astype(np.float32)
 
     def call() -> Any:
         xp = np.pad(x, pads)
@@ -514,6 +531,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     dtypes = [d for d in args.dtype.split(",") if d]
     algorithm_names = [a for a in args.algorithms.split(",") if a]
+    if "bfloat16" in dtypes and bfloat16() is None:  # importing ml_dtypes names it for NumPy
+        print("--dtype bfloat16 needs the ml_dtypes package", file=sys.stderr)
+        return 2
     try:
         for d in dtypes:
             np.dtype(d)

@@ -74,7 +74,8 @@ _DOC = """{summary}
             "gemm_128x128", "gemm_128x32" (see gpuconv.algorithms). Same result, other speed;
             ValueError if the device lacks it or it does not apply to the layer.
 
-    dtypes: float16 (accumulated in float32), float32, float64, complex64, complex128.
+    dtypes: float16 and bfloat16 (ml_dtypes; both accumulated in float32), float32, float64,
+    complex64, complex128.
     Raises TypeError/ValueError naming the argument for bad input, and
     gpuconv.DeviceUnavailableError when device="cuda" cannot be used. Inputs are never modified.
     """

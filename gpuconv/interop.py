@@ -64,9 +64,14 @@ def _from_dlpack(a: Array, name: str) -> Array:
             with cupy.cuda.Device(int(dev_id)):
                 return cupy.from_dlpack(a)
     except (BufferError, TypeError, ValueError, RuntimeError) as exc:
+        hint = ""
+        if "bfloat16" in str(getattr(a, "dtype", "")):
+            hint = (f"; gpuconv takes bfloat16 as NumPy/CuPy arrays of ml_dtypes.bfloat16, which "
+                    f"DLPack cannot carry: pass the bits, e.g. "
+                    f"{name}.view(torch.int16).numpy().view(ml_dtypes.bfloat16)")
         raise TypeError(f"{name} ({_describe_type(a)}, dtype {getattr(a, 'dtype', '?')}, shape "
                         f"{tuple(getattr(a, 'shape', ()))}) could not be viewed through DLPack: "
-                        f"{exc}") from exc
+                        f"{exc}{hint}") from exc
     raise TypeError(f"{name} ({_describe_type(a)}) lives on DLPack device type {dev_type}; "
                     f"gpuconv runs on the CPU and on CUDA GPUs only")
 

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .dtypes import ACCEPTED
+from .dtypes import ACCEPTED, accepted, accumulator_dtype, is_bfloat16
 from ._typing import DTypeLike
 
 #: C++ type of each accepted dtype in the kernels (see kernels_cuda/gpuconv_types.cuh).
@@ -30,6 +30,11 @@ CTYPES: Dict[np.dtype, str] = {
     np.dtype(np.complex128): "gc_complex<double>",
 }
 assert set(CTYPES) == set(ACCEPTED)
+
+
+def ctype(dtype: DTypeLike) -> str:
+    """The kernels' C++ type for ``dtype`` (bfloat16: gc_bfloat16, see gpuconv_types.cuh)."""
+    return "gc_bfloat16" if is_bfloat16(dtype) else CTYPES[np.dtype(dtype)]
 
 #: activation argument -> the constant the kernels define for it.
 ACTIVATIONS: Dict[Optional[str], str] = {
@@ -89,7 +94,7 @@ def activation_names(dtype: DTypeLike) -> Tuple[Optional[str], ...]:
 
 
 def conv_direct_name(dtype: DTypeLike, activation: Optional[str]) -> str:
-    return f"conv_direct<{CTYPES[np.dtype(dtype)]}, {ACTIVATIONS[activation]}>"
+    return f"conv_direct<{ctype(dtype)}, {ACTIVATIONS[activation]}>"
 
 
 #: Tiles of the implicit-GEMM kernel (conv_gemm.cu): name -> (BM, BN, BK, TM, TN). A block
@@ -104,7 +109,7 @@ GEMM_TILES: Dict[str, Tuple[int, int, int, int, int]] = {
 def gemm_tiles(dtype: DTypeLike) -> Tuple[str, ...]:
     """The tiles compiled for ``dtype``: 128x128 holds 64 accumulators a thread, which fit the
     registers (and its two shared buffers the 48 KiB) only for 4-byte accumulators."""
-    acc = 4 if np.dtype(dtype) == np.float16 else np.dtype(dtype).itemsize
+    acc = accumulator_dtype(dtype).itemsize
     return tuple(t for t in GEMM_TILES if acc <= 4 or t != "128x128")
 
 
@@ -115,7 +120,7 @@ def gemm_threads(tile: str) -> int:
 
 def conv_gemm_name(dtype: DTypeLike, activation: Optional[str], tile: str) -> str:
     params = ", ".join(str(v) for v in GEMM_TILES[tile])
-    return f"conv_gemm<{CTYPES[np.dtype(dtype)]}, {ACTIVATIONS[activation]}, {params}>"
+    return f"conv_gemm<{ctype(dtype)}, {ACTIVATIONS[activation]}, {params}>"
 
 
 #: The tensor-core GEMM kernel (conv_gemm_tc.cu, float16 only, sm_80+): its tile (output
@@ -145,18 +150,18 @@ def depthwise_size(kernel: Tuple[int, ...]) -> Tuple[int, int]:
 
 def conv_depthwise_name(dtype: DTypeLike, activation: Optional[str],
                         size: Tuple[int, int]) -> str:
-    return (f"conv_depthwise<{CTYPES[np.dtype(dtype)]}, {ACTIVATIONS[activation]}, "
+    return (f"conv_depthwise<{ctype(dtype)}, {ACTIVATIONS[activation]}, "
             f"{size[0]}, {size[1]}>")
 
 
 def data_adjoint_name(dtype: DTypeLike, conjugate: bool) -> str:
-    return f"conv_data_adjoint<{CTYPES[np.dtype(dtype)]}, {'true' if conjugate else 'false'}>"
+    return f"conv_data_adjoint<{ctype(dtype)}, {'true' if conjugate else 'false'}>"
 
 
 def filter_grad_names(dtype: DTypeLike) -> Tuple[str, str]:
     """(first stage: partial sums, second stage: their ordered sum) for ``dtype``."""
-    ctype = CTYPES[np.dtype(dtype)]
-    return f"conv_filter_grad_partial<{ctype}>", f"sum_partials<{ctype}>"
+    name = ctype(dtype)
+    return f"conv_filter_grad_partial<{name}>", f"sum_partials<{name}>"
 
 
 def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
@@ -173,7 +178,7 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
         return tuple(conv_depthwise_name(dtype, a, k) for a in activation_names(dtype)
                      for k in DEPTHWISE_SIZES)
     if filename == "peak.cu":  # the benchmark's FMA throughput probe
-        return (f"gc_fma_peak<{CTYPES[np.dtype(dtype)]}>",) if np.dtype(dtype) in (
+        return (f"gc_fma_peak<{ctype(dtype)}>",) if np.dtype(dtype) in (
             np.float32, np.float64) else ()
     if filename == "conv_adjoint.cu":
         return (data_adjoint_name(dtype, True), data_adjoint_name(dtype, False)) \
@@ -187,7 +192,7 @@ KERNEL_FILES: Tuple[str, ...] = ("conv_direct.cu", "conv_gemm.cu", "conv_gemm_tc
 
 def every_module_request() -> List[Tuple[str, Tuple[str, ...], Tuple[str, ...]]]:
     """(filename, name_expressions, options) of every module the package can compile."""
-    return [(f, module_names(f, dt), COMPILE_OPTIONS) for f in KERNEL_FILES for dt in ACCEPTED
+    return [(f, module_names(f, dt), COMPILE_OPTIONS) for f in KERNEL_FILES for dt in accepted()
             if module_names(f, dt)]
 
 

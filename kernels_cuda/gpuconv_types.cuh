@@ -18,6 +18,11 @@ struct gc_half {
     unsigned short bits;
 };
 
+// bfloat16 as stored by ml_dtypes/CuPy bfloat16 arrays: the upper half of a float's bits.
+struct gc_bfloat16 {
+    unsigned short bits;
+};
+
 // NumPy complex64/complex128 layout: real part then imaginary part, aligned to the whole number.
 template <typename R>
 struct __align__(2 * sizeof(R)) gc_complex {
@@ -52,7 +57,8 @@ __device__ __forceinline__ gc_complex<R> gc_madd(gc_complex<R> acc, gc_complex<R
     return acc + a * b;
 }
 
-// Storage type T <-> accumulator type: float16 accumulates in float, the others in themselves.
+// Storage type T <-> accumulator type: float16 and bfloat16 accumulate in float, the others in
+// themselves.
 template <typename T>
 struct gc_num {
     typedef T acc;
@@ -84,6 +90,39 @@ struct gc_num<gc_half> {
         __builtin_memcpy(&h.bits, &r, 2);
 #endif
         return h;
+    }
+    static __device__ __forceinline__ float zero() { return 0.0f; }
+};
+
+template <>
+struct gc_num<gc_bfloat16> {
+    typedef float acc;
+    static __device__ __forceinline__ float load(const gc_bfloat16& v) {
+        const unsigned u = static_cast<unsigned>(v.bits) << 16;  // exact: float's upper half
+#ifdef __CUDA_ARCH__
+        return __uint_as_float(u);
+#else
+        float f;
+        __builtin_memcpy(&f, &u, 4);
+        return f;
+#endif
+    }
+    // Round to nearest, ties to even, as ml_dtypes' float32 -> bfloat16 conversion; NaN stays a
+    // (quiet) NaN rather than rounding into infinity.
+    static __device__ __forceinline__ gc_bfloat16 store(const float& f) {
+#ifdef __CUDA_ARCH__
+        const unsigned u = __float_as_uint(f);
+#else
+        unsigned u;
+        __builtin_memcpy(&u, &f, 4);
+#endif
+        gc_bfloat16 b;
+        if ((u & 0x7fffffffu) > 0x7f800000u) {
+            b.bits = static_cast<unsigned short>((u >> 16) | 0x0040u);
+        } else {
+            b.bits = static_cast<unsigned short>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+        }
+        return b;
     }
     static __device__ __forceinline__ float zero() { return 0.0f; }
 };

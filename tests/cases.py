@@ -197,13 +197,28 @@ def tile_cases() -> List[Case]:
     return out
 
 
+def as_dtype(case: Case, dtype) -> Case:
+    """The case with its arrays in ``dtype`` (real parts; activation kept): for kernels and
+    dtypes that take one real dtype (the tensor-core kernel's float16, bfloat16)."""
+    def cast(a):
+        return None if a is None else np.ascontiguousarray(a.real).astype(dtype)
+    return Case(f"{case.name}-{np.dtype(dtype).name}", cast(case.x), cast(case.filters),
+                cast(case.bias), dict(case.options))
+
+
 def as_float16(case: Case) -> Case:
-    """The case with its arrays in float16 (real parts; activation kept): for the float16-only
-    tensor-core kernel."""
-    def half(a):
-        return None if a is None else np.ascontiguousarray(a.real).astype(np.float16)
-    return Case(case.name + "-f16", half(case.x), half(case.filters), half(case.bias),
-                dict(case.options))
+    return as_dtype(case, np.float16)
+
+
+def bfloat16_cases() -> List[Case]:
+    """The grid's real cases in bfloat16 (one of each rank, layout and option the float16 and
+    float32 cases cover), or none where ml_dtypes is not installed."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return []
+    return [as_dtype(c, ml_dtypes.bfloat16) for c in grid_cases()
+            if np.result_type(c.x, c.filters) in (np.float16, np.float32)]
 
 
 def rng_choice(i, options):

@@ -115,6 +115,14 @@ def reference_conv(x, filters, bias=None, *, stride=1, padding=0, dilation=1, gr
     return _finish(y, batched, layout)
 
 
+def finfo(dtype):
+    """np.finfo, or ml_dtypes.finfo for bfloat16 (which NumPy does not know)."""
+    if np.dtype(dtype).name == "bfloat16":
+        import ml_dtypes
+        return ml_dtypes.finfo(dtype)
+    return np.finfo(dtype)
+
+
 def activation_lipschitz(activation):
     return {None: 1.0, "relu": 1.0, "sigmoid": 0.25, "tanh": 1.0}[activation]
 
@@ -131,9 +139,9 @@ def error_bound(x, filters, bias, out_dtype, activation, **options):
     """
     out_dtype = np.dtype(out_dtype)
     real = np.dtype(out_dtype.char.lower()) if out_dtype.kind == "c" else out_dtype
-    acc = np.dtype(np.float32) if real == np.float16 else real
+    acc = np.dtype(np.float32) if real == np.float16 or real.name == "bfloat16" else real
     u_acc = np.finfo(acc).eps / 2
-    u_out = np.finfo(real).eps / 2
+    u_out = finfo(real).eps / 2
     w = np.asarray(filters)
     n = int(np.prod(w.shape[1:])) + (0 if bias is None else 1)
     if out_dtype.kind == "c":
@@ -147,7 +155,7 @@ def error_bound(x, filters, bias, out_dtype, activation, **options):
     exact = reference_conv(x, filters, bias, activation=activation, **options)
     own = 0.0 if activation in (None, "relu") else 4 * u_acc
     bound = (activation_lipschitz(activation) * gamma * mag
-             + (u_out + own) * np.abs(exact) + np.finfo(real).smallest_subnormal)
+             + (u_out + own) * np.abs(exact) + finfo(real).smallest_subnormal)
     return exact, bound
 
 

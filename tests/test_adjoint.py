@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import gpuconv
-from cases import grid_cases
-from reference import (reference_conv, reference_conv_transpose, reference_filter_grad,
+from cases import bfloat16_cases, grid_cases
+from reference import (finfo, reference_conv, reference_conv_transpose, reference_filter_grad,
                        reference_input_grad)
 
 CONV_OPTIONS = ("stride", "padding", "dilation", "groups", "padding_mode", "layout", "flip")
@@ -35,12 +35,12 @@ def _bound(dtype, n_terms, magnitude, exact):
     """gamma_n * sum|terms| (+ the output dtype's rounding): the same rule as error_bound."""
     dtype = np.dtype(dtype)
     real = np.dtype(dtype.char.lower()) if dtype.kind == "c" else dtype
-    acc = np.dtype(np.float32) if real == np.float16 else real
+    acc = np.dtype(np.float32) if real == np.float16 or real.name == "bfloat16" else real
     u = np.finfo(acc).eps / 2
     n = n_terms + (2 if dtype.kind == "c" else 0)
     gamma = n * u / (1 - n * u) * (np.sqrt(2) if dtype.kind == "c" else 1)
-    return (gamma * magnitude + np.finfo(real).eps / 2 * np.abs(exact)
-            + np.finfo(real).smallest_subnormal)
+    return (gamma * magnitude + finfo(real).eps / 2 * np.abs(exact)
+            + finfo(real).smallest_subnormal)
 
 
 def _fold_factor(case):
@@ -71,7 +71,7 @@ def check_filter_grad(case, g, got):
     assert np.all(err <= _bound(got.dtype, n, mag, exact)), err.max()
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", CASES + bfloat16_cases(), ids=lambda c: c.name)
 def test_cpu_adjoints_against_reference(case):
     rng = np.random.default_rng(abs(hash(case.name)) % 2**32)
     g = _grad_out(case, rng)
@@ -236,7 +236,7 @@ def test_bad_adjoint_input(call, exc, pattern):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", CASES + bfloat16_cases(), ids=lambda c: c.name)
 def test_gpu_adjoints_against_cpu_and_reference(case, gpu):
     cp = gpu
     rng = np.random.default_rng(abs(hash(case.name)) % 2**32)

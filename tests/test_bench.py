@@ -158,3 +158,19 @@ def test_bench_autotune_names_the_tuned_choice(tmp_path):
     (choice,) = json.loads(cache.read_text()).values()
     assert choice in ("gemm", "depthwise")  # the two CPU algorithms for a depthwise layer
     assert rec["bench"][0]["algorithm"] == choice
+
+
+def test_bench_bfloat16_rows(tmp_path):
+    pytest.importorskip("ml_dtypes")
+    shapes = tmp_path / "shapes.json"
+    shapes.write_text(json.dumps(LAYERS))
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, "-m", "gpuconv.bench", "--shapes", str(shapes),
+                          "--repeat", "1", "--warmup", "0", "--peers", "scipy",
+                          "--dtype", "bfloat16", "--json", str(out)], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    rec = json.loads(out.read_text())
+    assert [r["dtype"] for r in rec["bench"]] == ["bfloat16", "bfloat16"]
+    for row in rec["bench"]:  # SciPy (in float64 on bfloat16's values) agrees to bfloat16's digits
+        assert row["contenders"]["scipy"]["max_rel_diff_vs_gpuconv"] < 2 ** -6

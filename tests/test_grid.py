@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 
 import gpuconv
-from cases import as_float16, fast_path_cases, grid_cases, tile_cases
+from cases import as_float16, bfloat16_cases, fast_path_cases, grid_cases, tile_cases
 from reference import error_bound
 
 CASES = grid_cases()
 FAST_PATH_CASES = fast_path_cases()
 TILE_CASES = tile_cases()
+BFLOAT16_CASES = bfloat16_cases()
 
 
 def _check(case, got, what):
@@ -33,6 +34,19 @@ def test_cpu_against_reference(case):
     _check(case, got, "cpu")
     np.testing.assert_array_equal(case.x, x0)
     np.testing.assert_array_equal(case.filters, w0)
+
+
+@pytest.mark.parametrize("case", BFLOAT16_CASES, ids=lambda c: c.name)
+def test_cpu_bfloat16_against_reference(case):
+    """bfloat16 (ml_dtypes) in and out, float32 sums, every CPU algorithm that applies."""
+    x0 = case.x.copy()
+    _check(case, gpuconv.conv(case.x, case.filters, case.bias, device="cpu", **case.options),
+           "cpu bfloat16")
+    np.testing.assert_array_equal(case.x, x0)
+    for algorithm in ("gemm", "pointwise", "depthwise"):
+        got = _forced(case, "cpu", algorithm)
+        if got is not None:
+            _check(case, got, f"cpu bfloat16 {algorithm}")
 
 
 @pytest.mark.parametrize("case", FAST_PATH_CASES, ids=lambda c: c.name)
@@ -126,6 +140,14 @@ def test_gpu_algorithms_against_reference(case, algorithm, gpu):
 def test_gpu_algorithms_tile_cases(case, algorithm, gpu):
     """The same on the cases that need several tiles along every axis (and some wide depthwise
     ones): the set compute-sanitizer runs every kernel over (benchmarks/gpu_record.py)."""
+    _check_gpu_algorithm(case, algorithm, gpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("algorithm", ["direct", "gemm", "depthwise"])
+@pytest.mark.parametrize("case", BFLOAT16_CASES, ids=lambda c: c.name)
+def test_gpu_bfloat16(case, algorithm, gpu):
+    """bfloat16 CuPy arrays (CuPy 14 with ml_dtypes) through each CUDA kernel that takes them."""
     _check_gpu_algorithm(case, algorithm, gpu)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gpuconv
-from reference import reference_conv
+from reference import error_bound, reference_conv
 
 RNG = np.random.default_rng(5)
 X = RNG.standard_normal((2, 4, 6, 7)).astype(np.float32)
@@ -197,3 +197,22 @@ def test_plans_are_reused_but_checks_still_see_types():
         gpuconv.conv(x, w, stride=[1, {}], device="cpu")
     got = gpuconv.conv(x, w, stride=[1, 1], padding=[1, 1], device="cpu")
     np.testing.assert_array_equal(got, gpuconv.conv(x, w, stride=1, padding=1, device="cpu"))
+
+
+def test_bfloat16_promotion_and_result():
+    """bfloat16 (ml_dtypes) keeps its dtype alone, promotes with float16 to float32 (NumPy has
+    no rule for that pair; PyTorch's), and with float32/float64/complex as NumPy does."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    x = RNG.standard_normal((1, 2, 9))
+    w = RNG.standard_normal((3, 2, 3))
+    for xd, wd, want in [(bf16, bf16, bf16), (bf16, np.float16, np.float32),
+                         (np.float16, bf16, np.float32), (bf16, np.float32, np.float32),
+                         (np.float64, bf16, np.float64), (bf16, np.complex64, np.complex64)]:
+        xs, ws = x.astype(xd), w.astype(wd)
+        out = gpuconv.conv1d(xs, ws, device="cpu")
+        assert out.dtype == np.dtype(want), (xd, wd)
+        exact, bound = error_bound(xs, ws, None, out.dtype, None)
+        assert np.all(np.abs(out.astype(np.complex128) - exact) <= bound), (xd, wd)
+    with pytest.raises(TypeError, match=r"accepts float16, .*bfloat16 \(ml_dtypes\)"):
+        gpuconv.conv1d(x.astype(np.int8), w, device="cpu")

@@ -22,7 +22,7 @@ import gpuconv
 import gpuconv.adjoint
 import gpuconv.forward
 from gpuconv import cuda, kernels
-from cases import as_float16, fast_path_cases, grid_cases, tile_cases
+from cases import as_float16, bfloat16_cases, fast_path_cases, grid_cases, tile_cases
 from test_adjoint import (TRANSPOSE_CASES, _grad_out, _options, check_filter_grad,
                           check_input_grad, check_transpose, transpose_call)
 from test_grid import _check
@@ -158,6 +158,18 @@ def test_gemm_tc_refuses_other_dtypes(emulated_gpu):
         gpuconv.conv(x, np.ones((3, 2, 3, 3), np.float32), algorithm="gemm_tc")
 
 
+@pytest.mark.parametrize("case", bfloat16_cases(), ids=lambda c: c.name)
+def test_bfloat16_kernels(case, emulated_gpu):
+    """bfloat16 through the direct, each GEMM tile's and (one kernel a filter) the depthwise
+    kernel: loads widen exactly, stores round to nearest even."""
+    for algorithm in ["direct", "depthwise"] + [f"gemm_{t}" for t in kernels.gemm_tiles(
+            case.x.dtype)]:
+        if algorithm == "depthwise" and case.filters.shape[1] != 1:
+            continue
+        got = gpuconv.conv(case.x, case.filters, case.bias, algorithm=algorithm, **case.options)
+        _check(case, got, f"emulated {algorithm} bfloat16")
+
+
 @pytest.mark.parametrize("case", DEPTHWISE_CASES, ids=lambda c: c.name)
 def test_depthwise_kernel(case, emulated_gpu):
     """The depthwise kernel (unrolled and runtime-size instantiations) on every case with one
@@ -178,7 +190,7 @@ def test_depthwise_kernel_unrolled_sizes(emulated_gpu):
         _check(case, got, f"emulated depthwise {k}")
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", CASES + bfloat16_cases(), ids=lambda c: c.name)
 def test_adjoint_kernels(case, emulated_gpu):
     rng = np.random.default_rng(abs(hash(case.name)) % 2**32)
     g = _grad_out(case, rng)
