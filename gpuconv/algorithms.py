@@ -17,8 +17,8 @@ On CUDA:
                  gathered on the fly (kernels_cuda/conv_gemm.cu), with a tile chosen by shape;
   ``gemm_64x64``, ``gemm_128x128``, ``gemm_128x32``: the same with that tile
                  (positions x filters per block);
-  ``gemm_tc``    the implicit GEMM on tensor cores (mma.sync, float16 in, float32 sums;
-                 compute capability 8.0+), 128 x 64 tiles (kernels_cuda/conv_gemm_tc.cu);
+  ``gemm_tc``    the implicit GEMM on tensor cores (mma.sync; float16 or bfloat16 in, float32
+                 sums; compute capability 8.0+), 128 x 64 tiles (kernels_cuda/conv_gemm_tc.cu);
   ``depthwise``  one kernel per filter: 32-bit indexing, 3x3/5x5/7x7 and 1-D 3/5/7 taps
                  unrolled (kernels_cuda/conv_depthwise.cu).
 """
@@ -72,8 +72,8 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
             return (f"the CUDA 'depthwise' kernel takes inputs and outputs of fewer than 2^30 "
                     f"elements; this call has {x_elems} in and {y_elems} out")
     if kind == "cuda" and algorithm == "gemm_tc":
-        if np.dtype(dtype) != np.float16:
-            return (f"'gemm_tc' multiplies float16 on tensor cores; this call is "
+        if not kernels.tensor_core_dtype(dtype):
+            return (f"'gemm_tc' multiplies float16 or bfloat16 on tensor cores; this call is "
                     f"{np.dtype(dtype).name}")
         if geom.groups > _CUDA_GRID_LIMIT or \
                 -(-geom.C_out_per_group // kernels.GEMM_TC_TILE[1]) > _CUDA_GRID_LIMIT:

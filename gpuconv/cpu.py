@@ -306,8 +306,8 @@ def _depthwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
         wt = np.ascontiguousarray(np.moveaxis(wt.reshape((C, Cog) + K), (0, 1), (D, D + 1)))
         if Cog == 1:  # a trailing multiplier axis only when there is one: length-1 loops crawl
             wt = wt[..., 0]
-        letters = "xyz"[:D], "ijk"[:D], "m" if Cog > 1 else ""
-        subscripts = f"n{letters[0]}{letters[1]}c,{letters[1]}c{letters[2]}->n{letters[0]}c{letters[2]}"
+        out_axes, tap_axes, mult = "xyz"[:D], "ijk"[:D], "m" if Cog > 1 else ""
+        subscripts = f"n{out_axes}{tap_axes}c,{tap_axes}c{mult}->n{out_axes}c{mult}"
     copies = 1 if geom.padding_mode == "zeros" else 2
     for n0, n, xpad, r0, rows in _chunk_plan(x_cf, geom, ct, copies, channels_last=not cf,
                                              cap=DEPTHWISE_CHUNK_BYTES):

@@ -139,7 +139,7 @@ def _forward(xp: Any, run: Callable[..., None], x_cf: Array, w: Array, bias: Arr
         BM, BN = kernels.GEMM_TC_TILE
         blocks = (-(-geom.N * math.prod(geom.out_spatial) // BM),
                   -(-geom.C_out_per_group // BN), geom.groups)
-        run("conv_gemm_tc.cu", kernels.conv_gemm_tc_name(activation), dtype,
+        run("conv_gemm_tc.cu", kernels.conv_gemm_tc_name(dtype, activation), dtype,
             Grid(blocks, kernels.GEMM_TC_THREADS), args)
         return
     tile = algorithm[len("gemm_"):]

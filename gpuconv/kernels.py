@@ -123,14 +123,19 @@ def conv_gemm_name(dtype: DTypeLike, activation: Optional[str], tile: str) -> st
     return f"conv_gemm<{ctype(dtype)}, {ACTIVATIONS[activation]}, {params}>"
 
 
-#: The tensor-core GEMM kernel (conv_gemm_tc.cu, float16 only, sm_80+): its tile (output
+#: The tensor-core GEMM kernel (conv_gemm_tc.cu, float16 and bfloat16, sm_80+): its tile (output
 #: positions x filters per block) and threads a block.
 GEMM_TC_TILE: Tuple[int, int] = (128, 64)
 GEMM_TC_THREADS = 256
 
 
-def conv_gemm_tc_name(activation: Optional[str]) -> str:
-    return f"conv_gemm_tc<{ACTIVATIONS[activation]}>"
+def tensor_core_dtype(dtype: DTypeLike) -> bool:
+    """Whether conv_gemm_tc.cu multiplies ``dtype`` (16-bit floats: float16, bfloat16)."""
+    return np.dtype(dtype) == np.float16 or is_bfloat16(dtype)
+
+
+def conv_gemm_tc_name(dtype: DTypeLike, activation: Optional[str]) -> str:
+    return f"conv_gemm_tc<{ctype(dtype)}, {ACTIVATIONS[activation]}>"
 
 
 #: Kernel sizes (height, width; depth 1) the depthwise kernel (conv_depthwise.cu) is compiled
@@ -172,8 +177,8 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
         return tuple(conv_gemm_name(dtype, a, t) for a in activation_names(dtype)
                      for t in gemm_tiles(dtype))
     if filename == "conv_gemm_tc.cu":
-        return tuple(conv_gemm_tc_name(a) for a in activation_names(dtype)) \
-            if np.dtype(dtype) == np.float16 else ()
+        return tuple(conv_gemm_tc_name(dtype, a) for a in activation_names(dtype)) \
+            if tensor_core_dtype(dtype) else ()
     if filename == "conv_depthwise.cu":
         return tuple(conv_depthwise_name(dtype, a, k) for a in activation_names(dtype)
                      for k in DEPTHWISE_SIZES)

@@ -1,6 +1,6 @@
-// Implicit-GEMM convolution on tensor cores, for float16 data with float accumulation: the same
-// product as conv_gemm.cu (see there for A, B, M, Kg and the term tables), with the multiply
-// done by the warp-level instruction mma.sync.m16n8k16 (sm_80 and later).
+// Implicit-GEMM convolution on tensor cores, for float16 or bfloat16 data with float
+// accumulation: the same product as conv_gemm.cu (see there for A, B, M, Kg and the term tables),
+// with the multiply done by the warp-level instruction mma.sync.m16n8k16 (sm_80 and later).
 //
 // A block of 256 threads (8 warps) computes a 128 x 64 tile of Y (output positions x filters)
 // in steps of 32 terms. Each step's A tile (windows gathered from x on the fly) and B tile
@@ -9,11 +9,11 @@
 // warps sit 4 along M and 2 along N; each owns 32 x 32 of the tile: 2 x 4 mma tiles of 16 x 8,
 // 32 float accumulators a thread.
 //
-// Shared tiles hold raw float16 bits, A as [position][term] and B as [filter][term], so that the
+// Shared tiles hold raw 16-bit values, A as [position][term] and B as [filter][term], so that the
 // two neighbouring terms an mma operand register holds are one 32-bit word; rows are padded by 8
 // halves (20 words), which puts the 8 rows a warp reads at once in distinct banks.
 //
-// Fragment layouts (PTX ISA, mma.m16n8k16 with .f16 operands), lane = 4 * group + t:
+// Fragment layouts (PTX ISA, mma.m16n8k16 with .f16 or .bf16 operands), lane = 4 * group + t:
 //   A (16 x 16, row-major) registers r0..r3: rows group, group + 8, group, group + 8;
 //                                            terms 2t, 2t+1 (r0, r1) and 2t+8, 2t+9 (r2, r3);
 //   B (16 x 8, column-major) registers r0, r1: filter group; terms 2t, 2t+1 and 2t+8, 2t+9;
@@ -21,30 +21,48 @@
 #include "gpuconv_gemm.cuh"
 #include "gpuconv_types.cuh"
 
-// d += a * b for one warp's 16 x 16 by 16 x 8 float16 tiles, in float.
+template <typename T>
+struct gc_is_bfloat16 {
+    static constexpr bool value = false;
+};
+template <>
+struct gc_is_bfloat16<gc_bfloat16> {
+    static constexpr bool value = true;
+};
+
+// d += a * b for one warp's 16 x 16 by 16 x 8 tiles of T (gc_half or gc_bfloat16), in float.
+template <typename T>
 __device__ __forceinline__ void gc_mma_16816(float (&d)[4], const unsigned (&a)[4],
                                              const unsigned (&b)[2]) {
 #ifdef __CUDA_ARCH__
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    if constexpr (gc_is_bfloat16<T>::value) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
 #else  // the test suite's host emulation supplies the warp's product (tests/host_emulation)
-    gc_emulated_mma_16816(d, a, b);
+    gc_emulated_mma_16816<gc_is_bfloat16<T>::value>(d, a, b);
 #endif
 }
 
-// Two neighbouring float16 values of a shared row as the 32-bit word an mma register holds (the
+// Two neighbouring 16-bit values of a shared row as the 32-bit word an mma register holds (the
 // lower-indexed one in the low half).
 __device__ __forceinline__ unsigned gc_pair(const unsigned short* p) {
     return *reinterpret_cast<const unsigned*>(p);
 }
 
-template <int ACT>
+template <typename T, int ACT>
 __global__ void __launch_bounds__(256)
-conv_gemm_tc(const gc_half* __restrict__ x, const gc_half* __restrict__ w,
-             const gc_half* __restrict__ bias, gc_half* __restrict__ y, int has_bias,
+conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w,
+             const T* __restrict__ bias, T* __restrict__ y, int has_bias,
              int co_fastest, long long N, long long C_out, long long groups, long long Cg,
              long long ID, long long IH, long long IW,
              long long OD, long long OH, long long OW,
@@ -54,7 +72,8 @@ conv_gemm_tc(const gc_half* __restrict__ x, const gc_half* __restrict__ w,
              long long DD, long long DH, long long DW,
              long long xs_n, long long xs_c, long long xs_d, long long xs_h, long long xs_w,
              long long ys_n, long long ys_c, long long ys_d, long long ys_h, long long ys_w) {
-    typedef gc_num<gc_half> num;
+    typedef gc_num<T> num;
+    static_assert(sizeof(T) == 2, "tensor-core operands are 16-bit: gc_half or gc_bfloat16");
     constexpr int BM = 128, BN = 64, BK = 32, THREADS = 256, PAD = 8;
     constexpr int A_LOADS = BM * BK / THREADS, B_LOADS = BN * BK / THREADS;
     constexpr int WARP_M = 32, WARP_N = 32, MT = WARP_M / 16, NT = WARP_N / 8;
@@ -76,7 +95,7 @@ conv_gemm_tc(const gc_half* __restrict__ x, const gc_half* __restrict__ w,
     const int am = tid % BM;
     const gc_window win = gc_window_of(m0 + am, M, g, Cg, OD, OH, OW, SD, SH, SW, PD, PH, PW,
                                        xs_n, xs_c, xs_d, xs_h, xs_w);
-    const gc_half* wg = w + g * Cog * Kg;
+    const T* wg = w + g * Cog * Kg;
 
     auto find_terms = [&](long long step, int buf) {
         gc_find_terms<BK>(tid, step, Kg, KD, KH, KW, DD, DH, DW, xs_c, xs_d, xs_h, xs_w,
@@ -153,7 +172,7 @@ conv_gemm_tc(const gc_half* __restrict__ x, const gc_half* __restrict__ w,
 #pragma unroll
             for (int i = 0; i < MT; ++i)
 #pragma unroll
-                for (int j = 0; j < NT; ++j) gc_mma_16816(acc[i][j], a[i], b[j]);
+                for (int j = 0; j < NT; ++j) gc_mma_16816<T>(acc[i][j], a[i], b[j]);
         }
         if (s + 1 < steps) stash(cur ^ 1);
         if (s + 2 < steps) find_terms(s + 2, cur);

@@ -144,7 +144,7 @@ def test_gpu_algorithms_tile_cases(case, algorithm, gpu):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("algorithm", ["direct", "gemm", "depthwise"])
+@pytest.mark.parametrize("algorithm", ["direct", "gemm", "gemm_tc", "depthwise"])
 @pytest.mark.parametrize("case", BFLOAT16_CASES, ids=lambda c: c.name)
 def test_gpu_bfloat16(case, algorithm, gpu):
     """bfloat16 CuPy arrays (CuPy 14 with ml_dtypes) through each CUDA kernel that takes them."""

@@ -153,8 +153,8 @@ def test_gemm_tc_kernel(case, emulated_gpu):
 
 def test_gemm_tc_refuses_other_dtypes(emulated_gpu):
     x = np.ones((1, 2, 5, 5), np.float32)
-    with pytest.raises(ValueError, match="'gemm_tc' multiplies float16 on tensor cores; this "
-                                         "call is float32"):
+    with pytest.raises(ValueError, match="'gemm_tc' multiplies float16 or bfloat16 on tensor "
+                                         "cores; this call is float32"):
         gpuconv.conv(x, np.ones((3, 2, 3, 3), np.float32), algorithm="gemm_tc")
 
 
@@ -162,7 +162,7 @@ def test_gemm_tc_refuses_other_dtypes(emulated_gpu):
 def test_bfloat16_kernels(case, emulated_gpu):
     """bfloat16 through the direct, each GEMM tile's and (one kernel a filter) the depthwise
     kernel: loads widen exactly, stores round to nearest even."""
-    for algorithm in ["direct", "depthwise"] + [f"gemm_{t}" for t in kernels.gemm_tiles(
+    for algorithm in ["direct", "depthwise", "gemm_tc"] + [f"gemm_{t}" for t in kernels.gemm_tiles(
             case.x.dtype)]:
         if algorithm == "depthwise" and case.filters.shape[1] != 1:
             continue

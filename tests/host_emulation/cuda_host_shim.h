@@ -34,28 +34,40 @@ using std::tanh;
 #include <cstring>
 
 // d += A (16 x 16) * B (16 x 8) for the calling thread's warp, each lane holding its fragments in
-// the registers mma.sync.m16n8k16.row.col.f32.f16.f16.f32 uses (lane = 4 * group + t):
+// the registers mma.sync.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32 uses
+// (lane = 4 * group + t):
 // A r0..r3: (row group, terms 2t, 2t+1), (row group+8, same), (row group, 2t+8, 2t+9),
 // (row group+8, same); B r0, r1: (column group, terms 2t, 2t+1), (same, 2t+8, 2t+9);
 // d0..d3: (row group, columns 2t, 2t+1), (row group+8, same). The low half of a register is the
 // lower-indexed value. Written independently of the kernel, from the PTX ISA's tables.
-inline float gc_emu_half(unsigned bits) {
+// One 16-bit operand as a float: IEEE binary16, or bfloat16 (a float's upper half).
+template <bool BF16>
+inline float gc_emu_operand(unsigned bits) {
     const unsigned short raw = static_cast<unsigned short>(bits & 0xffffu);
-    _Float16 h;
-    std::memcpy(&h, &raw, 2);
-    return static_cast<float>(h);
+    if constexpr (BF16) {
+        const unsigned u = static_cast<unsigned>(raw) << 16;
+        float f;
+        std::memcpy(&f, &u, 4);
+        return f;
+    } else {
+        _Float16 h;
+        std::memcpy(&h, &raw, 2);
+        return static_cast<float>(h);
+    }
 }
 
+template <bool BF16>
 inline void gc_emulated_mma_16816(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
     static float A[32][16][16], B[32][16][8];  // per warp of the block being run
     const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const unsigned group = lane / 4, t = lane % 4;
     for (unsigned r = 0; r < 4; ++r)
         for (unsigned e = 0; e < 2; ++e)
-            A[warp][group + 8 * (r % 2)][2 * t + e + 8 * (r / 2)] = gc_emu_half(a[r] >> (16 * e));
+            A[warp][group + 8 * (r % 2)][2 * t + e + 8 * (r / 2)] =
+                gc_emu_operand<BF16>(a[r] >> (16 * e));
     for (unsigned r = 0; r < 2; ++r)
         for (unsigned e = 0; e < 2; ++e)
-            B[warp][2 * t + e + 8 * r][group] = gc_emu_half(b[r] >> (16 * e));
+            B[warp][2 * t + e + 8 * r][group] = gc_emu_operand<BF16>(b[r] >> (16 * e));
     __syncthreads();  // every lane's fragments are in place
     for (unsigned i = 0; i < 4; ++i) {
         const unsigned row = group + 8 * (i / 2), col = 2 * t + i % 2;
