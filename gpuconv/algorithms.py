@@ -19,6 +19,9 @@ On CUDA:
                  (positions x filters per block);
   ``gemm_tc``    the implicit GEMM on tensor cores (mma.sync; float16 or bfloat16 in, float32
                  sums; compute capability 8.0+), 128 x 64 tiles (kernels_cuda/conv_gemm_tc.cu);
+  ``gemm_tf32``  the same for float32 with its operands rounded to TF32 (10 mantissa bits) as
+                 PyTorch's allow_tf32 does: faster, less exact; only when asked for by name
+                 (never chosen by "auto" or the autotuner);
   ``depthwise``  one kernel per filter: 32-bit indexing, 3x3/5x5/7x7 and 1-D 3/5/7 taps
                  unrolled (kernels_cuda/conv_depthwise.cu).
 """
@@ -38,7 +41,7 @@ _GEMM = tuple(f"gemm_{t}" for t in kernels.GEMM_TILES)
 #: device kind -> the algorithms it has, in the order they are listed to users.
 ALGORITHMS: Dict[str, Tuple[str, ...]] = {
     "cpu": ("gemm", "pointwise", "depthwise"),
-    "cuda": ("direct", "gemm") + _GEMM + ("gemm_tc", "depthwise"),
+    "cuda": ("direct", "gemm") + _GEMM + ("gemm_tc", "gemm_tf32", "depthwise"),
 }
 NAMES = ("auto",) + tuple(dict.fromkeys(n for names in ALGORITHMS.values() for n in names))
 
@@ -71,16 +74,19 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
         if max(x_elems, y_elems) >= kernels.DEPTHWISE_MAX_ELEMENTS:
             return (f"the CUDA 'depthwise' kernel takes inputs and outputs of fewer than 2^30 "
                     f"elements; this call has {x_elems} in and {y_elems} out")
-    if kind == "cuda" and algorithm == "gemm_tc":
-        if not kernels.tensor_core_dtype(dtype):
+    if kind == "cuda" and algorithm in ("gemm_tc", "gemm_tf32"):
+        if algorithm == "gemm_tc" and not kernels.tensor_core_dtype(dtype):
             return (f"'gemm_tc' multiplies float16 or bfloat16 on tensor cores; this call is "
+                    f"{np.dtype(dtype).name}")
+        if algorithm == "gemm_tf32" and np.dtype(dtype) != np.float32:
+            return (f"'gemm_tf32' rounds float32 to TF32 for the tensor cores; this call is "
                     f"{np.dtype(dtype).name}")
         if geom.groups > _CUDA_GRID_LIMIT or \
                 -(-geom.C_out_per_group // kernels.GEMM_TC_TILE[1]) > _CUDA_GRID_LIMIT:
-            return (f"'gemm_tc' launches one block row per group and "
+            return (f"{algorithm!r} launches one block row per group and "
                     f"{kernels.GEMM_TC_TILE[1]} filters: {shape} exceeds CUDA's "
                     f"{_CUDA_GRID_LIMIT} blocks per grid axis")
-        return _tensor_core_problem()
+        return _tensor_core_problem(algorithm)
     if kind == "cuda" and algorithm.startswith("gemm_"):
         tile = algorithm[len("gemm_"):]
         if tile not in kernels.gemm_tiles(dtype):
@@ -94,7 +100,7 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
     return ""
 
 
-def _tensor_core_problem() -> str:
+def _tensor_core_problem(algorithm: str) -> str:
     """Why the current CUDA device cannot run mma.sync.m16n8k16 (compute capability below 8.0),
     or "" (also when there is no CuPy device to ask: the host emulation of the tests)."""
     try:
@@ -103,8 +109,8 @@ def _tensor_core_problem() -> str:
     except Exception:
         return ""
     if capability < 80:
-        return (f"'gemm_tc' needs compute capability 8.0 or later (mma.sync.m16n8k16); this "
-                f"device has {capability // 10}.{capability % 10}")
+        return (f"{algorithm!r} needs compute capability 8.0 or later (mma.sync); this device "
+                f"has {capability // 10}.{capability % 10}")
     return ""
 
 

@@ -135,7 +135,7 @@ def _forward(xp: Any, run: Callable[..., None], x_cf: Array, w: Array, bias: Arr
         run("conv_depthwise.cu", kernels.conv_depthwise_name(dtype, activation, size), dtype,
             geom.N * geom.C_out * math.prod(geom.out_spatial), args)
         return
-    if algorithm == "gemm_tc":
+    if algorithm in ("gemm_tc", "gemm_tf32"):  # one kernel: the dtype says which operands
         BM, BN = kernels.GEMM_TC_TILE
         blocks = (-(-geom.N * math.prod(geom.out_spatial) // BM),
                   -(-geom.C_out_per_group // BN), geom.groups)

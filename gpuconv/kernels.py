@@ -123,14 +123,15 @@ def conv_gemm_name(dtype: DTypeLike, activation: Optional[str], tile: str) -> st
     return f"conv_gemm<{ctype(dtype)}, {ACTIVATIONS[activation]}, {params}>"
 
 
-#: The tensor-core GEMM kernel (conv_gemm_tc.cu, float16 and bfloat16, sm_80+): its tile (output
-#: positions x filters per block) and threads a block.
+#: The tensor-core GEMM kernel (conv_gemm_tc.cu: float16, bfloat16, float32 as TF32; sm_80+):
+#: its tile (output positions x filters per block) and threads a block.
 GEMM_TC_TILE: Tuple[int, int] = (128, 64)
 GEMM_TC_THREADS = 256
 
 
 def tensor_core_dtype(dtype: DTypeLike) -> bool:
-    """Whether conv_gemm_tc.cu multiplies ``dtype`` (16-bit floats: float16, bfloat16)."""
+    """Whether conv_gemm_tc.cu multiplies ``dtype`` as it is (16-bit floats: float16, bfloat16;
+    float32 it multiplies only rounded to TF32, as algorithm "gemm_tf32")."""
     return np.dtype(dtype) == np.float16 or is_bfloat16(dtype)
 
 
@@ -178,7 +179,7 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
                      for t in gemm_tiles(dtype))
     if filename == "conv_gemm_tc.cu":
         return tuple(conv_gemm_tc_name(dtype, a) for a in activation_names(dtype)) \
-            if tensor_core_dtype(dtype) else ()
+            if tensor_core_dtype(dtype) or np.dtype(dtype) == np.float32 else ()
     if filename == "conv_depthwise.cu":
         return tuple(conv_depthwise_name(dtype, a, k) for a in activation_names(dtype)
                      for k in DEPTHWISE_SIZES)

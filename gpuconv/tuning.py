@@ -54,12 +54,17 @@ def layer_key(kind: str, device_name: str, geom: ConvGeometry, dtype: DTypeLike)
             f"dilation={g.dilation} padding_mode={g.padding_mode} layout={g.layout}")
 
 
+#: Never tuned to: "gemm" only picks a tile (its tiles are candidates themselves); "gemm_tf32"
+#: rounds float32 operands to TF32, which changes results, so only a caller asks for it.
+_NOT_CANDIDATES = ("gemm", "gemm_tf32")
+
+
 def candidates(kind: str, geom: ConvGeometry, dtype: DTypeLike) -> List[str]:
-    """The concrete algorithms that can run this layer on ``kind`` (CUDA's "gemm", which only
-    picks a tile, is left out: its tiles are candidates themselves)."""
+    """The concrete algorithms that can run this layer on ``kind`` to float32-or-better
+    accuracy for its dtype."""
     return [a for a in algorithms.ALGORITHMS[kind]
-            if not (kind == "cuda" and a == "gemm") and not algorithms.why_not(kind, a, geom,
-                                                                                dtype)]
+            if not (kind == "cuda" and a in _NOT_CANDIDATES)
+            and not algorithms.why_not(kind, a, geom, dtype)]
 
 
 def _load(path: Path) -> Dict[str, str]:

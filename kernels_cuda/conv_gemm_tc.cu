@@ -1,17 +1,19 @@
-// Implicit-GEMM convolution on tensor cores, for float16 or bfloat16 data with float
-// accumulation: the same product as conv_gemm.cu (see there for A, B, M, Kg and the term tables),
-// with the multiply done by the warp-level instruction mma.sync.m16n8k16 (sm_80 and later).
+// Implicit-GEMM convolution on tensor cores, for float16 or bfloat16 data (and float32 rounded to
+// TF32, opt-in) with float accumulation: the same product as conv_gemm.cu (see there for A, B, M,
+// Kg and the term tables), with the multiply done by the warp-level instruction mma.sync
+// (m16n8k16 for 16-bit operands, m16n8k8 for TF32; sm_80 and later).
 //
 // A block of 256 threads (8 warps) computes a 128 x 64 tile of Y (output positions x filters)
-// in steps of 32 terms. Each step's A tile (windows gathered from x on the fly) and B tile
+// in steps of 32 terms (16 for TF32). Each step's A tile (windows gathered from x on the fly) and B tile
 // (filters) are read from global memory into registers while the previous step's tiles are
 // multiplied out of shared memory (two buffers, one barrier per step), as in conv_gemm.cu. The
 // warps sit 4 along M and 2 along N; each owns 32 x 32 of the tile: 2 x 4 mma tiles of 16 x 8,
 // 32 float accumulators a thread.
 //
-// Shared tiles hold raw 16-bit values, A as [position][term] and B as [filter][term], so that the
-// two neighbouring terms an mma operand register holds are one 32-bit word; rows are padded by 8
-// halves (20 words), which puts the 8 rows a warp reads at once in distinct banks.
+// Shared tiles hold the raw values (16-bit words, or floats for TF32), A as [position][term] and
+// B as [filter][term], so that the two neighbouring 16-bit terms an mma operand register holds
+// are one 32-bit word; rows are padded to 20 words, which puts the 8 rows a warp reads at once in
+// distinct banks.
 //
 // Fragment layouts (PTX ISA, mma.m16n8k16 with .f16 or .bf16 operands), lane = 4 * group + t:
 //   A (16 x 16, row-major) registers r0..r3: rows group, group + 8, group, group + 8;
@@ -21,43 +23,111 @@
 #include "gpuconv_gemm.cuh"
 #include "gpuconv_types.cuh"
 
+// How the kernel feeds the tensor cores for each element type T: what shared memory holds
+// (raw_t), the terms one mma takes (K), the terms a block step takes (BK), the padding of a
+// shared row (PAD; rows of 20 32-bit words put the 8 rows a warp reads in distinct banks), the
+// fragments read from a row, and the mma itself.
 template <typename T>
-struct gc_is_bfloat16 {
-    static constexpr bool value = false;
-};
-template <>
-struct gc_is_bfloat16<gc_bfloat16> {
-    static constexpr bool value = true;
-};
+struct gc_tc_ops;
 
-// d += a * b for one warp's 16 x 16 by 16 x 8 tiles of T (gc_half or gc_bfloat16), in float.
+// 16-bit floats: mma.m16n8k16, two neighbouring terms (2t, 2t+1) per 32-bit register.
 template <typename T>
-__device__ __forceinline__ void gc_mma_16816(float (&d)[4], const unsigned (&a)[4],
-                                             const unsigned (&b)[2]) {
-#ifdef __CUDA_ARCH__
-    if constexpr (gc_is_bfloat16<T>::value) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-    } else {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+struct gc_tc_ops16 {
+    typedef unsigned short raw_t;
+    static constexpr int K = 16, BK = 32, PAD = 8;
+    static __device__ __forceinline__ raw_t raw(const T& v) { return v.bits; }
+    static __device__ __forceinline__ unsigned pair(const raw_t* p) {
+        return *reinterpret_cast<const unsigned*>(p);  // the lower-indexed value in the low half
     }
-#else  // the test suite's host emulation supplies the warp's product (tests/host_emulation)
-    gc_emulated_mma_16816<gc_is_bfloat16<T>::value>(d, a, b);
-#endif
-}
+    // A rows `lo` (group) and `hi` (group + 8), from this mma's first term
+    static __device__ __forceinline__ void a_fragment(const raw_t* lo, const raw_t* hi, int t,
+                                                      unsigned (&a)[4]) {
+        a[0] = pair(lo + 2 * t);
+        a[1] = pair(hi + 2 * t);
+        a[2] = pair(lo + 2 * t + 8);
+        a[3] = pair(hi + 2 * t + 8);
+    }
+    // B column (filter) `col`, from this mma's first term
+    static __device__ __forceinline__ void b_fragment(const raw_t* col, int t, unsigned (&b)[2]) {
+        b[0] = pair(col + 2 * t);
+        b[1] = pair(col + 2 * t + 8);
+    }
+};
 
-// Two neighbouring 16-bit values of a shared row as the 32-bit word an mma register holds (the
-// lower-indexed one in the low half).
-__device__ __forceinline__ unsigned gc_pair(const unsigned short* p) {
-    return *reinterpret_cast<const unsigned*>(p);
-}
+// One m16n8k16 with 16-bit operands of PTX type AB ("f16" or "bf16"), float accumulators.
+#define GC_MMA_M16N8K16(AB, d, a, b)                                                        \
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." AB "." AB ".f32 "                  \
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"         \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                           \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]))
+
+template <>
+struct gc_tc_ops<gc_half> : gc_tc_ops16<gc_half> {
+    static __device__ __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4],
+                                               const unsigned (&b)[2]) {
+#ifdef __CUDA_ARCH__
+        GC_MMA_M16N8K16("f16", d, a, b);
+#else  // the test suite's host emulation supplies the warp's product (tests/host_emulation)
+        gc_emulated_mma_16816<false>(d, a, b);
+#endif
+    }
+};
+
+template <>
+struct gc_tc_ops<gc_bfloat16> : gc_tc_ops16<gc_bfloat16> {
+    static __device__ __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4],
+                                               const unsigned (&b)[2]) {
+#ifdef __CUDA_ARCH__
+        GC_MMA_M16N8K16("bf16", d, a, b);
+#else
+        gc_emulated_mma_16816<true>(d, a, b);
+#endif
+    }
+};
+
+// float32 as TF32 (opt-in: algorithm="gemm_tf32"): mma.m16n8k8, one term a register, each
+// rounded to TF32 (10 mantissa bits, to nearest, ties away from zero) as it is read.
+// Fragments (PTX ISA, m16n8k8 .tf32): A r0..r3 = (row group, term t), (group + 8, t),
+// (group, t + 4), (group + 8, t + 4); B r0, r1 = (filter group; terms t, t + 4).
+template <>
+struct gc_tc_ops<float> {
+    typedef float raw_t;
+    static constexpr int K = 8, BK = 16, PAD = 4;
+    static __device__ __forceinline__ raw_t raw(const float& v) { return v; }
+    static __device__ __forceinline__ unsigned tf32(float v) {
+        unsigned u;
+#ifdef __CUDA_ARCH__
+        asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(v));
+#else
+        __builtin_memcpy(&u, &v, 4);
+        if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+#endif
+        return u;
+    }
+    static __device__ __forceinline__ void a_fragment(const raw_t* lo, const raw_t* hi, int t,
+                                                      unsigned (&a)[4]) {
+        a[0] = tf32(lo[t]);
+        a[1] = tf32(hi[t]);
+        a[2] = tf32(lo[t + 4]);
+        a[3] = tf32(hi[t + 4]);
+    }
+    static __device__ __forceinline__ void b_fragment(const raw_t* col, int t, unsigned (&b)[2]) {
+        b[0] = tf32(col[t]);
+        b[1] = tf32(col[t + 4]);
+    }
+    static __device__ __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4],
+                                               const unsigned (&b)[2]) {
+#ifdef __CUDA_ARCH__
+        asm volatile(
+            "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+        gc_emulated_mma_1688_tf32(d, a, b);
+#endif
+    }
+};
 
 template <typename T, int ACT>
 __global__ void __launch_bounds__(256)
@@ -73,15 +143,16 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w,
              long long xs_n, long long xs_c, long long xs_d, long long xs_h, long long xs_w,
              long long ys_n, long long ys_c, long long ys_d, long long ys_h, long long ys_w) {
     typedef gc_num<T> num;
-    static_assert(sizeof(T) == 2, "tensor-core operands are 16-bit: gc_half or gc_bfloat16");
-    constexpr int BM = 128, BN = 64, BK = 32, THREADS = 256, PAD = 8;
+    typedef gc_tc_ops<T> ops;
+    typedef typename ops::raw_t raw_t;
+    constexpr int BM = 128, BN = 64, BK = ops::BK, THREADS = 256, PAD = ops::PAD;
     constexpr int A_LOADS = BM * BK / THREADS, B_LOADS = BN * BK / THREADS;
     constexpr int WARP_M = 32, WARP_N = 32, MT = WARP_M / 16, NT = WARP_N / 8;
     static_assert((BM / WARP_M) * (BN / WARP_N) * 32 == THREADS, "one warp per warp tile");
     (void)co_fastest;  // the stores follow the fragments' layout whatever y's layout
 
-    __shared__ __align__(16) unsigned short As[2][BM][BK + PAD];
-    __shared__ __align__(16) unsigned short Bs[2][BN][BK + PAD];
+    __shared__ __align__(16) raw_t As[2][BM][BK + PAD];
+    __shared__ __align__(16) raw_t Bs[2][BN][BK + PAD];
     __shared__ long long k_offset[2][BK];
     __shared__ int k_tap[2][BK][3];
 
@@ -102,22 +173,22 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w,
                           k_offset[buf], k_tap[buf]);
     };
 
-    unsigned short a_next[A_LOADS], b_next[B_LOADS];
+    raw_t a_next[A_LOADS], b_next[B_LOADS];
     auto load = [&](long long step, int buf) {
 #pragma unroll
         for (int i = 0; i < A_LOADS; ++i) {
             const int kk = tid / BM + i * (THREADS / BM);
-            unsigned short v = 0;  // +0.0
+            raw_t v = 0;  // +0.0
             if (gc_inside(win, k_tap[buf][kk], ID, IH, IW))
-                v = x[win.base + k_offset[buf][kk]].bits;
+                v = ops::raw(x[win.base + k_offset[buf][kk]]);
             a_next[i] = v;
         }
 #pragma unroll
         for (int i = 0; i < B_LOADS; ++i) {
             const int e = tid + i * THREADS, kk = e % BK, ff = e / BK;
             const long long k = step * BK + kk;
-            unsigned short v = 0;
-            if (f0 + ff < Cog && k < Kg) v = wg[(f0 + ff) * Kg + k].bits;
+            raw_t v = 0;
+            if (f0 + ff < Cog && k < Kg) v = ops::raw(wg[(f0 + ff) * Kg + k]);
             b_next[i] = v;
         }
     };
@@ -152,27 +223,18 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w,
         const int cur = int(s & 1);
         if (s + 1 < steps) load(s + 1, cur ^ 1);  // in flight while this step multiplies
 #pragma unroll
-        for (int k16 = 0; k16 < BK; k16 += 16) {
+        for (int k0 = 0; k0 < BK; k0 += ops::K) {
             unsigned a[MT][4], b[NT][2];
 #pragma unroll
-            for (int i = 0; i < MT; ++i) {
-                const unsigned short* lo = As[cur][wm + i * 16 + group] + k16 + 2 * t;
-                const unsigned short* hi = As[cur][wm + i * 16 + group + 8] + k16 + 2 * t;
-                a[i][0] = gc_pair(lo);
-                a[i][1] = gc_pair(hi);
-                a[i][2] = gc_pair(lo + 8);
-                a[i][3] = gc_pair(hi + 8);
-            }
+            for (int i = 0; i < MT; ++i)
+                ops::a_fragment(As[cur][wm + i * 16 + group] + k0,
+                                As[cur][wm + i * 16 + group + 8] + k0, t, a[i]);
 #pragma unroll
-            for (int j = 0; j < NT; ++j) {
-                const unsigned short* col = Bs[cur][wn + j * 8 + group] + k16 + 2 * t;
-                b[j][0] = gc_pair(col);
-                b[j][1] = gc_pair(col + 8);
-            }
+            for (int j = 0; j < NT; ++j) ops::b_fragment(Bs[cur][wn + j * 8 + group] + k0, t, b[j]);
 #pragma unroll
             for (int i = 0; i < MT; ++i)
 #pragma unroll
-                for (int j = 0; j < NT; ++j) gc_mma_16816<T>(acc[i][j], a[i], b[j]);
+                for (int j = 0; j < NT; ++j) ops::mma(acc[i][j], a[i], b[j]);
         }
         if (s + 1 < steps) stash(cur ^ 1);
         if (s + 2 < steps) find_terms(s + 2, cur);

@@ -159,6 +159,22 @@ def error_bound(x, filters, bias, out_dtype, activation, **options):
     return exact, bound
 
 
+def error_bound_tf32(x, filters, bias, activation, **options):
+    """error_bound for float32 computed with every x and filter value rounded to TF32 first (10
+    mantissa bits, to nearest: relative error <= 2^-11 each), as gemm_tf32 does: each product
+    x'w' is then off from xw by at most (2^-10 + 2^-22)|xw|, and is exact in float32, so float32
+    sums add gamma_n times sum|x'w'| <= (1 + 2^-10 + 2^-22) sum|xw|."""
+    exact, bound = error_bound(x, filters, bias, np.float32, activation, **options)
+    mag = reference_conv(np.abs(np.asarray(x)), np.abs(np.asarray(filters)), None,
+                         activation=None, **options)
+    rel = 2.0 ** -10 + 2.0 ** -22
+    n = int(np.prod(np.asarray(filters).shape[1:])) + (0 if bias is None else 1)
+    u = np.finfo(np.float32).eps / 2
+    gamma = n * u / (1 - n * u)
+    extra = activation_lipschitz(activation) * (rel + gamma * rel) * mag
+    return exact, bound + extra
+
+
 # ---- adjoints and the transpose, written as literally as the forward reference ----
 
 def _finish(y, batched, layout):

@@ -6,7 +6,7 @@ import pytest
 
 import gpuconv
 from cases import as_float16, bfloat16_cases, fast_path_cases, grid_cases, tile_cases
-from reference import error_bound
+from reference import error_bound, error_bound_tf32
 
 CASES = grid_cases()
 FAST_PATH_CASES = fast_path_cases()
@@ -141,6 +141,21 @@ def test_gpu_algorithms_tile_cases(case, algorithm, gpu):
     """The same on the cases that need several tiles along every axis (and some wide depthwise
     ones): the set compute-sanitizer runs every kernel over (benchmarks/gpu_record.py)."""
     _check_gpu_algorithm(case, algorithm, gpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [c for c in CASES + TILE_CASES
+                                  if np.result_type(c.x, c.filters) == np.float32],
+                         ids=lambda c: c.name)
+def test_gpu_tf32(case, gpu):
+    """float32 rounded to TF32 on tensor cores (opt-in gemm_tf32), within the bound that the
+    rounding allows; the multi-tile cases run under compute-sanitizer too."""
+    cp = gpu
+    b = None if case.bias is None else cp.asarray(case.bias)
+    got = cp.asnumpy(gpuconv.conv(cp.asarray(case.x), cp.asarray(case.filters), b,
+                                  algorithm="gemm_tf32", **case.options))
+    exact, bound = error_bound_tf32(case.x, case.filters, case.bias, **case.options)
+    assert got.dtype == np.float32 and np.all(np.abs(got - exact) <= bound)
 
 
 @pytest.mark.gpu

@@ -26,6 +26,7 @@ from cases import as_float16, bfloat16_cases, fast_path_cases, grid_cases, tile_
 from test_adjoint import (TRANSPOSE_CASES, _grad_out, _options, check_filter_grad,
                           check_input_grad, check_transpose, transpose_call)
 from test_grid import _check
+from reference import error_bound_tf32
 
 HERE = Path(__file__).resolve().parent / "host_emulation"
 
@@ -149,6 +150,32 @@ def test_gemm_tc_kernel(case, emulated_gpu):
     got = gpuconv.conv(case.x, case.filters, case.bias, algorithm="gemm_tc", **case.options)
     _check(case, got, "emulated gemm_tc")
     np.testing.assert_array_equal(case.x, x0)
+
+
+TF32_CASES = [c for c in CASES + TILE_CASES if np.result_type(c.x, c.filters) == np.float32]
+
+
+@pytest.mark.parametrize("case", TF32_CASES, ids=lambda c: c.name)
+def test_gemm_tf32_kernel(case, emulated_gpu):
+    """The tensor-core kernel on float32 rounded to TF32 (m16n8k8 emulated from PTX's tables),
+    within the bound that rounding allows (reference.error_bound_tf32); that it rounds at all
+    is the next test's."""
+    got = gpuconv.conv(case.x, case.filters, case.bias, algorithm="gemm_tf32", **case.options)
+    assert got.dtype == np.float32 and np.all(np.isfinite(got))
+    exact, bound = error_bound_tf32(case.x, case.filters, case.bias, **case.options)
+    err = np.abs(got - exact)
+    assert np.all(err <= bound), float(np.max(err - bound))
+
+
+def test_gemm_tf32_rounds_its_operands(emulated_gpu):
+    """1 + 2^-12 is not a TF32 value: it rounds to 1, so a 1x1 conv of it by 1 gives exactly 1
+    (float32 would give 1 + 2^-12), and 1 + 2^-11 (a tie) rounds away from zero to 1 + 2^-10."""
+    x = np.array([1 + 2.0 ** -12, 1 + 2.0 ** -11, -(1 + 2.0 ** -11)], np.float32).reshape(1, 1, 3)
+    got = gpuconv.conv1d(x, np.ones((1, 1, 1), np.float32), algorithm="gemm_tf32")
+    np.testing.assert_array_equal(got.ravel(), [1.0, 1 + 2.0 ** -10, -(1 + 2.0 ** -10)])
+    with pytest.raises(ValueError, match="'gemm_tf32' rounds float32 to TF32 for the tensor "
+                                         "cores; this call is float64"):
+        gpuconv.conv1d(x.astype(np.float64), np.ones((1, 1, 1)), algorithm="gemm_tf32")
 
 
 def test_gemm_tc_refuses_other_dtypes(emulated_gpu):

@@ -202,6 +202,10 @@ def test_cuda_candidates_are_concrete_kernels():
     geom = plan_conv((2, 16, 9, 9), (32, 16, 3, 3))
     names = tuning.candidates("cuda", geom, np.float32)
     assert "gemm" not in names and "direct" in names and "gemm_64x64" in names
+    # TF32 changes results: never chosen for the caller, though it could run this layer
+    assert "gemm_tf32" not in names
+    assert not gpuconv.algorithms.why_not("cuda", "gemm_tf32", geom, np.float32)
+    assert "gemm_tc" in tuning.candidates("cuda", geom, np.float16)
     assert "depthwise" not in names
     dw = plan_conv((2, 16, 9, 9), (16, 1, 3, 3), groups=16)
     assert "depthwise" in tuning.candidates("cuda", dw, np.float32)

@@ -77,3 +77,29 @@ inline void gc_emulated_mma_16816(float (&d)[4], const unsigned (&a)[4], const u
     }
     __syncthreads();  // every lane has read them before the next product overwrites them
 }
+
+// d += A (16 x 8) * B (8 x 8) for mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32, operands being
+// floats whose low 13 bits are zero (TF32): A r0..r3 = (row group, column t), (group + 8, t),
+// (group, t + 4), (group + 8, t + 4); B r0, r1 = (row t, column group), (t + 4, group); d as for
+// m16n8k16. From the PTX ISA's tables, written apart from the kernel.
+inline void gc_emulated_mma_1688_tf32(float (&d)[4], const unsigned (&a)[4],
+                                      const unsigned (&b)[2]) {
+    static float A[32][16][8], B[32][8][8];
+    const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const unsigned group = lane / 4, t = lane % 4;
+    auto value = [](unsigned bits) {
+        float f;
+        std::memcpy(&f, &bits, 4);
+        return f;
+    };
+    for (unsigned r = 0; r < 4; ++r) A[warp][group + 8 * (r % 2)][t + 4 * (r / 2)] = value(a[r]);
+    for (unsigned r = 0; r < 2; ++r) B[warp][t + 4 * r][group] = value(b[r]);
+    __syncthreads();
+    for (unsigned i = 0; i < 4; ++i) {
+        const unsigned row = group + 8 * (i / 2), col = 2 * t + i % 2;
+        float s = d[i];
+        for (unsigned k = 0; k < 8; ++k) s += A[warp][row][k] * B[warp][k][col];
+        d[i] = s;
+    }
+    __syncthreads();
+}
