@@ -9,6 +9,8 @@ from typing import Optional, Tuple
 import numpy as np
 
 from . import device as _device
+from .config import get_autotune
+from .dtypes import accepted
 from .kernels import kernel_dir
 
 
@@ -24,6 +26,8 @@ class Info:
     auto_device: str           # "cuda" or "cpu": where device="auto" runs NumPy inputs
     auto_reason: str
     kernel_dir: str
+    dtypes: Tuple[str, ...]     # what arrays this installation can convolve
+    autotune: str               # "off", or "on" and where its choices are kept
 
     def __str__(self) -> str:
         rows = [
@@ -36,6 +40,9 @@ class Info:
             ("GPUs", ", ".join(f"{i}: {n}" for i, n in enumerate(self.gpus)) or "none"),
             ("device='auto'", f"{self.auto_device} ({self.auto_reason})"),
             ("CUDA sources", self.kernel_dir),
+            ("dtypes", ", ".join(self.dtypes) + ("" if "bfloat16" in self.dtypes else
+                                                  " (bfloat16: pip install gpuconv[bfloat16])")),
+            ("autotune", self.autotune),
         ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -63,9 +70,14 @@ def info() -> Info:
         kdir = str(kernel_dir())
     except FileNotFoundError as exc:
         kdir = f"missing ({exc})"
+    from .tuning import cache_path
+    try:
+        autotune = f"on, choices kept in {cache_path()}" if get_autotune() else "off"
+    except ValueError as exc:  # a malformed GPUCONV_AUTOTUNE: say so rather than fail
+        autotune = f"error ({exc})"
     return Info(version=__version__, python_version=platform.python_version(),
                 numpy_version=np.__version__, cupy_version=status.cupy_version,
                 cuda_runtime_version=_version_str(status.runtime_version),
                 cuda_driver_version=_version_str(status.driver_version),
                 gpus=status.device_names, auto_device=kind, auto_reason=reason,
-                kernel_dir=kdir)
+                kernel_dir=kdir, dtypes=tuple(d.name for d in accepted()), autotune=autotune)

@@ -60,3 +60,16 @@ def test_demo_subcommand(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "6 filters of 3 kernels (3x3) each" in run.stdout
     assert (tmp_path / "demo.png").stat().st_size > 10_000
+
+
+def test_info_names_dtypes_and_autotune(monkeypatch, tmp_path):
+    import gpuconv
+    monkeypatch.delenv("GPUCONV_AUTOTUNE", raising=False)
+    got = gpuconv.info()
+    assert got.dtypes[:5] == ("float16", "float32", "float64", "complex64", "complex128")
+    assert got.autotune == "off" and "autotune" in str(got) and "dtypes" in str(got)
+    monkeypatch.setenv("GPUCONV_AUTOTUNE", "1")
+    monkeypatch.setenv("GPUCONV_AUTOTUNE_CACHE", str(tmp_path / "a.json"))
+    assert gpuconv.info().autotune == f"on, choices kept in {tmp_path / 'a.json'}"
+    monkeypatch.setenv("GPUCONV_AUTOTUNE", "perhaps")
+    assert gpuconv.info().autotune.startswith("error (GPUCONV_AUTOTUNE must be")
