@@ -252,23 +252,53 @@ def _pointwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
                        activation: Optional[str], out_cf: Array, ct: np.dtype) -> None:
     """1x1 kernels, no padding: each output position is a (filters x kernels) matrix times the
     input's channel vector there, so ``(G, Cog, Cg) @ (n, G, Cg, positions)`` per batch chunk
-    with no unrolling (the stride is a view; channels-first x needs no copy at stride 1)."""
+    with no unrolling (the stride is a view; channels-first x needs no copy at stride 1). For
+    channels-last callers the same product runs on rows, ``(positions, Cg) @ (Cg, Cog)``, over
+    the data as it lies and into the output as it lies (no transposes either way)."""
     G, Cog, Cg = geom.groups, geom.C_out_per_group, geom.C_in_per_group
     P = math.prod(geom.out_spatial)
     wm = np.asarray(w, dtype=ct).reshape(G, Cog, Cg)
     b = None if bias is None else np.asarray(bias, dtype=ct).reshape(G, Cog, 1)
     x_cf = x_cf[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in geom.stride)]
-    # per batch element: a copy of its input when it is not channels-first contiguous, the
-    # product, and the product reordered into the output's layout
+    rows = geom.layout == "channels_last"
+    if rows:
+        wm = np.ascontiguousarray(wm.transpose(0, 2, 1))  # (G, Cg, Cog)
+        b = None if b is None else b.reshape(G, 1, Cog)
+    # per batch element: a copy of its input when it is not contiguous in the product's order,
+    # the product, and the product reordered into the output's layout
     per_n = ct.itemsize * P * (geom.C_in + 2 * geom.C_out)
     nb = max(1, min(geom.N, get_cpu_workspace() // per_n))
     for n0 in range(0, geom.N, nb):
-        xs = np.asarray(x_cf[n0:n0 + nb], dtype=ct).reshape(-1, G, Cg, P)
-        res = np.matmul(wm, xs)  # (n, G, Cog, P)
+        block = out_cf[n0:n0 + nb]
+        if rows:
+            xs = np.asarray(np.moveaxis(x_cf[n0:n0 + nb], 1, -1), dtype=ct)  # (n, *out, C)
+            xs = xs.reshape(-1, G, Cg).transpose(1, 0, 2)                    # (G, n*P, Cg)
+            out_rows = np.moveaxis(block, 1, -1)                             # (n, *out, C_out)
+            direct = _as_rows(out_rows) if G == 1 and block.dtype == ct else None
+            res = np.matmul(xs, wm, out=direct)                              # (G, n*P, Cog)
+        else:
+            xs = np.asarray(x_cf[n0:n0 + nb], dtype=ct).reshape(-1, G, Cg, P)
+            res = np.matmul(wm, xs)  # (n, G, Cog, P)
         if b is not None:
             res += b
         _activate(res, activation)
-        out_cf[n0:n0 + nb] = res.reshape(out_cf[n0:n0 + nb].shape)
+        if not rows:
+            block[...] = res.reshape(block.shape)
+        elif direct is None:
+            out_rows[...] = res.transpose(1, 0, 2).reshape(out_rows.shape)
+
+
+def _as_rows(block: Array) -> Optional[Array]:
+    """A channels-last output block ``(n, *out, C_out)`` as a view ``(1, positions, C_out)``
+    that BLAS can write (contiguous rows), or None."""
+    view = block.view()
+    try:
+        view.shape = (1, math.prod(block.shape[:-1]), block.shape[-1])
+    except AttributeError:
+        return None
+    step = view.itemsize
+    return view if view.strides[-1] == step and view.strides[-2] >= block.shape[-1] * step \
+        else None
 
 
 #: Depthwise chunks stay under this many bytes of temporaries (or the workspace, if smaller):
