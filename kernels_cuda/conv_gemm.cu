@@ -132,16 +132,7 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = num::zero();
 
-    find_terms(0, 0);
-    __syncthreads();
-    load(0, 0);
-    stash(0);
-    if (steps > 1) find_terms(1, 1);
-    __syncthreads();
-
-    for (long long s = 0; s < steps; ++s) {
-        const int cur = int(s & 1);
-        if (s + 1 < steps) load(s + 1, cur ^ 1);  // in flight while this step multiplies
+    gc_gemm_steps(steps, find_terms, load, stash, [&](int cur) {
 #pragma unroll
         for (int kk = 0; kk < BK; ++kk) {
             acc_t a[TM], b[TN];
@@ -152,10 +143,7 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 #pragma unroll
                 for (int j = 0; j < TN; ++j) acc[i][j] = gc_madd(acc[i][j], a[i], b[j]);
         }
-        if (s + 1 < steps) stash(cur ^ 1);
-        if (s + 2 < steps) find_terms(s + 2, cur);
-        __syncthreads();
-    }
+    });
 
 #pragma unroll
     for (int i = 0; i < TM; ++i) {

@@ -212,16 +212,7 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w,
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
 
-    find_terms(0, 0);
-    __syncthreads();
-    load(0, 0);
-    stash(0);
-    if (steps > 1) find_terms(1, 1);
-    __syncthreads();
-
-    for (long long s = 0; s < steps; ++s) {
-        const int cur = int(s & 1);
-        if (s + 1 < steps) load(s + 1, cur ^ 1);  // in flight while this step multiplies
+    gc_gemm_steps(steps, find_terms, load, stash, [&](int cur) {
 #pragma unroll
         for (int k0 = 0; k0 < BK; k0 += ops::K) {
             unsigned a[MT][4], b[NT][2];
@@ -236,10 +227,7 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w,
 #pragma unroll
                 for (int j = 0; j < NT; ++j) ops::mma(acc[i][j], a[i], b[j]);
         }
-        if (s + 1 < steps) stash(cur ^ 1);
-        if (s + 2 < steps) find_terms(s + 2, cur);
-        __syncthreads();
-    }
+    });
 
 #pragma unroll
     for (int i = 0; i < MT; ++i) {

@@ -1,6 +1,7 @@
 // What the implicit-GEMM kernels (conv_gemm.cu, conv_gemm_tc.cu) share: the window an output
-// position reads, the per-step table of the terms' offsets within a window, and the bounds
-// check of one gathered element. See conv_gemm.cu for the GEMM's names (M, Kg, A, B).
+// position reads, the per-step table of the terms' offsets within a window, the bounds check of
+// one gathered element, and the double-buffered loop over the steps. See conv_gemm.cu for the
+// GEMM's names (M, Kg, A, B).
 #pragma once
 #include "gpuconv_index.cuh"
 
@@ -60,4 +61,28 @@ __device__ __forceinline__ bool gc_inside(const gc_window& win, const int* tap, 
     return win.valid && tap[0] >= 0 && (unsigned long long)id < (unsigned long long)ID &&
            (unsigned long long)ih < (unsigned long long)IH &&
            (unsigned long long)iw < (unsigned long long)IW;
+}
+
+// The loop over a tile's steps of BK terms: step s's tiles are multiplied out of shared buffer
+// s % 2 while step s + 1's are read from global memory into registers (in flight meanwhile) and
+// then stashed into the other buffer; the term table of step s + 2 is found in between; one
+// barrier per step. find_terms(step, buf), load(step, buf), stash(buf) and multiply(buf) are the
+// kernel's own.
+template <typename FindTerms, typename Load, typename Stash, typename Multiply>
+__device__ __forceinline__ void gc_gemm_steps(long long steps, FindTerms&& find_terms, Load&& load,
+                                              Stash&& stash, Multiply&& multiply) {
+    find_terms(0LL, 0);
+    __syncthreads();
+    load(0LL, 0);
+    stash(0);
+    if (steps > 1) find_terms(1LL, 1);
+    __syncthreads();
+    for (long long s = 0; s < steps; ++s) {
+        const int cur = int(s & 1);
+        if (s + 1 < steps) load(s + 1, cur ^ 1);
+        multiply(cur);
+        if (s + 1 < steps) stash(cur ^ 1);
+        if (s + 2 < steps) find_terms(s + 2, cur);
+        __syncthreads();
+    }
 }
