@@ -94,7 +94,7 @@ def conv1d(x: Array, filters: Array, bias: Optional[Array] = None, *, stride: In
            padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1,
            padding_mode: str = "zeros", layout: str = "channels_first", flip: bool = False,
            activation: Optional[str] = None, device: str = "auto",
-         algorithm: str = "auto") -> Array:
+           algorithm: str = "auto") -> Array:
     return _conv("conv1d", 1, x, filters, bias, stride, padding, dilation, groups,
                  padding_mode, layout, flip, activation, device, algorithm)
 
@@ -103,7 +103,7 @@ def conv2d(x: Array, filters: Array, bias: Optional[Array] = None, *, stride: In
            padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1,
            padding_mode: str = "zeros", layout: str = "channels_first", flip: bool = False,
            activation: Optional[str] = None, device: str = "auto",
-         algorithm: str = "auto") -> Array:
+           algorithm: str = "auto") -> Array:
     return _conv("conv2d", 2, x, filters, bias, stride, padding, dilation, groups,
                  padding_mode, layout, flip, activation, device, algorithm)
 
@@ -112,7 +112,7 @@ def conv3d(x: Array, filters: Array, bias: Optional[Array] = None, *, stride: In
            padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1,
            padding_mode: str = "zeros", layout: str = "channels_first", flip: bool = False,
            activation: Optional[str] = None, device: str = "auto",
-         algorithm: str = "auto") -> Array:
+           algorithm: str = "auto") -> Array:
     return _conv("conv3d", 3, x, filters, bias, stride, padding, dilation, groups,
                  padding_mode, layout, flip, activation, device, algorithm)
 

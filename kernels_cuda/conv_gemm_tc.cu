@@ -175,22 +175,9 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w,
 
     raw_t a_next[A_LOADS], b_next[B_LOADS];
     auto load = [&](long long step, int buf) {
-#pragma unroll
-        for (int i = 0; i < A_LOADS; ++i) {
-            const int kk = tid / BM + i * (THREADS / BM);
-            raw_t v = 0;  // +0.0
-            if (gc_inside(win, k_tap[buf][kk], ID, IH, IW))
-                v = ops::raw(x[win.base + k_offset[buf][kk]]);
-            a_next[i] = v;
-        }
-#pragma unroll
-        for (int i = 0; i < B_LOADS; ++i) {
-            const int e = tid + i * THREADS, kk = e % BK, ff = e / BK;
-            const long long k = step * BK + kk;
-            raw_t v = 0;
-            if (f0 + ff < Cog && k < Kg) v = ops::raw(wg[(f0 + ff) * Kg + k]);
-            b_next[i] = v;
-        }
+        gc_gather<BM, BK, THREADS>(a_next, b_next, tid, step, x, win, k_offset[buf], k_tap[buf],
+                                   ID, IH, IW, wg, f0, Cog, Kg,
+                                   [](const T& v) { return ops::raw(v); });
     };
     auto stash = [&](int buf) {
 #pragma unroll

@@ -63,6 +63,33 @@ __device__ __forceinline__ bool gc_inside(const gc_window& win, const int* tap, 
            (unsigned long long)iw < (unsigned long long)IW;
 }
 
+// Step `step`'s tile elements this thread reads from global memory, converted by `conv` (to the
+// accumulator type, or to the raw value shared memory holds): A, its row `win` at terms
+// tid / BM + i * (THREADS / BM) (neighbouring threads take neighbouring positions, so reads of
+// channels-first x coalesce); B, elements tid + i * THREADS of the BN x BK tile, terms fastest
+// (filters are contiguous in their terms). Zero (V{}) outside the input and past the last term or
+// filter.
+template <int BM, int BK, int THREADS, typename V, int A_LOADS, int B_LOADS, typename T,
+          typename Conv>
+__device__ __forceinline__ void gc_gather(V (&a)[A_LOADS], V (&b)[B_LOADS], int tid,
+                                          long long step, const T* x, const gc_window& win,
+                                          const long long (&offset)[BK],
+                                          const int (&tap)[BK][3], long long ID, long long IH,
+                                          long long IW, const T* wg, long long f0,
+                                          long long Cog, long long Kg, Conv conv) {
+#pragma unroll
+    for (int i = 0; i < A_LOADS; ++i) {
+        const int kk = tid / BM + i * (THREADS / BM);
+        a[i] = gc_inside(win, tap[kk], ID, IH, IW) ? conv(x[win.base + offset[kk]]) : V{};
+    }
+#pragma unroll
+    for (int i = 0; i < B_LOADS; ++i) {
+        const int e = tid + i * THREADS, kk = e % BK, ff = e / BK;
+        const long long k = step * BK + kk;
+        b[i] = (f0 + ff < Cog && k < Kg) ? conv(wg[(f0 + ff) * Kg + k]) : V{};
+    }
+}
+
 // The loop over a tile's steps of BK terms: step s's tiles are multiplied out of shared buffer
 // s % 2 while step s + 1's are read from global memory into registers (in flight meanwhile) and
 // then stashed into the other buffer; the term table of step s + 2 is found in between; one
