@@ -354,11 +354,28 @@ def measure_peak(seconds: float = 0.2) -> Dict[str, Any]:
     return out
 
 
-def host_overhead_us(device: str, calls: int = 2000) -> Dict[str, float]:
+def profile_us(call: Callable[[], Any], calls: int = 500, top: int = 15) -> Dict[str, float]:
+    """Where the host time of ``call`` goes: the ``top`` functions by their own time under
+    cProfile, in microseconds per call (cProfile inflates every figure; use them as shares)."""
+    import cProfile
+    import pstats
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(calls):
+        call()
+    profile.disable()
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    rows = sorted(((tottime, f"{Path(file).name}:{line}({name})")
+                   for (file, line, name), (_, _, tottime, _, _) in stats.items()),
+                  reverse=True)[:top]
+    return {where: round(t / calls * 1e6, 3) for t, where in rows}
+
+
+def host_overhead_us(device: str, calls: int = 2000) -> Dict[str, Any]:
     """Host time of one gpuconv call with compiled kernels, on a layer too small for the GPU to
     be the limit (1x8x16x16 input, 8 3x3 filters): the wall time of many back-to-back calls
     divided by their count, before one synchronization, and the same for PyTorch where
-    installed."""
+    installed; ``gpuconv_profile`` says where gpuconv's time goes (see profile_us)."""
     import cupy
     x = cupy.ones((1, 8, 16, 16), dtype=cupy.float32)
     w = cupy.ones((8, 8, 3, 3), dtype=cupy.float32)
@@ -376,6 +393,8 @@ def host_overhead_us(device: str, calls: int = 2000) -> Dict[str, float]:
         return elapsed / calls * 1e6
 
     out["gpuconv"] = per_call(lambda: conv(x, w, padding=1, device="cuda"))
+    out["gpuconv_profile"] = profile_us(lambda: conv(x, w, padding=1, device="cuda"))
+    cupy.cuda.Device().synchronize()
     try:
         import torch
         import torch.nn.functional as F

@@ -8,9 +8,10 @@ Each operation is written once as ``_op(xp, run, ...)``: ``xp`` is the array mod
 threads' worth of work (an int), or a tiled kernel on the blocks a :class:`Grid` names. The
 public functions pass CuPy and a CuPy launcher; the test suite passes NumPy and a launcher that
 runs the same kernel source on the host (tests/test_kernel_emulation.py).
-Kernel scalar arguments are NumPy scalars typed as the kernels declare them (``int`` -> int32,
-``long long`` -> int64): CuPy passes a NumPy scalar by its type, so a mismatch would shift every
-later argument.
+Kernel arguments are the arrays, then the convolution's sizes and strides as one record
+(:mod:`gpuconv.params`, ``struct gc_conv``), which CuPy passes by value. Other scalars are NumPy
+scalars typed as the kernels declare them (``long long`` -> int64): CuPy passes a NumPy scalar
+by its type, so a mismatch would shift every later argument.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import math
 
 import numpy as np
 
-from . import algorithms, kernels, tuning
+from . import algorithms, kernels, params, tuning
 from .config import get_autotune
 from .device import cuda_device_name
 from .dtypes import accumulator_dtype
@@ -66,31 +67,17 @@ def _gpu_threads() -> int:
     return _max_blocks(cupy.cuda.Device().id) * _THREADS
 
 
-def _element_strides(a: Array, rank: int) -> List[int]:
-    """(n, c, d, h, w) strides of a channels-first view in elements, unit spatial dims in front."""
-    item = a.itemsize
-    if any(s % item for s in a.strides):
-        raise AssertionError("strides are not whole elements")  # CuPy arrays always are
-    s = [st // item for st in a.strides]
-    return s[:2] + [0] * (3 - rank) + s[2:]
-
-
 def _aligned(xp: Any, a: Array) -> Array:
-    """``a``, or a contiguous copy when its data pointer is not aligned to a whole element."""
-    ptr = a.ctypes.data if isinstance(a, np.ndarray) else a.data.ptr
-    return a if ptr % a.itemsize == 0 else xp.ascontiguousarray(a)
+    """``a``, or a fresh (aligned) copy when its data pointer is not aligned to a whole element.
+    (``ascontiguousarray`` would not do: it hands a contiguous array back as it is.)"""
+    if isinstance(a, np.ndarray):  # the host emulation's arrays: NumPy keeps the flag
+        return a if a.flags.aligned else np.array(a, copy=True)
+    return a if a.data.ptr % a.itemsize == 0 else xp.array(a, copy=True)
 
 
-def _i64(values: Sequence[int]) -> Tuple[np.int64, ...]:
-    return tuple(np.int64(v) for v in values)
-
-
-def _shape_params(geom: ConvGeometry) -> Tuple[np.int64, ...]:
-    """Spatial sizes and options as the kernels take them: 3-D, unit dims in front."""
-    lead = (1,) * (3 - geom.rank)
-    return (_i64(lead + geom.in_spatial) + _i64(lead + geom.out_spatial)
-            + _i64(lead + geom.kernel) + _i64(lead + geom.stride)
-            + _i64((0,) * (3 - geom.rank) + geom.pad_before) + _i64(lead + geom.dilation))
+def _contiguous(xp: Any, a: Array, dtype: DTypeLike) -> Array:
+    """``a`` as a contiguous, aligned array of ``dtype`` (filters and bias; small)."""
+    return _aligned(xp, xp.ascontiguousarray(a, dtype=dtype))
 
 
 def _prepare_x(xp: Any, x_cf: Array, geom: ConvGeometry, dtype: DTypeLike) -> Tuple[Array,
@@ -117,15 +104,11 @@ def _forward(xp: Any, run: Callable[..., None], x_cf: Array, w: Array, bias: Arr
     x_cf, geom = _prepare_x(xp, x_cf, geom, dtype)
     # Filters are small: one contiguous copy in the output dtype (this also makes flip's
     # reversed view contiguous, so one kernel serves correlation and convolution).
-    w = xp.ascontiguousarray(w, dtype=dtype)
-    b = None if bias is None else xp.ascontiguousarray(bias, dtype=dtype)
+    w, b = _contiguous(xp, w, dtype), None if bias is None else _contiguous(xp, bias, dtype)
     _poison(out_cf)
     # without a bias the kernel never reads its pointer; pass the filters as a valid one
-    args = ((x_cf, w, w if b is None else b, out_cf)
-            + (np.int32(b is not None), np.int32(geom.layout == "channels_last"))
-            + _i64((geom.N, geom.C_out, geom.groups, geom.C_in_per_group))
-            + _shape_params(geom)
-            + _i64(_element_strides(x_cf, geom.rank)) + _i64(_element_strides(out_cf, geom.rank)))
+    args = (x_cf, w, w if b is None else b, out_cf,
+            params.conv_params(geom, x_cf, out_cf, b is not None))
     if algorithm == "direct":
         run("conv_direct.cu", kernels.conv_direct_name(dtype, activation), dtype,
             geom.N * geom.C_out * math.prod(geom.out_spatial), args)
@@ -157,8 +140,7 @@ def _data_adjoint(xp: Any, run: Callable[..., None], g_cf: Array, w: Array, bias
     # back after it: both in the accumulator dtype, so float16 is rounded once, at the end.
     dtype = accumulator_dtype(out_cf.dtype) if fold else np.dtype(out_cf.dtype)
     g_cf = _aligned(xp, g_cf.astype(dtype, copy=False))
-    w = xp.ascontiguousarray(w, dtype=dtype)
-    b = None if bias is None else xp.ascontiguousarray(bias, dtype=dtype)
+    w, b = _contiguous(xp, w, dtype), None if bias is None else _contiguous(xp, bias, dtype)
     if fold:
         if b is not None:
             raise AssertionError("a bias with a padding mode: no public function asks for it")
@@ -167,11 +149,9 @@ def _data_adjoint(xp: Any, run: Callable[..., None], g_cf: Array, w: Array, bias
     else:
         target, kgeom = out_cf, geom
     _poison(target)
-    args = ((g_cf, w, w if b is None else b, target)
-            + (np.int32(b is not None), np.int32(geom.layout == "channels_last"))
-            + _i64((kgeom.N, kgeom.C_in, kgeom.groups, kgeom.C_out_per_group))
-            + _shape_params(kgeom)
-            + _i64(_element_strides(g_cf, geom.rank)) + _i64(_element_strides(target, geom.rank)))
+    # the record describes the forward conv: its x is the gradient written, its y the one read
+    args = (g_cf, w, w if b is None else b, target,
+            params.conv_params(kgeom, target, g_cf, b is not None))
     run("conv_adjoint.cu", kernels.data_adjoint_name(dtype, conjugate), dtype,
         kgeom.N * kgeom.C_in * math.prod(kgeom.in_spatial), args)
     if fold:
@@ -203,10 +183,8 @@ def _filter_grad(xp: Any, run: Callable[..., None], threads: int, x_cf: Array, g
     _poison(partial)
     _poison(out)
     first, second = kernels.filter_grad_names(dtype)
-    args = ((x_cf, g_cf, partial) + _i64((R, chunk))
-            + _i64((geom.N, geom.C_out, geom.groups, geom.C_in_per_group))
-            + _shape_params(geom)
-            + _i64(_element_strides(x_cf, geom.rank)) + _i64(_element_strides(g_cf, geom.rank)))
+    args = (x_cf, g_cf, partial, np.int64(R), np.int64(chunk),
+            params.conv_params(geom, x_cf, g_cf, False))
     run("conv_adjoint.cu", first, dtype, R * E, args)
     run("conv_adjoint.cu", second, dtype, E, (partial, out, np.int64(R), np.int64(E)))
 

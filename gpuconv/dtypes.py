@@ -15,7 +15,8 @@ def is_bfloat16(dtype: DTypeLike) -> bool:
     """Whether ``dtype`` is bfloat16 as the ml_dtypes package defines it for NumPy (and CuPy 14
     uses): NumPy has none of its own, so it is recognised without importing ml_dtypes."""
     dtype = np.dtype(dtype)
-    return dtype.name == "bfloat16" and dtype.itemsize == 2 and dtype.kind == "V"
+    # kind and size first: dtype.name builds a string, too slow for every call's hot path
+    return dtype.kind == "V" and dtype.itemsize == 2 and dtype.name == "bfloat16"
 
 
 def bfloat16() -> Optional[np.dtype]:
@@ -46,6 +47,8 @@ def result_dtype(*dtypes: Optional[DTypeLike]) -> np.dtype:
     """NumPy promotion of the inputs' dtypes (float16 with float32 gives float32, and so on);
     bfloat16 with float16, which NumPy cannot promote, gives float32 (as in PyTorch)."""
     given = [np.dtype(d) for d in dtypes if d is not None]
+    if all(d == given[0] for d in given) and given[0] in ACCEPTED:  # the usual call: one dtype
+        return given[0]
     if any(map(is_bfloat16, given)) and np.dtype(np.float16) in given:
         given = [np.dtype(np.float32) if d == np.float16 or is_bfloat16(d) else d
                  for d in given]

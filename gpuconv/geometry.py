@@ -238,6 +238,15 @@ def _typed_key(value: Any) -> Any:
     return (type(value), value)
 
 
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is None, a str, an int (exactly: not a bool) or a tuple of these, nested:
+    arguments that are their own key, since no two of them compare equal across types."""
+    kind = type(value)
+    if kind is int or kind is str or value is None:
+        return True
+    return kind is tuple and all(_plain(v) for v in value)
+
+
 _PLANS: Dict[Any, "ConvGeometry"] = {}
 _PLANS_MAX = 4096
 
@@ -260,7 +269,9 @@ def plan_conv(x_shape: Tuple[int, ...], filter_shape: Tuple[int, ...],
     args = (x_shape, filter_shape, bias_shape, stride, padding, dilation, groups, padding_mode,
             layout, rank, fname)
     try:
-        key = _typed_key(args)
+        # shapes are tuples of ints; options usually ints and strings: then the arguments are
+        # the key as they are, and only other arguments pay for typing every part
+        key = args if _plain(args[3:]) else _typed_key(args)
         plan = _PLANS.get(key)
     except TypeError:  # an unhashable argument: it gets the checks and their error
         key, plan = None, None

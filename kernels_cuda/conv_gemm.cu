@@ -51,16 +51,7 @@ __device__ __forceinline__ void gc_read_owned(A (&out)[T], const A* row, int thr
 template <typename T, int ACT, int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
 conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
-          T* __restrict__ y, int has_bias, int co_fastest,
-          long long N, long long C_out, long long groups, long long Cg,
-          long long ID, long long IH, long long IW,
-          long long OD, long long OH, long long OW,
-          long long KD, long long KH, long long KW,
-          long long SD, long long SH, long long SW,
-          long long PD, long long PH, long long PW,
-          long long DD, long long DH, long long DW,
-          long long xs_n, long long xs_c, long long xs_d, long long xs_h, long long xs_w,
-          long long ys_n, long long ys_c, long long ys_d, long long ys_h, long long ys_w) {
+          T* __restrict__ y, const gc_conv p) {
     typedef gc_num<T> num;
     typedef typename num::acc acc_t;
     constexpr int MT = BM / TM, NT = BN / TN, THREADS = MT * NT;
@@ -76,27 +67,25 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
     __shared__ int k_tap[2][BK][3];        // (kd*DD, kh*DH, kw*DW); kd*DD = -1 past the end
 
     const int tid = threadIdx.x;
-    const long long Kg = Cg * KD * KH * KW;
-    const long long M = N * OD * OH * OW, Cog = C_out / groups;
+    const long long Kg = p.Cg * p.KD * p.KH * p.KW;
+    const long long M = p.N * p.OD * p.OH * p.OW, Cog = p.Cog;
     const long long g = blockIdx.z;
     const long long m0 = blockIdx.x * (long long)BM, f0 = blockIdx.y * (long long)BN;
     const long long steps = (Kg + BK - 1) / BK;
 
     // this thread's A row (one output position for all of its loads) and its window's corner
     const int am = tid % BM;
-    const gc_window win = gc_window_of(m0 + am, M, g, Cg, OD, OH, OW, SD, SH, SW, PD, PH, PW,
-                                       xs_n, xs_c, xs_d, xs_h, xs_w);
+    const gc_window win = gc_window_of(m0 + am, M, g, p);
     const T* wg = w + g * Cog * Kg;
 
     auto find_terms = [&](long long step, int buf) {
-        gc_find_terms<BK>(tid, step, Kg, KD, KH, KW, DD, DH, DW, xs_c, xs_d, xs_h, xs_w,
-                          k_offset[buf], k_tap[buf]);
+        gc_find_terms<BK>(tid, step, Kg, p, k_offset[buf], k_tap[buf]);
     };
 
     acc_t a_next[A_LOADS], b_next[B_LOADS];
     auto load = [&](long long step, int buf) {
         gc_gather<BM, BK, THREADS>(a_next, b_next, tid, step, x, win, k_offset[buf], k_tap[buf],
-                                   ID, IH, IW, wg, f0, Cog, Kg,
+                                   p, wg, f0, Kg,
                                    [](const T& v) { return num::load(v); });
     };
     auto stash = [&](int buf) {
@@ -111,8 +100,8 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 
     // which accumulators this thread owns: neighbouring threads take neighbouring output
     // positions (channels-first y) or neighbouring filters (channels-last y), so stores coalesce
-    const int tm = co_fastest ? tid / NT : tid % MT;
-    const int tn = co_fastest ? tid % NT : tid / MT;
+    const int tm = p.channels_last ? tid / NT : tid % MT;
+    const int tn = p.channels_last ? tid % NT : tid / MT;
     acc_t acc[TM][TN];
 #pragma unroll
     for (int i = 0; i < TM; ++i)
@@ -136,16 +125,17 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
     for (int i = 0; i < TM; ++i) {
         const long long m = m0 + gc_owned<VM, MT>(tm, i);
         if (m >= M) continue;
-        const gc_coords p = gc_split_index(m, 1LL, OD, OH, OW, false);
-        const long long y_base = p.n * ys_n + p.d * ys_d + p.h * ys_h + p.w * ys_w;
+        const gc_coords at = gc_split_index(m, 1LL, p.OD, p.OH, p.OW, false);
+        const long long y_base =
+            at.n * p.ys_n + at.d * p.ys_d + at.h * p.ys_h + at.w * p.ys_w;
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
             const long long f = f0 + gc_owned<VN, NT>(tn, j);
             if (f >= Cog) continue;
             const long long co = g * Cog + f;
             acc_t v = acc[i][j];
-            if (has_bias) v = v + num::load(bias[co]);
-            y[y_base + co * ys_c] = num::store(gc_activate<ACT>(v));
+            if (p.has_bias) v = v + num::load(bias[co]);
+            y[y_base + co * p.ys_c] = num::store(gc_activate<ACT>(v));
         }
     }
 }

@@ -131,17 +131,8 @@ struct gc_tc_ops<float> {
 
 template <typename T, int ACT>
 __global__ void __launch_bounds__(256)
-conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w,
-             const T* __restrict__ bias, T* __restrict__ y, int has_bias,
-             int co_fastest, long long N, long long C_out, long long groups, long long Cg,
-             long long ID, long long IH, long long IW,
-             long long OD, long long OH, long long OW,
-             long long KD, long long KH, long long KW,
-             long long SD, long long SH, long long SW,
-             long long PD, long long PH, long long PW,
-             long long DD, long long DH, long long DW,
-             long long xs_n, long long xs_c, long long xs_d, long long xs_h, long long xs_w,
-             long long ys_n, long long ys_c, long long ys_d, long long ys_h, long long ys_w) {
+conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+             T* __restrict__ y, const gc_conv p) {
     typedef gc_num<T> num;
     typedef gc_tc_ops<T> ops;
     typedef typename ops::raw_t raw_t;
@@ -149,7 +140,7 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w,
     constexpr int A_LOADS = BM * BK / THREADS, B_LOADS = BN * BK / THREADS;
     constexpr int WARP_M = 32, WARP_N = 32, MT = WARP_M / 16, NT = WARP_N / 8;
     static_assert((BM / WARP_M) * (BN / WARP_N) * 32 == THREADS, "one warp per warp tile");
-    (void)co_fastest;  // the stores follow the fragments' layout whatever y's layout
+    // the stores follow the fragments' layout whatever y's layout (p.channels_last unused)
 
     __shared__ __align__(16) raw_t As[2][BM][BK + PAD];
     __shared__ __align__(16) raw_t Bs[2][BN][BK + PAD];
@@ -157,26 +148,24 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w,
     __shared__ int k_tap[2][BK][3];
 
     const int tid = threadIdx.x;
-    const long long Kg = Cg * KD * KH * KW;
-    const long long M = N * OD * OH * OW, Cog = C_out / groups;
+    const long long Kg = p.Cg * p.KD * p.KH * p.KW;
+    const long long M = p.N * p.OD * p.OH * p.OW, Cog = p.Cog;
     const long long g = blockIdx.z;
     const long long m0 = blockIdx.x * (long long)BM, f0 = blockIdx.y * (long long)BN;
     const long long steps = (Kg + BK - 1) / BK;
 
     const int am = tid % BM;
-    const gc_window win = gc_window_of(m0 + am, M, g, Cg, OD, OH, OW, SD, SH, SW, PD, PH, PW,
-                                       xs_n, xs_c, xs_d, xs_h, xs_w);
+    const gc_window win = gc_window_of(m0 + am, M, g, p);
     const T* wg = w + g * Cog * Kg;
 
     auto find_terms = [&](long long step, int buf) {
-        gc_find_terms<BK>(tid, step, Kg, KD, KH, KW, DD, DH, DW, xs_c, xs_d, xs_h, xs_w,
-                          k_offset[buf], k_tap[buf]);
+        gc_find_terms<BK>(tid, step, Kg, p, k_offset[buf], k_tap[buf]);
     };
 
     raw_t a_next[A_LOADS], b_next[B_LOADS];
     auto load = [&](long long step, int buf) {
         gc_gather<BM, BK, THREADS>(a_next, b_next, tid, step, x, win, k_offset[buf], k_tap[buf],
-                                   ID, IH, IW, wg, f0, Cog, Kg,
+                                   p, wg, f0, Kg,
                                    [](const T& v) { return ops::raw(v); });
     };
     auto stash = [&](int buf) {
@@ -222,8 +211,9 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w,
         for (int half = 0; half < 2; ++half) {
             const long long m = m0 + wm + i * 16 + group + 8 * half;
             if (m >= M) continue;
-            const gc_coords p = gc_split_index(m, 1LL, OD, OH, OW, false);
-            const long long y_base = p.n * ys_n + p.d * ys_d + p.h * ys_h + p.w * ys_w;
+            const gc_coords at = gc_split_index(m, 1LL, p.OD, p.OH, p.OW, false);
+            const long long y_base =
+                at.n * p.ys_n + at.d * p.ys_d + at.h * p.ys_h + at.w * p.ys_w;
 #pragma unroll
             for (int j = 0; j < NT; ++j) {
 #pragma unroll
@@ -232,8 +222,8 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w,
                     if (f >= Cog) continue;
                     const long long co = g * Cog + f;
                     float v = acc[i][j][2 * half + c];
-                    if (has_bias) v = v + num::load(bias[co]);
-                    y[y_base + co * ys_c] = num::store(gc_activate<ACT>(v));
+                    if (p.has_bias) v = v + num::load(bias[co]);
+                    y[y_base + co * p.ys_c] = num::store(gc_activate<ACT>(v));
                 }
             }
         }

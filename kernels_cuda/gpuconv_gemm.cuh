@@ -4,6 +4,7 @@
 // GEMM's names (M, Kg, A, B).
 #pragma once
 #include "gpuconv_index.cuh"
+#include "gpuconv_params.cuh"
 
 // The window of output position m of group g: its corner in the input (d0, h0, w0, which may lie
 // in the padding) and the x offset of the corner's first channel of the group; valid is false
@@ -13,18 +14,16 @@ struct gc_window {
     bool valid;
 };
 
-__device__ __forceinline__ gc_window gc_window_of(
-    long long m, long long M, long long g, long long Cg, long long OD, long long OH,
-    long long OW, long long SD, long long SH, long long SW, long long PD, long long PH,
-    long long PW, long long xs_n, long long xs_c, long long xs_d, long long xs_h,
-    long long xs_w) {
+__device__ __forceinline__ gc_window gc_window_of(long long m, long long M, long long g,
+                                                 const gc_conv& p) {
     gc_window win = {0, 0, 0, 0, m < M};
     if (win.valid) {
-        const gc_coords p = gc_split_index(m, 1LL, OD, OH, OW, false);
-        win.d0 = p.d * SD - PD;
-        win.h0 = p.h * SH - PH;
-        win.w0 = p.w * SW - PW;
-        win.base = p.n * xs_n + g * Cg * xs_c + win.d0 * xs_d + win.h0 * xs_h + win.w0 * xs_w;
+        const gc_coords at = gc_split_index(m, 1LL, p.OD, p.OH, p.OW, false);
+        win.d0 = at.d * p.SD - p.PD;
+        win.h0 = at.h * p.SH - p.PH;
+        win.w0 = at.w * p.SW - p.PW;
+        win.base = at.n * p.xs_n + g * p.Cg * p.xs_c + win.d0 * p.xs_d + win.h0 * p.xs_h +
+                   win.w0 * p.xs_w;
     }
     return win;
 }
@@ -33,19 +32,18 @@ __device__ __forceinline__ gc_window gc_window_of(
 // term from its window's corner, and its tap's place (kd*DD, kh*DH, kw*DW); past the last term
 // the place is (-1, 0, 0), which fails gc_inside, so A is 0 there.
 template <int BK>
-__device__ __forceinline__ void gc_find_terms(
-    int tid, long long step, long long Kg, long long KD, long long KH, long long KW,
-    long long DD, long long DH, long long DW, long long xs_c, long long xs_d, long long xs_h,
-    long long xs_w, long long (&offset)[BK], int (&tap)[BK][3]) {
+__device__ __forceinline__ void gc_find_terms(int tid, long long step, long long Kg,
+                                              const gc_conv& p, long long (&offset)[BK],
+                                              int (&tap)[BK][3]) {
     if (tid >= BK) return;
-    const long long k = step * BK + tid, KV = KD * KH * KW;
+    const long long k = step * BK + tid, KV = p.KD * p.KH * p.KW;
     if (k < Kg) {
         const long long c = k / KV, t = k % KV;
-        const long long kd = t / (KH * KW), kh = (t / KW) % KH, kw = t % KW;
-        offset[tid] = c * xs_c + kd * DD * xs_d + kh * DH * xs_h + kw * DW * xs_w;
-        tap[tid][0] = int(kd * DD);
-        tap[tid][1] = int(kh * DH);
-        tap[tid][2] = int(kw * DW);
+        const long long kd = t / (p.KH * p.KW), kh = (t / p.KW) % p.KH, kw = t % p.KW;
+        offset[tid] = c * p.xs_c + kd * p.DD * p.xs_d + kh * p.DH * p.xs_h + kw * p.DW * p.xs_w;
+        tap[tid][0] = int(kd * p.DD);
+        tap[tid][1] = int(kh * p.DH);
+        tap[tid][2] = int(kw * p.DW);
     } else {
         offset[tid] = 0;
         tap[tid][0] = -1;
@@ -55,12 +53,12 @@ __device__ __forceinline__ void gc_find_terms(
 }
 
 // Whether the element of window `win` at tap place `tap` lies inside the input.
-__device__ __forceinline__ bool gc_inside(const gc_window& win, const int* tap, long long ID,
-                                          long long IH, long long IW) {
+__device__ __forceinline__ bool gc_inside(const gc_window& win, const int* tap,
+                                          const gc_conv& p) {
     const long long id = win.d0 + tap[0], ih = win.h0 + tap[1], iw = win.w0 + tap[2];
-    return win.valid && tap[0] >= 0 && (unsigned long long)id < (unsigned long long)ID &&
-           (unsigned long long)ih < (unsigned long long)IH &&
-           (unsigned long long)iw < (unsigned long long)IW;
+    return win.valid && tap[0] >= 0 && (unsigned long long)id < (unsigned long long)p.ID &&
+           (unsigned long long)ih < (unsigned long long)p.IH &&
+           (unsigned long long)iw < (unsigned long long)p.IW;
 }
 
 // Step `step`'s tile elements this thread reads from global memory, converted by `conv` (to the
@@ -74,19 +72,18 @@ template <int BM, int BK, int THREADS, typename V, int A_LOADS, int B_LOADS, typ
 __device__ __forceinline__ void gc_gather(V (&a)[A_LOADS], V (&b)[B_LOADS], int tid,
                                           long long step, const T* x, const gc_window& win,
                                           const long long (&offset)[BK],
-                                          const int (&tap)[BK][3], long long ID, long long IH,
-                                          long long IW, const T* wg, long long f0,
-                                          long long Cog, long long Kg, Conv conv) {
+                                          const int (&tap)[BK][3], const gc_conv& p,
+                                          const T* wg, long long f0, long long Kg, Conv conv) {
 #pragma unroll
     for (int i = 0; i < A_LOADS; ++i) {
         const int kk = tid / BM + i * (THREADS / BM);
-        a[i] = gc_inside(win, tap[kk], ID, IH, IW) ? conv(x[win.base + offset[kk]]) : V{};
+        a[i] = gc_inside(win, tap[kk], p) ? conv(x[win.base + offset[kk]]) : V{};
     }
 #pragma unroll
     for (int i = 0; i < B_LOADS; ++i) {
         const int e = tid + i * THREADS, kk = e % BK, ff = e / BK;
         const long long k = step * BK + kk;
-        b[i] = (f0 + ff < Cog && k < Kg) ? conv(wg[(f0 + ff) * Kg + k]) : V{};
+        b[i] = (f0 + ff < p.Cog && k < Kg) ? conv(wg[(f0 + ff) * Kg + k]) : V{};
     }
 }
 

@@ -107,6 +107,18 @@ def test_summary_and_peak_arithmetic():
     assert np.isclose(r["floor_ms"], 50.0)
 
 
+def test_profile_names_where_host_time_goes():
+    from gpuconv.bench import profile_us
+
+    def inner():
+        return sorted(range(2000), key=lambda v: -v)
+
+    shares = profile_us(lambda: inner(), calls=20, top=5)
+    assert len(shares) == 5 and all(v >= 0 for v in shares.values())
+    assert any("inner" in where for where in shares), shares
+    assert list(shares.values()) == sorted(shares.values(), reverse=True)
+
+
 GPU_LAYERS = {"cpu": [], "gpu": [
     {"name": "tiny_3x3", "N": 2, "C_in": 16, "spatial": [20, 20], "C_out": 32, "kernel": [3, 3],
      "stride": 1, "padding": 1, "dilation": 1, "groups": 1},

@@ -21,6 +21,7 @@ import pytest
 import gpuconv
 import gpuconv.adjoint
 import gpuconv.forward
+import gpuconv.params
 from gpuconv import cuda, kernels
 from cases import as_float16, bfloat16_cases, fast_path_cases, grid_cases, tile_cases
 from test_adjoint import (TRANSPOSE_CASES, _grad_out, _options, check_filter_grad,
@@ -60,25 +61,45 @@ class Emulator:
         """gpuconv.cuda's launcher interface, on the host. Grid-stride kernels (``work`` an int):
         64 threads a block, at most 3 blocks, so that the loops run several rounds. Tiled
         kernels (a ``cuda.Grid``): the grid as given, each block on its own host threads."""
-        arrays = [a for a in args if isinstance(a, np.ndarray) and a.ndim > 0]
-        scalars = args[len(arrays):]
-        assert all(isinstance(a, np.generic) for a in scalars), "arrays must come first"
-        pointers = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
-        values = (ctypes.c_longlong * len(scalars))(*[int(v) for v in scalars])
-        sizes = (ctypes.c_int * len(scalars))(*[v.itemsize for v in scalars])
+        packed = _Packed(args)
         lib = self.library(filename, name)
         if isinstance(work, cuda.Grid):
             if min(work.blocks) == 0:
                 return
-            status = lib.gc_emulate_tiled(pointers, len(arrays), values, sizes, len(scalars),
-                                          *work.blocks, work.threads)
+            status = lib.gc_emulate_tiled(*packed.arguments, *work.blocks, work.threads)
         else:
             blocks = min(-(-work // 64), 3)
             if blocks == 0:
                 return
-            status = lib.gc_emulate(pointers, len(arrays), values, sizes, len(scalars), blocks,
-                                    64)
+            status = lib.gc_emulate(*packed.arguments, blocks, 64)
         assert status == 0, f"{name}: arguments do not fit the kernel signature (code {status})"
+
+
+class _Packed:
+    """Kernel arguments as CuPy passes them: an array (a device array here: ndim > 0) as its data
+    pointer; a NumPy scalar, or a 0-d array (a record such as gpuconv.params'), as the bytes of
+    its value. ``arguments`` is (addresses of the bytes, byte sizes, pointer flags, count), the
+    first four parameters of launch.cpp's gc_emulate functions."""
+
+    def __init__(self, args):
+        self.held = []  # keeps every argument's bytes alive while the kernel runs
+        sizes, is_pointer = [], []
+        for a in args:
+            if isinstance(a, np.ndarray) and a.ndim > 0:
+                self.held.append(ctypes.c_void_p(a.ctypes.data))
+                sizes.append(ctypes.sizeof(ctypes.c_void_p))
+                is_pointer.append(1)
+            else:
+                assert isinstance(a, (np.generic, np.ndarray)), f"unsupported argument {a!r}"
+                value = np.ascontiguousarray(a)
+                self.held.append(value)
+                sizes.append(value.itemsize)
+                is_pointer.append(0)
+        n = len(args)
+        addresses = [ctypes.addressof(v) if isinstance(v, ctypes.c_void_p) else v.ctypes.data
+                     for v in self.held]
+        self.arguments = ((ctypes.c_void_p * n)(*addresses), (ctypes.c_int * n)(*sizes),
+                          (ctypes.c_int * n)(*is_pointer), n)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +140,33 @@ def test_forward_kernel(case, emulated_gpu):
     got = gpuconv.conv(case.x, case.filters, case.bias, **case.options)
     _check(case, got, "emulated kernel")
     np.testing.assert_array_equal(case.x, x0)
+
+
+def _misaligned(a):
+    """A copy of ``a`` starting one byte into its buffer: misaligned for every load."""
+    raw = np.zeros(a.nbytes + 1, np.uint8)
+    shifted = raw[1:].view(a.dtype).reshape(a.shape)
+    shifted[...] = a
+    assert not shifted.flags.aligned
+    return shifted
+
+
+def test_misaligned_arrays_are_copied_before_a_kernel_reads_them(emulated_gpu):
+    """Misaligned input, filters, bias and gradients (a GPU would fault on them) are copied
+    first, and the results are the aligned arrays' ones."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 3, 6, 7)).astype(np.float32)
+    copy = cuda._aligned(np, _misaligned(x))
+    assert copy.flags.aligned and copy.ctypes.data % 4 == 0
+    np.testing.assert_array_equal(copy, x)
+    w = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(2).astype(np.float32)
+    expected = gpuconv.conv2d(x, w, b, padding=1)
+    np.testing.assert_array_equal(
+        gpuconv.conv2d(_misaligned(x), _misaligned(w), _misaligned(b), padding=1), expected)
+    np.testing.assert_array_equal(
+        gpuconv.conv_input_grad(_misaligned(expected), _misaligned(w), x.shape, padding=1),
+        gpuconv.conv_input_grad(expected, w, x.shape, padding=1))
 
 
 @pytest.mark.parametrize("tile", list(kernels.GEMM_TILES))
@@ -232,14 +280,20 @@ def test_transpose_kernel(case, emulated_gpu):
     check_transpose(case, y, b, opts, gpuconv.conv_transpose(y, case.filters, b, **opts))
 
 
-def test_argument_size_mismatch_is_detected(emulator):
-    """The signature check can fail: hand it an int64 where the kernel declares an int."""
+def _launch_status(lib, args):
+    return lib.gc_emulate(*_Packed(args).arguments, 0, 1)
+
+
+def test_argument_mismatch_is_detected(emulator):
+    """The signature check can fail: a wrong count, a scalar where the kernel takes the record,
+    a record of the wrong size, a value where it takes a pointer, a misaligned pointer."""
     lib = emulator.library("conv_direct.cu", kernels.conv_direct_name(np.float32, None))
-    n = 34  # scalars of conv_direct after its 4 pointers
-    pointers = (ctypes.c_void_p * 4)(0, 0, 0, 0)
-    values = (ctypes.c_longlong * n)(*([0] * n))
-    sizes = (ctypes.c_int * n)(*([8] * n))
-    assert lib.gc_emulate(pointers, 4, values, sizes, n, 0, 1) == -100
-    assert lib.gc_emulate(pointers, 4, values, sizes, n - 1, 0, 1) == -1
-    sizes = (ctypes.c_int * n)(*([4, 4] + [8] * (n - 2)))
-    assert lib.gc_emulate(pointers, 4, values, sizes, n, 0, 1) == 0
+    a = np.zeros(4, np.float32)
+    record = np.zeros((), gpuconv.params.DTYPE)
+    assert _launch_status(lib, (a, a, a, a, record)) == 0
+    assert _launch_status(lib, (a, a, a, a)) == -1
+    assert _launch_status(lib, (a, a, a, a, np.int64(0))) == -104
+    short = np.zeros((), np.dtype([(f, np.int64) for f in gpuconv.params.FIELDS[:-1]]))
+    assert _launch_status(lib, (a, a, a, a, short)) == -104
+    assert _launch_status(lib, (a, np.int64(0), a, a, record)) == -201
+    assert _launch_status(lib, (a, a, np.zeros(9, np.uint8)[1:], a, record)) == -302

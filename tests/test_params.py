@@ -1,0 +1,60 @@
+"""The kernels' by-value record (gpuconv.params, struct gc_conv in gpuconv_params.cuh)."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from gpuconv import kernels, params
+from gpuconv.geometry import plan_conv
+
+
+def _header_fields():
+    text = (kernels.kernel_dir() / "gpuconv_params.cuh").read_text()
+    text = re.sub(r"//[^\n]*", "", text)
+    body = re.search(r"struct\s+gc_conv\s*\{(.*?)\};", text, re.S).group(1)
+    fields = []
+    for declaration in body.split(";"):
+        declaration = declaration.strip()
+        if not declaration:
+            continue
+        assert declaration.startswith("long long "), declaration  # every field 8 bytes
+        fields += [name.strip() for name in declaration[len("long long "):].split(",")]
+    return tuple(fields)
+
+
+def test_fields_are_the_headers_in_its_order():
+    assert _header_fields() == params.FIELDS
+    assert params.DTYPE.itemsize == 8 * len(params.FIELDS)
+    assert [params.DTYPE.fields[f][1] for f in params.FIELDS] == \
+        [8 * i for i in range(len(params.FIELDS))]
+
+
+def test_record_of_a_2d_channels_last_call():
+    geom = plan_conv((2, 9, 11, 6), (8, 3, 3, 5), None, stride=(2, 1), padding=((1, 0), (2, 2)),
+                     dilation=(1, 2), groups=2, layout="channels_last", rank=2, fname="conv2d")
+    x = np.zeros((2, 9, 11, 6), np.float32).transpose(0, 3, 1, 2)  # channels-first view
+    y = np.zeros((2,) + geom.out_spatial + (8,), np.float32).transpose(0, 3, 1, 2)
+    r = params.conv_params(geom, x, y, has_bias=True)
+    got = {f: int(r[f]) for f in params.FIELDS}
+    assert got == dict(
+        N=2, C_in=6, C_out=8, groups=2, Cg=3, Cog=4,
+        ID=1, IH=9, IW=11, OD=1, OH=geom.out_spatial[0], OW=geom.out_spatial[1],
+        KD=1, KH=3, KW=5, SD=1, SH=2, SW=1, PD=0, PH=1, PW=2, DD=1, DH=1, DW=2,
+        xs_n=9 * 11 * 6, xs_c=1, xs_d=0, xs_h=11 * 6, xs_w=6,
+        ys_n=geom.out_spatial[0] * geom.out_spatial[1] * 8, ys_c=1, ys_d=0,
+        ys_h=geom.out_spatial[1] * 8, ys_w=8,
+        has_bias=1, channels_last=1)
+
+
+def test_records_are_shared_and_read_only():
+    geom = plan_conv((1, 4, 5, 5, 5), (2, 4, 3, 3, 3), None, rank=3, fname="conv3d")
+    x = np.zeros((1, 4, 5, 5, 5))
+    y = np.zeros((1, 2, 3, 3, 3))[:, ::-1]  # a negative stride is passed as it is
+    a = params.conv_params(geom, x, y, False)
+    assert a is params.conv_params(geom, x, y, False)
+    assert a.shape == () and a.dtype == params.DTYPE
+    assert int(a["ys_c"]) == -27 and int(a["has_bias"]) == 0 and int(a["ID"]) == 5
+    with pytest.raises(ValueError):
+        a["N"] = 7
