@@ -379,7 +379,7 @@ def host_overhead_us(device: str, calls: int = 2000) -> Dict[str, Any]:
     import cupy
     x = cupy.ones((1, 8, 16, 16), dtype=cupy.float32)
     w = cupy.ones((8, 8, 3, 3), dtype=cupy.float32)
-    out: Dict[str, float] = {}
+    out: Dict[str, Any] = {}
 
     def per_call(call: Callable[[], Any]) -> float:
         for _ in range(50):
