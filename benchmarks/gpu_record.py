@@ -28,7 +28,7 @@ SANITIZER_TOOLS = ("memcheck", "racecheck", "initcheck", "synccheck")
 SANITIZER_TESTS = ("-m", "gpu", "tests/test_grid.py", "tests/test_examples.py",
                    "-k", "not test_gpu_algorithms_against_reference")
 BENCH_ARGS = ("--device", "cuda", "--peers", "torch", "--algorithms",
-              "auto,gemm,gemm_tc,depthwise,direct", "--measure-peak", "--overhead")
+              "auto,gemm,gemm_tc,gemm_tc_cl,depthwise,direct", "--measure-peak", "--overhead")
 
 
 def bench_dtypes() -> str:

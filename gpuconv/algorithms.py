@@ -19,14 +19,19 @@ On CUDA:
                  (positions x filters per block);
   ``gemm_tc``    the implicit GEMM on tensor cores (mma.sync; float16 or bfloat16 in, float32
                  sums; compute capability 8.0+), 128 x 64 tiles (kernels_cuda/conv_gemm_tc.cu);
-  ``gemm_tf32``  the same for float32 with its operands rounded to TF32 (10 mantissa bits) as
-                 PyTorch's allow_tf32 does: faster, less exact; only when asked for by name
+  ``gemm_tc_cl`` the same on channels-last data with C_in/groups a multiple of 8 (16-bit dtypes):
+                 terms tap-major, 16-byte copies straight into a 3-stage shared-memory ring
+                 (cp.async), fragments by ldmatrix; a channels-first x is copied channels-last
+                 first, and the filters are reordered (a small copy);
+  ``gemm_tf32``  ``gemm_tc`` for float32 with its operands rounded to TF32 (10 mantissa bits),
+                 as PyTorch's allow_tf32 does: faster, less exact; only when asked for by name
                  (never chosen by "auto" or the autotuner);
   ``depthwise``  one kernel per filter: 32-bit indexing, 3x3/5x5/7x7 and 1-D 3/5/7 taps
                  unrolled (kernels_cuda/conv_depthwise.cu).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Dict, Tuple
 
@@ -41,7 +46,7 @@ _GEMM = tuple(f"gemm_{t}" for t in kernels.GEMM_TILES)
 #: device kind -> the algorithms it has, in the order they are listed to users.
 ALGORITHMS: Dict[str, Tuple[str, ...]] = {
     "cpu": ("gemm", "pointwise", "depthwise"),
-    "cuda": ("direct", "gemm") + _GEMM + ("gemm_tc", "gemm_tf32", "depthwise"),
+    "cuda": ("direct", "gemm") + _GEMM + ("gemm_tc", "gemm_tc_cl", "gemm_tf32", "depthwise"),
 }
 NAMES = ("auto",) + tuple(dict.fromkeys(n for names in ALGORITHMS.values() for n in names))
 
@@ -74,10 +79,14 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
         if max(x_elems, y_elems) >= kernels.DEPTHWISE_MAX_ELEMENTS:
             return (f"the CUDA 'depthwise' kernel takes inputs and outputs of fewer than 2^30 "
                     f"elements; this call has {x_elems} in and {y_elems} out")
-    if kind == "cuda" and algorithm in ("gemm_tc", "gemm_tf32"):
-        if algorithm == "gemm_tc" and not kernels.tensor_core_dtype(dtype):
-            return (f"'gemm_tc' multiplies float16 or bfloat16 on tensor cores; this call is "
+    if kind == "cuda" and algorithm in ("gemm_tc", "gemm_tc_cl", "gemm_tf32"):
+        if algorithm != "gemm_tf32" and not kernels.tensor_core_dtype(dtype):
+            return (f"{algorithm!r} multiplies float16 or bfloat16 on tensor cores; this call is "
                     f"{np.dtype(dtype).name}")
+        block = kernels.GEMM_TC_CL_CHANNELS
+        if algorithm == "gemm_tc_cl" and geom.C_in_per_group % block:
+            return (f"'gemm_tc_cl' reads {block} channels at a time: it needs C_in/groups to be "
+                    f"a multiple of {block}; these are {shape}")
         if algorithm == "gemm_tf32" and np.dtype(dtype) != np.float32:
             return (f"'gemm_tf32' rounds float32 to TF32 for the tensor cores; this call is "
                     f"{np.dtype(dtype).name}")
@@ -105,13 +114,19 @@ def _tensor_core_problem(algorithm: str) -> str:
     or "" (also when there is no CuPy device to ask: the host emulation of the tests)."""
     try:
         import cupy
-        capability = int(cupy.cuda.Device().compute_capability)
+        capability = _capability(cupy.cuda.runtime.getDevice())
     except Exception:
         return ""
     if capability < 80:
         return (f"{algorithm!r} needs compute capability 8.0 or later (mma.sync); this device "
                 f"has {capability // 10}.{capability % 10}")
     return ""
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device_id: int) -> int:
+    import cupy
+    return int(cupy.cuda.Device(device_id).compute_capability)
 
 
 def _gemm_tile(geom: ConvGeometry, dtype: DTypeLike) -> str:

@@ -67,12 +67,24 @@ def _gpu_threads() -> int:
     return _max_blocks(cupy.cuda.Device().id) * _THREADS
 
 
+def _pointer(a: Array) -> int:
+    return a.ctypes.data if isinstance(a, np.ndarray) else a.data.ptr
+
+
 def _aligned(xp: Any, a: Array) -> Array:
     """``a``, or a fresh (aligned) copy when its data pointer is not aligned to a whole element.
     (``ascontiguousarray`` would not do: it hands a contiguous array back as it is.)"""
     if isinstance(a, np.ndarray):  # the host emulation's arrays: NumPy keeps the flag
         return a if a.flags.aligned else np.array(a, copy=True)
     return a if a.data.ptr % a.itemsize == 0 else xp.array(a, copy=True)
+
+
+def _contiguous_16(xp: Any, a: Array) -> Array:
+    """``a`` if it is C-contiguous and its data starts on 16 bytes (what conv_gemm_tc_cl's
+    16-byte copies need), else such a copy (fresh: CuPy allocations start on 256 bytes)."""
+    if a.flags.c_contiguous and _pointer(a) % 16 == 0:
+        return a
+    return xp.array(a, order="C", copy=True)
 
 
 def _contiguous(xp: Any, a: Array, dtype: DTypeLike) -> Array:
@@ -118,12 +130,20 @@ def _forward(xp: Any, run: Callable[..., None], x_cf: Array, w: Array, bias: Arr
         run("conv_depthwise.cu", kernels.conv_depthwise_name(dtype, activation, size), dtype,
             geom.N * geom.C_out * math.prod(geom.out_spatial), args)
         return
-    if algorithm in ("gemm_tc", "gemm_tf32"):  # one kernel: the dtype says which operands
+    if algorithm in ("gemm_tc", "gemm_tc_cl", "gemm_tf32"):
         BM, BN = kernels.GEMM_TC_TILE
         blocks = (-(-geom.N * math.prod(geom.out_spatial) // BM),
                   -(-geom.C_out_per_group // BN), geom.groups)
-        run("conv_gemm_tc.cu", kernels.conv_gemm_tc_name(dtype, activation), dtype,
-            Grid(blocks, kernels.GEMM_TC_THREADS), args)
+        if algorithm == "gemm_tc_cl":  # terms tap-major: filters (C_out, *kernel, C_in/groups)
+            # x as a channels-first view of a channels-last array (a channels-last caller's own)
+            x_cl = xp.moveaxis(_contiguous_16(xp, xp.moveaxis(x_cf, 1, -1)), -1, 1)
+            w_cl = _contiguous_16(xp, xp.moveaxis(w, 1, -1))
+            args = (x_cl, w_cl, w_cl if b is None else b, out_cf,
+                    params.conv_params(geom, x_cl, out_cf, b is not None))
+            name = kernels.conv_gemm_tc_cl_name(dtype, activation)
+        else:  # one kernel for both: the dtype says which operands
+            name = kernels.conv_gemm_tc_name(dtype, activation)
+        run("conv_gemm_tc.cu", name, dtype, Grid(blocks, kernels.GEMM_TC_THREADS), args)
         return
     tile = algorithm[len("gemm_"):]
     BM, BN = kernels.GEMM_TILES[tile][:2]

@@ -139,6 +139,17 @@ def conv_gemm_tc_name(dtype: DTypeLike, activation: Optional[str]) -> str:
     return f"conv_gemm_tc<{ctype(dtype)}, {ACTIVATIONS[activation]}>"
 
 
+def conv_gemm_tc_cl_name(dtype: DTypeLike, activation: Optional[str]) -> str:
+    """The channels-last tensor-core kernel (16-bit dtypes; filters of a multiple of
+    GEMM_TC_CL_CHANNELS kernels)."""
+    return f"conv_gemm_tc_cl<{ctype(dtype)}, {ACTIVATIONS[activation]}>"
+
+
+#: conv_gemm_tc_cl reads 16 bytes (8 channels of a 16-bit input element) at a time: it needs
+#: C_in / groups to be a multiple of this, and its x 16-byte aligned.
+GEMM_TC_CL_CHANNELS = 8
+
+
 #: Kernel sizes (height, width; depth 1) the depthwise kernel (conv_depthwise.cu) is compiled
 #: for with the taps unrolled; (0, 0) is its runtime-size instantiation for every other size.
 DEPTHWISE_SIZES: Tuple[Tuple[int, int], ...] = ((3, 3), (5, 5), (7, 7), (1, 3), (1, 5), (1, 7),
@@ -178,8 +189,12 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
         return tuple(conv_gemm_name(dtype, a, t) for a in activation_names(dtype)
                      for t in gemm_tiles(dtype))
     if filename == "conv_gemm_tc.cu":
-        return tuple(conv_gemm_tc_name(dtype, a) for a in activation_names(dtype)) \
-            if tensor_core_dtype(dtype) or np.dtype(dtype) == np.float32 else ()
+        if tensor_core_dtype(dtype):
+            return tuple(conv_gemm_tc_name(dtype, a) for a in activation_names(dtype)) + \
+                tuple(conv_gemm_tc_cl_name(dtype, a) for a in activation_names(dtype))
+        if np.dtype(dtype) == np.float32:  # as TF32, by the general kernel only
+            return tuple(conv_gemm_tc_name(dtype, a) for a in activation_names(dtype))
+        return ()
     if filename == "conv_depthwise.cu":
         return tuple(conv_depthwise_name(dtype, a, k) for a in activation_names(dtype)
                      for k in DEPTHWISE_SIZES)

@@ -4,11 +4,11 @@
 // (m16n8k16 for 16-bit operands, m16n8k8 for TF32; sm_80 and later).
 //
 // A block of 256 threads (8 warps) computes a 128 x 64 tile of Y (output positions x filters)
-// in steps of 32 terms (16 for TF32). Each step's A tile (windows gathered from x on the fly) and B tile
-// (filters) are read from global memory into registers while the previous step's tiles are
-// multiplied out of shared memory (two buffers, one barrier per step), as in conv_gemm.cu. The
-// warps sit 4 along M and 2 along N; each owns 32 x 32 of the tile: 2 x 4 mma tiles of 16 x 8,
-// 32 float accumulators a thread.
+// in steps of 32 terms (16 for TF32). Each step's A tile (windows gathered from x on the fly)
+// and B tile (filters) are read from global memory into registers while the previous step's
+// tiles are multiplied out of shared memory (two buffers, one barrier per step), as in
+// conv_gemm.cu. The warps sit 4 along M and 2 along N; each owns 32 x 32 of the tile: 2 x 4
+// mma tiles of 16 x 8, 32 float accumulators a thread.
 //
 // Shared tiles hold the raw values (16-bit words, or floats for TF32), A as [position][term] and
 // B as [filter][term], so that the two neighbouring 16-bit terms an mma operand register holds
@@ -129,18 +129,50 @@ struct gc_tc_ops<float> {
     }
 };
 
+// The epilogue of both tensor-core kernels: a warp's MT x NT tiles of 16 x 8 accumulators (its
+// tile's corner at output position m_w, filter f_w of group g), plus bias, through the
+// activation, stored in the output dtype. The stores follow the fragments' layout whatever y's
+// layout (strides), skipping positions past M and filters past the group's.
+template <typename T, int ACT, int MT, int NT>
+__device__ __forceinline__ void gc_tc_store(const float (&acc)[MT][NT][4], T* y, const T* bias,
+                                            const gc_conv& p, long long M, long long g,
+                                            long long m_w, long long f_w, int group, int t) {
+    typedef gc_num<T> num;
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const long long m = m_w + i * 16 + group + 8 * half;
+            if (m >= M) continue;
+            const gc_coords at = gc_split_index(m, 1LL, p.OD, p.OH, p.OW, false);
+            const long long y_base =
+                at.n * p.ys_n + at.d * p.ys_d + at.h * p.ys_h + at.w * p.ys_w;
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    const long long f = f_w + j * 8 + 2 * t + c;
+                    if (f >= p.Cog) continue;
+                    const long long co = g * p.Cog + f;
+                    float v = acc[i][j][2 * half + c];
+                    if (p.has_bias) v = v + num::load(bias[co]);
+                    y[y_base + co * p.ys_c] = num::store(gc_activate<ACT>(v));
+                }
+            }
+        }
+    }
+}
+
 template <typename T, int ACT>
 __global__ void __launch_bounds__(256)
 conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
              T* __restrict__ y, const gc_conv p) {
-    typedef gc_num<T> num;
     typedef gc_tc_ops<T> ops;
     typedef typename ops::raw_t raw_t;
     constexpr int BM = 128, BN = 64, BK = ops::BK, THREADS = 256, PAD = ops::PAD;
     constexpr int A_LOADS = BM * BK / THREADS, B_LOADS = BN * BK / THREADS;
     constexpr int WARP_M = 32, WARP_N = 32, MT = WARP_M / 16, NT = WARP_N / 8;
     static_assert((BM / WARP_M) * (BN / WARP_N) * 32 == THREADS, "one warp per warp tile");
-    // the stores follow the fragments' layout whatever y's layout (p.channels_last unused)
 
     __shared__ __align__(16) raw_t As[2][BM][BK + PAD];
     __shared__ __align__(16) raw_t Bs[2][BN][BK + PAD];
@@ -149,14 +181,14 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w, const T* __restri
 
     const int tid = threadIdx.x;
     const long long Kg = p.Cg * p.KD * p.KH * p.KW;
-    const long long M = p.N * p.OD * p.OH * p.OW, Cog = p.Cog;
+    const long long M = p.N * p.OD * p.OH * p.OW;
     const long long g = blockIdx.z;
     const long long m0 = blockIdx.x * (long long)BM, f0 = blockIdx.y * (long long)BN;
     const long long steps = (Kg + BK - 1) / BK;
 
     const int am = tid % BM;
     const gc_window win = gc_window_of(m0 + am, M, g, p);
-    const T* wg = w + g * Cog * Kg;
+    const T* wg = w + g * p.Cog * Kg;
 
     auto find_terms = [&](long long step, int buf) {
         gc_find_terms<BK>(tid, step, Kg, p, k_offset[buf], k_tap[buf]);
@@ -205,27 +237,176 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w, const T* __restri
         }
     });
 
-#pragma unroll
-    for (int i = 0; i < MT; ++i) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const long long m = m0 + wm + i * 16 + group + 8 * half;
-            if (m >= M) continue;
-            const gc_coords at = gc_split_index(m, 1LL, p.OD, p.OH, p.OW, false);
-            const long long y_base =
-                at.n * p.ys_n + at.d * p.ys_d + at.h * p.ys_h + at.w * p.ys_w;
-#pragma unroll
-            for (int j = 0; j < NT; ++j) {
-#pragma unroll
-                for (int c = 0; c < 2; ++c) {
-                    const long long f = f0 + wn + j * 8 + 2 * t + c;
-                    if (f >= Cog) continue;
-                    const long long co = g * Cog + f;
-                    float v = acc[i][j][2 * half + c];
-                    if (p.has_bias) v = v + num::load(bias[co]);
-                    y[y_base + co * p.ys_c] = num::store(gc_activate<ACT>(v));
+    gc_tc_store<T, ACT, MT, NT>(acc, y, bias, p, M, g, m0 + wm, f0 + wn, group, t);
+}
+
+// ---------------------------------------------------------------------------------------------
+// conv_gemm_tc_cl: the same product for channels-last data whose filters have a multiple of 8
+// kernels (C_in / groups % 8 == 0), 16-bit operands only, fed the way the tensor cores want:
+//
+// - terms run tap-major, k = ((kd * KH + kh) * KW + kw) * Cg + c, so 8 neighbouring terms are 8
+//   neighbouring channels of one input element: one 16-byte load (x channels-last: p.xs_c == 1,
+//   every other stride of x a multiple of 8 elements, x 16-byte aligned), and 8 neighbouring
+//   elements of a filter laid out (C_out, KD, KH, KW, Cg) (w here is that copy, contiguous);
+// - those loads go from global to shared memory with cp.async (no registers on the way; a tap
+//   outside the input, a term past Kg or a filter past the group's is written as zeros by the
+//   copy's zero fill), into a 3-stage ring, so two steps are in flight while one is multiplied;
+// - fragments are read with ldmatrix (one instruction for a warp's 4 8x8 matrices).
+//
+// Tiles, warps and epilogue as conv_gemm_tc. Each thread copies two A chunks (rows r and r + 64,
+// chunk column r % 4) and one B chunk a step, and steps its own term counter (c, kd, kh, kw) by
+// BK instead of dividing. Shared memory: 3 x (128 + 64) rows of 40 halves (80 bytes: 16-byte
+// aligned, and the 8 rows an ldmatrix reads fall in distinct banks) = 46080 bytes.
+
+// Copy 16 bytes from global `src` to shared `dst`, asynchronously; zeros instead when !valid
+// (src is then not read but must still be a valid address).
+__device__ __forceinline__ void gc_cp_async_16(void* dst, const void* src, bool valid) {
+#ifdef __CUDA_ARCH__
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src),
+                 "r"(valid ? 16 : 0));
+#else
+    gc_emulated_cp_async_16(dst, src, valid);
+#endif
+}
+
+// Close the group of copies this thread issued since the last commit.
+__device__ __forceinline__ void gc_cp_async_commit() {
+#ifdef __CUDA_ARCH__
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Wait until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void gc_cp_async_wait() {
+#ifdef __CUDA_ARCH__
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+// ldmatrix.x4: lane l names row l % 8 of 8x8 matrix l / 8 (16-bit elements, 16-byte rows in
+// shared memory); lane l receives in r[j] elements (row l / 4, columns 2 (l % 4), +1) of matrix j.
+__device__ __forceinline__ void gc_ldmatrix_x4(unsigned (&r)[4], const void* row) {
+#ifdef __CUDA_ARCH__
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+#else
+    gc_emulated_ldmatrix_x4(r, row);
+#endif
+}
+
+template <typename T, int ACT>
+__global__ void __launch_bounds__(256)
+conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+                T* __restrict__ y, const gc_conv p) {
+    typedef gc_tc_ops<T> ops;
+    typedef typename ops::raw_t raw_t;
+    static_assert(sizeof(raw_t) == 2, "16-bit operands only");
+    constexpr int BM = 128, BN = 64, BK = 32, THREADS = 256, STAGES = 3, ROW = BK + 8;
+    constexpr int CHUNKS = BK / 8;  // 16-byte chunks a tile row
+    constexpr int WARP_M = 32, WARP_N = 32, MT = WARP_M / 16, NT = WARP_N / 8;
+    static_assert((BM / WARP_M) * (BN / WARP_N) * 32 == THREADS, "one warp per warp tile");
+    static_assert(BM * CHUNKS == 2 * THREADS && BN * CHUNKS == THREADS, "copies a thread");
+
+    __shared__ __align__(128) raw_t As[STAGES][BM][ROW];
+    __shared__ __align__(128) raw_t Bs[STAGES][BN][ROW];
+
+    const int tid = threadIdx.x;
+    const long long Kg = p.Cg * p.KD * p.KH * p.KW;  // a multiple of 8
+    const long long M = p.N * p.OD * p.OH * p.OW;
+    const long long g = blockIdx.z;
+    const long long m0 = blockIdx.x * (long long)BM, f0 = blockIdx.y * (long long)BN;
+    const long long steps = (Kg + BK - 1) / BK;
+
+    // this thread's copies: A rows r and r + 64, B row (filter) r, all at chunk column `col`
+    const int col = tid % CHUNKS, r = tid / CHUNKS;
+    const gc_window win[2] = {gc_window_of(m0 + r, M, g, p), gc_window_of(m0 + r + 64, M, g, p)};
+    const bool filter_ok = f0 + r < p.Cog;
+    const T* w_row = w + (g * p.Cog + (filter_ok ? f0 + r : 0)) * Kg;
+
+    // the first term of this thread's chunk: k, and as (channel c, tap kd, kh, kw)
+    long long k = col * 8;
+    int c = col * 8, kd = 0, kh = 0, kw = 0;
+    const int Cg = int(p.Cg), KH = int(p.KH), KW = int(p.KW);
+    auto next_tap_while_past = [&]() {
+        while (c >= Cg) {
+            c -= Cg;
+            if (++kw == KW) {
+                kw = 0;
+                if (++kh == KH) {
+                    kh = 0;
+                    ++kd;
                 }
             }
         }
+    };
+    next_tap_while_past();
+
+    // issue the copies of the next step (the one k points into) into `stage`, then step k
+    auto load = [&](int stage) {
+        const bool term_ok = k < Kg;
+        const int tap[3] = {int(kd * p.DD), int(kh * p.DH), int(kw * p.DW)};
+        const long long offset = c + tap[0] * p.xs_d + tap[1] * p.xs_h + tap[2] * p.xs_w;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const bool ok = term_ok && gc_inside(win[i], tap, p);
+            gc_cp_async_16(&As[stage][r + 64 * i][col * 8], ok ? x + win[i].base + offset : x,
+                           ok);
+        }
+        const bool ok = term_ok && filter_ok;
+        gc_cp_async_16(&Bs[stage][r][col * 8], ok ? w_row + k : w, ok);
+        k += BK;
+        c += BK;
+        next_tap_while_past();
+    };
+
+    const int warp = tid / 32, lane = tid % 32, group = lane / 4, t = lane % 4;
+    const int wm = (warp % (BM / WARP_M)) * WARP_M, wn = (warp / (BM / WARP_M)) * WARP_N;
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < steps) load(s);
+        gc_cp_async_commit();  // an empty group past the last step keeps the count uniform
     }
+    for (long long s = 0; s < steps; ++s) {
+        gc_cp_async_wait<STAGES - 2>();  // this thread's copies of step s have landed ...
+        __syncthreads();  // ... and everyone's; everyone is done with step s - 1's stage
+        if (s + STAGES - 1 < steps) load(int((s + STAGES - 1) % STAGES));
+        gc_cp_async_commit();
+        const int cur = int(s % STAGES);
+#pragma unroll
+        for (int k0 = 0; k0 < BK; k0 += 16) {
+            unsigned a[MT][4], b[NT][2];
+#pragma unroll
+            for (int i = 0; i < MT; ++i)  // matrices: rows 0-7 / 8-15 x terms 0-7 / 8-15
+                gc_ldmatrix_x4(a[i], &As[cur][wm + i * 16 + lane % 16][k0 + (lane / 16) * 8]);
+#pragma unroll
+            for (int j = 0; j < NT; j += 2) {  // filters j*8.. and (j+1)*8.., terms 0-7 / 8-15
+                unsigned q[4];
+                gc_ldmatrix_x4(
+                    q, &Bs[cur][wn + j * 8 + lane % 8 + (lane / 16) * 8][k0 + (lane / 8) % 2 * 8]);
+                b[j][0] = q[0];
+                b[j][1] = q[1];
+                b[j + 1][0] = q[2];
+                b[j + 1][1] = q[3];
+            }
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < NT; ++j) ops::mma(acc[i][j], a[i], b[j]);
+        }
+    }
+    gc_cp_async_wait<0>();  // no copy outlives the block (the trailing groups are empty)
+
+    gc_tc_store<T, ACT, MT, NT>(acc, y, bias, p, M, g, m0 + wm, f0 + wn, group, t);
 }

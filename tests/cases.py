@@ -197,6 +197,22 @@ def tile_cases() -> List[Case]:
     return out
 
 
+def channel_block_cases() -> List[Case]:
+    """float16 cases whose filters have 8, 16 or 24 kernels (the channels-last tensor-core
+    kernel's 16-byte channel blocks), several tiles along every axis, every rank, both layouts,
+    groups 1 and 2, every padding mode and stride/dilation form of the random assignments."""
+    out = []
+    for i, a in enumerate(random_cases(12, seed=15)):
+        a = dict(a, groups=rng_choice(i, ("1", "2")), rank=rng_choice(i, (1, 2, 2, 3)),
+                 dtype="float16", layout=rng_choice(i // 4, ("channels_first", "channels_last")))
+        if not _valid(a):
+            a["epilogue"] = "bias"
+        Cg = 8 * (1 + i % 3)
+        out.append(build_case(a, seed=9000 + i, channels=(Cg, 70 if i % 2 else 24),
+                              wide=a["rank"] != 3))
+    return out
+
+
 def as_dtype(case: Case, dtype) -> Case:
     """The case with its arrays in ``dtype`` (real parts; activation kept): for kernels and
     dtypes that take one real dtype (the tensor-core kernel's float16, bfloat16)."""

@@ -17,7 +17,7 @@ def test_names_are_listed_and_checked():
     assert algorithms.NAMES[0] == "auto"
     assert set(algorithms.ALGORITHMS["cpu"]) == {"gemm", "pointwise", "depthwise"}
     assert {"direct", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x32", "gemm_tc",
-            "gemm_tf32", "depthwise"} == set(algorithms.ALGORITHMS["cuda"])
+            "gemm_tc_cl", "gemm_tf32", "depthwise"} == set(algorithms.ALGORITHMS["cuda"])
     x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
     with pytest.raises(ValueError, match="algorithm must be one of .*'winograd'"):
         gpuconv.conv(x, w, algorithm="winograd", device="cpu")
@@ -104,12 +104,17 @@ def test_tensor_core_kernel_needs_compute_capability_8(monkeypatch):
     stand-in CuPy reports one), and allowed on sm_90."""
     import sys
     import types
-    g = plan_conv((1, 4, 9, 9), (8, 4, 3, 3))
-    for capability, allowed in (("75", False), ("90", True)):
+    g = plan_conv((1, 8, 9, 9), (8, 8, 3, 3))
+    algorithms._capability.cache_clear()  # capabilities are cached by device id
+    for device_id, (capability, allowed) in enumerate((("75", False), ("90", True))):
         device = types.SimpleNamespace(compute_capability=capability)
-        fake = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda: device))
+        fake = types.SimpleNamespace(cuda=types.SimpleNamespace(
+            Device=lambda i, d=device: d,
+            runtime=types.SimpleNamespace(getDevice=lambda i=device_id: i)))
         monkeypatch.setitem(sys.modules, "cupy", fake)
-        reason = algorithms.why_not("cuda", "gemm_tc", g, np.float16)
-        assert (reason == "") == allowed
-        if not allowed:
-            assert "compute capability 8.0" in reason and "has 7.5" in reason
+        for name in ("gemm_tc", "gemm_tc_cl"):
+            reason = algorithms.why_not("cuda", name, g, np.float16)
+            assert (reason == "") == allowed
+            if not allowed:
+                assert "compute capability 8.0" in reason and "has 7.5" in reason
+    algorithms._capability.cache_clear()

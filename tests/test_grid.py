@@ -5,13 +5,18 @@ import numpy as np
 import pytest
 
 import gpuconv
-from cases import as_float16, bfloat16_cases, fast_path_cases, grid_cases, tile_cases
+from cases import (as_dtype, as_float16, bfloat16_cases, channel_block_cases, fast_path_cases,
+                   grid_cases, tile_cases)
+from gpuconv.dtypes import bfloat16
 from reference import error_bound, error_bound_tf32
 
 CASES = grid_cases()
 FAST_PATH_CASES = fast_path_cases()
 TILE_CASES = tile_cases()
 BFLOAT16_CASES = bfloat16_cases()
+CHANNEL_BLOCK_CASES = channel_block_cases()
+CHANNEL_BLOCK_CASES += [as_dtype(c, bfloat16()) for c in CHANNEL_BLOCK_CASES[:4]
+                        if bfloat16() is not None]
 
 
 def _check(case, got, what):
@@ -112,7 +117,7 @@ def test_cpu_algorithms_against_reference(case, algorithm):
 
 
 GPU_ALGORITHMS = ["direct", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x32", "gemm_tc",
-                  "depthwise"]
+                  "gemm_tc_cl", "depthwise"]
 
 
 def _check_gpu_algorithm(case, algorithm, cp):
@@ -159,7 +164,7 @@ def test_gpu_tf32(case, gpu):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("algorithm", ["direct", "gemm", "gemm_tc", "depthwise"])
+@pytest.mark.parametrize("algorithm", ["direct", "gemm", "gemm_tc", "gemm_tc_cl", "depthwise"])
 @pytest.mark.parametrize("case", BFLOAT16_CASES, ids=lambda c: c.name)
 def test_gpu_bfloat16(case, algorithm, gpu):
     """bfloat16 CuPy arrays (CuPy 14 with ml_dtypes) through each CUDA kernel that takes them."""

@@ -23,7 +23,9 @@ import gpuconv.adjoint
 import gpuconv.forward
 import gpuconv.params
 from gpuconv import cuda, kernels
-from cases import as_float16, bfloat16_cases, fast_path_cases, grid_cases, tile_cases
+from gpuconv.dtypes import bfloat16
+from cases import (Case, as_dtype, as_float16, bfloat16_cases, channel_block_cases,
+                   fast_path_cases, grid_cases, tile_cases)
 from test_adjoint import (TRANSPOSE_CASES, _grad_out, _options, check_filter_grad,
                           check_input_grad, check_transpose, transpose_call)
 from test_grid import _check
@@ -72,7 +74,8 @@ class Emulator:
             if blocks == 0:
                 return
             status = lib.gc_emulate(*packed.arguments, blocks, 64)
-        assert status == 0, f"{name}: arguments do not fit the kernel signature (code {status})"
+        assert status == 0, (f"{name}: arguments do not fit the kernel signature, or a pointer "
+                             f"or copy is misaligned (code {status}: see launch.cpp)")
 
 
 class _Packed:
@@ -198,6 +201,62 @@ def test_gemm_tc_kernel(case, emulated_gpu):
     got = gpuconv.conv(case.x, case.filters, case.bias, algorithm="gemm_tc", **case.options)
     _check(case, got, "emulated gemm_tc")
     np.testing.assert_array_equal(case.x, x0)
+
+
+CL_CASES = channel_block_cases()
+CL_CASES += [as_dtype(c, bfloat16()) for c in CL_CASES[:4] if bfloat16() is not None]
+
+
+@pytest.mark.parametrize("case", CL_CASES, ids=lambda c: c.name)
+def test_gemm_tc_cl_kernel(case, emulated_gpu):
+    """The channels-last tensor-core kernel (cp.async ring, ldmatrix and mma emulated from
+    PTX's descriptions) on filters of 8, 16 and 24 kernels: every rank, layout, padding mode,
+    stride and dilation form, several tiles along every axis; float16 and bfloat16."""
+    x0, w0 = case.x.copy(), case.filters.copy()
+    got = gpuconv.conv(case.x, case.filters, case.bias, algorithm="gemm_tc_cl", **case.options)
+    _check(case, got, "emulated gemm_tc_cl")
+    np.testing.assert_array_equal(case.x, x0)
+    np.testing.assert_array_equal(case.filters, w0)
+
+
+def test_gemm_tc_cl_reads_a_channels_last_caller_in_place_only_when_aligned(emulated_gpu,
+                                                                           monkeypatch):
+    """A contiguous channels-last x on 16 bytes is read as it lies; one starting 8 bytes in (each
+    element still aligned) is copied first (the kernel's 16-byte copies need it; the emulated
+    cp.async reports a misaligned one): same result either way."""
+    rng = np.random.default_rng(9)
+    x = rng.uniform(-1, 1, (2, 6, 7, 16)).astype(np.float16)
+    w = rng.uniform(-1, 1, (24, 16, 3, 3)).astype(np.float16)
+    raw = np.zeros(x.nbytes + 64, np.uint8)
+    start = (-raw.ctypes.data) % 16
+    on16 = raw[start:start + x.nbytes].view(np.float16).reshape(x.shape)
+    off8 = raw[start + 8:start + 8 + x.nbytes].view(np.float16).reshape(x.shape)
+    on16[...] = x
+    off8_copy = x.copy()
+    copies = []
+    real = cuda._contiguous_16
+    monkeypatch.setattr(cuda, "_contiguous_16",
+                        lambda xp, a: copies.append(real(xp, a) is not a) or real(xp, a))
+    case = Case("cl16", x, w, None, dict(padding=1, layout="channels_last", activation=None))
+    got = gpuconv.conv2d(on16, w, padding=1, layout="channels_last", algorithm="gemm_tc_cl")
+    assert copies[0] is False  # x read in place (copies[1] is the filters' reordering)
+    _check(case, got, "gemm_tc_cl on a channels-last caller's array")
+    off8[...] = off8_copy
+    copies.clear()
+    got8 = gpuconv.conv2d(off8, w, padding=1, layout="channels_last", algorithm="gemm_tc_cl")
+    assert copies[0] is True
+    np.testing.assert_array_equal(got8, got)
+
+
+def test_gemm_tc_cl_refuses_other_channel_counts(emulated_gpu):
+    x = np.ones((1, 12, 5, 5), np.float16)
+    with pytest.raises(ValueError, match=r"'gemm_tc_cl' reads 8 channels at a time: it needs "
+                                         r"C_in/groups to be a multiple of 8; these are filters "
+                                         r"\(4, 6, 3, 3\), groups=2"):
+        gpuconv.conv2d(x, np.ones((4, 6, 3, 3), np.float16), groups=2, algorithm="gemm_tc_cl")
+    with pytest.raises(ValueError, match="'gemm_tc_cl' multiplies float16 or bfloat16"):
+        gpuconv.conv2d(x.astype(np.float32), np.ones((4, 12, 3, 3), np.float32),
+                       algorithm="gemm_tc_cl")
 
 
 TF32_CASES = [c for c in CASES + TILE_CASES if np.result_type(c.x, c.filters) == np.float32]

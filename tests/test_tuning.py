@@ -205,7 +205,9 @@ def test_cuda_candidates_are_concrete_kernels():
     # TF32 changes results: never chosen for the caller, though it could run this layer
     assert "gemm_tf32" not in names
     assert not gpuconv.algorithms.why_not("cuda", "gemm_tf32", geom, np.float32)
-    assert "gemm_tc" in tuning.candidates("cuda", geom, np.float16)
+    assert {"gemm_tc", "gemm_tc_cl"} <= set(tuning.candidates("cuda", geom, np.float16))
+    odd = plan_conv((2, 12, 9, 9), (32, 12, 3, 3))  # 12 kernels a filter: not 8-channel blocks
+    assert "gemm_tc_cl" not in tuning.candidates("cuda", odd, np.float16)
     assert "depthwise" not in names
     dw = plan_conv((2, 16, 9, 9), (16, 1, 3, 3), groups=16)
     assert "depthwise" in tuning.candidates("cuda", dw, np.float32)

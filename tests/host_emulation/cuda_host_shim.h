@@ -3,11 +3,13 @@
 // serially, one thread after another, which gives exactly what the GPU gives for kernels
 // without shared memory or barriers. Tiled kernels run one block at a time with one host thread
 // per CUDA thread: __shared__ variables become function statics (one copy, shared by the
-// block's threads) and __syncthreads() is a barrier across them. The one warp operation the
-// kernels use, the tensor-core product mma.m16n8k16 (float16 in, float out), is emulated from
-// PTX's documented fragment layouts with block-wide barriers, so it must be reached by every
-// thread of the block together (conv_gemm_tc.cu calls it in uniform control flow).
+// block's threads) and __syncthreads() is a barrier across them. The warp operations the
+// kernels use, the tensor-core products (mma.m16n8k16, mma.m16n8k8) and ldmatrix, are emulated
+// from PTX's documented fragment layouts with block-wide barriers, so they must be reached by
+// every thread of the block together (conv_gemm_tc.cu calls them in uniform control flow);
+// cp.async is a plain copy.
 #pragma once
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 
@@ -31,6 +33,7 @@ void __syncthreads();  // launch.cpp: a barrier across the block's host threads
 using std::exp;
 using std::tanh;
 
+#include <cstdint>
 #include <cstring>
 
 // d += A (16 x 16) * B (16 x 8) for the calling thread's warp, each lane holding its fragments in
@@ -100,6 +103,40 @@ inline void gc_emulated_mma_1688_tf32(float (&d)[4], const unsigned (&a)[4],
         float s = d[i];
         for (unsigned k = 0; k < 8; ++k) s += A[warp][row][k] * B[warp][k][col];
         d[i] = s;
+    }
+    __syncthreads();
+}
+
+// Set by the emulated operations below when the kernel breaks one of their rules (launch.cpp
+// resets it before a launch and reports it after): a misaligned cp.async or ldmatrix address.
+inline std::atomic<int> gc_emu_fault{0};
+
+// cp.async.cg.shared.global [dst], [src], 16, (valid ? 16 : 0): the 16 bytes at src, or zeros.
+// Both addresses must be 16-byte aligned. Done at once here: on the GPU the bytes land later,
+// at the wait_group that covers them, and are read after a barrier, which the emulation runs too.
+inline void gc_emulated_cp_async_16(void* dst, const void* src, bool valid) {
+    if ((reinterpret_cast<std::uintptr_t>(dst) | reinterpret_cast<std::uintptr_t>(src)) % 16)
+        gc_emu_fault = 1;
+    if (valid)
+        std::memcpy(dst, src, 16);
+    else
+        std::memset(dst, 0, 16);
+}
+
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16 for the calling thread's warp: lane l gives the
+// address of row l % 8 of matrix l / 8 (8 16-bit elements, 16-byte aligned); lane l receives in
+// r[j] the elements (row l / 4, columns 2 (l % 4) and 2 (l % 4) + 1) of matrix j, the lower
+// column in the low half. From the PTX ISA's description, written apart from the kernel; like
+// the mma, every thread of the block must reach it together.
+inline void gc_emulated_ldmatrix_x4(unsigned (&r)[4], const void* row) {
+    static const unsigned short* rows[32][32];  // [warp][lane]
+    const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (reinterpret_cast<std::uintptr_t>(row) % 16) gc_emu_fault = 1;
+    rows[warp][lane] = static_cast<const unsigned short*>(row);
+    __syncthreads();
+    for (unsigned j = 0; j < 4; ++j) {
+        const unsigned short* source = rows[warp][8 * j + lane / 4];
+        r[j] = unsigned(source[2 * (lane % 4)]) | (unsigned(source[2 * (lane % 4) + 1]) << 16);
     }
     __syncthreads();
 }

@@ -112,6 +112,7 @@ extern "C" int gc_emulate_tiled(void* const* args, const int* sizes, const int* 
     gridDim.z = gz;
     blockDim.x = block;
     pthread_barrier_init(&block_barrier, nullptr, block);
+    gc_emu_fault = 0;
     for (unsigned z = 0; z < gz; ++z) {
         for (unsigned y = 0; y < gy; ++y) {
             for (unsigned x = 0; x < gx; ++x) {
@@ -131,5 +132,5 @@ extern "C" int gc_emulate_tiled(void* const* args, const int* sizes, const int* 
         }
     }
     pthread_barrier_destroy(&block_barrier);
-    return 0;
+    return gc_emu_fault ? -400 : 0;  // an emulated warp or copy operation was misused
 }
