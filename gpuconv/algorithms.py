@@ -27,7 +27,8 @@ On CUDA:
                  as PyTorch's allow_tf32 does: faster, less exact; only when asked for by name
                  (never chosen by "auto" or the autotuner);
   ``depthwise``  one kernel per filter: 32-bit indexing, 3x3/5x5/7x7 and 1-D 3/5/7 taps
-                 unrolled (kernels_cuda/conv_depthwise.cu).
+                 unrolled (kernels_cuda/conv_depthwise.cu); for channels-first outputs of
+                 those sizes each thread computes 4 outputs of a row (conv_depthwise_rows).
 """
 from __future__ import annotations
 

@@ -127,8 +127,13 @@ def _forward(xp: Any, run: Callable[..., None], x_cf: Array, w: Array, bias: Arr
         return
     if algorithm == "depthwise":
         size = kernels.depthwise_size(geom.kernel)
-        run("conv_depthwise.cu", kernels.conv_depthwise_name(dtype, activation, size), dtype,
-            geom.N * geom.C_out * math.prod(geom.out_spatial), args)
+        if size != (0, 0) and geom.layout == "channels_first":  # runs of a row a thread
+            runs = -(-geom.out_spatial[-1] // kernels.DEPTHWISE_ROW_RUN)
+            run("conv_depthwise.cu", kernels.conv_depthwise_rows_name(dtype, activation, size),
+                dtype, geom.N * geom.C_out * math.prod(geom.out_spatial[:-1]) * runs, args)
+        else:  # channels-last (neighbouring threads take neighbouring channels), any size
+            run("conv_depthwise.cu", kernels.conv_depthwise_name(dtype, activation, size),
+                dtype, geom.N * geom.C_out * math.prod(geom.out_spatial), args)
         return
     if algorithm in ("gemm_tc", "gemm_tc_cl", "gemm_tf32"):
         BM, BN = kernels.GEMM_TC_TILE

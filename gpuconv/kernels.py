@@ -171,6 +171,18 @@ def conv_depthwise_name(dtype: DTypeLike, activation: Optional[str],
             f"{size[0]}, {size[1]}>")
 
 
+def conv_depthwise_rows_name(dtype: DTypeLike, activation: Optional[str],
+                             size: Tuple[int, int]) -> str:
+    """conv_depthwise.cu's kernel for channels-first outputs of a fixed kernel size (4 outputs
+    of a row a thread); ``size`` one of DEPTHWISE_SIZES other than (0, 0)."""
+    return (f"conv_depthwise_rows<{ctype(dtype)}, {ACTIVATIONS[activation]}, "
+            f"{size[0]}, {size[1]}>")
+
+
+#: Outputs of a row each thread of conv_depthwise_rows computes.
+DEPTHWISE_ROW_RUN = 4
+
+
 def data_adjoint_name(dtype: DTypeLike, conjugate: bool) -> str:
     return f"conv_data_adjoint<{ctype(dtype)}, {'true' if conjugate else 'false'}>"
 
@@ -197,7 +209,9 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
         return ()
     if filename == "conv_depthwise.cu":
         return tuple(conv_depthwise_name(dtype, a, k) for a in activation_names(dtype)
-                     for k in DEPTHWISE_SIZES)
+                     for k in DEPTHWISE_SIZES) + \
+            tuple(conv_depthwise_rows_name(dtype, a, k) for a in activation_names(dtype)
+                  for k in DEPTHWISE_SIZES if k != (0, 0))
     if filename == "peak.cu":  # the benchmark's FMA throughput probe
         return (f"gc_fma_peak<{ctype(dtype)}>",) if np.dtype(dtype) in (
             np.float32, np.float64) else ()

@@ -55,3 +55,86 @@ __global__ void conv_depthwise(const T* __restrict__ x, const T* __restrict__ w,
             num::store(gc_activate<ACT>(sum));
     }
 }
+
+// The same convolution for a channels-first output and a fixed kernel size (KH_ x KW_, depth
+// 1): each thread computes OUT_W = 4 neighbouring outputs of one output row. The index
+// arithmetic (four 32-bit divisions) and the kernel's taps (held in registers) are paid once per
+// 4 outputs instead of once per output, and for stride 1 and no dilation the OUT_W + KW_ - 1
+// input elements of each kernel row are read once into registers and reused by the 4 outputs.
+// Neighbouring threads take neighbouring runs of 4 outputs, so a warp reads and writes 128
+// consecutive elements of a row. Each output is summed in the order kh, kw over the taps inside
+// the input, as conv_depthwise and conv_direct sum it.
+template <typename T, int ACT, int KH_, int KW_>
+__global__ void conv_depthwise_rows(const T* __restrict__ x, const T* __restrict__ w,
+                                    const T* __restrict__ bias, T* __restrict__ y,
+                                    const gc_conv p) {
+    typedef gc_num<T> num;
+    typedef typename num::acc acc_t;
+    static_assert(KH_ > 0 && KW_ > 0, "a fixed kernel size");
+    constexpr int OUT_W = 4, SPAN = OUT_W + KW_ - 1;  // inputs a kernel row spans at stride 1
+    const int OW = int(p.OW), OH = int(p.OH), OD = int(p.OD), C = int(p.C_out);
+    const int runs = (OW + OUT_W - 1) / OUT_W;  // runs of OUT_W outputs a row
+    const int total = int(p.N * p.C_out * p.OD * p.OH) * runs;
+    const int Cog = int(p.Cog), SW = int(p.SW), DW = int(p.DW), IW = int(p.IW);
+    const bool unit = SW == 1 && DW == 1;
+    for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += gridDim.x * blockDim.x) {
+        const int run = idx % runs;
+        int rest = idx / runs;
+        const int oh = rest % OH;
+        rest /= OH;
+        const int od = rest % OD;
+        rest /= OD;
+        const int co = rest % C, n = rest / C;
+        const int id = od * int(p.SD) - int(p.PD);
+        const int ow0 = run * OUT_W;
+        acc_t sum[OUT_W];
+#pragma unroll
+        for (int o = 0; o < OUT_W; ++o) sum[o] = num::zero();
+        if ((unsigned)id < (unsigned)p.ID) {
+            const T* xc = x + n * p.xs_n + (co / Cog) * p.xs_c + id * p.xs_d;
+            const T* wk = w + (long long)co * KH_ * KW_;
+            const int h0 = oh * int(p.SH) - int(p.PH), w0 = ow0 * SW - int(p.PW);
+#pragma unroll
+            for (int kh = 0; kh < KH_; ++kh) {
+                const int ih = h0 + kh * int(p.DH);
+                if ((unsigned)ih >= (unsigned)p.IH) continue;
+                const T* xrow = xc + ih * p.xs_h;
+                acc_t tap[KW_];
+#pragma unroll
+                for (int kw = 0; kw < KW_; ++kw) tap[kw] = num::load(wk[kh * KW_ + kw]);
+                if (unit) {
+                    acc_t v[SPAN];
+                    bool inside[SPAN];
+#pragma unroll
+                    for (int j = 0; j < SPAN; ++j) {
+                        inside[j] = (unsigned)(w0 + j) < (unsigned)IW;
+                        v[j] = inside[j] ? num::load(xrow[(w0 + j) * p.xs_w]) : num::zero();
+                    }
+#pragma unroll
+                    for (int o = 0; o < OUT_W; ++o)
+#pragma unroll
+                        for (int kw = 0; kw < KW_; ++kw)
+                            if (inside[o + kw]) sum[o] = gc_madd(sum[o], v[o + kw], tap[kw]);
+                } else {
+#pragma unroll
+                    for (int o = 0; o < OUT_W; ++o)
+#pragma unroll
+                        for (int kw = 0; kw < KW_; ++kw) {
+                            const int iw = w0 + o * SW + kw * DW;
+                            if ((unsigned)iw < (unsigned)IW)
+                                sum[o] = gc_madd(sum[o], num::load(xrow[iw * p.xs_w]), tap[kw]);
+                        }
+                }
+            }
+        }
+        const acc_t b = p.has_bias ? num::load(bias[co]) : num::zero();
+        T* yrow = y + n * p.ys_n + co * p.ys_c + od * p.ys_d + oh * p.ys_h;
+#pragma unroll
+        for (int o = 0; o < OUT_W; ++o) {
+            if (ow0 + o >= OW) break;
+            const acc_t v = p.has_bias ? sum[o] + b : sum[o];
+            yrow[(ow0 + o) * p.ys_w] = num::store(gc_activate<ACT>(v));
+        }
+    }
+}

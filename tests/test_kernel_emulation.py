@@ -10,6 +10,7 @@ argument passing and real concurrency are only exercised there.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import shutil
 import subprocess
 import types
@@ -312,16 +313,37 @@ def test_depthwise_kernel(case, emulated_gpu):
     _check(case, got, "emulated depthwise")
 
 
-def test_depthwise_kernel_unrolled_sizes(emulated_gpu):
-    rng = np.random.default_rng(3)
-    for k in ((3, 3), (5, 5), (7, 7), (3,), (5,), (7,)):
-        x = rng.standard_normal((2, 6) + (11,) * len(k)).astype(np.float32)
-        w = rng.standard_normal((12, 1) + k).astype(np.float32)
-        case = types.SimpleNamespace(x=x, filters=w, bias=None, options=dict(
-            groups=6, padding=1, stride=1, dilation=1, padding_mode="zeros",
-            layout="channels_first", flip=False, activation=None))
-        got = gpuconv.conv(x, w, groups=6, padding=1, algorithm="depthwise")
-        _check(case, got, f"emulated depthwise {k}")
+ROW_CASES = [  # (kernel size, stride, dilation, padding, input width, layout)
+    (k, s, d, p, width, layout)
+    for i, (k, s, d, p) in enumerate(itertools.product(
+        ((3, 3), (5, 5), (7, 7), (1, 3), (1, 5), (1, 7), (3,), (5,), (7,)),
+        (1, 2), (1, 2), (0, "same")))
+    for width, layout in (((9 + i % 7, "channels_first"),) if i % 5 else
+                          ((9 + i % 7, "channels_first"), (10, "channels_last")))]
+
+
+@pytest.mark.parametrize("k, stride, dilation, padding, width, layout", ROW_CASES)
+def test_depthwise_kernel_unrolled_sizes(k, stride, dilation, padding, width, layout,
+                                         emulated_gpu):
+    """The unrolled depthwise kernels (conv_depthwise_rows for channels-first outputs, 4 of a
+    row a thread; conv_depthwise for channels-last): every unrolled size, stride and dilation
+    1 and 2, row widths that leave 1-3 outputs in a last run, channel multipliers, a bias and
+    an activation; also a 3-D input with a depth-1 kernel."""
+    rng = np.random.default_rng(abs(hash((k, stride, dilation, padding, width))) % 2**32)
+    spatial = tuple((kk - 1) * dilation + 3 for kk in k[:-1]) + (width + 6 * dilation,)
+    options = dict(groups=3, padding=padding, stride=stride, dilation=dilation,
+                   padding_mode="zeros", layout=layout, flip=False, activation="relu")
+    for shape, kernel in (((2, 3) + spatial, k), ((1, 3, 2) + spatial, (1,) + k)):
+        if len(kernel) > 3:
+            continue
+        x = rng.standard_normal(shape).astype(np.float32)
+        if layout == "channels_last":
+            x = np.moveaxis(x, 1, -1).copy()
+        w = rng.standard_normal((6, 1) + kernel).astype(np.float32)
+        b = rng.standard_normal(6).astype(np.float32)
+        case = types.SimpleNamespace(x=x, filters=w, bias=b, options=options)
+        got = gpuconv.conv(x, w, b, algorithm="depthwise", **options)
+        _check(case, got, f"emulated depthwise {kernel} {options}")
 
 
 @pytest.mark.parametrize("case", CASES + bfloat16_cases(), ids=lambda c: c.name)
