@@ -11,6 +11,17 @@ examples; not the full algorithm x grid product, which the plain run covers). Wi
 also runs the benchmark on the "gpu" set (float32 and float16, every CUDA algorithm beside
 auto, PyTorch/cuDNN as the peer, measured peaks, host overhead) and keeps its peaks, rows and
 summary. It refuses to write a record when no GPU was used, so a record always means a GPU run.
+
+A device call is limited (10 minutes here), so the work can be split over calls: the record is
+rewritten after every phase (a call cut off keeps what finished), ``--record FILE`` adds this
+call's phases to an earlier record of the same commit, ``--no-tests`` skips the plain suite,
+``--tools memcheck,racecheck`` runs some sanitizer tools only, and ``--time-limit S`` stops any
+one phase after S seconds and records it as timed out instead of losing the call. Logs go
+next to the record (``--logs DIR``) so that they come back from the device machine too:
+
+    python benchmarks/gpu_record.py --commit <sha> --out $OUT --time-limit 420
+    python benchmarks/gpu_record.py --commit <sha> --record R.json --no-tests --sanitizer \
+        --tools memcheck,initcheck --time-limit 500 --out $OUT
 """
 from __future__ import annotations
 
@@ -41,10 +52,12 @@ def bench_dtypes() -> str:
     return "float32,float16,bfloat16"
 
 
-def run_pytest(junit: Path, args, prefix=()):
+def run_pytest(junit: Path, args, prefix=(), time_limit=None):
+    """(log text, counts, timed_out) of one pytest run, counted from its JUnit file."""
     cmd = list(prefix) + [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           f"--junitxml={junit}", *args]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    junit.unlink(missing_ok=True)  # counts from this run only
+    log, timed_out, _ = _run(cmd, time_limit)
     counts = {"passed": 0, "failed": 0, "skipped": 0}
     if junit.exists():
         for suite in ET.parse(junit).getroot().iter("testsuite"):
@@ -54,7 +67,35 @@ def run_pytest(junit: Path, args, prefix=()):
             counts["failed"] += failed
             counts["skipped"] += skipped
             counts["passed"] += total - failed - skipped
-    return proc, counts
+    return log, counts, timed_out
+
+
+def _run(cmd, time_limit):
+    """(stdout + stderr, whether it was stopped at ``time_limit`` seconds, exit status)."""
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=time_limit)
+        return proc.stdout + proc.stderr, False, proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        def text(b):
+            return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+        return (text(exc.stdout) + text(exc.stderr) + f"\n[stopped after {time_limit} s]\n",
+                True, None)
+
+
+def merge(earlier: dict, record: dict) -> dict:
+    """``record`` (this call's phases) added to ``earlier``, a record of the same commit and
+    device; this call's phases replace earlier ones of the same name (sanitizer: per tool)."""
+    for key in ("commit", "device"):
+        if earlier.get(key) != record.get(key):
+            raise ValueError(f"--record is of {key} {earlier.get(key)!r}, this run of "
+                             f"{record.get(key)!r}: records of different runs do not merge")
+    merged = dict(earlier)
+    for key, value in record.items():
+        if key == "sanitizer" and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
 
 
 def gpu_facts():
@@ -71,15 +112,31 @@ def gpu_facts():
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--commit", required=True, help="the commit whose tree is being tested")
+    ap.add_argument("--no-tests", action="store_true", help="skip the plain test suite")
     ap.add_argument("--sanitizer", action="store_true", help="also run compute-sanitizer")
+    ap.add_argument("--tools", default=",".join(SANITIZER_TOOLS),
+                    help="the compute-sanitizer tools to run (comma-separated)")
     ap.add_argument("--bench", action="store_true", help="also run the benchmark")
     ap.add_argument("--bench-args", default="",
                     help="extra arguments for python -m gpuconv.bench (e.g. '--only a b')")
+    ap.add_argument("--time-limit", type=float, default=None,
+                    help="seconds any one phase may run before it is stopped and recorded as "
+                         "timed out")
+    ap.add_argument("--record", default=None, help="an earlier record of this commit to add to")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--logs", default=None, help="where the logs go (default: --out)")
     ap.add_argument("--work", default="/tmp/gpuconv-record")
     args = ap.parse_args()
+    tools = [t for t in args.tools.split(",") if t]
+    unknown = set(tools) - set(SANITIZER_TOOLS)
+    if unknown:
+        ap.error(f"--tools: unknown {sorted(unknown)}; the tools are {SANITIZER_TOOLS}")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logs = Path(args.logs) if args.logs else out
+    logs.mkdir(parents=True, exist_ok=True)
 
     sys.path.insert(0, str(ROOT))
     from gpuconv.device import cuda_status
@@ -90,48 +147,61 @@ def main() -> int:
     facts = gpu_facts()
     record = {"commit": args.commit, **facts,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    earlier = json.loads(Path(args.record).read_text()) if args.record else {}
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", facts["device"]).strip("-").lower()
+    path = out / f"gpu-{slug}-{record['date'][:10]}.json"
 
-    proc, counts = run_pytest(work / "all.xml", ["-rs"])
-    (work / "pytest.log").write_text(proc.stdout + proc.stderr)
-    record["tests"] = counts
-    record["tests_command"] = "python -m pytest -q"
-    print(proc.stdout[-3000:])
+    def save() -> None:  # after every phase: a call cut off keeps what finished
+        path.write_text(json.dumps(merge(earlier, record) if earlier else record, indent=1)
+                        + "\n")
+
+    if not args.no_tests:
+        log, counts, timed_out = run_pytest(work / "all.xml", ["-rs"],
+                                            time_limit=args.time_limit)
+        (logs / "pytest.log").write_text(log)
+        record["tests"] = dict(counts, **({"timed_out": True} if timed_out else {}))
+        record["tests_command"] = "python -m pytest -q"
+        print(log[-3000:])
+        save()
 
     if args.sanitizer:
         record["sanitizer"] = {}
-        for tool in SANITIZER_TOOLS:
-            proc, counts = run_pytest(
+        for tool in tools:
+            log, counts, timed_out = run_pytest(
                 work / f"{tool}.xml", list(SANITIZER_TESTS),
-                prefix=("compute-sanitizer", f"--tool={tool}", "--target-processes=all"))
-            (work / f"{tool}.log").write_text(proc.stdout + proc.stderr)
-            found = re.findall(r"ERROR SUMMARY: (\d+) error", proc.stdout + proc.stderr)
+                prefix=("compute-sanitizer", f"--tool={tool}", "--target-processes=all"),
+                time_limit=args.time_limit)
+            (logs / f"sanitizer-{tool}.log").write_text(log[-4_000_000:])
+            found = re.findall(r"ERROR SUMMARY: (\d+) error", log)
             record["sanitizer"][tool] = {
                 "errors": int(found[-1]) if found else None,  # None: no summary was printed
                 "tests": counts}
+            if timed_out:
+                record["sanitizer"][tool]["timed_out"] = True
             print(tool, record["sanitizer"][tool])
+            save()
 
     if args.bench:
         bench_json = work / "bench.json"
         bench_args = [*BENCH_ARGS, "--dtype", bench_dtypes(), *args.bench_args.split()]
         cmd = [sys.executable, "-m", "gpuconv.bench", *bench_args, "--json", str(bench_json)]
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        (work / "bench.log").write_text(proc.stdout + proc.stderr)
-        print(proc.stdout[-6000:], proc.stderr[-2000:])
+        bench_json.unlink(missing_ok=True)
+        log, timed_out, status = _run(cmd, args.time_limit)
+        (logs / "bench.log").write_text(log)
+        print(log[-8000:])
         record["bench_command"] = " ".join(["python -m gpuconv.bench", *bench_args])
-        if proc.returncode == 0:
+        if status == 0 and bench_json.exists():
             bench = json.loads(bench_json.read_text())
             for key in ("peak", "bench", "summary", "versions", "repeat", "timing"):
                 record[key] = bench.get(key)
         else:
-            record["bench_error"] = (proc.stderr or proc.stdout)[-2000:]
+            record["bench_error"] = ("timed out: " if timed_out else "") + log[-2000:]
+        save()
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", facts["device"]).strip("-").lower()
-    path = out / f"gpu-{slug}-{record['date'][:10]}.json"
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    save()
     print(f"wrote {path}")
-    return 0 if record["tests"]["failed"] == 0 else 1
+    final = merge(earlier, record) if earlier else record
+    return 0 if final.get("tests", {}).get("failed", 0) == 0 else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,47 @@
+"""benchmarks/gpu_record.py's parts that run without a GPU: merging the records of several
+device calls, and refusing to write a record when no GPU is usable."""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_record.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("gpu_record", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_records_of_one_commit_merge_phase_by_phase():
+    merge = _module().merge
+    first = {"commit": "abc", "device": "H100", "date": "d1",
+             "tests": {"passed": 5, "failed": 0, "skipped": 1},
+             "sanitizer": {"memcheck": {"errors": 0}}}
+    second = {"commit": "abc", "device": "H100", "date": "d2",
+              "sanitizer": {"racecheck": {"errors": 2}, "memcheck": {"errors": 1}}}
+    merged = merge(first, second)
+    assert merged["tests"] == first["tests"] and merged["date"] == "d2"
+    assert merged["sanitizer"] == {"memcheck": {"errors": 1}, "racecheck": {"errors": 2}}
+    assert first["sanitizer"] == {"memcheck": {"errors": 0}}  # the earlier record is kept as is
+    with pytest.raises(ValueError, match="records of different runs do not merge"):
+        merge(first, dict(second, commit="def"))
+
+
+def test_without_a_gpu_no_record_is_written(tmp_path):
+    env_code = ("import sys, runpy; sys.modules['cupy'] = None; "
+                f"sys.argv = ['gpu_record.py', '--commit', 'abc', '--out', {str(tmp_path)!r}]; "
+                f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')")
+    run = subprocess.run([sys.executable, "-c", env_code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert "no GPU usable" in run.stderr and not list(tmp_path.glob("*.json"))
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--commit", "abc", "--tools", "memchek"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown ['memchek']" in bad.stderr
