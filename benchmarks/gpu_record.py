@@ -16,12 +16,15 @@ A device call is limited (10 minutes here), so the work can be split over calls:
 rewritten after every phase (a call cut off keeps what finished), ``--record FILE`` adds this
 call's phases to an earlier record of the same commit, ``--no-tests`` skips the plain suite,
 ``--tools memcheck,racecheck`` runs some sanitizer tools only, and ``--time-limit S`` stops any
-one phase after S seconds and records it as timed out instead of losing the call. Logs go
-next to the record (``--logs DIR``) so that they come back from the device machine too:
+one phase after S seconds and records it as timed out instead of losing the call. ``--logs
+$OUT`` puts the logs where they come back from the device machine too. Three calls:
 
-    python benchmarks/gpu_record.py --commit <sha> --out $OUT --time-limit 420
-    python benchmarks/gpu_record.py --commit <sha> --record R.json --no-tests --sanitizer \
-        --tools memcheck,initcheck --time-limit 500 --out $OUT
+    python benchmarks/gpu_record.py --commit <sha> --out $OUT --logs $OUT --time-limit 500
+    # copy the returned record into benchmarks/results/ (it travels with the working tree)
+    python benchmarks/gpu_record.py --commit <sha> --record benchmarks/results/R.json \
+        --no-tests --sanitizer --time-limit 130 --out $OUT --logs $OUT
+    python benchmarks/gpu_record.py --commit <sha> --record benchmarks/results/R.json \
+        --no-tests --bench --time-limit 540 --out $OUT --logs $OUT
 """
 from __future__ import annotations
 
@@ -124,7 +127,8 @@ def main() -> int:
                          "timed out")
     ap.add_argument("--record", default=None, help="an earlier record of this commit to add to")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    ap.add_argument("--logs", default=None, help="where the logs go (default: --out)")
+    ap.add_argument("--logs", default=None,
+                    help="where the logs go (default: --work; on the device machine $OUT)")
     ap.add_argument("--work", default="/tmp/gpuconv-record")
     args = ap.parse_args()
     tools = [t for t in args.tools.split(",") if t]
@@ -135,7 +139,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    logs = Path(args.logs) if args.logs else out
+    logs = Path(args.logs) if args.logs else work
     logs.mkdir(parents=True, exist_ok=True)
 
     sys.path.insert(0, str(ROOT))
