@@ -125,9 +125,7 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
     for (int i = 0; i < TM; ++i) {
         const long long m = m0 + gc_owned<VM, MT>(tm, i);
         if (m >= M) continue;
-        const gc_coords at = gc_split_index(m, 1LL, p.OD, p.OH, p.OW, false);
-        const long long y_base =
-            at.n * p.ys_n + at.d * p.ys_d + at.h * p.ys_h + at.w * p.ys_w;
+        const long long y_base = gc_output_offset(m, p);
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
             const long long f = f0 + gc_owned<VN, NT>(tn, j);

@@ -144,9 +144,7 @@ __device__ __forceinline__ void gc_tc_store(const float (&acc)[MT][NT][4], T* y,
         for (int half = 0; half < 2; ++half) {
             const long long m = m_w + i * 16 + group + 8 * half;
             if (m >= M) continue;
-            const gc_coords at = gc_split_index(m, 1LL, p.OD, p.OH, p.OW, false);
-            const long long y_base =
-                at.n * p.ys_n + at.d * p.ys_d + at.h * p.ys_h + at.w * p.ys_w;
+            const long long y_base = gc_output_offset(m, p);
 #pragma unroll
             for (int j = 0; j < NT; ++j) {
 #pragma unroll

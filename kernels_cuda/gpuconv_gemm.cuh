@@ -28,6 +28,12 @@ __device__ __forceinline__ gc_window gc_window_of(long long m, long long M, long
     return win;
 }
 
+// The offset in y of output position m's first channel (its element of filter 0).
+__device__ __forceinline__ long long gc_output_offset(long long m, const gc_conv& p) {
+    const gc_coords at = gc_split_index(m, 1LL, p.OD, p.OH, p.OW, false);
+    return at.n * p.ys_n + at.d * p.ys_d + at.h * p.ys_h + at.w * p.ys_w;
+}
+
 // Threads 0..BK-1 fill the table of step `step`'s terms k = step * BK + tid: the x offset of the
 // term from its window's corner, and its tap's place (kd*DD, kh*DH, kw*DW); past the last term
 // the place is (-1, 0, 0), which fails gc_inside, so A is 0 there.
