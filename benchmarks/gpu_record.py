@@ -12,12 +12,15 @@ also runs the benchmark on the "gpu" set (float32 and float16, every CUDA algori
 auto, PyTorch/cuDNN as the peer, measured peaks, host overhead) and keeps its peaks, rows and
 summary. It refuses to write a record when no GPU was used, so a record always means a GPU run.
 
+``--bench-adjoints`` times conv_input_grad and conv_filter_grad against cuDNN's backward-data
+and backward-filter (float32) and keeps them as ``bench_adjoints`` / ``summary_adjoints``.
+
 A device call is limited (10 minutes here), so the work can be split over calls: the record is
 rewritten after every phase (a call cut off keeps what finished), ``--record FILE`` adds this
 call's phases to an earlier record of the same commit, ``--no-tests`` skips the plain suite,
 ``--tools memcheck,racecheck`` runs some sanitizer tools only, and ``--time-limit S`` stops any
 one phase after S seconds and records it as timed out instead of losing the call. ``--logs
-$OUT`` puts the logs where they come back from the device machine too. Three calls:
+$OUT`` puts the logs where they come back from the device machine too. Calls, in order:
 
     python benchmarks/gpu_record.py --commit <sha> --out $OUT --logs $OUT --time-limit 500
     # copy the returned record into benchmarks/results/ (it travels with the working tree)
@@ -25,6 +28,8 @@ $OUT`` puts the logs where they come back from the device machine too. Three cal
         --no-tests --sanitizer --time-limit 130 --out $OUT --logs $OUT
     python benchmarks/gpu_record.py --commit <sha> --record benchmarks/results/R.json \
         --no-tests --bench --time-limit 540 --out $OUT --logs $OUT
+    python benchmarks/gpu_record.py --commit <sha> --record benchmarks/results/R.json \
+        --no-tests --bench-adjoints --time-limit 540 --out $OUT --logs $OUT
 """
 from __future__ import annotations
 
@@ -43,6 +48,9 @@ SANITIZER_TESTS = ("-m", "gpu", "tests/test_grid.py", "tests/test_examples.py",
                    "-k", "not test_gpu_algorithms_against_reference")
 BENCH_ARGS = ("--device", "cuda", "--peers", "torch", "--algorithms",
               "auto,gemm,gemm_tc,gemm_tc_cl,depthwise,direct", "--measure-peak", "--overhead")
+#: the adjoints (issue #5: >= 0.8x cuDNN's backward-data and backward-filter), float32
+ADJOINT_BENCH_ARGS = ("--device", "cuda", "--peers", "torch", "--op", "input_grad,filter_grad",
+                      "--dtype", "float32")
 
 
 def bench_dtypes() -> str:
@@ -85,9 +93,15 @@ def _run(cmd, time_limit):
                 True, None)
 
 
+#: benchmark rows (a list) and the summary computed from them, per kind of bench phase
+_BENCH_KEYS = {"bench": "summary", "bench_adjoints": "summary_adjoints"}
+
+
 def merge(earlier: dict, record: dict) -> dict:
     """``record`` (this call's phases) added to ``earlier``, a record of the same commit and
-    device; this call's phases replace earlier ones of the same name (sanitizer: per tool)."""
+    device; this call's phases replace earlier ones of the same name (sanitizer: per tool;
+    benchmark rows: per op, layer and dtype, so a bench split over calls by --dtype or --only
+    adds up, and its summary is computed again from all the rows)."""
     for key in ("commit", "device"):
         if earlier.get(key) != record.get(key):
             raise ValueError(f"--record is of {key} {earlier.get(key)!r}, this run of "
@@ -96,8 +110,18 @@ def merge(earlier: dict, record: dict) -> dict:
     for key, value in record.items():
         if key == "sanitizer" and isinstance(merged.get(key), dict):
             merged[key] = {**merged[key], **value}
-        else:
-            merged[key] = value
+        elif key not in _BENCH_KEYS or not isinstance(merged.get(key), list) or not value:
+            merged[key] = value  # (a summary too, unless its rows merge below)
+    for key, summary in _BENCH_KEYS.items():
+        if isinstance(earlier.get(key), list) and record.get(key):
+            def which(row):
+                return row.get("op", "forward"), row["layer"], row["dtype"]
+            new = {which(r) for r in record[key]}
+            rows = [r for r in earlier[key] if which(r) not in new] + list(record[key])
+            merged[key] = rows
+            from gpuconv.bench import summarize
+            merged[summary] = {**earlier.get(summary, {}), **record.get(summary, {}),
+                               **summarize(rows, ["torch"], "cuda")}
     return merged
 
 
@@ -119,7 +143,10 @@ def main() -> int:
     ap.add_argument("--sanitizer", action="store_true", help="also run compute-sanitizer")
     ap.add_argument("--tools", default=",".join(SANITIZER_TOOLS),
                     help="the compute-sanitizer tools to run (comma-separated)")
-    ap.add_argument("--bench", action="store_true", help="also run the benchmark")
+    ap.add_argument("--bench", action="store_true",
+                    help="also run the benchmark (forward conv: every dtype and algorithm)")
+    ap.add_argument("--bench-adjoints", action="store_true",
+                    help="also time the two adjoints against cuDNN's backward passes")
     ap.add_argument("--bench-args", default="",
                     help="extra arguments for python -m gpuconv.bench (e.g. '--only a b')")
     ap.add_argument("--time-limit", type=float, default=None,
@@ -185,21 +212,27 @@ def main() -> int:
             print(tool, record["sanitizer"][tool])
             save()
 
-    if args.bench:
-        bench_json = work / "bench.json"
-        bench_args = [*BENCH_ARGS, "--dtype", bench_dtypes(), *args.bench_args.split()]
+    benches = ([("bench", [*BENCH_ARGS, "--dtype", bench_dtypes()])] if args.bench else []) + \
+        ([("bench_adjoints", list(ADJOINT_BENCH_ARGS))] if args.bench_adjoints else [])
+    for key, bench_args in benches:
+        bench_args += args.bench_args.split()
+        bench_json = work / f"{key}.json"
         cmd = [sys.executable, "-m", "gpuconv.bench", *bench_args, "--json", str(bench_json)]
         bench_json.unlink(missing_ok=True)
         log, timed_out, status = _run(cmd, args.time_limit)
-        (logs / "bench.log").write_text(log)
+        (logs / f"{key}.log").write_text(log)
         print(log[-8000:])
-        record["bench_command"] = " ".join(["python -m gpuconv.bench", *bench_args])
+        record[f"{key}_command"] = " ".join(["python -m gpuconv.bench", *bench_args])
         if status == 0 and bench_json.exists():
             bench = json.loads(bench_json.read_text())
-            for key in ("peak", "bench", "summary", "versions", "repeat", "timing"):
-                record[key] = bench.get(key)
+            if key == "bench":
+                for k in ("peak", "bench", "summary", "versions", "repeat", "timing"):
+                    record[k] = bench.get(k)
+            else:  # rows and summary keys carry their op (input_grad_..., filter_grad_...)
+                record["bench_adjoints"] = bench.get("bench")
+                record["summary_adjoints"] = bench.get("summary")
         else:
-            record["bench_error"] = ("timed out: " if timed_out else "") + log[-2000:]
+            record[f"{key}_error"] = ("timed out: " if timed_out else "") + log[-2000:]
         save()
 
     save()

@@ -8,7 +8,11 @@ interleaved call by call after a warm-up (each timed call preceded by a short pa
 untimed call of the same contender, so that no contender pays for the one before it); each
 gets the median of several runs (with min/max), GFLOP/s, and each peer's ratio (peer time /
 gpuconv time: above 1 means gpuconv is faster). Every peer's output is compared with
-gpuconv's, so a row only counts if both computed the same thing.
+gpuconv's, so a row only counts if both computed the same thing. ``--op`` times the adjoints
+instead of (or beside) the forward conv: ``input_grad`` (gpuconv.conv_input_grad against
+PyTorch's backward-data, ``torch.nn.grad.conv{D}d_input``) and ``filter_grad``
+(gpuconv.conv_filter_grad against backward-filter, ``torch.nn.grad.conv{D}d_weight``), each on
+the layer's shapes with a random output gradient; their rows and summary keys carry the op.
 Peak temporary memory of a gpuconv call is measured too (tracemalloc on the CPU, the CuPy pool's
 high-water mark on the GPU). Peers are optional (``pip install gpuconv[bench]``), never needed by
 the package. Tests never read the timings.
@@ -30,7 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
-from . import algorithms, conv, tuning, __version__
+from . import algorithms, conv, conv_filter_grad, conv_input_grad, tuning, __version__
 from .config import get_autotune, set_autotune
 from .device import cpu_model, cuda_device_name, cuda_status
 from .dtypes import bfloat16, is_bfloat16, result_dtype
@@ -85,14 +89,31 @@ def _kw(layer: dict) -> dict:
                 groups=layer["groups"])
 
 
+#: What --op times: the forward conv, or one of its two adjoints (the backward pass).
+OPS = ("forward", "input_grad", "filter_grad")
+
+
+def _grad_out(layer: Layer, x: np.ndarray, w: np.ndarray,
+              rng: np.random.Generator) -> np.ndarray:
+    """A random gradient of the layer's output (what the adjoints take)."""
+    geom = plan_conv(x.shape, w.shape, **_kw(layer))
+    return rng.standard_normal(geom.out_shape()).astype(x.dtype)
+
+
 def gpuconv_contender(layer: Layer, x: np.ndarray, w: np.ndarray, device: str,
-                      algorithm: str = "auto") -> Contender:
-    kw = dict(_kw(layer), algorithm=algorithm)
-    if device == "cpu":
-        return (lambda: conv(x, w, device="cpu", **kw)), (lambda r: r)
-    import cupy
-    xg, wg = cupy.asarray(x), cupy.asarray(w)
-    return (lambda: conv(xg, wg, device="cuda", **kw)), cupy.asnumpy
+                      algorithm: str = "auto", op: str = "forward",
+                      g: Optional[np.ndarray] = None) -> Contender:
+    kw: Dict[str, Any] = dict(_kw(layer), device="cpu" if device == "cpu" else "cuda")
+    host: Callable[[Any], np.ndarray] = lambda r: r  # noqa: E731
+    if device != "cpu":
+        import cupy
+        x, w, g = cupy.asarray(x), cupy.asarray(w), None if g is None else cupy.asarray(g)
+        host = cupy.asnumpy
+    if op == "input_grad":
+        return (lambda: conv_input_grad(g, w, x.shape, **kw)), host
+    if op == "filter_grad":
+        return (lambda: conv_filter_grad(x, g, w.shape, **kw)), host
+    return (lambda: conv(x, w, algorithm=algorithm, **kw)), host
 
 
 def concrete_algorithm(layer: Layer, dtype: str, device: str, algorithm: str) -> str:
@@ -118,17 +139,27 @@ def min_bytes(layer: Layer, dtype: str) -> int:
     return (x + w + y) * np.dtype(dtype).itemsize
 
 
-def torch_contender(layer: Layer, x: np.ndarray, w: np.ndarray, device: str) -> Contender:
+def torch_contender(layer: Layer, x: np.ndarray, w: np.ndarray, device: str,
+                    op: str = "forward", g: Optional[np.ndarray] = None) -> Contender:
     import torch
     import torch.nn.functional as F
-    f = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(layer["kernel"])]
+    import torch.nn.grad as G
+    D = len(layer["kernel"])
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cudnn.benchmark = True
     xt = _to_torch(torch, x).to(device)
     wt = _to_torch(torch, w).to(device)
+    gt = None if g is None else _to_torch(torch, g).to(device)
     kw = _kw(layer)
+    if op == "input_grad":  # backward-data (cuDNN's on the GPU)
+        f_in = getattr(G, f"conv{D}d_input")
+        return (lambda: f_in(x.shape, wt, gt, **kw)), _from_torch
+    if op == "filter_grad":  # backward-filter
+        f_w = getattr(G, f"conv{D}d_weight")
+        return (lambda: f_w(xt, w.shape, gt, **kw)), _from_torch
+    f = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[D]
 
     def call() -> Any:
         with torch.no_grad():
@@ -151,10 +182,13 @@ def _from_torch(r: Any) -> np.ndarray:
     return r.cpu().numpy()
 
 
-def scipy_contender(layer: Layer, x: np.ndarray, w: np.ndarray, device: str) -> Contender:
+def scipy_contender(layer: Layer, x: np.ndarray, w: np.ndarray, device: str,
+                    op: str = "forward", g: Optional[np.ndarray] = None) -> Contender:
     """What a user writes with SciPy: one correlate per (image, filter, channel), summed."""
     if device != "cpu":
         raise ImportError("SciPy runs on the CPU only")
+    if op != "forward":
+        raise ImportError("the SciPy peer times the forward conv only")
     from scipy.signal import correlate
     geom = plan_conv(x.shape, w.shape, stride=layer["stride"], padding=layer["padding"],
                      dilation=layer["dilation"], groups=layer["groups"])
@@ -236,16 +270,21 @@ def run_layer(layer: Layer, dtype: str, device: str, peers: Sequence[str], repea
               progress: Callable[[str], None],
               warmup_seconds: float = 0.3, pause: float = 0.0,
               algorithm_names: Sequence[str] = ("auto",),
-              peak: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+              peak: Optional[Dict[str, Any]] = None, op: str = "forward") -> Dict[str, Any]:
     """One layer's row. ``algorithm_names``: the first is timed as "gpuconv" (the ratios are
-    against it), the others as "gpuconv:<name>" where they apply to the layer."""
+    against it), the others as "gpuconv:<name>" where they apply to the layer (the forward
+    conv only: the adjoints have no choice). ``op``: one of OPS (the same multiply-adds and
+    the same arrays in each, so GFLOP/s and the floors are the forward conv's)."""
     D, x, w = _layer_arrays(layer, dtype, rng)
     flops = plan_conv(x.shape, w.shape, **_kw(layer)).flops
-    chosen = concrete_algorithm(layer, dtype, device, algorithm_names[0])
-    contenders = {"gpuconv": gpuconv_contender(layer, x, w, device, algorithm_names[0])}
+    g = None if op == "forward" else _grad_out(layer, x, w, rng)
+    chosen = (concrete_algorithm(layer, dtype, device, algorithm_names[0]) if op == "forward"
+              else "adjoint")
+    contenders = {"gpuconv": gpuconv_contender(layer, x, w, device, algorithm_names[0], op, g)}
     skipped = {}
     for extra in algorithm_names[1:]:
-        resolved = concrete_algorithm(layer, dtype, device, extra)
+        resolved = (concrete_algorithm(layer, dtype, device, extra) if op == "forward"
+                    else "n/a: the adjoints have no algorithm choice")
         if resolved.startswith("n/a"):
             skipped[f"gpuconv:{extra}"] = resolved
         else:
@@ -257,7 +296,7 @@ def run_layer(layer: Layer, dtype: str, device: str, peers: Sequence[str], repea
                              f"{scipy_max_calls}")
             continue
         try:
-            contenders[name] = PEERS[name](layer, x, w, device)
+            contenders[name] = PEERS[name](layer, x, w, device, op, g)
         except ImportError as exc:
             skipped[name] = f"not available: {exc}"
     clock, sync = _timer(device)
@@ -293,14 +332,14 @@ def run_layer(layer: Layer, dtype: str, device: str, peers: Sequence[str], repea
                 call()
             sync()
             times[name].append(_time_call_ms(call, device))
-    if algorithm_names[0] == "auto" and get_autotune():  # what the tuner chose, now known
+    if op == "forward" and algorithm_names[0] == "auto" and get_autotune():  # what the tuner chose, now known
         chosen = tuning.remembered(
             "cpu" if device == "cpu" else "cuda",
             cpu_model() if device == "cpu" else _cuda_name(), plan_conv(x.shape, w.shape,
                                                                         **_kw(layer)),
             result_dtype(dtype)) or chosen
     depthwise = layer["groups"] > 1 and layer["groups"] == layer["C_in"]
-    row = {"layer": layer["name"], "dtype": np.dtype(dtype).name, "device": device,
+    row = {"layer": layer["name"], "op": op, "dtype": np.dtype(dtype).name, "device": device,
            "algorithm": chosen, "depthwise": depthwise,
            "gflop": flops / 1e9, "min_mib": min_bytes(layer, dtype) / 2**20,
            "peak_temp_mib": None, "contenders": {}, "skipped": skipped}
@@ -437,11 +476,24 @@ def summarize(rows: Sequence[Dict[str, Any]], peers: Sequence[str],
               device: str = "cpu") -> Dict[str, Any]:
     """Geometric means of the peers' time over gpuconv's (above 1: gpuconv is faster): dense
     layers per dtype (``<dtype>_vs_<peer>``; with one dtype also ``dense_vs_<peer>``), and
-    depthwise layers (``depthwise_vs_<peer>``, float32 when it ran, else the first dtype)."""
+    depthwise layers (``depthwise_vs_<peer>``, float32 when it ran, else the first dtype).
+    Rows of an adjoint (``op`` input_grad or filter_grad) get the same keys prefixed with it."""
+    out: Dict[str, Any] = {}
+    for op in OPS:
+        of_op = [r for r in rows if r.get("op", "forward") == op]
+        if of_op:
+            prefix = "" if op == "forward" else f"{op}_"
+            out.update({prefix + k: v for k, v in _ratios(of_op, peers, device).items()})
+    out["max_peak_temp_mib"] = max((r["peak_temp_mib"] or 0) for r in rows) if rows else None
+    return out
+
+
+def _ratios(rows: Sequence[Dict[str, Any]], peers: Sequence[str],
+            device: str) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
     dw_dtype = "float32" if "float32" in dtypes else (dtypes[0] if dtypes else None)
-    for peer in peers:
+    for peer in [p for p in peers if any(p in r["ratio"] for r in rows)]:
         label = peer_label(peer, device)
         for dt in dtypes:
             out[f"{dt}_vs_{label}"] = geomean([r["ratio"].get(peer) for r in rows
@@ -450,7 +502,6 @@ def summarize(rows: Sequence[Dict[str, Any]], peers: Sequence[str],
             out[f"dense_vs_{label}"] = out[f"{dtypes[0]}_vs_{label}"]
         out[f"depthwise_vs_{label}"] = geomean([r["ratio"].get(peer) for r in rows
                                                 if r["depthwise"] and r["dtype"] == dw_dtype])
-    out["max_peak_temp_mib"] = max((r["peak_temp_mib"] or 0) for r in rows) if rows else None
     return out
 
 
@@ -463,7 +514,8 @@ def table(rows: Sequence[Dict[str, Any]], peers: Sequence[str]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         g = r["contenders"]["gpuconv"]
-        line = (f"{r['layer']:<26} {r['dtype']:<10} {r['algorithm'][:13]:<13} {r['gflop']:>6.2f} "
+        name = r["layer"] if r.get("op", "forward") == "forward" else f"{r['layer']} {r['op']}"
+        line = (f"{name:<26} {r['dtype']:<10} {r['algorithm'][:13]:<13} {r['gflop']:>6.2f} "
                 f"{g['median_ms']:>11.2f} {g['gflops']:>8.1f}")
         for p in peers:
             c = r["contenders"].get(p)
@@ -498,6 +550,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--algorithms", default="auto",
                     help="gpuconv algorithms to time, comma-separated (see gpuconv.algorithms); "
                          "the first is 'gpuconv', the ratios are against it")
+    ap.add_argument("--op", default="forward",
+                    help=f"what to time, comma-separated: {', '.join(OPS)} (the adjoints "
+                         f"against PyTorch's backward-data / backward-filter)")
     ap.add_argument("--measure-peak", action="store_true",
                     help="(cuda) measure FMA, tensor-core and memory peaks first and give each "
                          "row its TFLOP/s and %% of the peak / bandwidth that bounds it")
@@ -549,6 +604,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             pass
 
     dtypes = [d for d in args.dtype.split(",") if d]
+    ops = [o for o in args.op.split(",") if o]
+    if not ops or set(ops) - set(OPS):
+        print(f"--op must name some of {OPS}, got {args.op!r}", file=sys.stderr)
+        return 2
     algorithm_names = [a for a in args.algorithms.split(",") if a]
     if "bfloat16" in dtypes and bfloat16() is None:  # importing ml_dtypes names it for NumPy
         print("--dtype bfloat16 needs the ml_dtypes package", file=sys.stderr)
@@ -572,15 +631,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         set_autotune(True)
     rng = np.random.default_rng(0)
     rows = []
-    jobs = [(layer, dt) for dt in dtypes for layer in layers]
+    jobs = [(op, layer, dt) for op in ops for dt in dtypes for layer in layers]
     total = len(jobs)
     _progress(0, total, "starting")
-    for i, (layer, dt) in enumerate(jobs):
+    for i, (op, layer, dt) in enumerate(jobs):
         def progress(label: str, i: int = i) -> None:
             _progress(i, total, label)
         rows.append(run_layer(layer, dt, args.device, peers, args.repeat, args.warmup,
                               args.scipy_max_calls, rng, progress, pause=pause,
-                              algorithm_names=algorithm_names, peak=peak))
+                              algorithm_names=algorithm_names, peak=peak, op=op))
         _progress(i + 1, total, layer["name"])
     present = [p for p in peers if any(p in r["contenders"] for r in rows)]
     extras = [f"gpuconv:{a}" for a in algorithm_names[1:]]
@@ -604,7 +663,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "blas_threads_env": {k: os.environ.get(k) for k in
                                  ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
             "versions": versions, "shapes": str(shapes_path), "set": args.set or args.device,
-            "dtype": args.dtype, "algorithms": algorithm_names, "autotune": args.autotune,
+            "dtype": args.dtype, "ops": ops, "algorithms": algorithm_names,
+            "autotune": args.autotune,
             "repeat": args.repeat,
             "warmup": args.warmup, "pause_s": pause, "timing": (
                 "CUDA events around each call" if args.device == "cuda" else "perf_counter"),

@@ -77,6 +77,35 @@ def test_bench_several_dtypes_and_algorithms(tmp_path):
                       8 * (3 * 144 + 4 * 3 * 9 + 4 * 144))
 
 
+def test_bench_times_the_adjoints(tmp_path):
+    """--op: the two adjoints against PyTorch's backward-data and backward-filter (where
+    PyTorch is installed), the SciPy peer skipped with its reason, rows and summary keys
+    carrying the op; a bad --op is refused."""
+    shapes = tmp_path / "shapes.json"
+    shapes.write_text(json.dumps(LAYERS))
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, "-m", "gpuconv.bench", "--shapes", str(shapes),
+                          "--repeat", "2", "--warmup", "0", "--peers", "scipy,torch",
+                          "--op", "input_grad,filter_grad", "--algorithms", "auto,gemm",
+                          "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    rec = json.loads(out.read_text())
+    assert rec["ops"] == ["input_grad", "filter_grad"]
+    assert [(r["op"], r["layer"]) for r in rec["bench"]] == [
+        (op, layer) for op in ("input_grad", "filter_grad") for layer in ("tiny_3x3", "tiny_dw")]
+    for row in rec["bench"]:
+        assert row["algorithm"] == "adjoint"
+        assert "forward conv only" in row["skipped"]["scipy"]
+        assert "no algorithm choice" in row["skipped"]["gpuconv:gemm"]
+        if "torch" in row["contenders"]:  # it computed the same gradient
+            assert row["contenders"]["torch"]["max_rel_diff_vs_gpuconv"] < 1e-4
+            assert f"{row['op']}_float32_vs_torch" in rec["summary"]
+    assert not any(k.endswith("_vs_scipy") for k in rec["summary"])
+    bad = subprocess.run([sys.executable, "-m", "gpuconv.bench", "--shapes", str(shapes),
+                          "--op", "backward"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--op must name some of" in bad.stderr
+
+
 def test_bench_gpu_options_need_cuda(tmp_path):
     shapes = tmp_path / "shapes.json"
     shapes.write_text(json.dumps(LAYERS))
@@ -100,6 +129,11 @@ def test_summary_and_peak_arithmetic():
     assert np.isclose(s["float32_vs_cudnn"], 1.0) and np.isclose(s["float16_vs_cudnn"], 4.0)
     assert np.isclose(s["depthwise_vs_cudnn"], 1.5) and s["max_peak_temp_mib"] == 3
     assert "dense_vs_cudnn" not in s  # two dtypes: no single dense figure
+    adjoint = [dict(r, op="input_grad", ratio={"torch": 0.5}) for r in rows[:2]]
+    s = summarize(rows + adjoint, ["torch"], "cuda")
+    assert np.isclose(s["float32_vs_cudnn"], 1.0)  # the forward rows alone
+    assert np.isclose(s["input_grad_float32_vs_cudnn"], 0.5)
+    assert np.isclose(s["input_grad_dense_vs_cudnn"], 0.5)
     # 1 TFLOP in 100 ms against a 20 TFLOP/s peak: 50 ms floor, 50 % of it; 1 GB at 1000 GB/s
     r = of_peak(10**12, 10**9, 100.0, "float32", {"float32_tflops": 20.0, "bandwidth_gbs": 1000})
     assert np.isclose(r["tflops"], 10.0) and np.isclose(r["pct_of_compute_peak"], 50.0)

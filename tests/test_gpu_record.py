@@ -34,6 +34,31 @@ def test_records_of_one_commit_merge_phase_by_phase():
         merge(first, dict(second, commit="def"))
 
 
+def test_bench_rows_split_over_calls_add_up():
+    """A bench split over calls (--bench-args "--dtype float16" after a float32 one) keeps the
+    rows of both, a row run again replaces the old one, and the summary is computed from all."""
+    merge = _module().merge
+
+    def row(layer, dtype, ratio):
+        return {"layer": layer, "dtype": dtype, "depthwise": False, "ratio": {"torch": ratio},
+                "peak_temp_mib": 1.0}
+    first = {"commit": "abc", "device": "H100", "bench": [row("a", "float32", 2.0)],
+             "summary": {"float32_vs_cudnn": 2.0, "host_overhead_us": {"gpuconv": 30.0}}}
+    second = {"commit": "abc", "device": "H100",
+              "bench": [row("a", "float16", 0.5), row("b", "float32", 8.0)],
+              "summary": {"float16_vs_cudnn": 0.5}}
+    merged = merge(first, second)
+    assert [(r["layer"], r["dtype"]) for r in merged["bench"]] == [
+        ("a", "float32"), ("a", "float16"), ("b", "float32")]
+    assert merged["summary"]["float32_vs_cudnn"] == pytest.approx(4.0)  # geomean of 2 and 8
+    assert merged["summary"]["float16_vs_cudnn"] == pytest.approx(0.5)
+    assert merged["summary"]["host_overhead_us"] == {"gpuconv": 30.0}
+    again = merge(merged, {"commit": "abc", "device": "H100", "bench": [row("b", "float32", 2.0)],
+                           "summary": {}})
+    assert len(again["bench"]) == 3
+    assert again["summary"]["float32_vs_cudnn"] == pytest.approx(2.0)
+
+
 def test_without_a_gpu_no_record_is_written(tmp_path):
     env_code = ("import sys, runpy; sys.modules['cupy'] = None; "
                 f"sys.argv = ['gpu_record.py', '--commit', 'abc', '--out', {str(tmp_path)!r}]; "
