@@ -5,10 +5,30 @@ from typing import Any, Optional, Sequence
 
 from .dispatch import as_array, check_flip, flipped, run
 from .dtypes import result_dtype
-from .geometry import (IntOrTuple, PaddingArg, plan_conv_filter_grad, plan_conv_input_grad,
-                       plan_conv_transpose)
+from .geometry import (ConvGeometry, IntOrTuple, PaddingArg, data_adjoint_as_conv,
+                       plan_conv_filter_grad, plan_conv_input_grad, plan_conv_transpose)
 from .layout import alloc_input, to_channels_first
 from ._typing import Array
+
+
+def _data_adjoint(xp: Any, backend: Any, g_cf: Array, w: Array, bias: Array,
+                  geom: ConvGeometry, conjugate: bool, out_cf: Array) -> None:
+    """``out_cf`` = the data adjoint of ``geom``'s conv applied to ``g_cf`` (conjugated filters
+    when ``conjugate``), plus ``bias``. At stride 1 with zero padding that is a forward conv
+    (geometry.data_adjoint_as_conv), run by the backend's forward algorithms, which do less
+    index arithmetic per term than its adjoint kernel and have the fast paths; otherwise the
+    backend's data adjoint."""
+    fgeom = data_adjoint_as_conv(geom)
+    if fgeom is None:
+        backend.data_adjoint(g_cf, w, bias, geom, conjugate, out_cf)
+        return
+    G, D = geom.groups, geom.rank
+    wt = w.reshape((G, geom.C_out_per_group, geom.C_in_per_group) + geom.kernel)
+    wt = flipped(xp.swapaxes(wt, 1, 2), D).reshape((geom.C_in, geom.C_out_per_group)
+                                                   + geom.kernel)
+    if conjugate and wt.dtype.kind == "c":
+        wt = xp.conj(wt)
+    backend.conv_forward(g_cf, wt, bias, fgeom, None, out_cf, "auto")
 
 
 def _conv_transpose(fname: str, rank: Optional[int], y: Array, filters: Array, bias: Array,
@@ -28,8 +48,8 @@ def _conv_transpose(fname: str, rank: Optional[int], y: Array, filters: Array, b
 
     def compute(xp: Any, backend: Any, y: Array, w: Array, b: Array) -> Array:
         out, out_cf = alloc_input(xp, geom, dtype)
-        backend.data_adjoint(to_channels_first(xp, y, geom), flipped(w, geom.rank) if flip else w,
-                             b, geom, False, out_cf)
+        _data_adjoint(xp, backend, to_channels_first(xp, y, geom),
+                      flipped(w, geom.rank) if flip else w, b, geom, False, out_cf)
         return out
 
     return run(device, y_in, (y, filters, bias), compute)
@@ -136,8 +156,8 @@ def conv_input_grad(grad_out: Array, filters: Array, input_shape: Sequence[int],
 
     def compute(xp: Any, backend: Any, g: Array, w: Array) -> Array:
         out, out_cf = alloc_input(xp, geom, dtype)
-        backend.data_adjoint(to_channels_first(xp, g, geom), flipped(w, geom.rank) if flip else w,
-                             None, geom, True, out_cf)
+        _data_adjoint(xp, backend, to_channels_first(xp, g, geom),
+                      flipped(w, geom.rank) if flip else w, None, geom, True, out_cf)
         return out
 
     return run(device, g_in, (grad_out, filters), compute)

@@ -341,6 +341,26 @@ def _plan_conv(x_shape: Tuple[int, ...], filter_shape: Tuple[int, ...],
                         stride, dilation, before, after, padding_mode, out_spatial)
 
 
+def data_adjoint_as_conv(geom: ConvGeometry) -> Optional[ConvGeometry]:
+    """The convolution that computes the data adjoint of ``geom``'s conv, where there is one:
+    at stride 1 with zero padding, the adjoint (and the transposed convolution) of
+    ``x -> conv(x, w)`` is a conv of the gradient g ``(N, C_out, *out_spatial)`` with each
+    group's filters transposed and their kernels reversed (``(C_in, C_out/groups, *kernel)``),
+    the same dilation and groups, and padding ``dilation*(k-1) - before`` before and
+    ``in - out + before`` after, which gives ``in_spatial``. None for strides above 1, other
+    padding modes, or padding wider than the kernel's span (that padding would be negative)."""
+    if max(geom.stride) > 1 or geom.padding_mode != "zeros":
+        return None
+    before = tuple(d * (k - 1) - b for k, d, b in zip(geom.kernel, geom.dilation, geom.pad_before))
+    after = tuple(i - o + b for i, o, b in zip(geom.in_spatial, geom.out_spatial,
+                                                 geom.pad_before))
+    if min(before + after) < 0:
+        return None
+    return ConvGeometry(geom.rank, geom.layout, geom.batched, geom.N, geom.C_out, geom.C_in,
+                        geom.groups, geom.out_spatial, geom.kernel, geom.stride, geom.dilation,
+                        before, after, "zeros", geom.in_spatial)
+
+
 def _check_result_shape(geom: ConvGeometry, got_shape: Sequence[int], got_name: str,
                         given_name: str, given_shape: Sequence[int]) -> None:
     if tuple(got_shape) != geom.out_shape():
