@@ -5,30 +5,51 @@ from typing import Any, Optional, Sequence
 
 from .dispatch import as_array, check_flip, flipped, run
 from .dtypes import result_dtype
-from .geometry import (ConvGeometry, IntOrTuple, PaddingArg, data_adjoint_as_conv,
+from .geometry import (ConvGeometry, IntOrTuple, PaddingArg, data_adjoint_phases,
                        plan_conv_filter_grad, plan_conv_input_grad, plan_conv_transpose)
 from .layout import alloc_input, to_channels_first
 from ._typing import Array
 
 
+#: Kernels per filter from which the data adjoint runs as forward convolutions (_by_phases).
+ADJOINT_AS_CONV_MIN_CHANNELS = 16
+
+
+def _by_phases(geom: ConvGeometry) -> bool:
+    """Whether the data adjoint of ``geom``'s conv runs as forward convolutions, one per stride
+    phase (geometry.data_adjoint_phases): for zero padding (other modes fold their borders),
+    where the backend's forward algorithms fit those convs, which have C_in/groups outputs a
+    filter: GEMM wants >= 16 of them (fewer make a matrix-vector product over unrolled windows;
+    CPU r50_conv1_7x7s2, 3 channels, ran 49 ms that way against the adjoint's 32), or plain
+    depthwise. They do less index arithmetic per term than the adjoint kernels and have the
+    fast paths (CPU mbv2_dw_3x3_c576 29 -> 1.8 ms)."""
+    depthwise = geom.C_in_per_group == geom.C_out_per_group == 1 and geom.groups > 1
+    return geom.padding_mode == "zeros" and (
+        depthwise or geom.C_in_per_group >= ADJOINT_AS_CONV_MIN_CHANNELS)
+
+
 def _data_adjoint(xp: Any, backend: Any, g_cf: Array, w: Array, bias: Array,
                   geom: ConvGeometry, conjugate: bool, out_cf: Array) -> None:
     """``out_cf`` = the data adjoint of ``geom``'s conv applied to ``g_cf`` (conjugated filters
-    when ``conjugate``), plus ``bias``. At stride 1 with zero padding that is a forward conv
-    (geometry.data_adjoint_as_conv), run by the backend's forward algorithms, which do less
-    index arithmetic per term than its adjoint kernel and have the fast paths; otherwise the
+    when ``conjugate``), plus ``bias``: by stride phases where _by_phases says so, else by the
     backend's data adjoint."""
-    fgeom = data_adjoint_as_conv(geom)
-    if fgeom is None:
+    phases = data_adjoint_phases(geom) if _by_phases(geom) else None
+    if phases is None:
         backend.data_adjoint(g_cf, w, bias, geom, conjugate, out_cf)
         return
-    G, D = geom.groups, geom.rank
-    wt = w.reshape((G, geom.C_out_per_group, geom.C_in_per_group) + geom.kernel)
-    wt = flipped(xp.swapaxes(wt, 1, 2), D).reshape((geom.C_in, geom.C_out_per_group)
-                                                   + geom.kernel)
+    # each group's filters transposed: (C_in, C_out/groups, *kernel)
+    wt = w.reshape((geom.groups, geom.C_out_per_group, geom.C_in_per_group) + geom.kernel)
+    wt = xp.swapaxes(wt, 1, 2).reshape((geom.C_in, geom.C_out_per_group) + geom.kernel)
     if conjugate and wt.dtype.kind == "c":
         wt = xp.conj(wt)
-    backend.conv_forward(g_cf, wt, bias, fgeom, None, out_cf, "auto")
+    lead = (slice(None), slice(None))
+    for phase in phases:
+        dst = out_cf[lead + phase.out]
+        if phase.conv is None:  # no tap reaches these elements
+            dst[...] = 0 if bias is None else bias.reshape((1, -1) + (1,) * geom.rank)
+            continue
+        taps = flipped(wt[lead + phase.taps], geom.rank)
+        backend.conv_forward(g_cf[lead + phase.grad], taps, bias, phase.conv, None, dst, "auto")
 
 
 def _conv_transpose(fname: str, rank: Optional[int], y: Array, filters: Array, bias: Array,

@@ -10,10 +10,11 @@ Vocabulary: a *kernel* is one weight array of ``kernel_size`` slid over one inpu
 """
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union, cast
 
 LAYOUTS = ("channels_first", "channels_last")
 PADDING_STRINGS = ("valid", "same", "full")
@@ -341,24 +342,78 @@ def _plan_conv(x_shape: Tuple[int, ...], filter_shape: Tuple[int, ...],
                         stride, dilation, before, after, padding_mode, out_spatial)
 
 
-def data_adjoint_as_conv(geom: ConvGeometry) -> Optional[ConvGeometry]:
-    """The convolution that computes the data adjoint of ``geom``'s conv, where there is one:
-    at stride 1 with zero padding, the adjoint (and the transposed convolution) of
-    ``x -> conv(x, w)`` is a conv of the gradient g ``(N, C_out, *out_spatial)`` with each
-    group's filters transposed and their kernels reversed (``(C_in, C_out/groups, *kernel)``),
-    the same dilation and groups, and padding ``dilation*(k-1) - before`` before and
-    ``in - out + before`` after, which gives ``in_spatial``. None for strides above 1, other
-    padding modes, or padding wider than the kernel's span (that padding would be negative)."""
-    if max(geom.stride) > 1 or geom.padding_mode != "zeros":
+class AdjointPhase(NamedTuple):
+    """One stride phase of a data adjoint as a convolution (see data_adjoint_phases): the
+    elements ``out`` of the input-shaped result (one slice per spatial axis, step = stride) are
+    ``conv`` (a stride-1 convolution, or None where no tap reaches them: zero) of the gradient's
+    elements ``grad`` (one slice per axis) with the taps ``taps`` of each group's transposed
+    filters (one slice per axis), reversed."""
+    out: Tuple[slice, ...]
+    grad: Tuple[slice, ...]
+    taps: Tuple[slice, ...]
+    conv: Optional["ConvGeometry"]
+
+
+def _axis_phases(I: int, O: int, K: int, s: int, d: int, pb: int) -> List[Tuple[Any, ...]]:
+    """One axis of data_adjoint_phases: (out slice, grad slice, tap slice, J, dilation, before,
+    after) per residue of i + before modulo the stride, J = 0 where no tap reaches it."""
+    g = math.gcd(s, d)
+    kstep, dil = s // g, d // g
+    phases = []
+    for rho in range(s):
+        q_min, q_max = -((rho - pb) // s), (I - 1 + pb - rho) // s  # dx[q*s + rho - pb]
+        U = q_max - q_min + 1
+        if U < 1:
+            continue
+        i0 = q_min * s + rho - pb
+        out = slice(i0, i0 + (U - 1) * s + 1, s)
+        k0 = next((k for k in range(min(K, kstep)) if (k * d - rho) % s == 0), None)
+        if k0 is None:
+            phases.append((out, slice(0, 0), slice(0, 0), 0, 1, 0, 0))
+            continue
+        J = len(range(k0, K, kstep))
+        e0 = (k0 * d - rho) // s  # dx[q*s + rho - pb] = sum_j g[q - e0 - dil*j] w[k0 + kstep*j]
+        before = e0 + dil * (J - 1) - q_min
+        start = max(0, -before)  # negative padding: drop gradient elements instead
+        before += start
+        after = U - (O - start) - before + dil * (J - 1)
+        stop = O + min(0, after)
+        after = max(0, after)
+        if stop <= start:
+            phases.append((out, slice(0, 0), slice(0, 0), 0, 1, 0, 0))
+            continue
+        phases.append((out, slice(start, stop), slice(k0, K, kstep), J, dil, before, after))
+    return phases
+
+
+def data_adjoint_phases(geom: ConvGeometry) -> Optional[List[AdjointPhase]]:
+    """The data adjoint of ``geom``'s conv (and the transposed convolution) as stride-1
+    convolutions, for zero padding (None for other padding modes, whose borders fold).
+
+    dx[i] = sum over o, k with o*stride + k*dilation - before = i of g[o] w[k]: the elements i
+    with one residue of i + before modulo the stride (a stride phase, one per residue and axis)
+    are reached by the taps k with k*dilation of that residue only, and over them the sum is a
+    stride-1 conv of g with those taps reversed (dilation/gcd(stride, dilation) apart), each
+    group's filters transposed, padded so that it lands on the phase's elements (negative
+    padding drops gradient elements instead). At stride 1 that is one conv with all taps:
+    padding dilation*(k-1) - before before and in - out + before after. Every (o, k) pair is in
+    exactly one phase, so the phases do the adjoint's multiply-adds and no more."""
+    if geom.padding_mode != "zeros":
         return None
-    before = tuple(d * (k - 1) - b for k, d, b in zip(geom.kernel, geom.dilation, geom.pad_before))
-    after = tuple(i - o + b for i, o, b in zip(geom.in_spatial, geom.out_spatial,
-                                                 geom.pad_before))
-    if min(before + after) < 0:
-        return None
-    return ConvGeometry(geom.rank, geom.layout, geom.batched, geom.N, geom.C_out, geom.C_in,
-                        geom.groups, geom.out_spatial, geom.kernel, geom.stride, geom.dilation,
-                        before, after, "zeros", geom.in_spatial)
+    axes = [_axis_phases(*a) for a in zip(geom.in_spatial, geom.out_spatial, geom.kernel,
+                                          geom.stride, geom.dilation, geom.pad_before)]
+    phases = []
+    for combo in itertools.product(*axes):
+        out, grad, taps, J, dil, before, after = (tuple(v) for v in zip(*combo))
+        conv = None
+        if min(J) > 0:
+            in_spatial = tuple(sl.stop - sl.start for sl in grad)
+            conv = ConvGeometry(geom.rank, geom.layout, geom.batched, geom.N, geom.C_out,
+                                geom.C_in, geom.groups, in_spatial, J, (1,) * geom.rank, dil,
+                                before, after, "zeros",
+                                tuple(len(range(n)[sl]) for sl, n in zip(out, geom.in_spatial)))
+        phases.append(AdjointPhase(out, grad, taps, conv))
+    return phases
 
 
 def _check_result_shape(geom: ConvGeometry, got_shape: Sequence[int], got_name: str,

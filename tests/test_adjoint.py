@@ -71,8 +71,17 @@ def check_filter_grad(case, g, got):
     assert np.all(err <= _bound(got.dtype, n, mag, exact)), err.max()
 
 
+@pytest.fixture(params=["phases", "adjoint"])
+def route(request, monkeypatch):
+    """Both ways a data adjoint runs, each forced on every case whatever its channels: forward
+    convs by stride phase (zero padding; other modes always fold through the backend's own),
+    and the backend's own data adjoint."""
+    monkeypatch.setattr(gpuconv.adjoint, "_by_phases", lambda geom: request.param == "phases")
+    return request.param
+
+
 @pytest.mark.parametrize("case", CASES + bfloat16_cases(), ids=lambda c: c.name)
-def test_cpu_adjoints_against_reference(case):
+def test_cpu_adjoints_against_reference(case, route):
     rng = np.random.default_rng(abs(hash(case.name)) % 2**32)
     g = _grad_out(case, rng)
     before = (case.x.copy(), case.filters.copy(), g.copy())
@@ -181,7 +190,7 @@ def check_transpose(case, y, b, opts, got):
 
 
 @pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=lambda c: c.name)
-def test_conv_transpose_against_reference(case):
+def test_conv_transpose_against_reference(case, route):
     y, b, opts = transpose_call(case)
     check_transpose(case, y, b, opts, gpuconv.conv_transpose(y, case.filters, b, device="cpu",
                                                              **opts))
@@ -237,7 +246,7 @@ def test_bad_adjoint_input(call, exc, pattern):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", CASES + bfloat16_cases(), ids=lambda c: c.name)
-def test_gpu_adjoints_against_cpu_and_reference(case, gpu):
+def test_gpu_adjoints_against_cpu_and_reference(case, gpu, route):
     cp = gpu
     rng = np.random.default_rng(abs(hash(case.name)) % 2**32)
     g = _grad_out(case, rng)
@@ -257,7 +266,7 @@ def test_gpu_adjoints_against_cpu_and_reference(case, gpu):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=lambda c: c.name)
-def test_gpu_conv_transpose(case, gpu):
+def test_gpu_conv_transpose(case, gpu, route):
     cp = gpu
     y, b, opts = transpose_call(case)
     got = gpuconv.conv_transpose(cp.asarray(y), cp.asarray(case.filters), cp.asarray(b),

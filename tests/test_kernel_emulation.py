@@ -29,6 +29,7 @@ from cases import (Case, as_dtype, as_float16, bfloat16_cases, channel_block_cas
                    fast_path_cases, grid_cases, tile_cases)
 from test_adjoint import (TRANSPOSE_CASES, _grad_out, _options, check_filter_grad,
                           check_input_grad, check_transpose, transpose_call)
+from test_adjoint import route  # noqa: F401 (a fixture: pytest finds it by its name)
 from test_grid import _check
 from reference import error_bound_tf32
 
@@ -347,7 +348,7 @@ def test_depthwise_kernel_unrolled_sizes(k, stride, dilation, padding, width, la
 
 
 @pytest.mark.parametrize("case", CASES + bfloat16_cases(), ids=lambda c: c.name)
-def test_adjoint_kernels(case, emulated_gpu):
+def test_adjoint_kernels(case, emulated_gpu, route):
     rng = np.random.default_rng(abs(hash(case.name)) % 2**32)
     g = _grad_out(case, rng)
     opts = _options(case)
@@ -356,7 +357,7 @@ def test_adjoint_kernels(case, emulated_gpu):
 
 
 @pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=lambda c: c.name)
-def test_transpose_kernel(case, emulated_gpu):
+def test_transpose_kernel(case, emulated_gpu, route):
     y, b, opts = transpose_call(case)
     check_transpose(case, y, b, opts, gpuconv.conv_transpose(y, case.filters, b, **opts))
 
