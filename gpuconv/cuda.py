@@ -26,7 +26,7 @@ from .device import cuda_device_name
 from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
 from .layout import pad_spatial, unpad_adjoint
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
 from ._typing import Array, DTypeLike
 
 #: When True, outputs are filled with NaN before each launch so that elements a kernel fails to
