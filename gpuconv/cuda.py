@@ -197,21 +197,61 @@ def filter_grad_chunks(geom: ConvGeometry, threads: int) -> Tuple[int, int]:
     return -(-M // chunk), chunk
 
 
+#: Partial sums of the filter-gradient GEMM's splits stay under this many bytes.
+FILTER_GRAD_PARTIAL_BYTES = 64 * 2**20
+
+
+def filter_grad_by_gemm(geom: ConvGeometry) -> bool:
+    """Whether the filter gradient runs as the tiled GEMM (conv_filter_grad_gemm), whose
+    64 terms x 64 filters tiles want filters of >= 32 terms (C_in/groups x taps) and >= 16
+    filters a group; others (depthwise: 9 terms, 1 filter) take the partial-sum kernel, one
+    thread per filter element and chunk of positions."""
+    return geom.terms_per_output >= 32 and geom.C_out_per_group >= 16
+
+
+def filter_grad_splits(geom: ConvGeometry, threads: int, itemsize: int) -> Tuple[int, int]:
+    """(splits, steps a split) of the filter-gradient GEMM: its tiles of (terms, filters) per
+    group, times enough splits of the M positions (BK a step) that about threads / 2048 blocks
+    have work, within FILTER_GRAD_PARTIAL_BYTES of partial sums and CUDA's grid limit. Fixed
+    for a shape and device, which keeps the result bit-identical run after run."""
+    BM, BN, BK = kernels.FILTER_GRAD_TILE[:3]
+    tiles = -(-geom.terms_per_output // BM) * -(-geom.C_out_per_group // BN) * geom.groups
+    steps = max(1, -(-geom.N * math.prod(geom.out_spatial) // BK))
+    E = geom.C_out * geom.terms_per_output
+    splits = max(1, min(steps, threads // 2048 // tiles, 65535 // geom.groups,
+                        FILTER_GRAD_PARTIAL_BYTES // (E * itemsize)))
+    per_split = -(-steps // splits)
+    return -(-steps // per_split), per_split
+
+
 def _filter_grad(xp: Any, run: Callable[..., None], threads: int, x_cf: Array, g_cf: Array,
                  geom: ConvGeometry, out: Array) -> None:
     dtype = np.dtype(out.dtype)
     x_cf, geom = _prepare_x(xp, x_cf, geom, dtype)
     g_cf = _aligned(xp, g_cf.astype(dtype, copy=False))
-    R, chunk = filter_grad_chunks(geom, threads)
     E = geom.C_out * geom.terms_per_output
-    partial = xp.empty((R, E), dtype=accumulator_dtype(dtype))
-    _poison(partial)
+    acc = accumulator_dtype(dtype)
+    record = params.conv_params(geom, x_cf, g_cf, False)
+    sum_partials = kernels.filter_grad_names(dtype)[1]
+    if filter_grad_by_gemm(geom):
+        splits, per_split = filter_grad_splits(geom, threads, acc.itemsize)
+        partial = xp.empty((splits, E), dtype=acc)
+        _poison(partial)
+        BM, BN = kernels.FILTER_GRAD_TILE[:2]
+        blocks = (-(-geom.terms_per_output // BM), -(-geom.C_out_per_group // BN),
+                  geom.groups * splits)
+        run("conv_gemm.cu", kernels.conv_filter_grad_gemm_name(dtype), dtype,
+            Grid(blocks, 256), (x_cf, g_cf, partial, np.int64(splits), np.int64(per_split),
+                                record))
+        R = splits
+    else:
+        R, chunk = filter_grad_chunks(geom, threads)
+        partial = xp.empty((R, E), dtype=acc)
+        _poison(partial)
+        run("conv_adjoint.cu", kernels.filter_grad_names(dtype)[0], dtype, R * E,
+            (x_cf, g_cf, partial, np.int64(R), np.int64(chunk), record))
     _poison(out)
-    first, second = kernels.filter_grad_names(dtype)
-    args = (x_cf, g_cf, partial, np.int64(R), np.int64(chunk),
-            params.conv_params(geom, x_cf, g_cf, False))
-    run("conv_adjoint.cu", first, dtype, R * E, args)
-    run("conv_adjoint.cu", second, dtype, E, (partial, out, np.int64(R), np.int64(E)))
+    run("conv_adjoint.cu", sum_partials, dtype, E, (partial, out, np.int64(R), np.int64(E)))
 
 
 def conv_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry, activation: Optional[str],
@@ -235,6 +275,7 @@ def data_adjoint(g_cf: Array, w: Array, bias: Array, geom: ConvGeometry, conjuga
 
 def filter_grad(x_cf: Array, g_cf: Array, geom: ConvGeometry, out: Array) -> None:
     """Fill the contiguous CuPy array ``out`` ``(C_out, C_in/groups, *k)``; see cpu.filter_grad.
-    Deterministic: two kernels, partial sums over fixed chunks and then their ordered sum."""
+    Deterministic: two kernels, partial sums over fixed splits of the positions (a tiled GEMM,
+    or one thread per filter element and chunk) and then their ordered sum."""
     import cupy
     _filter_grad(cupy, _gpu_run, _gpu_threads(), x_cf, g_cf, geom, out)

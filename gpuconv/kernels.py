@@ -187,6 +187,16 @@ def data_adjoint_name(dtype: DTypeLike, conjugate: bool) -> str:
     return f"conv_data_adjoint<{ctype(dtype)}, {'true' if conjugate else 'false'}>"
 
 
+#: The filter-gradient GEMM (conv_gemm.cu: conv_filter_grad_gemm): (BM terms, BN filters, BK
+#: positions a step, TM, TN) -- 256 threads, each TM x TN sums.
+FILTER_GRAD_TILE: Tuple[int, int, int, int, int] = (64, 64, 8, 4, 4)
+
+
+def conv_filter_grad_gemm_name(dtype: DTypeLike) -> str:
+    params = ", ".join(str(v) for v in FILTER_GRAD_TILE)
+    return f"conv_filter_grad_gemm<{ctype(dtype)}, {params}>"
+
+
 def filter_grad_names(dtype: DTypeLike) -> Tuple[str, str]:
     """(first stage: partial sums, second stage: their ordered sum) for ``dtype``."""
     name = ctype(dtype)
@@ -199,7 +209,7 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
         return tuple(conv_direct_name(dtype, a) for a in activation_names(dtype))
     if filename == "conv_gemm.cu":
         return tuple(conv_gemm_name(dtype, a, t) for a in activation_names(dtype)
-                     for t in gemm_tiles(dtype))
+                     for t in gemm_tiles(dtype)) + (conv_filter_grad_gemm_name(dtype),)
     if filename == "conv_gemm_tc.cu":
         if tensor_core_dtype(dtype):
             return tuple(conv_gemm_tc_name(dtype, a) for a in activation_names(dtype)) + \

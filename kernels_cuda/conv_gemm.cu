@@ -137,3 +137,118 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
         }
     }
 }
+
+// The filter gradient as an implicit GEMM, first stage: per group g,
+//   dW[f, k] = sum over output positions m of conj(A[m, k]) * G[m, f]
+// with A the forward conv's window matrix (above) and G[m, f] = gy[n, g*Cog + f, od, oh, ow]
+// (gy output-shaped, p's y strides). A block computes a BM x BN tile of dW^T (terms x filters)
+// over one split of the M positions: steps split * per_split ... of BK positions, the terms'
+// offsets found once per block (its terms are fixed) and each step's BK windows once per step
+// (BK threads, shared), double-buffered as in conv_gemm. Its sums (in the accumulator type, in
+// position order) go to partial[split, g*Cog + f, k]; sum_partials (conv_adjoint.cu) then adds
+// the splits in order, so the result is the same run after run. blockIdx.z = g * splits + split.
+template <typename T, int BM, int BN, int BK, int TM, int TN>
+__global__ void __launch_bounds__((BM / TM) * (BN / TN))
+conv_filter_grad_gemm(const T* __restrict__ x, const T* __restrict__ gy,
+                      typename gc_num<T>::acc* __restrict__ partial, long long splits,
+                      long long per_split, const gc_conv p) {
+    typedef gc_num<T> num;
+    typedef typename num::acc acc_t;
+    constexpr int MT = BM / TM, NT = BN / TN, THREADS = MT * NT;
+    constexpr int VM = TM < 4 ? TM : 4, VN = TN < 4 ? TN : 4;
+    constexpr int A_LOADS = BM * BK / THREADS, B_LOADS = BN * BK / THREADS;
+    static_assert((BM * BK) % THREADS == 0 && (BN * BK) % THREADS == 0, "whole loads a thread");
+
+    __shared__ __align__(4 * sizeof(acc_t)) acc_t As[2][BK][BM];
+    __shared__ __align__(4 * sizeof(acc_t)) acc_t Bs[2][BK][BN];
+    __shared__ long long k_offset[BM];  // the block's terms: x offset from a window's corner
+    __shared__ int k_tap[BM][3];
+    __shared__ gc_window wins[2][BK];   // each step's positions: window, and y offset below
+    __shared__ long long y_at[2][BK];
+
+    const int tid = threadIdx.x;
+    const long long Kg = p.Cg * p.KD * p.KH * p.KW;
+    const long long M = p.N * p.OD * p.OH * p.OW;
+    const long long g = blockIdx.z / splits, split = blockIdx.z % splits;
+    const long long k0 = blockIdx.x * (long long)BM, f0 = blockIdx.y * (long long)BN;
+    const long long total_steps = (M + BK - 1) / BK;
+    const long long first = split * per_split;
+    const long long steps =
+        first >= total_steps ? 0 : (total_steps - first < per_split ? total_steps - first
+                                                                    : per_split);
+    gc_find_terms<BM>(tid, blockIdx.x, Kg, p, k_offset, k_tap);  // k = k0 + tid
+
+    auto find_windows = [&](long long step, int buf) {  // positions of step first + step
+        if (tid < BK) {
+            const long long m = (first + step) * BK + tid;
+            wins[buf][tid] = gc_window_of(m, M, g, p);
+            y_at[buf][tid] = m < M ? gc_output_offset(m, p) + g * p.Cog * p.ys_c : 0;
+        }
+    };
+    acc_t a_next[A_LOADS], b_next[B_LOADS];
+    auto load = [&](long long, int buf) {
+#pragma unroll
+        for (int i = 0; i < A_LOADS; ++i) {  // neighbouring threads: neighbouring terms
+            const int e = tid + i * THREADS, kk = e % BM, mm = e / BM;
+            const gc_window& win = wins[buf][mm];
+            a_next[i] = gc_inside(win, k_tap[kk], p)
+                            ? gc_conj(num::load(x[win.base + k_offset[kk]]))
+                            : num::zero();
+        }
+#pragma unroll
+        for (int i = 0; i < B_LOADS; ++i) {
+            const int e = tid + i * THREADS, ff = e % BN, mm = e / BN;
+            const bool ok = wins[buf][mm].valid && f0 + ff < p.Cog;
+            b_next[i] = ok ? num::load(gy[y_at[buf][mm] + (f0 + ff) * p.ys_c]) : num::zero();
+        }
+    };
+    auto stash = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < A_LOADS; ++i) {
+            const int e = tid + i * THREADS;
+            As[buf][e / BM][e % BM] = a_next[i];
+        }
+#pragma unroll
+        for (int i = 0; i < B_LOADS; ++i) {
+            const int e = tid + i * THREADS;
+            Bs[buf][e / BN][e % BN] = b_next[i];
+        }
+    };
+
+    const int tm = tid % MT, tn = tid / MT;
+    acc_t acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = num::zero();
+
+    if (steps > 0) {
+        // the window table is what gc_gemm_steps' find_terms fills: it needs the barrier
+        // after the block's term table too, which its first barrier gives
+        gc_gemm_steps(steps, find_windows, load, stash, [&](int cur) {
+#pragma unroll
+            for (int kk = 0; kk < BK; ++kk) {
+                acc_t a[TM], b[TN];
+                gc_read_owned<acc_t, TM, VM, MT>(a, As[cur][kk], tm);
+                gc_read_owned<acc_t, TN, VN, NT>(b, Bs[cur][kk], tn);
+#pragma unroll
+                for (int i = 0; i < TM; ++i)
+#pragma unroll
+                    for (int j = 0; j < TN; ++j) acc[i][j] = gc_madd(acc[i][j], a[i], b[j]);
+            }
+        });
+    }
+
+    const long long E = p.C_out * Kg;
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const long long k = k0 + gc_owned<VM, MT>(tm, i);
+        if (k >= Kg) continue;
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+            const long long f = f0 + gc_owned<VN, NT>(tn, j);
+            if (f >= p.Cog) continue;
+            partial[split * E + (g * p.Cog + f) * Kg + k] = acc[i][j];
+        }
+    }
+}

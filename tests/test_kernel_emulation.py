@@ -121,8 +121,9 @@ def emulated_gpu(emulator, monkeypatch):
     backend = types.SimpleNamespace(
         conv_forward=lambda *a: cuda._forward(np, emulator.run, *a),
         data_adjoint=lambda *a: cuda._data_adjoint(np, emulator.run, *a),
-        # few threads: many chunks per filter element, so the two-stage sum is exercised
-        filter_grad=lambda *a: cuda._filter_grad(np, emulator.run, 3 * 64, *a),
+        # few threads, but enough for the GEMM to split the positions (up to 3 ways) and the
+        # partial-sum kernel to chunk them, so both kernels' two-stage sums are exercised
+        filter_grad=lambda *a: cuda._filter_grad(np, emulator.run, 3 * 2048, *a),
     )
 
     def run(device, primary, arrays, compute):
@@ -354,6 +355,18 @@ def test_adjoint_kernels(case, emulated_gpu, route):
     opts = _options(case)
     check_input_grad(case, g, gpuconv.conv_input_grad(g, case.filters, case.x.shape, **opts))
     check_filter_grad(case, g, gpuconv.conv_filter_grad(case.x, g, case.filters.shape, **opts))
+
+
+@pytest.mark.parametrize("kernel", ["gemm", "chunks"])
+@pytest.mark.parametrize("case", CASES + TILE_CASES, ids=lambda c: c.name)
+def test_filter_grad_kernels(case, kernel, emulated_gpu, monkeypatch):
+    """Both filter-gradient kernels forced on every case (the GEMM's tiles, splits of the
+    positions and conjugation; the partial-sum kernel's chunks), then the ordered sum."""
+    monkeypatch.setattr(cuda, "filter_grad_by_gemm", lambda geom: kernel == "gemm")
+    rng = np.random.default_rng(abs(hash(case.name)) % 2**32)
+    g = _grad_out(case, rng)
+    check_filter_grad(case, g, gpuconv.conv_filter_grad(case.x, g, case.filters.shape,
+                                                        **_options(case)))
 
 
 @pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=lambda c: c.name)
