@@ -48,6 +48,27 @@ __device__ __forceinline__ void gc_read_owned(A (&out)[T], const A* row, int thr
     }
 }
 
+// One step of both FFMA kernels' product: acc[i][j] += A[kk][row i] * B[kk][column j] for the
+// step's BK terms kk, in order, each thread reading the rows (tm) and columns (tn) it owns out
+// of the shared tiles.
+template <typename A, int BK, int BM, int BN, int TM, int TN>
+__device__ __forceinline__ void gc_ffma_step(A (&acc)[TM][TN], const A (&As)[BK][BM],
+                                             const A (&Bs)[BK][BN], int tm, int tn) {
+    constexpr int MT = BM / TM, NT = BN / TN;
+    constexpr int VM = TM < 4 ? TM : 4, VN = TN < 4 ? TN : 4;  // vector run lengths
+    static_assert(TM % VM == 0 && TN % VN == 0, "accumulator runs must tile TM and TN");
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+        A a[TM], b[TN];
+        gc_read_owned<A, TM, VM, MT>(a, As[kk], tm);
+        gc_read_owned<A, TN, VN, NT>(b, Bs[kk], tn);
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j) acc[i][j] = gc_madd(acc[i][j], a[i], b[j]);
+    }
+}
+
 template <typename T, int ACT, int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
 conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
@@ -108,18 +129,8 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = num::zero();
 
-    gc_gemm_steps(steps, find_terms, load, stash, [&](int cur) {
-#pragma unroll
-        for (int kk = 0; kk < BK; ++kk) {
-            acc_t a[TM], b[TN];
-            gc_read_owned<acc_t, TM, VM, MT>(a, As[cur][kk], tm);
-            gc_read_owned<acc_t, TN, VN, NT>(b, Bs[cur][kk], tn);
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) acc[i][j] = gc_madd(acc[i][j], a[i], b[j]);
-        }
-    });
+    gc_gemm_steps(steps, find_terms, load, stash,
+                  [&](int cur) { gc_ffma_step(acc, As[cur], Bs[cur], tm, tn); });
 
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
@@ -225,18 +236,8 @@ conv_filter_grad_gemm(const T* __restrict__ x, const T* __restrict__ gy,
     if (steps > 0) {
         // the window table is what gc_gemm_steps' find_terms fills: it needs the barrier
         // after the block's term table too, which its first barrier gives
-        gc_gemm_steps(steps, find_windows, load, stash, [&](int cur) {
-#pragma unroll
-            for (int kk = 0; kk < BK; ++kk) {
-                acc_t a[TM], b[TN];
-                gc_read_owned<acc_t, TM, VM, MT>(a, As[cur][kk], tm);
-                gc_read_owned<acc_t, TN, VN, NT>(b, Bs[cur][kk], tn);
-#pragma unroll
-                for (int i = 0; i < TM; ++i)
-#pragma unroll
-                    for (int j = 0; j < TN; ++j) acc[i][j] = gc_madd(acc[i][j], a[i], b[j]);
-            }
-        });
+        gc_gemm_steps(steps, find_windows, load, stash,
+                      [&](int cur) { gc_ffma_step(acc, As[cur], Bs[cur], tm, tn); });
     }
 
     const long long E = p.C_out * Kg;
