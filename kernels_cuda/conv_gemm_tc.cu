@@ -129,6 +129,28 @@ struct gc_tc_ops<float> {
     }
 };
 
+// Where a thread sits in both tensor-core kernels: 8 warps, 4 along M and 2 along N, each
+// owning WARP x WARP of the tile from its corner (wm, wn); lane = 4 * group + t.
+struct gc_tc_place {
+    int lane, group, t, wm, wn;
+};
+
+template <int BM, int WARP>
+__device__ __forceinline__ gc_tc_place gc_tc_place_of(int tid) {
+    const int warp = tid / 32, lane = tid % 32;
+    return {lane, lane / 4, lane % 4, (warp % (BM / WARP)) * WARP, (warp / (BM / WARP)) * WARP};
+}
+
+template <int MT, int NT>
+__device__ __forceinline__ void gc_tc_zero(float (&acc)[MT][NT][4]) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+}
+
 // The epilogue of both tensor-core kernels: a warp's MT x NT tiles of 16 x 8 accumulators (its
 // tile's corner at output position m_w, filter f_w of group g), plus bias, through the
 // activation, stored in the output dtype. The stores follow the fragments' layout whatever y's
@@ -208,15 +230,9 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w, const T* __restri
         }
     };
 
-    const int warp = tid / 32, lane = tid % 32, group = lane / 4, t = lane % 4;
-    const int wm = (warp % (BM / WARP_M)) * WARP_M, wn = (warp / (BM / WARP_M)) * WARP_N;
+    const gc_tc_place me = gc_tc_place_of<BM, WARP_M>(tid);
     float acc[MT][NT][4];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+    gc_tc_zero(acc);
 
     gc_gemm_steps(steps, find_terms, load, stash, [&](int cur) {
 #pragma unroll
@@ -224,10 +240,11 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w, const T* __restri
             unsigned a[MT][4], b[NT][2];
 #pragma unroll
             for (int i = 0; i < MT; ++i)
-                ops::a_fragment(As[cur][wm + i * 16 + group] + k0,
-                                As[cur][wm + i * 16 + group + 8] + k0, t, a[i]);
+                ops::a_fragment(As[cur][me.wm + i * 16 + me.group] + k0,
+                                As[cur][me.wm + i * 16 + me.group + 8] + k0, me.t, a[i]);
 #pragma unroll
-            for (int j = 0; j < NT; ++j) ops::b_fragment(Bs[cur][wn + j * 8 + group] + k0, t, b[j]);
+            for (int j = 0; j < NT; ++j)
+                ops::b_fragment(Bs[cur][me.wn + j * 8 + me.group] + k0, me.t, b[j]);
 #pragma unroll
             for (int i = 0; i < MT; ++i)
 #pragma unroll
@@ -235,7 +252,7 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w, const T* __restri
         }
     });
 
-    gc_tc_store<T, ACT, MT, NT>(acc, y, bias, p, M, g, m0 + wm, f0 + wn, group, t);
+    gc_tc_store<T, ACT, MT, NT>(acc, y, bias, p, M, g, m0 + me.wm, f0 + me.wn, me.group, me.t);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -361,15 +378,10 @@ conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __res
         next_tap_while_past();
     };
 
-    const int warp = tid / 32, lane = tid % 32, group = lane / 4, t = lane % 4;
-    const int wm = (warp % (BM / WARP_M)) * WARP_M, wn = (warp / (BM / WARP_M)) * WARP_N;
+    const gc_tc_place me = gc_tc_place_of<BM, WARP_M>(tid);
+    const int lane = me.lane;
     float acc[MT][NT][4];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+    gc_tc_zero(acc);
 
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
@@ -387,12 +399,12 @@ conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __res
             unsigned a[MT][4], b[NT][2];
 #pragma unroll
             for (int i = 0; i < MT; ++i)  // matrices: rows 0-7 / 8-15 x terms 0-7 / 8-15
-                gc_ldmatrix_x4(a[i], &As[cur][wm + i * 16 + lane % 16][k0 + (lane / 16) * 8]);
+                gc_ldmatrix_x4(a[i], &As[cur][me.wm + i * 16 + lane % 16][k0 + (lane / 16) * 8]);
 #pragma unroll
             for (int j = 0; j < NT; j += 2) {  // filters j*8.. and (j+1)*8.., terms 0-7 / 8-15
                 unsigned q[4];
-                gc_ldmatrix_x4(
-                    q, &Bs[cur][wn + j * 8 + lane % 8 + (lane / 16) * 8][k0 + (lane / 8) % 2 * 8]);
+                const int row = me.wn + j * 8 + lane % 8 + (lane / 16) * 8;
+                gc_ldmatrix_x4(q, &Bs[cur][row][k0 + (lane / 8) % 2 * 8]);
                 b[j][0] = q[0];
                 b[j][1] = q[1];
                 b[j + 1][0] = q[2];
@@ -406,5 +418,5 @@ conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __res
     }
     gc_cp_async_wait<0>();  // no copy outlives the block (the trailing groups are empty)
 
-    gc_tc_store<T, ACT, MT, NT>(acc, y, bias, p, M, g, m0 + wm, f0 + wn, group, t);
+    gc_tc_store<T, ACT, MT, NT>(acc, y, bias, p, M, g, m0 + me.wm, f0 + me.wn, me.group, me.t);
 }
