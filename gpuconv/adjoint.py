@@ -17,15 +17,14 @@ ADJOINT_AS_CONV_MIN_CHANNELS = 16
 
 def _by_phases(geom: ConvGeometry) -> bool:
     """Whether the data adjoint of ``geom``'s conv runs as forward convolutions, one per stride
-    phase (geometry.data_adjoint_phases): for zero padding (other modes fold their borders),
+    phase (geometry.data_adjoint_phases; zero padding only, other modes fold their borders),
     where the backend's forward algorithms fit those convs, which have C_in/groups outputs a
     filter: GEMM wants >= 16 of them (fewer make a matrix-vector product over unrolled windows;
     CPU r50_conv1_7x7s2, 3 channels, ran 49 ms that way against the adjoint's 32), or plain
     depthwise. They do less index arithmetic per term than the adjoint kernels and have the
     fast paths (CPU mbv2_dw_3x3_c576 29 -> 1.8 ms)."""
     depthwise = geom.C_in_per_group == geom.C_out_per_group == 1 and geom.groups > 1
-    return geom.padding_mode == "zeros" and (
-        depthwise or geom.C_in_per_group >= ADJOINT_AS_CONV_MIN_CHANNELS)
+    return depthwise or geom.C_in_per_group >= ADJOINT_AS_CONV_MIN_CHANNELS
 
 
 def _data_adjoint(xp: Any, backend: Any, g_cf: Array, w: Array, bias: Array,

@@ -118,6 +118,10 @@ def _forward(xp: Any, run: Callable[..., None], x_cf: Array, w: Array, bias: Arr
     # reversed view contiguous, so one kernel serves correlation and convolution).
     w, b = _contiguous(xp, w, dtype), None if bias is None else _contiguous(xp, bias, dtype)
     _poison(out_cf)
+    if algorithm == "gemm_tc_cl":  # terms tap-major: filters (C_out, *kernel, C_in/groups), and
+        # x as a channels-first view of a channels-last array (a channels-last caller's own)
+        x_cf = xp.moveaxis(_contiguous_16(xp, xp.moveaxis(x_cf, 1, -1)), -1, 1)
+        w = _contiguous_16(xp, xp.moveaxis(w, 1, -1))
     # without a bias the kernel never reads its pointer; pass the filters as a valid one
     args = (x_cf, w, w if b is None else b, out_cf,
             params.conv_params(geom, x_cf, out_cf, b is not None))
@@ -139,15 +143,8 @@ def _forward(xp: Any, run: Callable[..., None], x_cf: Array, w: Array, bias: Arr
         BM, BN = kernels.GEMM_TC_TILE
         blocks = (-(-geom.N * math.prod(geom.out_spatial) // BM),
                   -(-geom.C_out_per_group // BN), geom.groups)
-        if algorithm == "gemm_tc_cl":  # terms tap-major: filters (C_out, *kernel, C_in/groups)
-            # x as a channels-first view of a channels-last array (a channels-last caller's own)
-            x_cl = xp.moveaxis(_contiguous_16(xp, xp.moveaxis(x_cf, 1, -1)), -1, 1)
-            w_cl = _contiguous_16(xp, xp.moveaxis(w, 1, -1))
-            args = (x_cl, w_cl, w_cl if b is None else b, out_cf,
-                    params.conv_params(geom, x_cl, out_cf, b is not None))
-            name = kernels.conv_gemm_tc_cl_name(dtype, activation)
-        else:  # one kernel for both: the dtype says which operands
-            name = kernels.conv_gemm_tc_name(dtype, activation)
+        name = (kernels.conv_gemm_tc_cl_name(dtype, activation) if algorithm == "gemm_tc_cl"
+                else kernels.conv_gemm_tc_name(dtype, activation))  # gemm_tf32: by the dtype
         run("conv_gemm_tc.cu", name, dtype, Grid(blocks, kernels.GEMM_TC_THREADS), args)
         return
     tile = algorithm[len("gemm_"):]
