@@ -88,6 +88,14 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
         if algorithm == "gemm_tc_cl" and geom.C_in_per_group % block:
             return (f"'gemm_tc_cl' reads {block} channels at a time: it needs C_in/groups to be "
                     f"a multiple of {block}; these are {shape}")
+        if algorithm == "gemm_tc_cl":
+            terms = geom.C_in_per_group * math.prod(geom.kernel)
+            reach = max(p + (k - 1) * d for p, k, d in
+                        zip(geom.padded_spatial, geom.kernel, geom.dilation))
+            if max(terms, reach) >= kernels.GEMM_TC_CL_MAX_INDEX:
+                return (f"'gemm_tc_cl' counts terms and spatial coordinates in 32-bit ints: it "
+                        f"needs C_in/groups times the kernel volume ({terms}) and every padded "
+                        f"spatial size plus the dilated kernel ({reach}) below 2^30")
         if algorithm == "gemm_tf32" and np.dtype(dtype) != np.float32:
             return (f"'gemm_tf32' rounds float32 to TF32 for the tensor cores; this call is "
                     f"{np.dtype(dtype).name}")

@@ -139,18 +139,22 @@ def _forward(xp: Any, run: Callable[..., None], x_cf: Array, w: Array, bias: Arr
             run("conv_depthwise.cu", kernels.conv_depthwise_name(dtype, activation, size),
                 dtype, geom.N * geom.C_out * math.prod(geom.out_spatial), args)
         return
-    if algorithm in ("gemm_tc", "gemm_tc_cl", "gemm_tf32"):
+    positions = geom.N * math.prod(geom.out_spatial)
+    if algorithm == "gemm_tc_cl":
+        BN = kernels.gemm_tc_cl_filters(positions, geom.C_out_per_group, geom.groups)
+        blocks = (-(-positions // 128), -(-geom.C_out_per_group // BN), geom.groups)
+        run("conv_gemm_tc.cu", kernels.conv_gemm_tc_cl_name(dtype, activation, BN), dtype,
+            Grid(blocks, 2 * BN), args)
+        return
+    if algorithm in ("gemm_tc", "gemm_tf32"):  # gemm_tf32: by the dtype
         BM, BN = kernels.GEMM_TC_TILE
-        blocks = (-(-geom.N * math.prod(geom.out_spatial) // BM),
-                  -(-geom.C_out_per_group // BN), geom.groups)
-        name = (kernels.conv_gemm_tc_cl_name(dtype, activation) if algorithm == "gemm_tc_cl"
-                else kernels.conv_gemm_tc_name(dtype, activation))  # gemm_tf32: by the dtype
-        run("conv_gemm_tc.cu", name, dtype, Grid(blocks, kernels.GEMM_TC_THREADS), args)
+        blocks = (-(-positions // BM), -(-geom.C_out_per_group // BN), geom.groups)
+        run("conv_gemm_tc.cu", kernels.conv_gemm_tc_name(dtype, activation), dtype,
+            Grid(blocks, kernels.GEMM_TC_THREADS), args)
         return
     tile = algorithm[len("gemm_"):]
     BM, BN = kernels.GEMM_TILES[tile][:2]
-    blocks = (-(-geom.N * math.prod(geom.out_spatial) // BM), -(-geom.C_out_per_group // BN),
-              geom.groups)
+    blocks = (-(-positions // BM), -(-geom.C_out_per_group // BN), geom.groups)
     run("conv_gemm.cu", kernels.conv_gemm_name(dtype, activation, tile), dtype,
         Grid(blocks, kernels.gemm_threads(tile)), args)
 

@@ -139,15 +139,38 @@ def conv_gemm_tc_name(dtype: DTypeLike, activation: Optional[str]) -> str:
     return f"conv_gemm_tc<{ctype(dtype)}, {ACTIVATIONS[activation]}>"
 
 
-def conv_gemm_tc_cl_name(dtype: DTypeLike, activation: Optional[str]) -> str:
+def conv_gemm_tc_cl_name(dtype: DTypeLike, activation: Optional[str], filters: int) -> str:
     """The channels-last tensor-core kernel (16-bit dtypes; filters of a multiple of
-    GEMM_TC_CL_CHANNELS kernels)."""
-    return f"conv_gemm_tc_cl<{ctype(dtype)}, {ACTIVATIONS[activation]}>"
+    GEMM_TC_CL_CHANNELS kernels) with blocks of 128 positions x ``filters`` (one of
+    GEMM_TC_CL_FILTERS); it runs 2 * ``filters`` threads a block."""
+    return f"conv_gemm_tc_cl<{ctype(dtype)}, {ACTIVATIONS[activation]}, {filters}>"
 
 
 #: conv_gemm_tc_cl reads 16 bytes (8 channels of a 16-bit input element) at a time: it needs
 #: C_in / groups to be a multiple of this, and its x 16-byte aligned.
 GEMM_TC_CL_CHANNELS = 8
+
+#: conv_gemm_tc_cl counts terms (k < C_in/groups x kernel volume) and spatial coordinates in
+#: 32-bit ints: both stay below this.
+GEMM_TC_CL_MAX_INDEX = 2**30
+
+#: conv_gemm_tc_cl's block widths (filters a block; 128 output positions each).
+GEMM_TC_CL_FILTERS: Tuple[int, ...] = (64, 128)
+
+#: The fewest blocks a grid of 128-filter blocks must have for conv_gemm_tc_cl to use them: two
+#: per SM of an H100 (132 SMs). Fewer, wider blocks would leave SMs idle where 64-filter blocks
+#: (twice as many) keep them busy.
+GEMM_TC_CL_WIDE_MIN_BLOCKS = 264
+
+
+def gemm_tc_cl_filters(positions: int, filters_per_group: int, groups: int) -> int:
+    """The block width conv_gemm_tc_cl runs with: 128 filters where a group has more than 64 and
+    the grid of such blocks still fills the GPU (each block then does twice the multiplies per
+    copy of an input tile), else 64."""
+    if filters_per_group <= 64:
+        return 64
+    blocks = -(-positions // 128) * -(-filters_per_group // 128) * groups
+    return 128 if blocks >= GEMM_TC_CL_WIDE_MIN_BLOCKS else 64
 
 
 #: Kernel sizes (height, width; depth 1) the depthwise kernel (conv_depthwise.cu) is compiled
@@ -213,7 +236,8 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
     if filename == "conv_gemm_tc.cu":
         if tensor_core_dtype(dtype):
             return tuple(conv_gemm_tc_name(dtype, a) for a in activation_names(dtype)) + \
-                tuple(conv_gemm_tc_cl_name(dtype, a) for a in activation_names(dtype))
+                tuple(conv_gemm_tc_cl_name(dtype, a, f) for a in activation_names(dtype)
+                      for f in GEMM_TC_CL_FILTERS)
         if np.dtype(dtype) == np.float32:  # as TF32, by the general kernel only
             return tuple(conv_gemm_tc_name(dtype, a) for a in activation_names(dtype))
         return ()

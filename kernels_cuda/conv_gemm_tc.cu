@@ -129,16 +129,18 @@ struct gc_tc_ops<float> {
     }
 };
 
-// Where a thread sits in both tensor-core kernels: 8 warps, 4 along M and 2 along N, each
-// owning WARP x WARP of the tile from its corner (wm, wn); lane = 4 * group + t.
+// Where a thread sits in the tensor-core kernels: the warps tile the block's BM x BN, BM /
+// WARP_M of them along M, each owning WARP_M x WARP_N of the tile from its corner (wm, wn);
+// lane = 4 * group + t.
 struct gc_tc_place {
     int lane, group, t, wm, wn;
 };
 
-template <int BM, int WARP>
+template <int BM, int WARP_M, int WARP_N>
 __device__ __forceinline__ gc_tc_place gc_tc_place_of(int tid) {
     const int warp = tid / 32, lane = tid % 32;
-    return {lane, lane / 4, lane % 4, (warp % (BM / WARP)) * WARP, (warp / (BM / WARP)) * WARP};
+    return {lane, lane / 4, lane % 4, (warp % (BM / WARP_M)) * WARP_M,
+            (warp / (BM / WARP_M)) * WARP_N};
 }
 
 template <int MT, int NT>
@@ -230,7 +232,7 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w, const T* __restri
         }
     };
 
-    const gc_tc_place me = gc_tc_place_of<BM, WARP_M>(tid);
+    const gc_tc_place me = gc_tc_place_of<BM, WARP_M, WARP_N>(tid);
     float acc[MT][NT][4];
     gc_tc_zero(acc);
 
@@ -268,10 +270,18 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w, const T* __restri
 //   copy's zero fill), into a 3-stage ring, so two steps are in flight while one is multiplied;
 // - fragments are read with ldmatrix (one instruction for a warp's 4 8x8 matrices).
 //
-// Tiles, warps and epilogue as conv_gemm_tc. Each thread copies two A chunks (rows r and r + 64,
-// chunk column r % 4) and one B chunk a step, and steps its own term counter (c, kd, kh, kw) by
-// BK instead of dividing. Shared memory: 3 x (128 + 64) rows of 40 halves (80 bytes: 16-byte
-// aligned, and the 8 rows an ldmatrix reads fall in distinct banks) = 46080 bytes.
+// A block of 2 * BN threads computes a 128 x BN tile of Y (BN = 64 or 128 filters; the host
+// picks, kernels.gemm_tc_cl_filters) in steps of 32 terms. Warps own 64 x 32 of the tile (2
+// along M; 4 x 4 mma tiles, 64 float accumulators a thread), so a warp's step is 32 mma and 12
+// ldmatrix.x4. Everything else a step costs is kept to what a scheduler can issue beside the
+// tensor cores (about 3 instructions an mma): a thread's copies of a step all read one chunk
+// column, so one term counter (c, kd, kh, kw, stepped by BK, no division) and one x offset serve
+// them all; bounds checks compare 32-bit coordinates; the ring's stage indices rotate.
+//
+// Shared tiles are rows of 32 halves (64 bytes) without padding, chunk c of row r stored at chunk
+// c ^ ((r / 2) % 4) of its row (an XOR swizzle): the 8 consecutive rows an ldmatrix reads at one
+// chunk column fall in 8 distinct 16-byte bank groups, and 3 stages of a 128 x 128 tile take
+// 3 x 256 rows x 64 bytes = 49152 bytes, the most static shared memory a block may have.
 
 // Copy 16 bytes from global `src` to shared `dst`, asynchronously; zeros instead when !valid
 // (src is then not read but must still be a valid address).
@@ -313,40 +323,68 @@ __device__ __forceinline__ void gc_ldmatrix_x4(unsigned (&r)[4], const void* row
 #endif
 }
 
-template <typename T, int ACT>
-__global__ void __launch_bounds__(256)
+// Where chunk `chunk` (8 halves) of tile row `row` (4 chunks a row) lies, in chunks from the
+// tile's start, under the XOR swizzle above. Rows 8 apart swizzle alike.
+__device__ __forceinline__ int gc_swizzled(int row, int chunk) {
+    return row * 4 + (chunk ^ ((row >> 1) & 3));
+}
+
+template <typename T, int ACT, int BN>
+__global__ void __launch_bounds__(2 * BN)
 conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
                 T* __restrict__ y, const gc_conv p) {
     typedef gc_tc_ops<T> ops;
     typedef typename ops::raw_t raw_t;
     static_assert(sizeof(raw_t) == 2, "16-bit operands only");
-    constexpr int BM = 128, BN = 64, BK = 32, THREADS = 256, STAGES = 3, ROW = BK + 8;
-    constexpr int CHUNKS = BK / 8;  // 16-byte chunks a tile row
-    constexpr int WARP_M = 32, WARP_N = 32, MT = WARP_M / 16, NT = WARP_N / 8;
-    static_assert((BM / WARP_M) * (BN / WARP_N) * 32 == THREADS, "one warp per warp tile");
-    static_assert(BM * CHUNKS == 2 * THREADS && BN * CHUNKS == THREADS, "copies a thread");
+    constexpr int BM = 128, BK = 32, STAGES = 3, CHUNKS = BK / 8;  // 16-byte chunks a row
+    constexpr int WARP_M = 64, WARP_N = 32, MT = WARP_M / 16, NT = WARP_N / 8;
+    constexpr int THREADS = (BM / WARP_M) * (BN / WARP_N) * 32;
+    constexpr int ROWS = THREADS / CHUNKS;  // tile rows one round of copies covers
+    constexpr int A_COPIES = BM / ROWS, B_COPIES = BN / ROWS;
+    static_assert(THREADS == 2 * BN && BM % ROWS == 0 && BN % ROWS == 0, "whole rounds");
+    static_assert(ROWS % 8 == 0, "a thread's rows swizzle alike");
+    constexpr int FAR = -(1 << 30);  // a window corner no tap brings inside the input
 
-    __shared__ __align__(128) raw_t As[STAGES][BM][ROW];
-    __shared__ __align__(128) raw_t Bs[STAGES][BN][ROW];
+    __shared__ __align__(128) raw_t As[STAGES][BM * BK];
+    __shared__ __align__(128) raw_t Bs[STAGES][BN * BK];
 
     const int tid = threadIdx.x;
-    const long long Kg = p.Cg * p.KD * p.KH * p.KW;  // a multiple of 8
+    const int Kg = int(p.Cg * p.KD * p.KH * p.KW);  // a multiple of 8, below 2^31 (host)
     const long long M = p.N * p.OD * p.OH * p.OW;
     const long long g = blockIdx.z;
     const long long m0 = blockIdx.x * (long long)BM, f0 = blockIdx.y * (long long)BN;
-    const long long steps = (Kg + BK - 1) / BK;
+    const int steps = (Kg + BK - 1) / BK;
+    const int ID = int(p.ID), IH = int(p.IH), IW = int(p.IW);  // below 2^31 (host)
 
-    // this thread's copies: A rows r and r + 64, B row (filter) r, all at chunk column `col`
+    // this thread's copies: A rows (output positions) and B rows (filters) r + i * ROWS, all at
+    // chunk column `col` of a step's terms, into stage place `dst` (+ i * ROWS rows)
     const int col = tid % CHUNKS, r = tid / CHUNKS;
-    const gc_window win[2] = {gc_window_of(m0 + r, M, g, p), gc_window_of(m0 + r + 64, M, g, p)};
-    const bool filter_ok = f0 + r < p.Cog;
-    const T* w_row = w + (g * p.Cog + (filter_ok ? f0 + r : 0)) * Kg;
+    const int dst = gc_swizzled(r, col) * 8;
+    const T* a_at[A_COPIES];  // each A row's window corner in x (x itself past the last position)
+    int a_d0[A_COPIES], a_h0[A_COPIES], a_w0[A_COPIES];
+#pragma unroll
+    for (int i = 0; i < A_COPIES; ++i) {
+        const gc_window win = gc_window_of(m0 + r + i * ROWS, M, g, p);
+        a_at[i] = x + (win.valid ? win.base : 0);
+        a_d0[i] = win.valid ? int(win.d0) : FAR;
+        a_h0[i] = int(win.h0);
+        a_w0[i] = int(win.w0);
+    }
+    const T* b_at[B_COPIES];  // each B row's chunk of the next step's terms
+    bool b_ok[B_COPIES];
+#pragma unroll
+    for (int i = 0; i < B_COPIES; ++i) {
+        const long long f = f0 + r + i * ROWS;
+        b_ok[i] = f < p.Cog;
+        b_at[i] = w + (g * p.Cog + (b_ok[i] ? f : 0)) * Kg + col * 8;
+    }
 
-    // the first term of this thread's chunk: k, and as (channel c, tap kd, kh, kw)
-    long long k = col * 8;
-    int c = col * 8, kd = 0, kh = 0, kw = 0;
+    // the first term of this thread's chunk of the next step: k, as (channel c, tap kd, kh, kw),
+    // the tap's place (td, th, tw) = (kd * DD, kh * DH, kw * DW), and its x offset from a corner
+    int k = col * 8, c = col * 8, kd = 0, kh = 0, kw = 0, td = 0, th = 0, tw = 0;
+    long long offset = 0;
     const int Cg = int(p.Cg), KH = int(p.KH), KW = int(p.KW);
-    auto next_tap_while_past = [&]() {
+    auto settle = [&]() {  // carry c past Cg into the taps; the tap's place and offset anew
         while (c >= Cg) {
             c -= Cg;
             if (++kw == KW) {
@@ -357,29 +395,48 @@ conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __res
                 }
             }
         }
+        td = kd * int(p.DD);
+        th = kh * int(p.DH);
+        tw = kw * int(p.DW);
+        offset = c + td * p.xs_d + th * p.xs_h + tw * p.xs_w;
     };
-    next_tap_while_past();
+    settle();
 
-    // issue the copies of the next step (the one k points into) into `stage`, then step k
+    // issue the copies of the step k points into, into `stage`; then step k by BK
     auto load = [&](int stage) {
         const bool term_ok = k < Kg;
-        const int tap[3] = {int(kd * p.DD), int(kh * p.DH), int(kw * p.DW)};
-        const long long offset = c + tap[0] * p.xs_d + tap[1] * p.xs_h + tap[2] * p.xs_w;
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const bool ok = term_ok && gc_inside(win[i], tap, p);
-            gc_cp_async_16(&As[stage][r + 64 * i][col * 8], ok ? x + win[i].base + offset : x,
-                           ok);
+        for (int i = 0; i < A_COPIES; ++i) {
+            const bool ok = term_ok & (unsigned(a_d0[i] + td) < unsigned(ID)) &
+                            (unsigned(a_h0[i] + th) < unsigned(IH)) &
+                            (unsigned(a_w0[i] + tw) < unsigned(IW));
+            gc_cp_async_16(&As[stage][dst + i * ROWS * BK], ok ? a_at[i] + offset : x, ok);
         }
-        const bool ok = term_ok && filter_ok;
-        gc_cp_async_16(&Bs[stage][r][col * 8], ok ? w_row + k : w, ok);
+#pragma unroll
+        for (int i = 0; i < B_COPIES; ++i) {
+            const bool ok = term_ok & b_ok[i];
+            gc_cp_async_16(&Bs[stage][dst + i * ROWS * BK], ok ? b_at[i] : w, ok);
+            b_at[i] += BK;
+        }
         k += BK;
         c += BK;
-        next_tap_while_past();
+        offset += BK;  // channels are x's unit stride
+        if (c >= Cg) settle();
     };
 
-    const gc_tc_place me = gc_tc_place_of<BM, WARP_M>(tid);
+    // the stage places this lane's ldmatrix rows start at, for the step's two halves of 16 terms:
+    // A, row lane % 16 of each 16-row slice at chunk lane / 16 (matrices: rows 0-7 / 8-15 x
+    // terms 0-7 / 8-15); B, filter lane % 8 + (lane / 16) * 8 of each pair of 8-filter slices at
+    // chunk (lane / 8) % 2 (matrices: filters j*8.. x terms 0-7 / 8-15, then (j+1)*8.. alike).
+    // Slices are 16 or 8 rows apart, so one swizzled place serves them all.
+    const gc_tc_place me = gc_tc_place_of<BM, WARP_M, WARP_N>(tid);
     const int lane = me.lane;
+    int a_src[2], b_src[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        a_src[h] = gc_swizzled(me.wm + lane % 16, 2 * h + lane / 16) * 8;
+        b_src[h] = gc_swizzled(me.wn + lane % 8 + (lane / 16) * 8, 2 * h + (lane / 8) % 2) * 8;
+    }
     float acc[MT][NT][4];
     gc_tc_zero(acc);
 
@@ -388,23 +445,21 @@ conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __res
         if (s < steps) load(s);
         gc_cp_async_commit();  // an empty group past the last step keeps the count uniform
     }
-    for (long long s = 0; s < steps; ++s) {
+    int cur = 0, next = STAGES - 1;  // the stage multiplied, and the one loaded, this step
+    for (int s = 0; s < steps; ++s) {
         gc_cp_async_wait<STAGES - 2>();  // this thread's copies of step s have landed ...
         __syncthreads();  // ... and everyone's; everyone is done with step s - 1's stage
-        if (s + STAGES - 1 < steps) load(int((s + STAGES - 1) % STAGES));
+        if (s + STAGES - 1 < steps) load(next);
         gc_cp_async_commit();
-        const int cur = int(s % STAGES);
 #pragma unroll
-        for (int k0 = 0; k0 < BK; k0 += 16) {
+        for (int h = 0; h < 2; ++h) {
             unsigned a[MT][4], b[NT][2];
 #pragma unroll
-            for (int i = 0; i < MT; ++i)  // matrices: rows 0-7 / 8-15 x terms 0-7 / 8-15
-                gc_ldmatrix_x4(a[i], &As[cur][me.wm + i * 16 + lane % 16][k0 + (lane / 16) * 8]);
+            for (int i = 0; i < MT; ++i) gc_ldmatrix_x4(a[i], &As[cur][a_src[h] + i * 16 * BK]);
 #pragma unroll
-            for (int j = 0; j < NT; j += 2) {  // filters j*8.. and (j+1)*8.., terms 0-7 / 8-15
+            for (int j = 0; j < NT; j += 2) {
                 unsigned q[4];
-                const int row = me.wn + j * 8 + lane % 8 + (lane / 16) * 8;
-                gc_ldmatrix_x4(q, &Bs[cur][row][k0 + (lane / 8) % 2 * 8]);
+                gc_ldmatrix_x4(q, &Bs[cur][b_src[h] + j * 8 * BK]);
                 b[j][0] = q[0];
                 b[j][1] = q[1];
                 b[j + 1][0] = q[2];
@@ -415,6 +470,8 @@ conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __res
 #pragma unroll
                 for (int j = 0; j < NT; ++j) ops::mma(acc[i][j], a[i], b[j]);
         }
+        cur = cur == STAGES - 1 ? 0 : cur + 1;
+        next = next == STAGES - 1 ? 0 : next + 1;
     }
     gc_cp_async_wait<0>();  // no copy outlives the block (the trailing groups are empty)
 

@@ -118,3 +118,22 @@ def test_tensor_core_kernel_needs_compute_capability_8(monkeypatch):
             if not allowed:
                 assert "compute capability 8.0" in reason and "has 7.5" in reason
     algorithms._capability.cache_clear()
+
+
+def test_gemm_tc_cl_counts_in_32_bit_ints_and_says_where_that_ends():
+    ok = _geom((1, 8, 2**20), (8, 8, 3))
+    assert algorithms.why_not("cuda", "gemm_tc_cl", ok, np.float16) == ""
+    long_signal = _geom((1, 8, 2**30), (8, 8, 3))
+    reason = algorithms.why_not("cuda", "gemm_tc_cl", long_signal, np.float16)
+    assert "32-bit ints" in reason and f"({2**30 + 2})" in reason
+    many_terms = _geom((1, 2**27, 4, 4), (8, 2**27, 3, 3))  # 9 * 2^27 terms a filter
+    assert f"({9 * 2**27})" in algorithms.why_not("cuda", "gemm_tc_cl", many_terms, np.float16)
+
+
+def test_gemm_tc_cl_block_width_rule():
+    from gpuconv import kernels
+    assert kernels.gemm_tc_cl_filters(10**6, 64, 1) == 64        # one 64-wide block row
+    assert kernels.gemm_tc_cl_filters(10**6, 256, 1) == 128      # wide blocks, still many
+    assert kernels.gemm_tc_cl_filters(6272, 256, 1) == 64        # 98 wide blocks: too few
+    assert kernels.gemm_tc_cl_filters(128 * 132, 256, 1) == 128  # 264: two an H100 SM
+    assert kernels.gemm_tc_cl_filters(128 * 131, 256, 1) == 64

@@ -7,6 +7,7 @@ import pytest
 import gpuconv
 from cases import (as_dtype, as_float16, bfloat16_cases, channel_block_cases, fast_path_cases,
                    grid_cases, tile_cases)
+from gpuconv import kernels
 from gpuconv.dtypes import bfloat16
 from reference import error_bound, error_bound_tf32
 
@@ -177,3 +178,14 @@ def test_gpu_tensor_core_tile_cases(case, gpu):
     """The tensor-core kernel (float16 only) on the multi-tile cases in float16, against the
     reference and the CPU; compute-sanitizer runs it here too."""
     _check_gpu_algorithm(case, "gemm_tc", gpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("filters", kernels.GEMM_TC_CL_FILTERS)
+@pytest.mark.parametrize("case", CHANNEL_BLOCK_CASES, ids=lambda c: c.name)
+def test_gpu_channels_last_tensor_cores(case, filters, gpu, monkeypatch):
+    """The channels-last tensor-core kernel with blocks of each width on filters of 8 to 72
+    kernels (steps that pass several taps, and steps within one), float16 and bfloat16, against
+    the reference and the CPU; compute-sanitizer runs these too."""
+    monkeypatch.setattr(kernels, "gemm_tc_cl_filters", lambda *shape: filters)
+    _check_gpu_algorithm(case, "gemm_tc_cl", gpu)

@@ -206,15 +206,19 @@ def test_gemm_tc_kernel(case, emulated_gpu):
     np.testing.assert_array_equal(case.x, x0)
 
 
-CL_CASES = channel_block_cases()
-CL_CASES += [as_dtype(c, bfloat16()) for c in CL_CASES[:4] if bfloat16() is not None]
+# float16 cases with blocks of each width; bfloat16 (another mma, the same copies) with one
+CL_CASES = [(c, f) for c in channel_block_cases() for f in kernels.GEMM_TC_CL_FILTERS]
+CL_CASES += [(as_dtype(c, bfloat16()), kernels.GEMM_TC_CL_FILTERS[(i + 1) % 2])
+             for i, c in enumerate(channel_block_cases()[:4]) if bfloat16() is not None]
 
 
-@pytest.mark.parametrize("case", CL_CASES, ids=lambda c: c.name)
-def test_gemm_tc_cl_kernel(case, emulated_gpu):
+@pytest.mark.parametrize("case, filters", CL_CASES, ids=lambda v: getattr(v, "name", str(v)))
+def test_gemm_tc_cl_kernel(case, filters, emulated_gpu, monkeypatch):
     """The channels-last tensor-core kernel (cp.async ring, ldmatrix and mma emulated from
-    PTX's descriptions) on filters of 8, 16 and 24 kernels: every rank, layout, padding mode,
-    stride and dilation form, several tiles along every axis; float16 and bfloat16."""
+    PTX's descriptions) with blocks of 64 or 128 filters, on filters of 8 to 72 kernels: every
+    rank, layout, padding mode, stride and dilation form, several tiles along every axis;
+    float16 and bfloat16."""
+    monkeypatch.setattr(kernels, "gemm_tc_cl_filters", lambda *shape: filters)
     x0, w0 = case.x.copy(), case.filters.copy()
     got = gpuconv.conv(case.x, case.filters, case.bias, algorithm="gemm_tc_cl", **case.options)
     _check(case, got, "emulated gemm_tc_cl")
