@@ -21,7 +21,8 @@ On CUDA:
                  sums; compute capability 8.0+), 128 x 64 tiles (kernels_cuda/conv_gemm_tc.cu);
   ``gemm_tc_cl`` the same on channels-last data with C_in/groups a multiple of 8 (16-bit dtypes):
                  terms tap-major, 16-byte copies straight into a 3-stage shared-memory ring
-                 (cp.async), fragments by ldmatrix; a channels-first x is copied channels-last
+                 (cp.async), fragments by ldmatrix, blocks of 128 positions x 64 or 128 filters
+                 (kernels.gemm_tc_cl_filters); a channels-first x is copied channels-last
                  first, and the filters are reordered (a small copy);
   ``gemm_tf32``  ``gemm_tc`` for float32 with its operands rounded to TF32 (10 mantissa bits),
                  as PyTorch's allow_tf32 does: faster, less exact; only when asked for by name
@@ -80,6 +81,10 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
         if max(x_elems, y_elems) >= kernels.DEPTHWISE_MAX_ELEMENTS:
             return (f"the CUDA 'depthwise' kernel takes inputs and outputs of fewer than 2^30 "
                     f"elements; this call has {x_elems} in and {y_elems} out")
+    if kind == "cuda" and algorithm.startswith("gemm"):
+        reason = gemm_index_problem(geom)
+        if reason:
+            return f"{algorithm!r}: {reason}"
     if kind == "cuda" and algorithm in ("gemm_tc", "gemm_tc_cl", "gemm_tf32"):
         if algorithm != "gemm_tf32" and not kernels.tensor_core_dtype(dtype):
             return (f"{algorithm!r} multiplies float16 or bfloat16 on tensor cores; this call is "
@@ -88,14 +93,6 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
         if algorithm == "gemm_tc_cl" and geom.C_in_per_group % block:
             return (f"'gemm_tc_cl' reads {block} channels at a time: it needs C_in/groups to be "
                     f"a multiple of {block}; these are {shape}")
-        if algorithm == "gemm_tc_cl":
-            terms = geom.C_in_per_group * math.prod(geom.kernel)
-            reach = max(p + (k - 1) * d for p, k, d in
-                        zip(geom.padded_spatial, geom.kernel, geom.dilation))
-            if max(terms, reach) >= kernels.GEMM_TC_CL_MAX_INDEX:
-                return (f"'gemm_tc_cl' counts terms and spatial coordinates in 32-bit ints: it "
-                        f"needs C_in/groups times the kernel volume ({terms}) and every padded "
-                        f"spatial size plus the dilated kernel ({reach}) below 2^30")
         if algorithm == "gemm_tf32" and np.dtype(dtype) != np.float32:
             return (f"'gemm_tf32' rounds float32 to TF32 for the tensor cores; this call is "
                     f"{np.dtype(dtype).name}")
@@ -116,6 +113,19 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
             return (f"{algorithm!r} launches one block row per group and {BN} filters: "
                     f"{shape} exceeds CUDA's {_CUDA_GRID_LIMIT} blocks per grid axis")
     return ""
+
+
+def gemm_index_problem(geom: ConvGeometry) -> str:
+    """Why the CUDA implicit-GEMM kernels (forward and filter gradient) cannot take this layer,
+    or "": they count a filter's terms and the input's spatial coordinates in 32-bit ints."""
+    terms = geom.terms_per_output
+    reach = max(p + (k - 1) * d for p, k, d in
+                zip(geom.padded_spatial, geom.kernel, geom.dilation))
+    if max(terms, reach) < kernels.GEMM_MAX_INDEX:
+        return ""
+    return (f"the implicit-GEMM kernels count terms and spatial coordinates in 32-bit ints: "
+            f"they need C_in/groups times the kernel volume ({terms}) and every padded spatial "
+            f"size plus the dilated kernel ({reach}) below 2^30")
 
 
 def _tensor_core_problem(algorithm: str) -> str:

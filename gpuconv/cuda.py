@@ -206,8 +206,10 @@ def filter_grad_by_gemm(geom: ConvGeometry) -> bool:
     """Whether the filter gradient runs as the tiled GEMM (conv_filter_grad_gemm), whose
     64 terms x 64 filters tiles want filters of >= 32 terms (C_in/groups x taps) and >= 16
     filters a group; others (depthwise: 9 terms, 1 filter) take the partial-sum kernel, one
-    thread per filter element and chunk of positions."""
-    return geom.terms_per_output >= 32 and geom.C_out_per_group >= 16
+    thread per filter element and chunk of positions; so do layers too large for the GEMM's
+    32-bit term and coordinate counts (algorithms.gemm_index_problem)."""
+    return (geom.terms_per_output >= 32 and geom.C_out_per_group >= 16
+            and not algorithms.gemm_index_problem(geom))
 
 
 def filter_grad_splits(geom: ConvGeometry, threads: int, itemsize: int) -> Tuple[int, int]:

@@ -113,6 +113,12 @@ def gemm_tiles(dtype: DTypeLike) -> Tuple[str, ...]:
     return tuple(t for t in GEMM_TILES if acc <= 4 or t != "128x128")
 
 
+#: The implicit-GEMM kernels (conv_gemm.cu, conv_gemm_tc.cu) count terms (k < C_in/groups x
+#: kernel volume) and spatial coordinates in 32-bit ints: both stay below this
+#: (algorithms.gemm_index_problem; GC_FAR in gpuconv_gemm.cuh relies on it).
+GEMM_MAX_INDEX = 2**30
+
+
 def gemm_threads(tile: str) -> int:
     BM, BN, _, TM, TN = GEMM_TILES[tile]
     return (BM // TM) * (BN // TN)
@@ -149,10 +155,6 @@ def conv_gemm_tc_cl_name(dtype: DTypeLike, activation: Optional[str], filters: i
 #: conv_gemm_tc_cl reads 16 bytes (8 channels of a 16-bit input element) at a time: it needs
 #: C_in / groups to be a multiple of this, and its x 16-byte aligned.
 GEMM_TC_CL_CHANNELS = 8
-
-#: conv_gemm_tc_cl counts terms (k < C_in/groups x kernel volume) and spatial coordinates in
-#: 32-bit ints: both stay below this.
-GEMM_TC_CL_MAX_INDEX = 2**30
 
 #: conv_gemm_tc_cl's block widths (filters a block; 128 output positions each).
 GEMM_TC_CL_FILTERS: Tuple[int, ...] = (64, 128)

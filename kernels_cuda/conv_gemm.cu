@@ -85,7 +85,7 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
     __shared__ __align__(4 * sizeof(acc_t)) acc_t As[2][BK][BM];
     __shared__ __align__(4 * sizeof(acc_t)) acc_t Bs[2][BK][BN];
     __shared__ long long k_offset[2][BK];  // x offset of term k from its window's corner
-    __shared__ int k_tap[2][BK][3];        // (kd*DD, kh*DH, kw*DW); kd*DD = -1 past the end
+    __shared__ gc_tap k_tap[2][BK];        // its tap's place
 
     const int tid = threadIdx.x;
     const long long Kg = p.Cg * p.KD * p.KH * p.KW;
@@ -97,16 +97,22 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
     // this thread's A row (one output position for all of its loads) and its window's corner
     const int am = tid % BM;
     const gc_window win = gc_window_of(m0 + am, M, g, p);
-    const T* wg = w + g * Cog * Kg;
+    const T* x_win = x + win.base;
+    const gc_filter_reads<BK, THREADS, B_LOADS, T> filter_reads(tid, w + g * Cog * Kg, f0, Kg,
+                                                                 Cog);
 
-    auto find_terms = [&](long long step, int buf) {
-        gc_find_terms<BK>(tid, step, Kg, p, k_offset[buf], k_tap[buf]);
+    // threads 0..BK-1 count term tid of each step in turn (in shared memory: registers are
+    // the scarcer, and only these threads use it)
+    __shared__ gc_term_counter terms[BK];
+    if (tid < BK) terms[tid].start(tid, BK, p);
+    auto find_terms = [&](long long, int buf) {
+        if (tid < BK) terms[tid].take(Kg, p, k_offset[buf][tid], k_tap[buf][tid]);
     };
 
     acc_t a_next[A_LOADS], b_next[B_LOADS];
     auto load = [&](long long step, int buf) {
-        gc_gather<BM, BK, THREADS>(a_next, b_next, tid, step, x, win, k_offset[buf], k_tap[buf],
-                                   p, wg, f0, Kg,
+        gc_gather<BM, BK, THREADS>(a_next, b_next, tid, step, x_win, win, k_offset[buf],
+                                   k_tap[buf], p, filter_reads, Kg,
                                    [](const T& v) { return num::load(v); });
     };
     auto stash = [&](int buf) {
@@ -173,7 +179,7 @@ conv_filter_grad_gemm(const T* __restrict__ x, const T* __restrict__ gy,
     __shared__ __align__(4 * sizeof(acc_t)) acc_t As[2][BK][BM];
     __shared__ __align__(4 * sizeof(acc_t)) acc_t Bs[2][BK][BN];
     __shared__ long long k_offset[BM];  // the block's terms: x offset from a window's corner
-    __shared__ int k_tap[BM][3];
+    __shared__ gc_tap k_tap[BM];
     __shared__ gc_window wins[2][BK];   // each step's positions: window, and y offset below
     __shared__ long long y_at[2][BK];
 
@@ -189,12 +195,11 @@ conv_filter_grad_gemm(const T* __restrict__ x, const T* __restrict__ gy,
                                                                     : per_split);
     gc_find_terms<BM>(tid, blockIdx.x, Kg, p, k_offset, k_tap);  // k = k0 + tid
 
-    auto find_windows = [&](long long step, int buf) {  // positions of step first + step
-        if (tid < BK) {
-            const long long m = (first + step) * BK + tid;
-            wins[buf][tid] = gc_window_of(m, M, g, p);
-            y_at[buf][tid] = m < M ? gc_output_offset(m, p) + g * p.Cog * p.ys_c : 0;
-        }
+    // threads 0..BK-1 count position (first + step) * BK + tid of each step in turn
+    __shared__ gc_position_counter positions[BK];
+    if (tid < BK) positions[tid].start(first * BK + tid, BK, p);
+    auto find_windows = [&](long long, int buf) {
+        if (tid < BK) positions[tid].take(M, g, p, wins[buf][tid], y_at[buf][tid]);
     };
     acc_t a_next[A_LOADS], b_next[B_LOADS];
     auto load = [&](long long, int buf) {

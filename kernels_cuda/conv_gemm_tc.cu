@@ -199,7 +199,7 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w, const T* __restri
     __shared__ __align__(16) raw_t As[2][BM][BK + PAD];
     __shared__ __align__(16) raw_t Bs[2][BN][BK + PAD];
     __shared__ long long k_offset[2][BK];
-    __shared__ int k_tap[2][BK][3];
+    __shared__ gc_tap k_tap[2][BK];
 
     const int tid = threadIdx.x;
     const long long Kg = p.Cg * p.KD * p.KH * p.KW;
@@ -210,16 +210,22 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w, const T* __restri
 
     const int am = tid % BM;
     const gc_window win = gc_window_of(m0 + am, M, g, p);
-    const T* wg = w + g * p.Cog * Kg;
+    const T* x_win = x + win.base;
+    const gc_filter_reads<BK, THREADS, B_LOADS, T> filter_reads(tid, w + g * p.Cog * Kg, f0, Kg,
+                                                                 p.Cog);
 
-    auto find_terms = [&](long long step, int buf) {
-        gc_find_terms<BK>(tid, step, Kg, p, k_offset[buf], k_tap[buf]);
+    // threads 0..BK-1 count term tid of each step in turn (in shared memory: registers are
+    // the scarcer, and only these threads use it)
+    __shared__ gc_term_counter terms[BK];
+    if (tid < BK) terms[tid].start(tid, BK, p);
+    auto find_terms = [&](long long, int buf) {
+        if (tid < BK) terms[tid].take(Kg, p, k_offset[buf][tid], k_tap[buf][tid]);
     };
 
     raw_t a_next[A_LOADS], b_next[B_LOADS];
     auto load = [&](long long step, int buf) {
-        gc_gather<BM, BK, THREADS>(a_next, b_next, tid, step, x, win, k_offset[buf], k_tap[buf],
-                                   p, wg, f0, Kg,
+        gc_gather<BM, BK, THREADS>(a_next, b_next, tid, step, x_win, win, k_offset[buf],
+                                   k_tap[buf], p, filter_reads, Kg,
                                    [](const T& v) { return ops::raw(v); });
     };
     auto stash = [&](int buf) {
@@ -343,32 +349,30 @@ conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __res
     constexpr int A_COPIES = BM / ROWS, B_COPIES = BN / ROWS;
     static_assert(THREADS == 2 * BN && BM % ROWS == 0 && BN % ROWS == 0, "whole rounds");
     static_assert(ROWS % 8 == 0, "a thread's rows swizzle alike");
-    constexpr int FAR = -(1 << 30);  // a window corner no tap brings inside the input
-
     __shared__ __align__(128) raw_t As[STAGES][BM * BK];
     __shared__ __align__(128) raw_t Bs[STAGES][BN * BK];
 
     const int tid = threadIdx.x;
-    const int Kg = int(p.Cg * p.KD * p.KH * p.KW);  // a multiple of 8, below 2^31 (host)
+    const int Kg = int(p.Cg * p.KD * p.KH * p.KW);  // a multiple of 8, below 2^30 (host)
     const long long M = p.N * p.OD * p.OH * p.OW;
     const long long g = blockIdx.z;
     const long long m0 = blockIdx.x * (long long)BM, f0 = blockIdx.y * (long long)BN;
     const int steps = (Kg + BK - 1) / BK;
-    const int ID = int(p.ID), IH = int(p.IH), IW = int(p.IW);  // below 2^31 (host)
+    const int ID = int(p.ID), IH = int(p.IH), IW = int(p.IW);  // below 2^30 (host)
 
     // this thread's copies: A rows (output positions) and B rows (filters) r + i * ROWS, all at
     // chunk column `col` of a step's terms, into stage place `dst` (+ i * ROWS rows)
     const int col = tid % CHUNKS, r = tid / CHUNKS;
     const int dst = gc_swizzled(r, col) * 8;
-    const T* a_at[A_COPIES];  // each A row's window corner in x (x itself past the last position)
+    const T* a_at[A_COPIES];  // each A row's window corner in x
     int a_d0[A_COPIES], a_h0[A_COPIES], a_w0[A_COPIES];
 #pragma unroll
     for (int i = 0; i < A_COPIES; ++i) {
         const gc_window win = gc_window_of(m0 + r + i * ROWS, M, g, p);
-        a_at[i] = x + (win.valid ? win.base : 0);
-        a_d0[i] = win.valid ? int(win.d0) : FAR;
-        a_h0[i] = int(win.h0);
-        a_w0[i] = int(win.w0);
+        a_at[i] = x + win.base;  // x itself past the last position (GC_FAR corner)
+        a_d0[i] = win.d0;
+        a_h0[i] = win.h0;
+        a_w0[i] = win.w0;
     }
     const T* b_at[B_COPIES];  // each B row's chunk of the next step's terms
     bool b_ok[B_COPIES];

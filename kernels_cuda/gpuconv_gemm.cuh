@@ -6,24 +6,32 @@
 #include "gpuconv_index.cuh"
 #include "gpuconv_params.cuh"
 
-// The window of output position m of group g: its corner in the input (d0, h0, w0, which may lie
-// in the padding) and the x offset of the corner's first channel of the group; valid is false
-// past the last position (such rows gather zeros and are never stored).
+// Coordinates far outside any input: a window corner past the last position, or a tap place past
+// the last term, is set to this, and every bounds check of such a window or tap fails. The host
+// keeps every padded spatial size plus the dilated kernel, and every term count, below 2^30
+// (algorithms.why_not), so sums of two such values stay within int and negative.
+#define GC_FAR (-(1 << 30))
+
+// The window of output position m of group g: the x offset of its corner's first channel of the
+// group (the corner may lie in the padding), and the corner (d0, h0, w0) as 32-bit coordinates
+// for the bounds checks; past the last position (valid false) the corner is GC_FAR, so such
+// rows gather zeros (and are never stored).
 struct gc_window {
-    long long base, d0, h0, w0;
+    long long base;
+    int d0, h0, w0;
     bool valid;
 };
 
 __device__ __forceinline__ gc_window gc_window_of(long long m, long long M, long long g,
                                                  const gc_conv& p) {
-    gc_window win = {0, 0, 0, 0, m < M};
+    gc_window win = {0, GC_FAR, GC_FAR, GC_FAR, m < M};
     if (win.valid) {
         const gc_coords at = gc_split_index(m, 1LL, p.OD, p.OH, p.OW, false);
-        win.d0 = at.d * p.SD - p.PD;
-        win.h0 = at.h * p.SH - p.PH;
-        win.w0 = at.w * p.SW - p.PW;
-        win.base = at.n * p.xs_n + g * p.Cg * p.xs_c + win.d0 * p.xs_d + win.h0 * p.xs_h +
-                   win.w0 * p.xs_w;
+        const long long d0 = at.d * p.SD - p.PD, h0 = at.h * p.SH - p.PH, w0 = at.w * p.SW - p.PW;
+        win.base = at.n * p.xs_n + g * p.Cg * p.xs_c + d0 * p.xs_d + h0 * p.xs_h + w0 * p.xs_w;
+        win.d0 = int(d0);
+        win.h0 = int(h0);
+        win.w0 = int(w0);
     }
     return win;
 }
@@ -34,63 +42,184 @@ __device__ __forceinline__ long long gc_output_offset(long long m, const gc_conv
     return at.n * p.ys_n + at.d * p.ys_d + at.h * p.ys_h + at.w * p.ys_w;
 }
 
+// Output position m of the steps a thread finds in turn (the filter gradient's reduction runs
+// over positions), as (n, od, oh, ow): counted forward by a fixed step, digit by digit with one
+// carry a digit, like gc_term_counter below, instead of split by 64-bit divisions each step.
+struct gc_position_counter {
+    long long m;             // the next position
+    int n, od, oh, ow;
+    long long by;            // the step
+    int dn, dd, dh, dw;      // the step in the radix (N, OD, OH, OW)
+
+    __device__ __forceinline__ void start(long long m0, long long step, const gc_conv& p) {
+        m = m0;
+        by = step;
+        const gc_coords at = gc_split_index(m0, 1LL, p.OD, p.OH, p.OW, false);
+        n = int(at.n);
+        od = int(at.d);
+        oh = int(at.h);
+        ow = int(at.w);
+        const gc_coords d = gc_split_index(step, 1LL, p.OD, p.OH, p.OW, false);
+        dn = int(d.n);
+        dd = int(d.d);
+        dh = int(d.h);
+        dw = int(d.w);
+    }
+
+    // the position's window in group g and the offset in y of its first channel of the group;
+    // then on to the next step's position
+    __device__ __forceinline__ void take(long long M, long long g, const gc_conv& p,
+                                         gc_window& win, long long& y_offset) {
+        win.valid = m < M;
+        if (win.valid) {
+            const int d0 = od * int(p.SD) - int(p.PD), h0 = oh * int(p.SH) - int(p.PH),
+                      w0 = ow * int(p.SW) - int(p.PW);
+            win.base = n * p.xs_n + g * p.Cg * p.xs_c + d0 * p.xs_d + h0 * p.xs_h + w0 * p.xs_w;
+            win.d0 = d0;
+            win.h0 = h0;
+            win.w0 = w0;
+            y_offset = n * p.ys_n + g * p.Cog * p.ys_c + od * p.ys_d + oh * p.ys_h + ow * p.ys_w;
+        } else {
+            win = gc_window{0, GC_FAR, GC_FAR, GC_FAR, false};
+            y_offset = 0;
+        }
+        m += by;
+        ow += dw;
+        if (ow >= p.OW) { ow -= int(p.OW); ++oh; }
+        oh += dh;
+        if (oh >= p.OH) { oh -= int(p.OH); ++od; }
+        od += dd;
+        if (od >= p.OD) { od -= int(p.OD); ++n; }
+        n += dn;
+    }
+};
+
+// A term's tap place (kd*DD, kh*DH, kw*DW), padded to 16 bytes so that a thread reads it from
+// shared memory in one load; d is GC_FAR past the last term.
+struct __align__(16) gc_tap {
+    int d, h, w, unused;
+};
+
 // Threads 0..BK-1 fill the table of step `step`'s terms k = step * BK + tid: the x offset of the
-// term from its window's corner, and its tap's place (kd*DD, kh*DH, kw*DW); past the last term
-// the place is (-1, 0, 0), which fails gc_inside, so A is 0 there.
+// term from its window's corner, and its tap's place (the term counts are below 2^30: 32-bit
+// division).
 template <int BK>
 __device__ __forceinline__ void gc_find_terms(int tid, long long step, long long Kg,
                                               const gc_conv& p, long long (&offset)[BK],
-                                              int (&tap)[BK][3]) {
+                                              gc_tap (&tap)[BK]) {
     if (tid >= BK) return;
-    const long long k = step * BK + tid, KV = p.KD * p.KH * p.KW;
+    const int k = int(step) * BK + tid, KH = int(p.KH), KW = int(p.KW), KV = int(p.KD) * KH * KW;
     if (k < Kg) {
-        const long long c = k / KV, t = k % KV;
-        const long long kd = t / (p.KH * p.KW), kh = (t / p.KW) % p.KH, kw = t % p.KW;
-        offset[tid] = c * p.xs_c + kd * p.DD * p.xs_d + kh * p.DH * p.xs_h + kw * p.DW * p.xs_w;
-        tap[tid][0] = int(kd * p.DD);
-        tap[tid][1] = int(kh * p.DH);
-        tap[tid][2] = int(kw * p.DW);
+        const int c = k / KV, t = k % KV;
+        const int kd = t / (KH * KW), kh = (t / KW) % KH, kw = t % KW;
+        const gc_tap at = {kd * int(p.DD), kh * int(p.DH), kw * int(p.DW), 0};
+        offset[tid] = c * p.xs_c + at.d * p.xs_d + at.h * p.xs_h + at.w * p.xs_w;
+        tap[tid] = at;
     } else {
         offset[tid] = 0;
-        tap[tid][0] = -1;
-        tap[tid][1] = 0;
-        tap[tid][2] = 0;
+        tap[tid] = gc_tap{GC_FAR, 0, 0, 0};
     }
 }
 
-// Whether the element of window `win` at tap place `tap` lies inside the input.
-__device__ __forceinline__ bool gc_inside(const gc_window& win, const int* tap,
+// Term k = step * BK + tid of the steps a thread (tid < BK) finds in turn, as (channel c, tap
+// kd, kh, kw): counted forward by BK a step, digit by digit in the mixed radix (C, KD, KH, KW)
+// with one carry a digit, instead of divided anew (a division is some 20 instructions, and
+// warp 0 alone finds a step's terms while the block's other warps wait for it at the barrier).
+struct gc_term_counter {
+    int k, c, kd, kh, kw;   // the next term
+    int by, dc, dd, dh, dw; // the step, BK, and BK in the same radix
+
+    __device__ __forceinline__ void start(int k0, int step, const gc_conv& p) {
+        const int KD = int(p.KD), KH = int(p.KH), KW = int(p.KW);
+        by = step;
+        k = k0;
+        c = k0 / (KD * KH * KW);
+        kd = k0 / (KH * KW) % KD;
+        kh = k0 / KW % KH;
+        kw = k0 % KW;
+        dc = step / (KD * KH * KW);
+        dd = step / (KH * KW) % KD;
+        dh = step / KW % KH;
+        dw = step % KW;
+    }
+
+    // the term's offset from a window's corner and its tap's place (GC_FAR past the last
+    // term); then on to the next step's term
+    __device__ __forceinline__ void take(long long Kg, const gc_conv& p, long long& offset,
+                                         gc_tap& tap) {
+        if (k < Kg) {
+            tap = gc_tap{kd * int(p.DD), kh * int(p.DH), kw * int(p.DW), 0};
+            offset = c * p.xs_c + tap.d * p.xs_d + tap.h * p.xs_h + tap.w * p.xs_w;
+        } else {
+            tap = gc_tap{GC_FAR, 0, 0, 0};
+            offset = 0;
+        }
+        k += by;
+        kw += dw;
+        if (kw >= p.KW) { kw -= int(p.KW); ++kh; }
+        kh += dh;
+        if (kh >= p.KH) { kh -= int(p.KH); ++kd; }
+        kd += dd;
+        if (kd >= p.KD) { kd -= int(p.KD); ++c; }
+        c += dc;
+    }
+};
+
+// Whether the element of window `win` at tap place `tap` lies inside the input (false for a
+// window past the last position or a tap past the last term: their GC_FAR coordinates).
+__device__ __forceinline__ bool gc_inside(const gc_window& win, const gc_tap& tap,
                                           const gc_conv& p) {
-    const long long id = win.d0 + tap[0], ih = win.h0 + tap[1], iw = win.w0 + tap[2];
-    return win.valid && tap[0] >= 0 && (unsigned long long)id < (unsigned long long)p.ID &&
-           (unsigned long long)ih < (unsigned long long)p.IH &&
-           (unsigned long long)iw < (unsigned long long)p.IW;
+    return (unsigned(win.d0 + tap.d) < unsigned(p.ID)) &
+           (unsigned(win.h0 + tap.h) < unsigned(p.IH)) &
+           (unsigned(win.w0 + tap.w) < unsigned(p.IW));
 }
 
+// The B tile elements (filters) a thread reads each step: elements tid + i * THREADS of the
+// BN x BK tile, terms fastest (filters are contiguous in their terms), so all at term tid % BK
+// of the step and at filters f0 + tid / BK + i * (THREADS / BK). at[i] points to that filter's
+// term tid % BK of step 0 (any valid address where the filter is past the group's: ok false).
+template <int BK, int THREADS, int B_LOADS, typename T>
+struct gc_filter_reads {
+    static_assert(THREADS % BK == 0, "one term a thread");
+    const T* at[B_LOADS];
+    bool ok[B_LOADS];
+    int kk;
+
+    __device__ __forceinline__ gc_filter_reads(int tid, const T* wg, long long f0, long long Kg,
+                                               long long Cog) {
+        kk = tid % BK;
+#pragma unroll
+        for (int i = 0; i < B_LOADS; ++i) {
+            const long long f = f0 + tid / BK + i * (THREADS / BK);
+            ok[i] = f < Cog;
+            at[i] = wg + (ok[i] ? f : 0) * Kg + kk;
+        }
+    }
+};
+
 // Step `step`'s tile elements this thread reads from global memory, converted by `conv` (to the
-// accumulator type, or to the raw value shared memory holds): A, its row `win` at terms
-// tid / BM + i * (THREADS / BM) (neighbouring threads take neighbouring positions, so reads of
-// channels-first x coalesce); B, elements tid + i * THREADS of the BN x BK tile, terms fastest
-// (filters are contiguous in their terms). Zero (V{}) outside the input and past the last term or
-// filter.
+// accumulator type, or to the raw value shared memory holds): A, its row `win` (x_win = x +
+// win.base) at terms tid / BM + i * (THREADS / BM) (neighbouring threads take neighbouring
+// positions, so reads of channels-first x coalesce); B, as `b` says. Zero (V{}) outside the
+// input and past the last term or filter.
 template <int BM, int BK, int THREADS, typename V, int A_LOADS, int B_LOADS, typename T,
           typename Conv>
 __device__ __forceinline__ void gc_gather(V (&a)[A_LOADS], V (&b)[B_LOADS], int tid,
-                                          long long step, const T* x, const gc_window& win,
+                                          long long step, const T* x_win, const gc_window& win,
                                           const long long (&offset)[BK],
-                                          const int (&tap)[BK][3], const gc_conv& p,
-                                          const T* wg, long long f0, long long Kg, Conv conv) {
+                                          const gc_tap (&tap)[BK], const gc_conv& p,
+                                          const gc_filter_reads<BK, THREADS, B_LOADS, T>& fr,
+                                          long long Kg, Conv conv) {
 #pragma unroll
     for (int i = 0; i < A_LOADS; ++i) {
         const int kk = tid / BM + i * (THREADS / BM);
-        a[i] = gc_inside(win, tap[kk], p) ? conv(x[win.base + offset[kk]]) : V{};
+        const gc_tap t = tap[kk];
+        a[i] = gc_inside(win, t, p) ? conv(x_win[offset[kk]]) : V{};
     }
+    const int first = int(step) * BK;  // the step's first term (terms are below 2^30)
+    const bool term_ok = first + fr.kk < Kg;
 #pragma unroll
-    for (int i = 0; i < B_LOADS; ++i) {
-        const int e = tid + i * THREADS, kk = e % BK, ff = e / BK;
-        const long long k = step * BK + kk;
-        b[i] = (f0 + ff < p.Cog && k < Kg) ? conv(wg[(f0 + ff) * Kg + k]) : V{};
-    }
+    for (int i = 0; i < B_LOADS; ++i) b[i] = term_ok & fr.ok[i] ? conv(fr.at[i][first]) : V{};
 }
 
 // The loop over a tile's steps of BK terms: step s's tiles are multiplied out of shared buffer

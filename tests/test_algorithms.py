@@ -120,14 +120,25 @@ def test_tensor_core_kernel_needs_compute_capability_8(monkeypatch):
     algorithms._capability.cache_clear()
 
 
-def test_gemm_tc_cl_counts_in_32_bit_ints_and_says_where_that_ends():
+@pytest.mark.parametrize("algorithm", ["gemm", "gemm_64x64", "gemm_128x128", "gemm_128x32",
+                                       "gemm_tc", "gemm_tc_cl", "gemm_tf32"])
+def test_gemm_kernels_count_in_32_bit_ints_and_say_where_that_ends(algorithm):
+    dtype = np.float16 if algorithm in ("gemm_tc", "gemm_tc_cl") else np.float32
     ok = _geom((1, 8, 2**20), (8, 8, 3))
-    assert algorithms.why_not("cuda", "gemm_tc_cl", ok, np.float16) == ""
+    assert algorithms.why_not("cuda", algorithm, ok, dtype) == ""
     long_signal = _geom((1, 8, 2**30), (8, 8, 3))
-    reason = algorithms.why_not("cuda", "gemm_tc_cl", long_signal, np.float16)
+    reason = algorithms.why_not("cuda", algorithm, long_signal, dtype)
     assert "32-bit ints" in reason and f"({2**30 + 2})" in reason
     many_terms = _geom((1, 2**27, 4, 4), (8, 2**27, 3, 3))  # 9 * 2^27 terms a filter
-    assert f"({9 * 2**27})" in algorithms.why_not("cuda", "gemm_tc_cl", many_terms, np.float16)
+    assert f"({9 * 2**27})" in algorithms.why_not("cuda", algorithm, many_terms, dtype)
+    with pytest.raises(ValueError, match="32-bit ints"):
+        algorithms.choose("cuda", algorithm, long_signal, dtype)
+
+
+def test_filter_gradient_leaves_the_gemm_where_counts_would_overflow():
+    from gpuconv import cuda
+    assert cuda.filter_grad_by_gemm(_geom((1, 64, 2**10), (64, 64, 3)))
+    assert not cuda.filter_grad_by_gemm(_geom((1, 64, 2**30), (64, 64, 3)))
 
 
 def test_gemm_tc_cl_block_width_rule():
