@@ -42,6 +42,16 @@ __device__ __forceinline__ long long gc_output_offset(long long m, const gc_conv
     return at.n * p.ys_n + at.d * p.ys_d + at.h * p.ys_h + at.w * p.ys_w;
 }
 
+// One digit of a mixed-radix sum: digit += step, both below radix (the digit perhaps one above,
+// from the carry of the digit below), carrying at most one into the next digit.
+__device__ __forceinline__ void gc_add_digit(int& digit, int step, int radix, int& next) {
+    digit += step;
+    if (digit >= radix) {
+        digit -= radix;
+        ++next;
+    }
+}
+
 // Output position m of the steps a thread finds in turn (the filter gradient's reduction runs
 // over positions), as (n, od, oh, ow): counted forward by a fixed step, digit by digit with one
 // carry a digit, like gc_term_counter below, instead of split by 64-bit divisions each step.
@@ -84,12 +94,9 @@ struct gc_position_counter {
             y_offset = 0;
         }
         m += by;
-        ow += dw;
-        if (ow >= p.OW) { ow -= int(p.OW); ++oh; }
-        oh += dh;
-        if (oh >= p.OH) { oh -= int(p.OH); ++od; }
-        od += dd;
-        if (od >= p.OD) { od -= int(p.OD); ++n; }
+        gc_add_digit(ow, dw, int(p.OW), oh);
+        gc_add_digit(oh, dh, int(p.OH), od);
+        gc_add_digit(od, dd, int(p.OD), n);
         n += dn;
     }
 };
@@ -155,12 +162,9 @@ struct gc_term_counter {
             offset = 0;
         }
         k += by;
-        kw += dw;
-        if (kw >= p.KW) { kw -= int(p.KW); ++kh; }
-        kh += dh;
-        if (kh >= p.KH) { kh -= int(p.KH); ++kd; }
-        kd += dd;
-        if (kd >= p.KD) { kd -= int(p.KD); ++c; }
+        gc_add_digit(kw, dw, int(p.KW), kh);
+        gc_add_digit(kh, dh, int(p.KH), kd);
+        gc_add_digit(kd, dd, int(p.KD), c);
         c += dc;
     }
 };

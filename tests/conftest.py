@@ -1,5 +1,8 @@
-"""Shared fixtures: the GPU gate and output poisoning."""
+"""Shared fixtures: the GPU gate and output poisoning; loading a benchmarks/ script."""
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +35,12 @@ def _no_device_env(monkeypatch):
 
 def pytest_report_header(config):
     return f"gpuconv {gpuconv.__version__}; GPU: {gpu_skip_reason() or 'available'}"
+
+
+def load_script(name: str):
+    """benchmarks/<name>.py as a module (the scripts are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

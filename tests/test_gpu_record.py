@@ -2,21 +2,19 @@
 device calls, and refusing to write a record when no GPU is usable."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_record.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("gpu_record", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gpu_record")
 
 
 def test_records_of_one_commit_merge_phase_by_phase():

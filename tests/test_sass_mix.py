@@ -2,10 +2,7 @@
 test suite does not install): loops are found from backward branches and counted by opcode."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "sass_mix.py"
+from conftest import load_script
 
 # the shape of nvdisasm's output for one function: a loop of 5 instructions (0x20-0x60) whose
 # backward branch is predicated, and a forward branch that is no loop
@@ -26,15 +23,8 @@ SASS = """\
 """
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("sass_mix", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_loops_are_found_per_function_and_counted_by_opcode():
-    mix = _module()
+    mix = load_script("sass_mix")
     per_function = mix.functions(SASS)
     assert set(per_function) == {"_Z1kv", "_Z1jv"}
     (first, last, body), = mix.loops(per_function["_Z1kv"])
