@@ -77,7 +77,7 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
                 f"{tuple(zip(geom.pad_before, geom.pad_after))}")
     if kind == "cuda" and algorithm == "depthwise":
         x_elems = geom.N * geom.C_in * math.prod(geom.padded_spatial)
-        y_elems = geom.N * geom.C_out * math.prod(geom.out_spatial)
+        y_elems = geom.positions * geom.C_out
         if max(x_elems, y_elems) >= kernels.DEPTHWISE_MAX_ELEMENTS:
             return (f"the CUDA 'depthwise' kernel takes inputs and outputs of fewer than 2^30 "
                     f"elements; this call has {x_elems} in and {y_elems} out")
@@ -152,7 +152,7 @@ def _gemm_tile(geom: ConvGeometry, dtype: DTypeLike) -> str:
     """The tile for ``algorithm="gemm"``: narrow for few filters a group; the big 128x128 tile
     when there are enough filters to fill it and enough work for one such block per SM of an
     H100 (132); else 64x64. (A first rule, to be measured on a GPU.)"""
-    Cog, M = geom.C_out_per_group, geom.N * math.prod(geom.out_spatial)
+    Cog, M = geom.C_out_per_group, geom.positions
     if Cog <= 32:
         return "128x32"
     if ("128x128" in kernels.gemm_tiles(dtype) and Cog >= 128

@@ -127,7 +127,7 @@ def _forward(xp: Any, run: Callable[..., None], x_cf: Array, w: Array, bias: Arr
             params.conv_params(geom, x_cf, out_cf, b is not None))
     if algorithm == "direct":
         run("conv_direct.cu", kernels.conv_direct_name(dtype, activation), dtype,
-            geom.N * geom.C_out * math.prod(geom.out_spatial), args)
+            geom.positions * geom.C_out, args)
         return
     if algorithm == "depthwise":
         size = kernels.depthwise_size(geom.kernel)
@@ -137,14 +137,14 @@ def _forward(xp: Any, run: Callable[..., None], x_cf: Array, w: Array, bias: Arr
                 dtype, geom.N * geom.C_out * math.prod(geom.out_spatial[:-1]) * runs, args)
         else:  # channels-last (neighbouring threads take neighbouring channels), any size
             run("conv_depthwise.cu", kernels.conv_depthwise_name(dtype, activation, size),
-                dtype, geom.N * geom.C_out * math.prod(geom.out_spatial), args)
+                dtype, geom.positions * geom.C_out, args)
         return
-    positions = geom.N * math.prod(geom.out_spatial)
+    positions = geom.positions
     if algorithm == "gemm_tc_cl":
-        BN = kernels.gemm_tc_cl_filters(positions, geom.C_out_per_group, geom.groups)
-        blocks = (-(-positions // 128), -(-geom.C_out_per_group // BN), geom.groups)
+        BM, BN = kernels.GEMM_TC_CL_POSITIONS, kernels.gemm_tc_cl_filters(geom)
+        blocks = (-(-positions // BM), -(-geom.C_out_per_group // BN), geom.groups)
         run("conv_gemm_tc.cu", kernels.conv_gemm_tc_cl_name(dtype, activation, BN), dtype,
-            Grid(blocks, 2 * BN), args)
+            Grid(blocks, kernels.gemm_tc_cl_threads(BN)), args)
         return
     if algorithm in ("gemm_tc", "gemm_tf32"):  # gemm_tf32: by the dtype
         BM, BN = kernels.GEMM_TC_TILE
@@ -190,7 +190,7 @@ def filter_grad_chunks(geom: ConvGeometry, threads: int) -> Tuple[int, int]:
     ``chunk``, so that about ``threads`` threads have work. Fixed for a given shape and device,
     which keeps the result bit-identical run after run."""
     E = geom.C_out * geom.terms_per_output
-    M = geom.N * math.prod(geom.out_spatial)
+    M = geom.positions
     if M == 0:
         return 1, 0
     R = max(1, min(M, threads // E))
@@ -219,7 +219,7 @@ def filter_grad_splits(geom: ConvGeometry, threads: int, itemsize: int) -> Tuple
     for a shape and device, which keeps the result bit-identical run after run."""
     BM, BN, BK = kernels.FILTER_GRAD_TILE[:3]
     tiles = -(-geom.terms_per_output // BM) * -(-geom.C_out_per_group // BN) * geom.groups
-    steps = max(1, -(-geom.N * math.prod(geom.out_spatial) // BK))
+    steps = max(1, -(-geom.positions // BK))
     E = geom.C_out * geom.terms_per_output
     splits = max(1, min(steps, threads // 2048 // tiles, 65535 // geom.groups,
                         FILTER_GRAD_PARTIAL_BYTES // (E * itemsize)))
@@ -244,7 +244,7 @@ def _filter_grad(xp: Any, run: Callable[..., None], threads: int, x_cf: Array, g
         blocks = (-(-geom.terms_per_output // BM), -(-geom.C_out_per_group // BN),
                   geom.groups * splits)
         run("conv_gemm.cu", kernels.conv_filter_grad_gemm_name(dtype), dtype,
-            Grid(blocks, 256), (x_cf, g_cf, partial, np.int64(splits), np.int64(per_split),
+            Grid(blocks, kernels.tile_threads(kernels.FILTER_GRAD_TILE)), (x_cf, g_cf, partial, np.int64(splits), np.int64(per_split),
                                 record))
         R = splits
     else:

@@ -154,9 +154,14 @@ class ConvGeometry:
         return self.C_in_per_group * math.prod(self.kernel)
 
     @property
+    def positions(self) -> int:
+        """Output positions: images times output pixels (the implicit GEMM's M)."""
+        return self.N * math.prod(self.out_spatial)
+
+    @property
     def flops(self) -> int:
         """2 * multiply-adds (the convention of shapes.json)."""
-        return 2 * self.N * self.C_out * math.prod(self.out_spatial) * self.terms_per_output
+        return 2 * self.positions * self.C_out * self.terms_per_output
 
     def out_shape(self) -> Tuple[int, ...]:
         """Shape of the result as the caller sees it (layout and batch axis as given)."""

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from .dtypes import ACCEPTED, accepted, accumulator_dtype, is_bfloat16
+from .geometry import ConvGeometry
 from ._typing import DTypeLike
 
 #: C++ type of each accepted dtype in the kernels (see kernels_cuda/gpuconv_types.cuh).
@@ -119,9 +120,14 @@ def gemm_tiles(dtype: DTypeLike) -> Tuple[str, ...]:
 GEMM_MAX_INDEX = 2**30
 
 
-def gemm_threads(tile: str) -> int:
-    BM, BN, _, TM, TN = GEMM_TILES[tile]
+def tile_threads(tile: Tuple[int, int, int, int, int]) -> int:
+    """Threads a block of an FFMA GEMM tile (BM, BN, BK, TM, TN) runs: one per TM x TN sums."""
+    BM, BN, _, TM, TN = tile
     return (BM // TM) * (BN // TN)
+
+
+def gemm_threads(tile: str) -> int:
+    return tile_threads(GEMM_TILES[tile])
 
 
 def conv_gemm_name(dtype: DTypeLike, activation: Optional[str], tile: str) -> str:
@@ -147,16 +153,22 @@ def conv_gemm_tc_name(dtype: DTypeLike, activation: Optional[str]) -> str:
 
 def conv_gemm_tc_cl_name(dtype: DTypeLike, activation: Optional[str], filters: int) -> str:
     """The channels-last tensor-core kernel (16-bit dtypes; filters of a multiple of
-    GEMM_TC_CL_CHANNELS kernels) with blocks of 128 positions x ``filters`` (one of
-    GEMM_TC_CL_FILTERS); it runs 2 * ``filters`` threads a block."""
+    GEMM_TC_CL_CHANNELS kernels) with blocks of GEMM_TC_CL_POSITIONS positions x ``filters``
+    (one of GEMM_TC_CL_FILTERS)."""
     return f"conv_gemm_tc_cl<{ctype(dtype)}, {ACTIVATIONS[activation]}, {filters}>"
+
+
+def gemm_tc_cl_threads(filters: int) -> int:
+    """Threads a conv_gemm_tc_cl block of ``filters`` runs: warps of 64 positions x 32 filters."""
+    return (GEMM_TC_CL_POSITIONS // 64) * (filters // 32) * 32
 
 
 #: conv_gemm_tc_cl reads 16 bytes (8 channels of a 16-bit input element) at a time: it needs
 #: C_in / groups to be a multiple of this, and its x 16-byte aligned.
 GEMM_TC_CL_CHANNELS = 8
 
-#: conv_gemm_tc_cl's block widths (filters a block; 128 output positions each).
+#: conv_gemm_tc_cl's blocks: output positions a block, and its widths (filters a block).
+GEMM_TC_CL_POSITIONS = 128
 GEMM_TC_CL_FILTERS: Tuple[int, ...] = (64, 128)
 
 #: The fewest blocks a grid of 128-filter blocks must have for conv_gemm_tc_cl to use them: two
@@ -165,14 +177,16 @@ GEMM_TC_CL_FILTERS: Tuple[int, ...] = (64, 128)
 GEMM_TC_CL_WIDE_MIN_BLOCKS = 264
 
 
-def gemm_tc_cl_filters(positions: int, filters_per_group: int, groups: int) -> int:
+def gemm_tc_cl_filters(geom: ConvGeometry) -> int:
     """The block width conv_gemm_tc_cl runs with: 128 filters where a group has more than 64 and
     the grid of such blocks still fills the GPU (each block then does twice the multiplies per
     copy of an input tile), else 64."""
-    if filters_per_group <= 64:
-        return 64
-    blocks = -(-positions // 128) * -(-filters_per_group // 128) * groups
-    return 128 if blocks >= GEMM_TC_CL_WIDE_MIN_BLOCKS else 64
+    narrow, wide = GEMM_TC_CL_FILTERS
+    if geom.C_out_per_group <= narrow:
+        return narrow
+    blocks = (-(-geom.positions // GEMM_TC_CL_POSITIONS) * -(-geom.C_out_per_group // wide)
+              * geom.groups)
+    return wide if blocks >= GEMM_TC_CL_WIDE_MIN_BLOCKS else narrow
 
 
 #: Kernel sizes (height, width; depth 1) the depthwise kernel (conv_depthwise.cu) is compiled

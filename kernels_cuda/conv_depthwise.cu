@@ -79,13 +79,9 @@ __global__ void conv_depthwise_rows(const T* __restrict__ x, const T* __restrict
     const bool unit = SW == 1 && DW == 1;
     for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
          idx += gridDim.x * blockDim.x) {
-        const int run = idx % runs;
-        int rest = idx / runs;
-        const int oh = rest % OH;
-        rest /= OH;
-        const int od = rest % OD;
-        rest /= OD;
-        const int co = rest % C, n = rest / C;
+        // (n, co, od, oh, run): the run of the row plays the width's part
+        const gc_coords_of<int> at = gc_split_index<int>(idx, C, OD, OH, runs, false);
+        const int run = at.w, oh = at.h, od = at.d, co = at.c, n = at.n;
         const int id = od * int(p.SD) - int(p.PD);
         const int ow0 = run * OUT_W;
         acc_t sum[OUT_W];

@@ -193,7 +193,11 @@ conv_filter_grad_gemm(const T* __restrict__ x, const T* __restrict__ gy,
     const long long steps =
         first >= total_steps ? 0 : (total_steps - first < per_split ? total_steps - first
                                                                     : per_split);
-    gc_find_terms<BM>(tid, blockIdx.x, Kg, p, k_offset, k_tap);  // k = k0 + tid
+    if (tid < BM) {  // the block's terms k0 + tid, found once
+        gc_term_counter term;
+        term.start(int(k0) + tid, BM, p);
+        term.take(Kg, p, k_offset[tid], k_tap[tid]);
+    }
 
     // threads 0..BK-1 count position (first + step) * BK + tid of each step in turn
     __shared__ gc_position_counter positions[BK];

@@ -42,38 +42,44 @@ __device__ __forceinline__ long long gc_output_offset(long long m, const gc_conv
     return at.n * p.ys_n + at.d * p.ys_d + at.h * p.ys_h + at.w * p.ys_w;
 }
 
-// One digit of a mixed-radix sum: digit += step, both below radix (the digit perhaps one above,
-// from the carry of the digit below), carrying at most one into the next digit.
-__device__ __forceinline__ void gc_add_digit(int& digit, int step, int radix, int& next) {
-    digit += step;
-    if (digit >= radix) {
-        digit -= radix;
-        ++next;
+// A place (hi, d, h, w) in the mixed radix (-, D, H, W) -- an output position (n, od, oh, ow)
+// or a filter's term (c, kd, kh, kw) -- stepped forward by a fixed step held in the same radix,
+// digit by digit with at most one carry a digit: a few adds instead of the divisions that split
+// a flat index anew (a 32-bit division is some 20 instructions, a 64-bit one a subroutine).
+struct gc_mixed_place {
+    int hi, d, h, w;          // the place
+    int s_hi, s_d, s_h, s_w;  // the step
+
+    // I: the index type that holds `at` (positions may pass 2^31; terms stay below 2^30)
+    template <typename I>
+    __device__ __forceinline__ void start(I at, I step, I D, I H, I W) {
+        const gc_coords_of<I> a = gc_split_index<I>(at, 1, D, H, W, false);
+        const gc_coords_of<I> s = gc_split_index<I>(step, 1, D, H, W, false);
+        hi = int(a.n), d = int(a.d), h = int(a.h), w = int(a.w);
+        s_hi = int(s.n), s_d = int(s.d), s_h = int(s.h), s_w = int(s.w);
     }
-}
+
+    __device__ __forceinline__ void advance(long long D, long long H, long long W) {
+        w += s_w;
+        if (w >= W) { w -= int(W); ++h; }  // each digit below its radix plus one carry
+        h += s_h;
+        if (h >= H) { h -= int(H); ++d; }
+        d += s_d;
+        if (d >= D) { d -= int(D); ++hi; }
+        hi += s_hi;
+    }
+};
 
 // Output position m of the steps a thread finds in turn (the filter gradient's reduction runs
-// over positions), as (n, od, oh, ow): counted forward by a fixed step, digit by digit with one
-// carry a digit, like gc_term_counter below, instead of split by 64-bit divisions each step.
+// over positions), counted forward (gc_mixed_place) instead of split each step.
 struct gc_position_counter {
-    long long m;             // the next position
-    int n, od, oh, ow;
-    long long by;            // the step
-    int dn, dd, dh, dw;      // the step in the radix (N, OD, OH, OW)
+    long long m, by;     // the next position, and the step
+    gc_mixed_place at;   // m as (n, od, oh, ow)
 
     __device__ __forceinline__ void start(long long m0, long long step, const gc_conv& p) {
         m = m0;
         by = step;
-        const gc_coords at = gc_split_index(m0, 1LL, p.OD, p.OH, p.OW, false);
-        n = int(at.n);
-        od = int(at.d);
-        oh = int(at.h);
-        ow = int(at.w);
-        const gc_coords d = gc_split_index(step, 1LL, p.OD, p.OH, p.OW, false);
-        dn = int(d.n);
-        dd = int(d.d);
-        dh = int(d.h);
-        dw = int(d.w);
+        at.start<long long>(m0, step, p.OD, p.OH, p.OW);
     }
 
     // the position's window in group g and the offset in y of its first channel of the group;
@@ -82,22 +88,21 @@ struct gc_position_counter {
                                          gc_window& win, long long& y_offset) {
         win.valid = m < M;
         if (win.valid) {
-            const int d0 = od * int(p.SD) - int(p.PD), h0 = oh * int(p.SH) - int(p.PH),
-                      w0 = ow * int(p.SW) - int(p.PW);
-            win.base = n * p.xs_n + g * p.Cg * p.xs_c + d0 * p.xs_d + h0 * p.xs_h + w0 * p.xs_w;
+            const int d0 = at.d * int(p.SD) - int(p.PD), h0 = at.h * int(p.SH) - int(p.PH),
+                      w0 = at.w * int(p.SW) - int(p.PW);
+            win.base = at.hi * p.xs_n + g * p.Cg * p.xs_c + d0 * p.xs_d + h0 * p.xs_h +
+                       w0 * p.xs_w;
             win.d0 = d0;
             win.h0 = h0;
             win.w0 = w0;
-            y_offset = n * p.ys_n + g * p.Cog * p.ys_c + od * p.ys_d + oh * p.ys_h + ow * p.ys_w;
+            y_offset = at.hi * p.ys_n + g * p.Cog * p.ys_c + at.d * p.ys_d + at.h * p.ys_h +
+                       at.w * p.ys_w;
         } else {
             win = gc_window{0, GC_FAR, GC_FAR, GC_FAR, false};
             y_offset = 0;
         }
         m += by;
-        gc_add_digit(ow, dw, int(p.OW), oh);
-        gc_add_digit(oh, dh, int(p.OH), od);
-        gc_add_digit(od, dd, int(p.OD), n);
-        n += dn;
+        at.advance(p.OD, p.OH, p.OW);
     }
 };
 
@@ -107,47 +112,17 @@ struct __align__(16) gc_tap {
     int d, h, w, unused;
 };
 
-// Threads 0..BK-1 fill the table of step `step`'s terms k = step * BK + tid: the x offset of the
-// term from its window's corner, and its tap's place (the term counts are below 2^30: 32-bit
-// division).
-template <int BK>
-__device__ __forceinline__ void gc_find_terms(int tid, long long step, long long Kg,
-                                              const gc_conv& p, long long (&offset)[BK],
-                                              gc_tap (&tap)[BK]) {
-    if (tid >= BK) return;
-    const int k = int(step) * BK + tid, KH = int(p.KH), KW = int(p.KW), KV = int(p.KD) * KH * KW;
-    if (k < Kg) {
-        const int c = k / KV, t = k % KV;
-        const int kd = t / (KH * KW), kh = (t / KW) % KH, kw = t % KW;
-        const gc_tap at = {kd * int(p.DD), kh * int(p.DH), kw * int(p.DW), 0};
-        offset[tid] = c * p.xs_c + at.d * p.xs_d + at.h * p.xs_h + at.w * p.xs_w;
-        tap[tid] = at;
-    } else {
-        offset[tid] = 0;
-        tap[tid] = gc_tap{GC_FAR, 0, 0, 0};
-    }
-}
-
-// Term k = step * BK + tid of the steps a thread (tid < BK) finds in turn, as (channel c, tap
-// kd, kh, kw): counted forward by BK a step, digit by digit in the mixed radix (C, KD, KH, KW)
-// with one carry a digit, instead of divided anew (a division is some 20 instructions, and
-// warp 0 alone finds a step's terms while the block's other warps wait for it at the barrier).
+// Term k of the steps a thread finds in turn (step s's term tid, for threads tid < BK), counted
+// forward (gc_mixed_place) instead of divided anew: warp 0 alone finds a step's terms while
+// the block's other warps wait for it at the barrier.
 struct gc_term_counter {
-    int k, c, kd, kh, kw;   // the next term
-    int by, dc, dd, dh, dw; // the step, BK, and BK in the same radix
+    int k, by;           // the next term, and the step
+    gc_mixed_place at;   // k as (c, kd, kh, kw)
 
     __device__ __forceinline__ void start(int k0, int step, const gc_conv& p) {
-        const int KD = int(p.KD), KH = int(p.KH), KW = int(p.KW);
-        by = step;
         k = k0;
-        c = k0 / (KD * KH * KW);
-        kd = k0 / (KH * KW) % KD;
-        kh = k0 / KW % KH;
-        kw = k0 % KW;
-        dc = step / (KD * KH * KW);
-        dd = step / (KH * KW) % KD;
-        dh = step / KW % KH;
-        dw = step % KW;
+        by = step;
+        at.start<int>(k0, step, int(p.KD), int(p.KH), int(p.KW));
     }
 
     // the term's offset from a window's corner and its tap's place (GC_FAR past the last
@@ -155,17 +130,14 @@ struct gc_term_counter {
     __device__ __forceinline__ void take(long long Kg, const gc_conv& p, long long& offset,
                                          gc_tap& tap) {
         if (k < Kg) {
-            tap = gc_tap{kd * int(p.DD), kh * int(p.DH), kw * int(p.DW), 0};
-            offset = c * p.xs_c + tap.d * p.xs_d + tap.h * p.xs_h + tap.w * p.xs_w;
+            tap = gc_tap{at.d * int(p.DD), at.h * int(p.DH), at.w * int(p.DW), 0};
+            offset = at.hi * p.xs_c + tap.d * p.xs_d + tap.h * p.xs_h + tap.w * p.xs_w;
         } else {
             tap = gc_tap{GC_FAR, 0, 0, 0};
             offset = 0;
         }
         k += by;
-        gc_add_digit(kw, dw, int(p.KW), kh);
-        gc_add_digit(kh, dh, int(p.KH), kd);
-        gc_add_digit(kd, dd, int(p.KD), c);
-        c += dc;
+        at.advance(p.KD, p.KH, p.KW);
     }
 };
 

@@ -143,8 +143,12 @@ def test_filter_gradient_leaves_the_gemm_where_counts_would_overflow():
 
 def test_gemm_tc_cl_block_width_rule():
     from gpuconv import kernels
-    assert kernels.gemm_tc_cl_filters(10**6, 64, 1) == 64        # one 64-wide block row
-    assert kernels.gemm_tc_cl_filters(10**6, 256, 1) == 128      # wide blocks, still many
-    assert kernels.gemm_tc_cl_filters(6272, 256, 1) == 64        # 98 wide blocks: too few
-    assert kernels.gemm_tc_cl_filters(128 * 132, 256, 1) == 128  # 264: two an H100 SM
-    assert kernels.gemm_tc_cl_filters(128 * 131, 256, 1) == 64
+
+    def width(positions, filters):  # 1-D layers of 1x1 kernels: positions = output length
+        return kernels.gemm_tc_cl_filters(_geom((1, 8, positions), (filters, 8, 1)))
+    assert width(10**6, 64) == 64          # one 64-wide block row
+    assert width(10**6, 256) == 128        # wide blocks, still many
+    assert width(6272, 256) == 64          # 98 wide blocks: too few
+    assert width(128 * 132, 256) == 128    # 264: two an H100 SM
+    assert width(128 * 131, 256) == 64
+    assert [kernels.gemm_tc_cl_threads(f) for f in kernels.GEMM_TC_CL_FILTERS] == [128, 256]

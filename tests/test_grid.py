@@ -187,5 +187,5 @@ def test_gpu_channels_last_tensor_cores(case, filters, gpu, monkeypatch):
     """The channels-last tensor-core kernel with blocks of each width on filters of 8 to 72
     kernels (steps that pass several taps, and steps within one), float16 and bfloat16, against
     the reference and the CPU; compute-sanitizer runs these too."""
-    monkeypatch.setattr(kernels, "gemm_tc_cl_filters", lambda *shape: filters)
+    monkeypatch.setattr(kernels, "gemm_tc_cl_filters", lambda geom: filters)
     _check_gpu_algorithm(case, "gemm_tc_cl", gpu)

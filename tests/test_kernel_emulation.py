@@ -219,7 +219,7 @@ def test_gemm_tc_cl_kernel(case, filters, emulated_gpu, monkeypatch):
     PTX's descriptions) with blocks of 64 or 128 filters, on filters of 8 to 72 kernels: every
     rank, layout, padding mode, stride and dilation form, several tiles along every axis;
     float16 and bfloat16."""
-    monkeypatch.setattr(kernels, "gemm_tc_cl_filters", lambda *shape: filters)
+    monkeypatch.setattr(kernels, "gemm_tc_cl_filters", lambda geom: filters)
     x0, w0 = case.x.copy(), case.filters.copy()
     got = gpuconv.conv(case.x, case.filters, case.bias, algorithm="gemm_tc_cl", **case.options)
     _check(case, got, "emulated gemm_tc_cl")
