@@ -18,6 +18,7 @@ from .device import DeviceUnavailableError
 from .geometry import ConvGeometry, plan_conv
 from .info import Info, info
 from .layers import Conv1D, Conv2D, Conv3D
+from .scratch import release as release_cpu_scratch
 
 try:
     __version__ = _version("gpuconv")
@@ -30,6 +31,6 @@ __all__ = [
     "conv_input_grad", "conv_filter_grad",
     "describe", "Description", "Conv1D", "Conv2D", "Conv3D",
     "info", "Info", "DeviceUnavailableError", "ConvGeometry", "plan_conv",
-    "cpu_workspace", "get_cpu_workspace", "set_cpu_workspace",
+    "cpu_workspace", "get_cpu_workspace", "set_cpu_workspace", "release_cpu_scratch",
     "autotune", "get_autotune", "set_autotune", "__version__",
 ]

@@ -244,6 +244,8 @@ def _time_call_ms(call: Callable[[], Any], device: str) -> float:
 
 def _peak_temp_bytes(call: Callable[[], Any], device: str) -> Optional[int]:
     if device == "cpu":
+        from . import scratch
+        scratch.release()  # the reused buffers count: measured as a first call allocates them
         tracemalloc.start()
         try:
             out = call()

@@ -18,6 +18,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from . import algorithms, tuning
 from .config import get_autotune, get_cpu_workspace
+from .scratch import Take, scratch
 from .device import cpu_model
 from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
@@ -31,9 +32,11 @@ from ._typing import Array, DTypeLike
 GEMM_CHUNK_BYTES = 16 * 2**20
 
 
-def _padded(xs: Array, geom: ConvGeometry, dtype: DTypeLike, channels_last: bool) -> Array:
-    """The batch chunk ``xs`` (a channels-first view) padded and cast to ``dtype``: a new array
-    ``(n, C, *padded)``, or ``(n, *padded, C)`` when ``channels_last``."""
+def _padded(xs: Array, geom: ConvGeometry, dtype: DTypeLike, channels_last: bool,
+            take: Take) -> Array:
+    """The batch chunk ``xs`` (a channels-first view) padded and cast to ``dtype``: an array
+    ``(n, C, *padded)``, or ``(n, *padded, C)`` when ``channels_last``, from ``take`` for zero
+    padding (the other modes come from ``numpy.pad``)."""
     if channels_last:
         xs = np.moveaxis(xs, 1, -1)
     if geom.padding_mode == "zeros":
@@ -43,7 +46,10 @@ def _padded(xs: Array, geom: ConvGeometry, dtype: DTypeLike, channels_last: bool
         for ax, b, a in zip(spatial_axes, geom.pad_before, geom.pad_after):
             interior[ax] = slice(b, b + shape[ax])
             shape[ax] += b + a
-        xpad = np.zeros(shape, dtype=dtype)
+        xpad = take(tuple(shape), dtype)
+        for ax in spatial_axes:  # zero the borders only: the interior is copied next
+            for border in (slice(0, interior[ax].start), slice(interior[ax].stop, None)):
+                xpad[(slice(None),) * ax + (border,)] = 0
         xpad[tuple(interior)] = xs
         return xpad
     return pad_spatial(np, xs.astype(dtype, copy=False), geom, channels_last)
@@ -105,20 +111,20 @@ def _chunk_plan(x_cf: Array, geom: ConvGeometry, ct: np.dtype, padded_copies: in
                 ) -> Iterator[Tuple[int, int, Array, int, Tuple[int, ...]]]:
     """Yield ``(n0, n, xpad, r0, rows)`` per chunk: batch elements n0:n0+n (padded and cast:
     ``xpad``, channels-last when ``channels_last``, split into its stride phases when
-    ``phases`` and :func:`_phased` holds) and first-axis output rows r0:r0+rows[0]. It holds no
-    unrolled buffer, so that a caller's buffer is freed as soon as the caller drops it.
-    ``cap`` lowers the workspace budget for this plan. A caller deletes its ``xpad`` when
-    done with it, or two batch chunks' inputs would be alive at once."""
+    ``phases`` and :func:`_phased` holds) and first-axis output rows r0:r0+rows[0].
+    ``cap`` lowers the workspace budget for this plan. ``xpad`` is scratch memory
+    (:mod:`gpuconv.scratch`): a caller must not use it once it asks for the next chunk."""
     O = geom.out_spatial
     split = phases and _phased(geom)
     nb, rb = _chunks(geom, ct.itemsize, padded_copies + split, cap)
     for n0 in range(0, geom.N, nb):
-        xpad = _padded(x_cf[n0:n0 + nb], geom, ct, channels_last)
-        if split:
-            xpad = _phase_split(xpad, geom)
-        for r0 in range(0, O[0], rb):
-            yield n0, xpad.shape[0], xpad, r0, (min(O[0], r0 + rb) - r0,) + O[1:]
-        del xpad  # before the next chunk's is made (the caller drops its own: ``del xpad``)
+        with scratch() as take:
+            xpad = _padded(x_cf[n0:n0 + nb], geom, ct, channels_last, take)
+            if split:
+                xpad = _phase_split(xpad, geom, take)
+            for r0 in range(0, O[0], rb):
+                yield n0, xpad.shape[0], xpad, r0, (min(O[0], r0 + rb) - r0,) + O[1:]
+            del xpad
 
 
 def _phased(geom: ConvGeometry) -> bool:
@@ -130,26 +136,28 @@ def _phased(geom: ConvGeometry) -> bool:
     return max(geom.stride) > 1 and max(geom.dilation) == 1
 
 
-def _phase_split(xpad: Array, geom: ConvGeometry) -> Array:
+def _phase_split(xpad: Array, geom: ConvGeometry, take: Take) -> Array:
     """``(n, C, *padded)`` as ``ph (n, C, *stride, *ceil(padded / stride))`` with
     ``ph[:, :, *a, *i] = xpad[:, :, *(i * stride + a)]``; phases no tap reads (a >= the
     kernel's length) are left out, and the tail past a phase's length is never read."""
     S, K = geom.stride, geom.kernel
     n, C, P = xpad.shape[0], xpad.shape[1], xpad.shape[2:]
-    ph = np.empty((n, C) + S + tuple(-(-p // s) for p, s in zip(P, S)), dtype=xpad.dtype)
+    ph = take((n, C) + S + tuple(-(-p // s) for p, s in zip(P, S)), xpad.dtype)
     for a in itertools.product(*[range(min(s, k)) for s, k in zip(S, K)]):
         src = xpad[(slice(None), slice(None)) + tuple(slice(i, None, s) for i, s in zip(a, S))]
         ph[(slice(None), slice(None)) + a + tuple(slice(0, m) for m in src.shape[2:])] = src
     return ph
 
 
-def _grouped_rows(y_block: Array, geom: ConvGeometry, ct: np.dtype) -> Array:
-    """A block ``(n, C_out, *rows)`` of conv's output as ``(G, n * prod(rows), C_out/groups)``."""
+def _grouped_rows(y_block: Array, geom: ConvGeometry, ct: np.dtype, take: Take) -> Array:
+    """A block ``(n, C_out, *rows)`` of conv's output as ``(G, n * prod(rows), C_out/groups)``
+    (a copy from ``take``)."""
     n, rows = y_block.shape[0], y_block.shape[2:]
     y = y_block.reshape((n, geom.groups, geom.C_out_per_group) + rows)
     y = np.moveaxis(np.moveaxis(y, 1, 0), 2, -1)  # (G, n, *rows, Cog)
-    return np.asarray(y, dtype=ct).reshape(geom.groups, n * math.prod(rows),
-                                            geom.C_out_per_group)
+    rows_copy = take(y.shape, ct)
+    np.copyto(rows_copy, y)
+    return rows_copy.reshape(geom.groups, n * math.prod(rows), geom.C_out_per_group)
 
 
 def conv_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry, activation: Optional[str],
@@ -174,14 +182,14 @@ def conv_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry, activat
 
 
 def _unroll_columns(xpad: Array, geom: ConvGeometry, r0: int, rows: Tuple[int, ...],
-                    ct: np.dtype) -> Array:
+                    ct: np.dtype, take: Take) -> Array:
     """``cols[g, (c, *k), (n, *rows)]`` for output rows r0:r0+rows[0] of the channels-first
     padded chunk ``xpad`` ``(n, C, *padded)`` (split into stride phases when :func:`_phased`):
     each row of the matrix is one (channel, tap) seen from every output position, copied from
     runs along the input's last axis."""
     G, Cg, D, K, S = geom.groups, geom.C_in_per_group, geom.rank, geom.kernel, geom.stride
     n = xpad.shape[0]
-    cols = np.empty((G, Cg) + K + (n,) + rows, dtype=ct)
+    cols = take((G, Cg) + K + (n,) + rows, ct)
     s_n, s_c = xpad.strides[0], xpad.strides[1]
     if _phased(geom):
         # tap k = a + q * stride of phase a reads phase position (output + q): one copy per
@@ -235,17 +243,19 @@ def _gemm_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     copies = 1 if geom.padding_mode == "zeros" else 2
     for n0, n, xpad, r0, rows in _chunk_plan(x_cf, geom, ct, copies, channels_last=False,
                                              cap=GEMM_CHUNK_BYTES, phases=True):
-        cols = _unroll_columns(xpad, geom, r0, rows, ct)
-        del xpad
-        block = out_cf[n0:n0 + n, :, r0:r0 + rows[0]]
-        direct = _as_matrices(block, geom) if n == 1 and block.dtype == ct else None
-        res = np.matmul(wmat, cols, out=direct)
-        del cols
-        if b is not None:
-            res += b
-        _activate(res, activation)
-        if direct is None:  # (G, Cog, (n, *rows)) -> (n, C_out, *rows)
-            block[...] = np.moveaxis(res.reshape((geom.C_out, n) + rows), 1, 0)
+        with scratch() as take:
+            cols = _unroll_columns(xpad, geom, r0, rows, ct, take)
+            del xpad
+            block = out_cf[n0:n0 + n, :, r0:r0 + rows[0]]
+            direct = _as_matrices(block, geom) if n == 1 and block.dtype == ct else None
+            res = np.matmul(wmat, cols, out=direct if direct is not None else
+                            take((G, Cog, cols.shape[-1]), ct))
+            del cols
+            if b is not None:
+                res += b
+            _activate(res, activation)
+            if direct is None:  # (G, Cog, (n, *rows)) -> (n, C_out, *rows)
+                block[...] = np.moveaxis(res.reshape((geom.C_out, n) + rows), 1, 0)
 
 
 def _pointwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
@@ -270,22 +280,25 @@ def _pointwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     nb = max(1, min(geom.N, get_cpu_workspace() // per_n))
     for n0 in range(0, geom.N, nb):
         block = out_cf[n0:n0 + nb]
-        if rows:
-            xs = np.asarray(np.moveaxis(x_cf[n0:n0 + nb], 1, -1), dtype=ct)  # (n, *out, C)
-            xs = xs.reshape(-1, G, Cg).transpose(1, 0, 2)                    # (G, n*P, Cg)
-            out_rows = np.moveaxis(block, 1, -1)                             # (n, *out, C_out)
-            direct = _as_rows(out_rows) if G == 1 and block.dtype == ct else None
-            res = np.matmul(xs, wm, out=direct)                              # (G, n*P, Cog)
-        else:
-            xs = np.asarray(x_cf[n0:n0 + nb], dtype=ct).reshape(-1, G, Cg, P)
-            res = np.matmul(wm, xs)  # (n, G, Cog, P)
-        if b is not None:
-            res += b
-        _activate(res, activation)
-        if not rows:
-            block[...] = res.reshape(block.shape)
-        elif direct is None:
-            out_rows[...] = res.transpose(1, 0, 2).reshape(out_rows.shape)
+        n = block.shape[0]
+        with scratch() as take:
+            if rows:
+                xs = np.asarray(np.moveaxis(x_cf[n0:n0 + nb], 1, -1), dtype=ct)  # (n, *out, C)
+                xs = xs.reshape(-1, G, Cg).transpose(1, 0, 2)                    # (G, n*P, Cg)
+                out_rows = np.moveaxis(block, 1, -1)                           # (n, *out, C_out)
+                direct = _as_rows(out_rows) if G == 1 and block.dtype == ct else None
+                res = np.matmul(xs, wm, out=direct if direct is not None else
+                                take((G, n * P, Cog), ct))                       # (G, n*P, Cog)
+            else:
+                xs = np.asarray(x_cf[n0:n0 + nb], dtype=ct).reshape(-1, G, Cg, P)
+                res = np.matmul(wm, xs, out=take((n, G, Cog, P), ct))
+            if b is not None:
+                res += b
+            _activate(res, activation)
+            if not rows:
+                block[...] = res.reshape(block.shape)
+            elif direct is None:
+                out_rows[...] = res.transpose(1, 0, 2).reshape(out_rows.shape)
 
 
 def _as_rows(block: Array) -> Optional[Array]:
@@ -326,61 +339,73 @@ def _depthwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     matmul (a matmul with one kernel per filter would have an inner dimension of taps only)."""
     C, Cog, K, D = geom.C_in, geom.C_out_per_group, geom.kernel, geom.rank
     wt: Array = np.asarray(w, dtype=ct).reshape(C, Cog, math.prod(K))  # filter c*Cog+j, tap t
-    b: Optional[Array] = None if bias is None else np.asarray(bias, dtype=ct).reshape(C, Cog)
-    S, Dl = geom.stride, geom.dilation
+    b: Optional[Array] = None if bias is None else np.asarray(bias, dtype=ct)
     cf = _depthwise_channels_first(geom)
-    if cf:  # weights and bias broadcast over (n, C, Cog, *rows)
+    if cf:  # weights broadcast over (n, C, Cog, *rows), bias over (n, C_out, *rows)
         wt = wt.reshape((C, Cog, -1) + (1,) * D)
-        b = None if b is None else b.reshape((C, Cog) + (1,) * D)
+        b = None if b is None else b.reshape((-1,) + (1,) * D)
     else:  # einsum operands: weights (*k, C[, Cog]) against windows (n, *rows, *k, C)
         wt = np.ascontiguousarray(np.moveaxis(wt.reshape((C, Cog) + K), (0, 1), (D, D + 1)))
         if Cog == 1:  # a trailing multiplier axis only when there is one: length-1 loops crawl
             wt = wt[..., 0]
-        out_axes, tap_axes, mult = "xyz"[:D], "ijk"[:D], "m" if Cog > 1 else ""
-        subscripts = f"n{out_axes}{tap_axes}c,{tap_axes}c{mult}->n{out_axes}c{mult}"
     copies = 1 if geom.padding_mode == "zeros" else 2
     for n0, n, xpad, r0, rows in _chunk_plan(x_cf, geom, ct, copies, channels_last=not cf,
                                              cap=DEPTHWISE_CHUNK_BYTES):
         block = out_cf[n0:n0 + n, :, r0:r0 + rows[0]]
-        if not cf:  # one pass: every tap of a window summed per output element by einsum
-            acc = np.empty((n,) + rows + ((C, Cog) if Cog > 1 else (C,)), dtype=ct)
-            s_sp = xpad.strides[1:-1]
-            windows = as_strided(xpad[:, r0 * S[0]:], shape=(n,) + rows + K + (C,),
-                                 strides=(xpad.strides[0],) + tuple(
-                                     st * s for st, s in zip(s_sp, S)) + tuple(
-                                     st * d for st, d in zip(s_sp, Dl)) + (xpad.strides[-1],),
-                                 writeable=False)
-            np.einsum(subscripts, windows, wt, out=acc)
-            del windows, xpad
-            if b is not None:
-                acc += b if Cog > 1 else b[:, 0]
-            acc = acc.reshape((n,) + rows + (geom.C_out,))
-            _activate(acc, activation)
-            block[...] = np.moveaxis(acc, -1, 1)
-            continue
-        # a multiply-add per tap over channels-first windows, accumulated straight into the
-        # output where it has the compute dtype and the layout
-        direct = block.dtype == ct and block.flags.c_contiguous
-        shape = (n, C, Cog) + rows
-        acc = block.reshape(shape) if direct else np.empty(shape, dtype=ct)
-        tmp = np.empty_like(acc)
-        for t, tap in enumerate(itertools.product(*[range(k) for k in K])):
-            first = [k * d for k, d in zip(tap, Dl)]
-            first[0] += r0 * S[0]
-            spatial = tuple(slice(f, f + (r - 1) * s + 1, s) for f, r, s in zip(first, rows, S))
-            window = xpad[(slice(None), slice(None), None) + spatial]
-            if t == 0:
-                np.multiply(window, wt[:, :, t], out=acc)
+        with scratch() as take:
+            if cf:  # accumulated straight into the output where it has the dtype and layout
+                direct = block.dtype == ct and block.flags.c_contiguous
+                shape = (n, C, Cog) + rows
+                acc = block.reshape(shape) if direct else take(shape, ct)
+                _depthwise_taps(xpad, acc, wt, geom, r0, rows, take)
+                acc = acc.reshape(block.shape)
             else:
-                np.multiply(window, wt[:, :, t], out=tmp)
-                acc += tmp
-        del tmp, window, xpad
-        if b is not None:
-            acc += b
-        acc = acc.reshape((n, geom.C_out) + rows)
-        _activate(acc, activation)
-        if not direct:
-            block[...] = acc
+                acc = _depthwise_einsum(xpad, wt, geom, r0, rows, ct, take)
+            del xpad
+            if b is not None:
+                acc += b
+            _activate(acc, activation)
+            if not cf:
+                block[...] = np.moveaxis(acc, -1, 1)
+            elif not direct:
+                block[...] = acc
+
+
+def _depthwise_einsum(xpad: Array, wt: Array, geom: ConvGeometry, r0: int,
+                      rows: Tuple[int, ...], ct: np.dtype, take: Take) -> Array:
+    """Output rows r0:r0+rows[0] of the depthwise layer from the channels-last padded chunk
+    ``xpad``: one einsum sums every tap of a window per output element, its inner loop over
+    the channels. Returns ``(n, *rows, C_out)`` in ``ct`` (scratch memory)."""
+    n, C, Cog, K, D = xpad.shape[0], geom.C_in, geom.C_out_per_group, geom.kernel, geom.rank
+    S, Dl = geom.stride, geom.dilation
+    out_axes, tap_axes, mult = "xyz"[:D], "ijk"[:D], "m" if Cog > 1 else ""
+    acc = take((n,) + rows + ((C, Cog) if Cog > 1 else (C,)), ct)
+    s_sp = xpad.strides[1:-1]
+    windows = as_strided(xpad[:, r0 * S[0]:], shape=(n,) + rows + K + (C,),
+                         strides=(xpad.strides[0],) + tuple(st * s for st, s in zip(s_sp, S))
+                         + tuple(st * d for st, d in zip(s_sp, Dl)) + (xpad.strides[-1],),
+                         writeable=False)
+    np.einsum(f"n{out_axes}{tap_axes}c,{tap_axes}c{mult}->n{out_axes}c{mult}", windows, wt,
+              out=acc)
+    return acc.reshape((n,) + rows + (geom.C_out,))
+
+
+def _depthwise_taps(xpad: Array, acc: Array, wt: Array, geom: ConvGeometry, r0: int,
+                    rows: Tuple[int, ...], take: Take) -> None:
+    """Output rows r0:r0+rows[0] of the depthwise layer from the channels-first padded chunk
+    ``xpad``: a multiply-add per tap over strided windows into ``acc`` ``(n, C, Cog, *rows)``."""
+    K, S, Dl = geom.kernel, geom.stride, geom.dilation
+    tmp = take(acc.shape, acc.dtype)
+    for t, tap in enumerate(itertools.product(*[range(k) for k in K])):
+        first = [k * d for k, d in zip(tap, Dl)]
+        first[0] += r0 * S[0]
+        spatial = tuple(slice(f, f + (r - 1) * s + 1, s) for f, r, s in zip(first, rows, S))
+        window = xpad[(slice(None), slice(None), None) + spatial]
+        if t == 0:
+            np.multiply(window, wt[:, :, t], out=acc)
+        else:
+            np.multiply(window, wt[:, :, t], out=tmp)
+            acc += tmp
 
 
 def filter_grad(x_cf: Array, g_cf: Array, geom: ConvGeometry, out: Array) -> None:
@@ -393,13 +418,15 @@ def filter_grad(x_cf: Array, g_cf: Array, geom: ConvGeometry, out: Array) -> Non
     copies = 1 if geom.padding_mode == "zeros" else 2
     for n0, n, xpad, r0, rows in _chunk_plan(x_cf, geom, ct, copies, channels_last=False,
                                              cap=GEMM_CHUNK_BYTES, phases=True):
-        cols = _unroll_columns(xpad, geom, r0, rows, ct)
-        del xpad
-        if ct.kind == "c":
-            np.conjugate(cols, out=cols)
-        g = g_cf[n0:n0 + n, :, r0:r0 + rows[0]]  # (n, C_out, *rows) -> (G, Cog, (n, *rows))
-        gm = np.asarray(np.moveaxis(g, 0, 1), dtype=ct).reshape(G, Cog, -1)
-        dw += np.matmul(gm, cols.transpose(0, 2, 1))
+        with scratch() as take:
+            cols = _unroll_columns(xpad, geom, r0, rows, ct, take)
+            del xpad
+            if ct.kind == "c":
+                np.conjugate(cols, out=cols)
+            g = g_cf[n0:n0 + n, :, r0:r0 + rows[0]]  # (n, C_out, *rows) -> (G, Cog, (n, *rows))
+            gm = take((geom.C_out, n) + rows, ct)
+            np.copyto(gm, np.moveaxis(g, 0, 1))
+            dw += np.matmul(gm.reshape(G, Cog, -1), cols.transpose(0, 2, 1))
     out[...] = dw.reshape(out.shape)
 
 
@@ -421,24 +448,34 @@ def data_adjoint(g_cf: Array, w: Array, bias: Array, geom: ConvGeometry, conjuga
     nb, rb = _chunks(geom, ct.itemsize, 2)
     for n0 in range(0, geom.N, nb):
         n = min(nb, geom.N - n0)
-        grad = np.zeros((n, geom.C_in) + geom.padded_spatial, dtype=ct)
-        for r0 in range(0, O[0], rb):
-            rows = (min(O[0], r0 + rb) - r0,) + O[1:]
-            gm = _grouped_rows(g_cf[n0:n0 + n, :, r0:r0 + rows[0]], geom, ct)
-            cols = np.matmul(gm, wt).reshape((G, n) + rows + (Cg,) + K)
-            for tap in itertools.product(*[range(k) for k in K]):
-                first = [t * d for t, d in zip(tap, geom.dilation)]
-                first[0] += r0 * S[0]
-                dst = grad[(slice(None), slice(None)) + tuple(
-                    slice(f, f + (r - 1) * s + 1, s) for f, r, s in zip(first, rows, S))]
-                src = cols[(Ellipsis,) + tap]              # (G, n, *rows, Cg)
-                src = np.moveaxis(src, -1, 1)              # (G, Cg, n, *rows)
-                dst += np.moveaxis(src.reshape((G * Cg, n) + rows), 1, 0)
-            del cols
-        if bias is None:
-            unpad_adjoint(np, grad, geom, out_cf[n0:n0 + n])
-        else:  # add the bias in the accumulator dtype: one rounding into the output dtype
-            block = np.empty((n, geom.C_in) + geom.in_spatial, dtype=ct)
-            unpad_adjoint(np, grad, geom, block)
-            block += np.asarray(bias, dtype=ct).reshape((1, -1) + (1,) * D)
-            out_cf[n0:n0 + n] = block
+        with scratch() as take:
+            grad = take((n, geom.C_in) + geom.padded_spatial, ct)
+            grad.fill(0)
+            for r0 in range(0, O[0], rb):
+                rows = (min(O[0], r0 + rb) - r0,) + O[1:]
+                with scratch() as take_rows:  # returned before the next rows are taken
+                    gm = _grouped_rows(g_cf[n0:n0 + n, :, r0:r0 + rows[0]], geom, ct, take_rows)
+                    cols = np.matmul(gm, wt, out=take_rows(gm.shape[:2] + wt.shape[2:], ct))
+                    _add_windows(grad, cols.reshape((G, n) + rows + (Cg,) + K), geom, r0)
+            if bias is None:
+                unpad_adjoint(np, grad, geom, out_cf[n0:n0 + n])
+            else:  # add the bias in the accumulator dtype: one rounding into the output dtype
+                block = take((n, geom.C_in) + geom.in_spatial, ct)
+                unpad_adjoint(np, grad, geom, block)
+                block += np.asarray(bias, dtype=ct).reshape((1, -1) + (1,) * D)
+                out_cf[n0:n0 + n] = block
+
+
+def _add_windows(grad: Array, cols: Array, geom: ConvGeometry, r0: int) -> None:
+    """col2im: add ``cols`` ``(G, n, *rows, C_in/G, *kernel)``, each output position's
+    contribution to every (channel, tap) of its window, onto the padded input grid ``grad``
+    ``(n, C_in, *padded)``, one strided slice per tap; the rows start at output row ``r0``."""
+    G, n, rows = cols.shape[0], cols.shape[1], cols.shape[2:2 + geom.rank]
+    Cg = geom.C_in_per_group
+    for tap in itertools.product(*[range(k) for k in geom.kernel]):
+        first = [t * d for t, d in zip(tap, geom.dilation)]
+        first[0] += r0 * geom.stride[0]
+        dst = grad[(slice(None), slice(None)) + tuple(
+            slice(f, f + (r - 1) * s + 1, s) for f, r, s in zip(first, rows, geom.stride))]
+        src = np.moveaxis(cols[(Ellipsis,) + tap], -1, 1)  # (G, Cg, n, *rows)
+        dst += np.moveaxis(src.reshape((G * Cg, n) + rows), 1, 0)
