@@ -45,8 +45,9 @@ def nvdisasm() -> str:
 
 
 def cubin(filename: str, names: List[str], options: Tuple[str, ...], arch: str
-          ) -> Tuple[bytes, Dict[str, str]]:
-    """The CUBIN of ``names`` from ``filename`` and each name's mangled (lowered) name."""
+          ) -> Tuple[bytes, Dict[str, str], str]:
+    """The CUBIN of ``names`` from ``filename``, each name's mangled (lowered) name, and
+    ptxas's verbose log (registers, spills: :func:`resources`)."""
     from cuda.bindings import nvrtc
     ok = nvrtc.nvrtcResult.NVRTC_SUCCESS
     err, prog = nvrtc.nvrtcCreateProgram(kernels.kernel_source(filename).encode(),
@@ -55,20 +56,42 @@ def cubin(filename: str, names: List[str], options: Tuple[str, ...], arch: str
     try:
         for n in names:
             assert nvrtc.nvrtcAddNameExpression(prog, n.encode())[0] == ok
-        opts = [o.encode() for o in options] + [f"--gpu-architecture={arch}".encode()]
+        opts = [o.encode() for o in options] + [f"--gpu-architecture={arch}".encode(),
+                                                b"--ptxas-options=-v"]
         (result,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+        log = b" " * size
+        nvrtc.nvrtcGetProgramLog(prog, log)
         if result != ok:
-            _, size = nvrtc.nvrtcGetProgramLogSize(prog)
-            log = b" " * size
-            nvrtc.nvrtcGetProgramLog(prog, log)
             raise SystemExit(log.decode(errors="replace"))
         lowered = {n: nvrtc.nvrtcGetLoweredName(prog, n.encode())[1].decode() for n in names}
         _, size = nvrtc.nvrtcGetCUBINSize(prog)
         data = b" " * size
         nvrtc.nvrtcGetCUBIN(prog, data)
-        return data, lowered
+        return data, lowered, log.decode(errors="replace")
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
+
+
+def resources(log: str) -> Dict[str, Dict[str, int]]:
+    """Per function (mangled name), from ptxas's verbose log: registers a thread, and bytes
+    of spill stores and loads."""
+    out: Dict[str, Dict[str, int]] = {}
+    current = None
+    for line in log.splitlines():
+        m = re.search(r"Function properties for (\S+)", line)
+        if m:
+            current = out.setdefault(m.group(1), {})
+            continue
+        if current is None:
+            continue
+        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            current["spill_stores"], current["spill_loads"] = int(m.group(1)), int(m.group(2))
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            current["registers"] = int(m.group(1))
+    return out
 
 
 def functions(sass: str) -> Dict[str, List[str]]:
@@ -125,7 +148,8 @@ def main(argv=None) -> int:
         if not chosen:
             continue
         matched = True
-        data, lowered = cubin(filename, chosen, options, args.arch)
+        data, lowered, log = cubin(filename, chosen, options, args.arch)
+        used = resources(log)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "k.cubin"
             path.write_bytes(data)
@@ -135,7 +159,9 @@ def main(argv=None) -> int:
             Path(args.sass).write_text(sass)
         per_function = functions(sass)
         for name in chosen:
-            print(f"{name}  [{args.arch}]")
+            r = used.get(lowered[name], {})
+            print(f"{name}  [{args.arch}]  {r.get('registers', '?')} registers, spills "
+                  f"{r.get('spill_stores', '?')}/{r.get('spill_loads', '?')} bytes stored/loaded")
             for first, last, body in loops(per_function.get(lowered[name], [])):
                 total = sum(body.values())
                 if total < args.min:

@@ -31,3 +31,25 @@ def test_loops_are_found_per_function_and_counted_by_opcode():
     assert (first, last) == (0x20, 0x60)
     assert body == {"FFMA": 2, "LDS.128": 1, "ISETP.NE.AND": 1, "BRA": 1}
     assert mix.loops(per_function["_Z1jv"]) == []
+
+
+# ptxas -v as NVRTC's program log gives it: properties, then resources, per function
+PTXAS_LOG = """\
+ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function '_Z1kv' for 'sm_90'
+ptxas info    : Function properties for _Z1kv
+    0 bytes stack frame, 8 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 181 registers, used 1 barriers, 33024 bytes smem, 496 bytes cmem[0]
+ptxas info    : Compiling entry function '_Z1jv' for 'sm_90'
+ptxas info    : Function properties for _Z1jv
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 16 registers, used 0 barriers, 352 bytes cmem[0]
+"""
+
+
+def test_registers_and_spills_are_read_per_function():
+    mix = load_script("sass_mix")
+    assert mix.resources(PTXAS_LOG) == {
+        "_Z1kv": {"registers": 181, "spill_stores": 8, "spill_loads": 12},
+        "_Z1jv": {"registers": 16, "spill_stores": 0, "spill_loads": 0},
+    }
