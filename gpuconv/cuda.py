@@ -204,20 +204,33 @@ FILTER_GRAD_PARTIAL_BYTES = 64 * 2**20
 
 def filter_grad_by_gemm(geom: ConvGeometry) -> bool:
     """Whether the filter gradient runs as the tiled GEMM (conv_filter_grad_gemm), whose
-    64 terms x 64 filters tiles want filters of >= 32 terms (C_in/groups x taps) and >= 16
-    filters a group; others (depthwise: 9 terms, 1 filter) take the partial-sum kernel, one
+    tiles (64 or 128 terms x 64 or 128 filters) want filters of >= 32 terms (C_in/groups x
+    taps) and >= 16 filters a group; others (depthwise: 9 terms, 1 filter) take the partial-sum kernel, one
     thread per filter element and chunk of positions; so do layers too large for the GEMM's
     32-bit term and coordinate counts (algorithms.gemm_index_problem)."""
     return (geom.terms_per_output >= 32 and geom.C_out_per_group >= 16
             and not algorithms.gemm_index_problem(geom))
 
 
-def filter_grad_splits(geom: ConvGeometry, threads: int, itemsize: int) -> Tuple[int, int]:
+def filter_grad_tile(geom: ConvGeometry, dtype: DTypeLike) -> str:
+    """The filter-gradient GEMM's tile (kernels.FILTER_GRAD_TILES) for a layer: the largest
+    compiled for ``dtype`` that the filters fill, 128 terms where they have >= 128 and 128
+    filters where a group has >= 128 (a half-empty tile wastes the sums a larger one saves)."""
+    tiles = kernels.filter_grad_tiles(dtype)
+    many_terms, many_filters = geom.terms_per_output >= 128, geom.C_out_per_group >= 128
+    for tile, fits in (("128x128", many_terms and many_filters), ("128x64", many_terms)):
+        if fits and tile in tiles:
+            return tile
+    return "64x64"
+
+
+def filter_grad_splits(geom: ConvGeometry, threads: int, itemsize: int,
+                       tile: str) -> Tuple[int, int]:
     """(splits, steps a split) of the filter-gradient GEMM: its tiles of (terms, filters) per
     group, times enough splits of the M positions (BK a step) that about threads / 2048 blocks
     have work, within FILTER_GRAD_PARTIAL_BYTES of partial sums and CUDA's grid limit. Fixed
     for a shape and device, which keeps the result bit-identical run after run."""
-    BM, BN, BK = kernels.FILTER_GRAD_TILE[:3]
+    BM, BN, BK = kernels.FILTER_GRAD_TILES[tile][:3]
     tiles = -(-geom.terms_per_output // BM) * -(-geom.C_out_per_group // BN) * geom.groups
     steps = max(1, -(-geom.positions // BK))
     E = geom.C_out * geom.terms_per_output
@@ -237,15 +250,16 @@ def _filter_grad(xp: Any, run: Callable[..., None], threads: int, x_cf: Array, g
     record = params.conv_params(geom, x_cf, g_cf, False)
     sum_partials = kernels.filter_grad_names(dtype)[1]
     if filter_grad_by_gemm(geom):
-        splits, per_split = filter_grad_splits(geom, threads, acc.itemsize)
+        tile = filter_grad_tile(geom, dtype)
+        splits, per_split = filter_grad_splits(geom, threads, acc.itemsize, tile)
         partial = xp.empty((splits, E), dtype=acc)
         _poison(partial)
-        BM, BN = kernels.FILTER_GRAD_TILE[:2]
+        BM, BN = kernels.FILTER_GRAD_TILES[tile][:2]
         blocks = (-(-geom.terms_per_output // BM), -(-geom.C_out_per_group // BN),
                   geom.groups * splits)
-        run("conv_gemm.cu", kernels.conv_filter_grad_gemm_name(dtype), dtype,
-            Grid(blocks, kernels.tile_threads(kernels.FILTER_GRAD_TILE)), (x_cf, g_cf, partial, np.int64(splits), np.int64(per_split),
-                                record))
+        run("conv_gemm.cu", kernels.conv_filter_grad_gemm_name(dtype, tile), dtype,
+            Grid(blocks, kernels.tile_threads(kernels.FILTER_GRAD_TILES[tile])),
+            (x_cf, g_cf, partial, np.int64(splits), np.int64(per_split), record))
         R = splits
     else:
         R, chunk = filter_grad_chunks(geom, threads)

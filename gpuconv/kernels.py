@@ -230,13 +230,26 @@ def data_adjoint_name(dtype: DTypeLike, conjugate: bool) -> str:
     return f"conv_data_adjoint<{ctype(dtype)}, {'true' if conjugate else 'false'}>"
 
 
-#: The filter-gradient GEMM (conv_gemm.cu: conv_filter_grad_gemm): (BM terms, BN filters, BK
-#: positions a step, TM, TN) -- 256 threads, each TM x TN sums.
-FILTER_GRAD_TILE: Tuple[int, int, int, int, int] = (64, 64, 8, 4, 4)
+#: Tiles of the filter-gradient GEMM (conv_gemm.cu: conv_filter_grad_gemm): name -> (BM terms,
+#: BN filters, BK positions a step, TM, TN), 256 threads each holding TM x TN sums. Main loops
+#: (sm_90 SASS, float32): 64x64 406 instructions for 128 FFMA (32%), 128x64 596 for 256 (43%),
+#: 128x128 891 for 512 (57%; 167 registers, no spills).
+FILTER_GRAD_TILES: Dict[str, Tuple[int, int, int, int, int]] = {
+    "64x64": (64, 64, 8, 4, 4),
+    "128x64": (128, 64, 8, 8, 4),
+    "128x128": (128, 128, 8, 8, 8),
+}
 
 
-def conv_filter_grad_gemm_name(dtype: DTypeLike) -> str:
-    params = ", ".join(str(v) for v in FILTER_GRAD_TILE)
+def filter_grad_tiles(dtype: DTypeLike) -> Tuple[str, ...]:
+    """The filter-gradient tiles compiled for ``dtype``: those of 8 x 4 or 8 x 8 sums a thread
+    only for 4-byte accumulators (float32; float16 and bfloat16 sum in float32), as for the
+    forward GEMM's 128x128 (:func:`gemm_tiles`)."""
+    return tuple(FILTER_GRAD_TILES) if accumulator_dtype(dtype).itemsize <= 4 else ("64x64",)
+
+
+def conv_filter_grad_gemm_name(dtype: DTypeLike, tile: str) -> str:
+    params = ", ".join(str(v) for v in FILTER_GRAD_TILES[tile])
     return f"conv_filter_grad_gemm<{ctype(dtype)}, {params}>"
 
 
@@ -252,7 +265,8 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
         return tuple(conv_direct_name(dtype, a) for a in activation_names(dtype))
     if filename == "conv_gemm.cu":
         return tuple(conv_gemm_name(dtype, a, t) for a in activation_names(dtype)
-                     for t in gemm_tiles(dtype)) + (conv_filter_grad_gemm_name(dtype),)
+                     for t in gemm_tiles(dtype)) + \
+            tuple(conv_filter_grad_gemm_name(dtype, t) for t in filter_grad_tiles(dtype))
     if filename == "conv_gemm_tc.cu":
         if tensor_core_dtype(dtype):
             return tuple(conv_gemm_tc_name(dtype, a) for a in activation_names(dtype)) + \

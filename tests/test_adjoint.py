@@ -3,6 +3,7 @@ adjoint (dot-product) identity, finite differences, and PyTorch's documented exa
 from __future__ import annotations
 
 import math
+import types
 
 import numpy as np
 import pytest
@@ -293,3 +294,27 @@ def test_gpu_filter_grad_repeatable_on_a_large_reduction(gpu):
                                    np.abs(cp.asnumpy(g)).astype(np.float64), (64, 32, 3, 3),
                                    padding=1, device="cpu")
     assert np.all(np.abs(cp.asnumpy(first) - cpu) <= 2 * _bound(np.float32, n, mag, cpu))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tile", ["64x64", "128x64", "128x128"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_gpu_filter_grad_gemm_tiles(tile, dtype, gpu, monkeypatch):
+    """Each filter-gradient GEMM tile forced on a layer with 180 terms a filter and 140
+    filters (several partly filled tiles both ways), against the reference; repeatable."""
+    from gpuconv import cuda
+    cp = gpu
+    monkeypatch.setattr(cuda, "filter_grad_by_gemm", lambda geom: True)
+    monkeypatch.setattr(cuda, "filter_grad_tile", lambda geom, dt: tile)
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((3, 20, 13, 11)).astype(dtype)
+    w = np.zeros((140, 20, 3, 3), dtype)
+    opts = dict(stride=2, padding=1, dilation=1, groups=1, padding_mode="zeros",
+                layout="channels_first", flip=False)
+    case = types.SimpleNamespace(x=x, filters=w, bias=None, options=opts)
+    g = _grad_out(case, rng)
+    dw = gpuconv.conv_filter_grad(cp.asarray(x), cp.asarray(g), w.shape, device="cuda", **opts)
+    check_filter_grad(case, g, cp.asnumpy(dw))
+    again = gpuconv.conv_filter_grad(cp.asarray(x), cp.asarray(g), w.shape, device="cuda",
+                                     **opts)
+    assert cp.asnumpy(again).tobytes() == cp.asnumpy(dw).tobytes()

@@ -141,6 +141,22 @@ def test_filter_gradient_leaves_the_gemm_where_counts_would_overflow():
     assert not cuda.filter_grad_by_gemm(_geom((1, 64, 2**30), (64, 64, 3)))
 
 
+@pytest.mark.parametrize("x_shape,w_shape,groups,dtype,tile", [
+    ((2, 64, 56, 56), (64, 64, 3, 3), 1, np.float32, "128x64"),      # 576 terms, 64 filters
+    ((2, 128, 28, 28), (128, 128, 3, 3), 1, np.float32, "128x128"),  # 1152 terms, 128 filters
+    ((2, 128, 28, 28), (128, 128, 3, 3), 1, np.float16, "128x128"),  # sums in float32
+    ((2, 128, 28, 28), (128, 128, 3, 3), 1, np.float64, "64x64"),    # 8-byte sums: small tile
+    ((2, 128, 28, 28), (128, 128, 3, 3), 1, np.complex64, "64x64"),
+    ((2, 256, 28, 28), (128, 128, 3, 3), 2, np.float32, "128x64"),   # 64 filters a group
+    ((2, 1, 161, 700), (32, 1, 5, 20), 1, np.float32, "64x64"),      # 100 terms
+])
+def test_filter_gradient_tile_rule(x_shape, w_shape, groups, dtype, tile):
+    from gpuconv import cuda, kernels
+    geom = _geom(x_shape, w_shape, groups=groups)
+    assert cuda.filter_grad_tile(geom, dtype) == tile
+    assert tile in kernels.filter_grad_tiles(dtype)
+
+
 def test_gemm_tc_cl_block_width_rule():
     from gpuconv import kernels
 

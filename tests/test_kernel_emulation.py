@@ -14,6 +14,7 @@ import itertools
 import shutil
 import subprocess
 import types
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -368,10 +369,38 @@ def test_filter_grad_kernels(case, kernel, emulated_gpu, monkeypatch):
     """Both filter-gradient kernels forced on every case (the GEMM's tiles, splits of the
     positions and conjugation; the partial-sum kernel's chunks), then the ordered sum."""
     monkeypatch.setattr(cuda, "filter_grad_by_gemm", lambda geom: kernel == "gemm")
+    tiles = kernels.filter_grad_tiles(case.x.dtype)  # each case one of its dtype's tiles
+    tile = tiles[zlib.crc32(case.name.encode()) % len(tiles)]
+    monkeypatch.setattr(cuda, "filter_grad_tile", lambda geom, dtype: tile)
     rng = np.random.default_rng(abs(hash(case.name)) % 2**32)
     g = _grad_out(case, rng)
     check_filter_grad(case, g, gpuconv.conv_filter_grad(case.x, g, case.filters.shape,
                                                         **_options(case)))
+
+
+@pytest.mark.parametrize("tile", list(kernels.FILTER_GRAD_TILES))
+@pytest.mark.parametrize("layout,groups,stride", [("channels_first", 1, 2),
+                                                  ("channels_last", 2, 1)])
+def test_filter_grad_gemm_tiles(tile, layout, groups, stride, emulated_gpu, monkeypatch):
+    """Each filter-gradient tile forced on float32 layers with 180 terms a filter and 140
+    filters a group (two term tiles of 128, three filter tiles of 64 or two of 128, partly
+    filled) and several steps of positions."""
+    monkeypatch.setattr(cuda, "filter_grad_by_gemm", lambda geom: True)
+    monkeypatch.setattr(cuda, "filter_grad_tile", lambda geom, dtype: tile)
+    rng = np.random.default_rng(30)
+    x = rng.standard_normal((3, 20 * groups, 13, 11)).astype(np.float32)
+    w = np.zeros((140 * groups, 20, 3, 3), np.float32)
+    options = dict(stride=stride, padding=1, dilation=1, groups=groups, padding_mode="zeros",
+                   layout="channels_first", flip=False)
+    case = types.SimpleNamespace(x=x, filters=w, bias=None, options=options)
+    g = _grad_out(case, rng)
+    if layout == "channels_last":  # the same numbers, handed over channels-last
+        options = dict(options, layout=layout)
+        got = gpuconv.conv_filter_grad(np.moveaxis(x, 1, -1), np.moveaxis(g, 1, -1), w.shape,
+                                       **_options(types.SimpleNamespace(options=options)))
+    else:
+        got = gpuconv.conv_filter_grad(x, g, w.shape, **_options(case))
+    check_filter_grad(case, g, got)
 
 
 @pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=lambda c: c.name)
