@@ -148,15 +148,23 @@ def _capability(device_id: int) -> int:
     return int(cupy.cuda.Device(device_id).compute_capability)
 
 
+#: Terms a filter from which the 128x128 tile is taken even for few output tiles: it then
+#: splits its terms across the SMs (split-K, cuda.gemm_splits) into at least two splits of
+#: 256 terms.
+GEMM_SPLIT_K_TERMS = 512
+
+
 def _gemm_tile(geom: ConvGeometry, dtype: DTypeLike) -> str:
     """The tile for ``algorithm="gemm"``: narrow for few filters a group; the big 128x128 tile
-    when there are enough filters to fill it and enough work for one such block per SM of an
-    H100 (132); else 64x64. (A first rule, to be measured on a GPU.)"""
+    when there are enough filters to fill it and either enough output tiles for one such block
+    per SM of an H100 (132) or enough terms a filter to split them (r50_res5: 52 tiles of 4608
+    terms); else 64x64. (A first rule, to be measured on a GPU.)"""
     Cog, M = geom.C_out_per_group, geom.positions
     if Cog <= 32:
         return "128x32"
     if ("128x128" in kernels.gemm_tiles(dtype) and Cog >= 128
-            and M * geom.C_out >= 132 * 128 * 128):
+            and (M * geom.C_out >= 132 * 128 * 128
+                 or geom.terms_per_output >= GEMM_SPLIT_K_TERMS)):
         return "128x128"
     return "64x64"
 

@@ -37,10 +37,13 @@ _THREADS = 256
 
 
 @functools.lru_cache(maxsize=None)
-def _max_blocks(device_id: int) -> int:
+def _sm_count(device_id: int) -> int:
     import cupy
-    sms = cupy.cuda.Device(device_id).attributes["MultiProcessorCount"]
-    return sms * 32  # the kernels grid-stride; more blocks than this only adds scheduling
+    return int(cupy.cuda.Device(device_id).attributes["MultiProcessorCount"])
+
+
+def _max_blocks(device_id: int) -> int:
+    return _sm_count(device_id) * 32  # the kernels grid-stride; more only adds scheduling
 
 
 class Grid(NamedTuple):
@@ -65,6 +68,11 @@ def _gpu_run(file: str, name: str, dtype: DTypeLike, work: Union[int, Grid],
 def _gpu_threads() -> int:
     import cupy
     return _max_blocks(cupy.cuda.Device().id) * _THREADS
+
+
+def _gpu_sms() -> int:
+    import cupy
+    return _sm_count(cupy.cuda.Device().id)
 
 
 def _pointer(a: Array) -> int:
@@ -108,8 +116,30 @@ def _poison(a: Array) -> None:
         a.fill(np.nan)
 
 
-def _forward(xp: Any, run: Callable[..., None], x_cf: Array, w: Array, bias: Array,
-             geom: ConvGeometry, activation: Optional[str], out_cf: Array,
+#: Split-K (conv_gemm): each split sums at least this many steps of a tile's terms, and the
+#: splits' partial sums stay under GEMM_PARTIAL_BYTES.
+GEMM_SPLIT_MIN_STEPS = 8
+GEMM_PARTIAL_BYTES = 64 * 2**20
+
+
+def gemm_splits(geom: ConvGeometry, tile: str, sms: int, itemsize: int) -> Tuple[int, int]:
+    """(splits, steps a split) of the FFMA implicit GEMM's terms: where its output tiles are
+    fewer than the device's ``sms`` multiprocessors, as many splits as fill them (one block an
+    SM: 128x128's registers allow no more), each of at least GEMM_SPLIT_MIN_STEPS steps; 1 (no
+    split) otherwise. Fixed for a shape and device, which keeps the result bit-identical run
+    after run."""
+    BM, BN, BK = kernels.GEMM_TILES[tile][:3]
+    blocks = -(-geom.positions // BM) * -(-geom.C_out_per_group // BN) * geom.groups
+    steps = max(1, -(-geom.terms_per_output // BK))
+    E = geom.C_out * geom.positions
+    splits = max(1, min(sms // max(1, blocks), steps // GEMM_SPLIT_MIN_STEPS,
+                        65535 // geom.groups, GEMM_PARTIAL_BYTES // max(1, E * itemsize)))
+    per_split = -(-steps // splits)
+    return -(-steps // per_split), per_split
+
+
+def _forward(xp: Any, run: Callable[..., None], sms: int, x_cf: Array, w: Array,
+             bias: Array, geom: ConvGeometry, activation: Optional[str], out_cf: Array,
              algorithm: str = "auto") -> None:
     dtype = np.dtype(out_cf.dtype)
     algorithm = algorithms.choose("cuda", algorithm, geom, dtype)
@@ -154,9 +184,19 @@ def _forward(xp: Any, run: Callable[..., None], x_cf: Array, w: Array, bias: Arr
         return
     tile = algorithm[len("gemm_"):]
     BM, BN = kernels.GEMM_TILES[tile][:2]
-    blocks = (-(-positions // BM), -(-geom.C_out_per_group // BN), geom.groups)
+    acc = accumulator_dtype(dtype)
+    splits, per_split = gemm_splits(geom, tile, sms, acc.itemsize)
+    # without splits the kernel never reads the partial sums' pointer: pass the output's
+    partial = xp.empty((splits, geom.C_out * positions), dtype=acc) if splits > 1 else out_cf
+    if splits > 1:
+        _poison(partial)
+    blocks = (-(-positions // BM), -(-geom.C_out_per_group // BN), geom.groups * splits)
     run("conv_gemm.cu", kernels.conv_gemm_name(dtype, activation, tile), dtype,
-        Grid(blocks, kernels.gemm_threads(tile)), args)
+        Grid(blocks, kernels.gemm_threads(tile)),
+        args[:4] + (partial, np.int64(splits), np.int64(per_split), args[4]))
+    if splits > 1:
+        run("conv_gemm.cu", kernels.conv_gemm_sum_splits_name(dtype, activation), dtype,
+            geom.C_out * positions, (partial, args[2], out_cf, np.int64(splits), args[4]))
 
 
 def _data_adjoint(xp: Any, run: Callable[..., None], g_cf: Array, w: Array, bias: Array,
@@ -278,9 +318,10 @@ def conv_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry, activat
     if algorithm == "auto" and get_autotune():
         algorithm = tuning.pick(
             "cuda", cuda_device_name(cupy.cuda.Device().id), geom, out_cf.dtype,
-            lambda name: _forward(cupy, _gpu_run, x_cf, w, bias, geom, activation, out_cf, name),
+            lambda name: _forward(cupy, _gpu_run, _gpu_sms(), x_cf, w, bias, geom, activation,
+                                  out_cf, name),
             sync=cupy.cuda.get_current_stream().synchronize)
-    _forward(cupy, _gpu_run, x_cf, w, bias, geom, activation, out_cf, algorithm)
+    _forward(cupy, _gpu_run, _gpu_sms(), x_cf, w, bias, geom, activation, out_cf, algorithm)
 
 
 def data_adjoint(g_cf: Array, w: Array, bias: Array, geom: ConvGeometry, conjugate: bool,

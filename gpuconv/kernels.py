@@ -139,6 +139,12 @@ def conv_gemm_name(dtype: DTypeLike, activation: Optional[str], tile: str) -> st
     return f"conv_gemm<{ctype(dtype)}, {ACTIVATIONS[activation]}, {params}>"
 
 
+def conv_gemm_sum_splits_name(dtype: DTypeLike, activation: Optional[str]) -> str:
+    """Split-K's second stage (conv_gemm.cu): the splits' sums added in order, then the bias
+    and the activation."""
+    return f"conv_gemm_sum_splits<{ctype(dtype)}, {ACTIVATIONS[activation]}>"
+
+
 #: The tensor-core GEMM kernel (conv_gemm_tc.cu: float16, bfloat16, float32 as TF32; sm_80+):
 #: its tile (output positions x filters per block) and threads a block.
 GEMM_TC_TILE: Tuple[int, int] = (128, 64)
@@ -266,6 +272,7 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
     if filename == "conv_gemm.cu":
         return tuple(conv_gemm_name(dtype, a, t) for a in activation_names(dtype)
                      for t in gemm_tiles(dtype)) + \
+            tuple(conv_gemm_sum_splits_name(dtype, a) for a in activation_names(dtype)) + \
             tuple(conv_filter_grad_gemm_name(dtype, t) for t in filter_grad_tiles(dtype))
     if filename == "conv_gemm_tc.cu":
         if tensor_core_dtype(dtype):

@@ -16,6 +16,12 @@
 // divisions to find; BK threads find them once per step for the whole block and share them, so
 // that the A loads are one table lookup, a bounds check and a load each.
 //
+// Split-K: with splits > 1 (blockIdx.z = g * splits + split) a block sums only steps
+// split * per_split ... of its tile's terms and stores the sums, without bias or activation, to
+// partial[split, g*Cog + f, m] (accumulator type); conv_gemm_sum_splits then adds the splits in
+// order, adds the bias, applies the activation and writes y, so the result is the same run after
+// run. Layers with few output tiles (r50_res5: 52 blocks of 128x128 on 132 SMs) fill the GPU.
+//
 // x and y are addressed through element strides, as in conv_direct: both layouts and any view
 // work. Loads of A from channels-first x are coalesced (neighbouring threads take neighbouring
 // output positions). Sums run in the accumulator type (float for half), in the order k = 0, 1, ...
@@ -72,7 +78,8 @@ __device__ __forceinline__ void gc_ffma_step(A (&acc)[TM][TN], const A (&As)[BK]
 template <typename T, int ACT, int BM, int BN, int BK, int TM, int TN>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN))
 conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
-          T* __restrict__ y, const gc_conv p) {
+          T* __restrict__ y, typename gc_num<T>::acc* __restrict__ partial, long long splits,
+          long long per_split, const gc_conv p) {
     typedef gc_num<T> num;
     typedef typename num::acc acc_t;
     constexpr int MT = BM / TM, NT = BN / TN, THREADS = MT * NT;
@@ -90,21 +97,25 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
     const int tid = threadIdx.x;
     const long long Kg = p.Cg * p.KD * p.KH * p.KW;
     const long long M = p.N * p.OD * p.OH * p.OW, Cog = p.Cog;
-    const long long g = blockIdx.z;
+    const long long g = blockIdx.z / splits, split = blockIdx.z % splits;
     const long long m0 = blockIdx.x * (long long)BM, f0 = blockIdx.y * (long long)BN;
-    const long long steps = (Kg + BK - 1) / BK;
+    const long long total_steps = (Kg + BK - 1) / BK, first = split * per_split;
+    const long long steps =
+        first >= total_steps ? 0 : (total_steps - first < per_split ? total_steps - first
+                                                                    : per_split);
 
     // this thread's A row (one output position for all of its loads) and its window's corner
     const int am = tid % BM;
     const gc_window win = gc_window_of(m0 + am, M, g, p);
     const T* x_win = x + win.base;
-    const gc_filter_reads<BK, THREADS, B_LOADS, T> filter_reads(tid, w + g * Cog * Kg, f0, Kg,
-                                                                 Cog);
+    // the filters' reads start at this split's first term (the gather adds step * BK to it)
+    const gc_filter_reads<BK, THREADS, B_LOADS, T> filter_reads(
+        tid, w + g * Cog * Kg + first * BK, f0, Kg, Cog);
 
     // threads 0..BK-1 count term tid of each step in turn (in shared memory: registers are
     // the scarcer, and only these threads use it)
     __shared__ gc_term_counter terms[BK];
-    if (tid < BK) terms[tid].start(tid, BK, p);
+    if (tid < BK) terms[tid].start(int(first) * BK + tid, BK, p);
     auto find_terms = [&](long long, int buf) {
         if (tid < BK) terms[tid].take(Kg, p, k_offset[buf][tid], k_tap[buf][tid]);
     };
@@ -112,7 +123,7 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
     acc_t a_next[A_LOADS], b_next[B_LOADS];
     auto load = [&](long long step, int buf) {
         gc_gather<BM, BK, THREADS>(a_next, b_next, tid, step, x_win, win, k_offset[buf],
-                                   k_tap[buf], p, filter_reads, Kg,
+                                   k_tap[buf], p, filter_reads, Kg - first * BK,
                                    [](const T& v) { return num::load(v); });
     };
     auto stash = [&](int buf) {
@@ -135,9 +146,24 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = num::zero();
 
-    gc_gemm_steps(steps, find_terms, load, stash,
-                  [&](int cur) { gc_ffma_step(acc, As[cur], Bs[cur], tm, tn); });
+    if (steps > 0)
+        gc_gemm_steps(steps, find_terms, load, stash,
+                      [&](int cur) { gc_ffma_step(acc, As[cur], Bs[cur], tm, tn); });
 
+    if (splits > 1) {  // this split's sums; conv_gemm_sum_splits finishes them
+        const long long E = p.C_out * M;
+#pragma unroll
+        for (int i = 0; i < TM; ++i) {
+            const long long m = m0 + gc_owned<VM, MT>(tm, i);
+            if (m >= M) continue;
+#pragma unroll
+            for (int j = 0; j < TN; ++j) {
+                const long long f = f0 + gc_owned<VN, NT>(tn, j);
+                if (f < Cog) partial[split * E + (g * Cog + f) * M + m] = acc[i][j];
+            }
+        }
+        return;
+    }
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
         const long long m = m0 + gc_owned<VM, MT>(tm, i);
@@ -152,6 +178,25 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
             if (p.has_bias) v = v + num::load(bias[co]);
             y[y_base + co * p.ys_c] = num::store(gc_activate<ACT>(v));
         }
+    }
+}
+
+// Split-K's second stage: y[m, co] = activation(sum over splits r, in order, of
+// partial[r, co, m] + bias[co]), one thread per (co, m), neighbouring threads neighbouring
+// positions (coalesced partial reads; coalesced writes for channels-first y).
+template <typename T, int ACT>
+__global__ void conv_gemm_sum_splits(const typename gc_num<T>::acc* __restrict__ partial,
+                                     const T* __restrict__ bias, T* __restrict__ y,
+                                     long long splits, const gc_conv p) {
+    typedef gc_num<T> num;
+    const long long M = p.N * p.OD * p.OH * p.OW, E = p.C_out * M;
+    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < E;
+         e += (long long)gridDim.x * blockDim.x) {
+        const long long co = e / M, m = e % M;
+        typename num::acc sum = num::zero();
+        for (long long r = 0; r < splits; ++r) sum = sum + partial[r * E + e];
+        if (p.has_bias) sum = sum + num::load(bias[co]);
+        y[gc_output_offset(m, p) + co * p.ys_c] = num::store(gc_activate<ACT>(sum));
     }
 }
 

@@ -55,15 +55,17 @@ def test_auto_rule():
     assert algorithms.choose("cuda", "auto", g, np.float32) == "direct"
 
 
-@pytest.mark.parametrize("c_out, n, dtype, tile", [
-    (32, 4, np.float32, "128x32"),        # few filters: the narrow tile
-    (256, 8, np.float32, "128x128"),      # many filters and positions: the big tile
-    (256, 8, np.float64, "64x64"),        # ... which float64 does not build
-    (256, 1, np.float32, "64x64"),        # too few positions to fill 128 rows x 128 columns
-    (64, 8, np.float16, "64x64"),
+@pytest.mark.parametrize("c_out, n, dtype, tile, c_in", [
+    (32, 4, np.float32, "128x32", 16),        # few filters: the narrow tile
+    (256, 8, np.float32, "128x128", 16),      # many filters and positions: the big tile
+    (256, 8, np.float64, "64x64", 16),        # ... which float64 does not build
+    (256, 1, np.float32, "64x64", 16),        # too few positions (and 144 terms: no split-K)
+    (64, 8, np.float16, "64x64", 16),
+    (256, 1, np.float32, "128x128", 64),      # few positions, 576 terms: the big tile, split-K
+    (256, 1, np.float64, "64x64", 64),
 ])
-def test_gemm_tile_rule(c_out, n, dtype, tile):
-    g = _geom((n, 16, 40, 40), (c_out, 16, 3, 3), padding=1)
+def test_gemm_tile_rule(c_out, n, dtype, tile, c_in):
+    g = _geom((n, c_in, 40, 40), (c_out, c_in, 3, 3), padding=1)
     assert algorithms.choose("cuda", "gemm", g, dtype) == f"gemm_{tile}"
 
 
@@ -155,6 +157,23 @@ def test_filter_gradient_tile_rule(x_shape, w_shape, groups, dtype, tile):
     geom = _geom(x_shape, w_shape, groups=groups)
     assert cuda.filter_grad_tile(geom, dtype) == tile
     assert tile in kernels.filter_grad_tiles(dtype)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,tile,expected", [
+    ((32, 512, 7, 7), (512, 512, 3, 3), "128x128", (2, 144)),   # r50_res5: 52 tiles, 132 SMs
+    ((32, 256, 14, 14), (256, 256, 3, 3), "128x128", (1, 144)),  # r50_res4: 98 tiles
+    ((1, 8, 8, 8), (8, 8, 3, 3), "64x64", (1, 9)),               # 9 steps: too few to split
+    ((1, 16, 8, 8), (16, 16, 3, 3), "64x64", (2, 9)),            # one tile, 18 steps
+    ((1, 64, 8, 8), (64, 64, 3, 3), "64x64", (9, 8)),            # one tile, 72 steps
+])
+def test_gemm_split_k_rule(x_shape, w_shape, tile, expected):
+    from gpuconv import cuda
+    geom = _geom(x_shape, w_shape, padding=1)
+    splits, per_split = cuda.gemm_splits(geom, tile, 132, 4)
+    steps = -(-geom.terms_per_output // cuda.kernels.GEMM_TILES[tile][2])
+    assert splits * per_split >= steps > (splits - 1) * per_split  # no empty split
+    assert splits == 1 or per_split >= cuda.GEMM_SPLIT_MIN_STEPS
+    assert (splits, per_split) == expected
 
 
 def test_gemm_tc_cl_block_width_rule():

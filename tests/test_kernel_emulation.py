@@ -120,7 +120,8 @@ def emulated_gpu(emulator, monkeypatch):
     """Every public function runs its GPU code path (gpuconv.cuda) on NumPy arrays, with the
     CUDA kernels run on the host; outputs are poisoned with NaN before each launch."""
     backend = types.SimpleNamespace(
-        conv_forward=lambda *a: cuda._forward(np, emulator.run, *a),
+        # 3 "SMs": a layer of one or two 128x128 output tiles splits its terms (split-K)
+        conv_forward=lambda *a: cuda._forward(np, emulator.run, 3, *a),
         data_adjoint=lambda *a: cuda._data_adjoint(np, emulator.run, *a),
         # few threads, but enough for the GEMM to split the positions (up to 3 ways) and the
         # partial-sum kernel to chunk them, so both kernels' two-stage sums are exercised
@@ -191,6 +192,26 @@ def test_gemm_kernel(case, tile, emulated_gpu):
     _check(case, got, f"emulated {algorithm}")
     np.testing.assert_array_equal(case.x, x0)
     np.testing.assert_array_equal(case.filters, w0)
+
+
+@pytest.mark.parametrize("tile", list(kernels.GEMM_TILES))
+@pytest.mark.parametrize("case", CASES[::4] + TILE_CASES, ids=lambda c: c.name)
+def test_gemm_split_k(case, tile, emulated_gpu, monkeypatch):
+    """Split-K forced on each tile: a filter's term steps in three splits plus an empty one
+    (the kernel's partial sums, then conv_gemm_sum_splits' ordered sum, bias and activation)."""
+    if tile not in kernels.gemm_tiles(np.result_type(case.x, case.filters)):
+        return  # refused: test_gemm_kernel checks the refusal
+    forced = []
+
+    def splits(geom, tile_, sms, itemsize):
+        steps = max(1, -(-geom.terms_per_output // kernels.GEMM_TILES[tile_][2]))
+        per_split = -(-steps // 3)
+        forced.append(-(-steps // per_split) + 1)
+        return forced[-1], per_split
+    monkeypatch.setattr(cuda, "gemm_splits", splits)
+    got = gpuconv.conv(case.x, case.filters, case.bias, algorithm=f"gemm_{tile}", **case.options)
+    assert forced and min(forced) >= 2
+    _check(case, got, f"emulated gemm_{tile} split-K")
 
 
 TC_CASES = [c for c in CASES if np.result_type(c.x, c.filters) == np.float16] + [
