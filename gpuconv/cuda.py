@@ -122,17 +122,18 @@ GEMM_SPLIT_MIN_STEPS = 8
 GEMM_PARTIAL_BYTES = 64 * 2**20
 
 
-def gemm_splits(geom: ConvGeometry, tile: str, sms: int, itemsize: int) -> Tuple[int, int]:
-    """(splits, steps a split) of the FFMA implicit GEMM's terms: where its output tiles are
-    fewer than the device's ``sms`` multiprocessors, as many splits as fill them (one block an
-    SM: 128x128's registers allow no more), each of at least GEMM_SPLIT_MIN_STEPS steps; 1 (no
-    split) otherwise. Fixed for a shape and device, which keeps the result bit-identical run
-    after run."""
-    BM, BN, BK = kernels.GEMM_TILES[tile][:3]
+def gemm_splits(geom: ConvGeometry, tile: Tuple[int, int, int], slots: int,
+                itemsize: int) -> Tuple[int, int]:
+    """(splits, steps a split) of an implicit GEMM's terms, for its ``tile`` (BM positions, BN
+    filters, BK terms a step): where its output tiles are fewer than the blocks the device runs
+    at once (``slots``), as many splits as fill them, each of at least GEMM_SPLIT_MIN_STEPS
+    steps; 1 (no split) otherwise. Fixed for a shape and device, which keeps the result
+    bit-identical run after run."""
+    BM, BN, BK = tile
     blocks = -(-geom.positions // BM) * -(-geom.C_out_per_group // BN) * geom.groups
     steps = max(1, -(-geom.terms_per_output // BK))
     E = geom.C_out * geom.positions
-    splits = max(1, min(sms // max(1, blocks), steps // GEMM_SPLIT_MIN_STEPS,
+    splits = max(1, min(slots // max(1, blocks), steps // GEMM_SPLIT_MIN_STEPS,
                         65535 // geom.groups, GEMM_PARTIAL_BYTES // max(1, E * itemsize)))
     per_split = -(-steps // splits)
     return -(-steps // per_split), per_split
@@ -172,9 +173,11 @@ def _forward(xp: Any, run: Callable[..., None], sms: int, x_cf: Array, w: Array,
     positions = geom.positions
     if algorithm == "gemm_tc_cl":
         BM, BN = kernels.GEMM_TC_CL_POSITIONS, kernels.gemm_tc_cl_filters(geom)
-        blocks = (-(-positions // BM), -(-geom.C_out_per_group // BN), geom.groups)
-        run("conv_gemm_tc.cu", kernels.conv_gemm_tc_cl_name(dtype, activation, BN), dtype,
-            Grid(blocks, kernels.gemm_tc_cl_threads(BN)), args)
+        name = kernels.conv_gemm_tc_cl_name(dtype, activation, BN)
+        _split_gemm(xp, run, "conv_gemm_tc.cu", name, dtype, activation, geom,
+                    (BM, BN, kernels.GEMM_TC_CL_TERMS),
+                    sms * kernels.gemm_tc_cl_blocks_per_sm(BN), kernels.gemm_tc_cl_threads(BN),
+                    args, out_cf)
         return
     if algorithm in ("gemm_tc", "gemm_tf32"):  # gemm_tf32: by the dtype
         BM, BN = kernels.GEMM_TC_TILE
@@ -182,21 +185,34 @@ def _forward(xp: Any, run: Callable[..., None], sms: int, x_cf: Array, w: Array,
         run("conv_gemm_tc.cu", kernels.conv_gemm_tc_name(dtype, activation), dtype,
             Grid(blocks, kernels.GEMM_TC_THREADS), args)
         return
-    tile = algorithm[len("gemm_"):]
-    BM, BN = kernels.GEMM_TILES[tile][:2]
+    ffma = algorithm[len("gemm_"):]
+    # one 128x128 block an SM (its registers allow no more); the smaller tiles are given the
+    # same count, which splits them only where a layer has very few output tiles
+    _split_gemm(xp, run, "conv_gemm.cu", kernels.conv_gemm_name(dtype, activation, ffma), dtype,
+                activation, geom, kernels.GEMM_TILES[ffma][:3], sms, kernels.gemm_threads(ffma),
+                args, out_cf)
+
+
+def _split_gemm(xp: Any, run: Callable[..., None], file: str, name: str, dtype: np.dtype,
+                activation: Optional[str], geom: ConvGeometry, tile: Tuple[int, int, int],
+                slots: int, threads: int, args: Tuple[Any, ...], out_cf: Array) -> None:
+    """Launch an implicit-GEMM kernel (x, w, bias, y, partial, splits, per_split, record) over
+    its output tiles, its terms split when gemm_splits says (then conv_gemm_sum_splits adds
+    the splits' sums in order, adds the bias, applies the activation and writes y)."""
+    BM, BN = tile[:2]
     acc = accumulator_dtype(dtype)
-    splits, per_split = gemm_splits(geom, tile, sms, acc.itemsize)
+    splits, per_split = gemm_splits(geom, tile, slots, acc.itemsize)
+    E = geom.C_out * geom.positions
     # without splits the kernel never reads the partial sums' pointer: pass the output's
-    partial = xp.empty((splits, geom.C_out * positions), dtype=acc) if splits > 1 else out_cf
+    partial = xp.empty((splits, E), dtype=acc) if splits > 1 else out_cf
     if splits > 1:
         _poison(partial)
-    blocks = (-(-positions // BM), -(-geom.C_out_per_group // BN), geom.groups * splits)
-    run("conv_gemm.cu", kernels.conv_gemm_name(dtype, activation, tile), dtype,
-        Grid(blocks, kernels.gemm_threads(tile)),
+    blocks = (-(-geom.positions // BM), -(-geom.C_out_per_group // BN), geom.groups * splits)
+    run(file, name, dtype, Grid(blocks, threads),
         args[:4] + (partial, np.int64(splits), np.int64(per_split), args[4]))
     if splits > 1:
-        run("conv_gemm.cu", kernels.conv_gemm_sum_splits_name(dtype, activation), dtype,
-            geom.C_out * positions, (partial, args[2], out_cf, np.int64(splits), args[4]))
+        run("conv_gemm.cu", kernels.conv_gemm_sum_splits_name(dtype, activation), dtype, E,
+            (partial, args[2], out_cf, np.int64(splits), args[4]))
 
 
 def _data_adjoint(xp: Any, run: Callable[..., None], g_cf: Array, w: Array, bias: Array,

@@ -181,6 +181,17 @@ GEMM_TC_CL_CHANNELS = 8
 GEMM_TC_CL_POSITIONS = 128
 GEMM_TC_CL_FILTERS: Tuple[int, ...] = (64, 128)
 
+#: Terms a step of conv_gemm_tc_cl (two mma.m16n8k16 deep).
+GEMM_TC_CL_TERMS = 32
+
+
+def gemm_tc_cl_blocks_per_sm(filters: int) -> int:
+    """conv_gemm_tc_cl blocks an SM holds at once, by registers (126-128 a thread, sm_90 SASS):
+    4 of 128 threads (64 filters), 2 of 256 (128 filters); their 36 or 48 KiB of shared stages
+    allow as many."""
+    return 4 if filters == 64 else 2
+
+
 #: The fewest blocks a grid of 128-filter blocks must have for conv_gemm_tc_cl to use them: two
 #: per SM of an H100 (132 SMs). Fewer, wider blocks would leave SMs idle where 64-filter blocks
 #: (twice as many) keep them busy.

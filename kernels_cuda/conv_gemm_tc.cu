@@ -185,6 +185,31 @@ __device__ __forceinline__ void gc_tc_store(const float (&acc)[MT][NT][4], T* y,
     }
 }
 
+// Split-K's first stage (see conv_gemm.cu): the sums of one split of the terms, no bias or
+// activation, to part[co * M + m] (part = partial + split * C_out * M).
+template <int MT, int NT>
+__device__ __forceinline__ void gc_tc_store_partial(const float (&acc)[MT][NT][4], float* part,
+                                                    const gc_conv& p, long long M, long long g,
+                                                    long long m_w, long long f_w, int group,
+                                                    int t) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const long long m = m_w + i * 16 + group + 8 * half;
+            if (m >= M) continue;
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    const long long f = f_w + j * 8 + 2 * t + c;
+                    if (f < p.Cog) part[(g * p.Cog + f) * M + m] = acc[i][j][2 * half + c];
+                }
+            }
+        }
+    }
+}
+
 template <typename T, int ACT>
 __global__ void __launch_bounds__(256)
 conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
@@ -336,9 +361,10 @@ __device__ __forceinline__ int gc_swizzled(int row, int chunk) {
 }
 
 template <typename T, int ACT, int BN>
-__global__ void __launch_bounds__(2 * BN)
+__global__ void __launch_bounds__(2 * BN, 256 / BN)  // 4 blocks an SM of 64 filters, 2 of 128
 conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
-                T* __restrict__ y, const gc_conv p) {
+                T* __restrict__ y, float* __restrict__ partial, long long splits,
+                long long per_split, const gc_conv p) {
     typedef gc_tc_ops<T> ops;
     typedef typename ops::raw_t raw_t;
     static_assert(sizeof(raw_t) == 2, "16-bit operands only");
@@ -355,9 +381,14 @@ conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __res
     const int tid = threadIdx.x;
     const int Kg = int(p.Cg * p.KD * p.KH * p.KW);  // a multiple of 8, below 2^30 (host)
     const long long M = p.N * p.OD * p.OH * p.OW;
-    const long long g = blockIdx.z;
+    // split-K (splits > 1): this block sums steps first ... first + steps - 1 of the terms;
+    // the host keeps splits (at most 65535 / groups) and per_split (steps) in ints
+    const long long g = blockIdx.z / unsigned(splits);
     const long long m0 = blockIdx.x * (long long)BM, f0 = blockIdx.y * (long long)BN;
-    const int steps = (Kg + BK - 1) / BK;
+    const int total_steps = (Kg + BK - 1) / BK;
+    const int first = int(blockIdx.z % unsigned(splits)) * int(per_split);
+    const int steps = first >= total_steps ? 0
+                      : (total_steps - first < per_split ? total_steps - first : int(per_split));
     const int ID = int(p.ID), IH = int(p.IH), IW = int(p.IW);  // below 2^30 (host)
 
     // this thread's copies: A rows (output positions) and B rows (filters) r + i * ROWS, all at
@@ -380,12 +411,12 @@ conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __res
     for (int i = 0; i < B_COPIES; ++i) {
         const long long f = f0 + r + i * ROWS;
         b_ok[i] = f < p.Cog;
-        b_at[i] = w + (g * p.Cog + (b_ok[i] ? f : 0)) * Kg + col * 8;
+        b_at[i] = w + (g * p.Cog + (b_ok[i] ? f : 0)) * Kg + first * BK + col * 8;
     }
 
     // the first term of this thread's chunk of the next step: k, as (channel c, tap kd, kh, kw),
     // the tap's place (td, th, tw) = (kd * DD, kh * DH, kw * DW), and its x offset from a corner
-    int k = col * 8, c = col * 8, kd = 0, kh = 0, kw = 0, td = 0, th = 0, tw = 0;
+    int k = first * BK + col * 8, c = k, kd = 0, kh = 0, kw = 0, td = 0, th = 0, tw = 0;
     long long offset = 0;
     const int Cg = int(p.Cg), KH = int(p.KH), KW = int(p.KW);
     auto settle = [&]() {  // carry c past Cg into the taps; the tap's place and offset anew
@@ -479,5 +510,13 @@ conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __res
     }
     gc_cp_async_wait<0>();  // no copy outlives the block (the trailing groups are empty)
 
-    gc_tc_store<T, ACT, MT, NT>(acc, y, bias, p, M, g, m0 + me.wm, f0 + me.wn, me.group, me.t);
+    // the block's place again (cheaper than keeping it through the loop)
+    const unsigned z = blockIdx.z, nsplit = unsigned(splits);
+    const long long g_out = z / nsplit, m_out = blockIdx.x * (long long)BM + me.wm;
+    const long long f_out = blockIdx.y * (long long)BN + me.wn;
+    if (nsplit > 1)  // conv_gemm_sum_splits (conv_gemm.cu) finishes them
+        gc_tc_store_partial<MT, NT>(acc, partial + (z % nsplit) * p.C_out * M, p, M, g_out,
+                                    m_out, f_out, me.group, me.t);
+    else
+        gc_tc_store<T, ACT, MT, NT>(acc, y, bias, p, M, g_out, m_out, f_out, me.group, me.t);
 }

@@ -169,7 +169,7 @@ def test_filter_gradient_tile_rule(x_shape, w_shape, groups, dtype, tile):
 def test_gemm_split_k_rule(x_shape, w_shape, tile, expected):
     from gpuconv import cuda
     geom = _geom(x_shape, w_shape, padding=1)
-    splits, per_split = cuda.gemm_splits(geom, tile, 132, 4)
+    splits, per_split = cuda.gemm_splits(geom, cuda.kernels.GEMM_TILES[tile][:3], 132, 4)
     steps = -(-geom.terms_per_output // cuda.kernels.GEMM_TILES[tile][2])
     assert splits * per_split >= steps > (splits - 1) * per_split  # no empty split
     assert splits == 1 or per_split >= cuda.GEMM_SPLIT_MIN_STEPS

@@ -203,8 +203,8 @@ def test_gemm_split_k(case, tile, emulated_gpu, monkeypatch):
         return  # refused: test_gemm_kernel checks the refusal
     forced = []
 
-    def splits(geom, tile_, sms, itemsize):
-        steps = max(1, -(-geom.terms_per_output // kernels.GEMM_TILES[tile_][2]))
+    def splits(geom, tile_, slots, itemsize):
+        steps = max(1, -(-geom.terms_per_output // tile_[2]))
         per_split = -(-steps // 3)
         forced.append(-(-steps // per_split) + 1)
         return forced[-1], per_split
@@ -247,6 +247,27 @@ def test_gemm_tc_cl_kernel(case, filters, emulated_gpu, monkeypatch):
     _check(case, got, "emulated gemm_tc_cl")
     np.testing.assert_array_equal(case.x, x0)
     np.testing.assert_array_equal(case.filters, w0)
+
+
+@pytest.mark.parametrize("i, case", list(enumerate(channel_block_cases())),
+                         ids=lambda v: getattr(v, "name", str(v)))
+def test_gemm_tc_cl_split_k(i, case, emulated_gpu, monkeypatch):
+    """Split-K forced on the channels-last tensor-core kernel: its 32-term steps in three
+    splits plus an empty one (each split's terms counted from its first, filter reads offset
+    by it), then conv_gemm_sum_splits; both block widths in turn."""
+    monkeypatch.setattr(kernels, "gemm_tc_cl_filters",
+                        lambda geom: kernels.GEMM_TC_CL_FILTERS[i % 2])
+    forced = []
+
+    def splits(geom, tile, slots, itemsize):
+        steps = max(1, -(-geom.terms_per_output // tile[2]))
+        per_split = -(-steps // 3)
+        forced.append(-(-steps // per_split) + 1)
+        return forced[-1], per_split
+    monkeypatch.setattr(cuda, "gemm_splits", splits)
+    got = gpuconv.conv(case.x, case.filters, case.bias, algorithm="gemm_tc_cl", **case.options)
+    assert forced and min(forced) >= 2
+    _check(case, got, "emulated gemm_tc_cl split-K")
 
 
 def test_gemm_tc_cl_reads_a_channels_last_caller_in_place_only_when_aligned(emulated_gpu,
