@@ -194,8 +194,12 @@ def test_gemm_kernel(case, tile, emulated_gpu):
     np.testing.assert_array_equal(case.filters, w0)
 
 
-@pytest.mark.parametrize("tile", list(kernels.GEMM_TILES))
-@pytest.mark.parametrize("case", CASES[::4] + TILE_CASES, ids=lambda c: c.name)
+# every tile on the tile cases; one tile each, in turn, on a quarter of the grid
+SPLIT_CASES = [(c, t) for c in TILE_CASES for t in kernels.GEMM_TILES] + [
+    (c, list(kernels.GEMM_TILES)[i % len(kernels.GEMM_TILES)]) for i, c in enumerate(CASES[::4])]
+
+
+@pytest.mark.parametrize("case, tile", SPLIT_CASES, ids=lambda v: getattr(v, "name", str(v)))
 def test_gemm_split_k(case, tile, emulated_gpu, monkeypatch):
     """Split-K forced on each tile: a filter's term steps in three splits plus an empty one
     (the kernel's partial sums, then conv_gemm_sum_splits' ordered sum, bias and activation)."""
