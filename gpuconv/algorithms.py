@@ -15,7 +15,7 @@ On CUDA:
   ``direct``     one thread per output element, a loop over the filter's terms;
   ``gemm``       implicit GEMM: output positions x filters in shared-memory tiles, the windows
                  gathered on the fly (kernels_cuda/conv_gemm.cu), with a tile chosen by shape;
-  ``gemm_64x64``, ``gemm_128x128``, ``gemm_128x32``: the same with that tile
+  ``gemm_64x64``, ``gemm_128x128``, ``gemm_128x64``, ``gemm_128x32``: the same with that tile
                  (positions x filters per block);
   ``gemm_tc``    the implicit GEMM on tensor cores (mma.sync; float16 or bfloat16 in, float32
                  sums; compute capability 8.0+), 128 x 64 tiles (kernels_cuda/conv_gemm_tc.cu);
@@ -158,15 +158,17 @@ def _gemm_tile(geom: ConvGeometry, dtype: DTypeLike) -> str:
     """The tile for ``algorithm="gemm"``: narrow for few filters a group; the big 128x128 tile
     when there are enough filters to fill it and either enough output tiles for one such block
     per SM of an H100 (132) or enough terms a filter to split them (r50_res5: 52 tiles of 4608
-    terms); else 64x64. (A first rule, to be measured on a GPU.)"""
+    terms); 128x64 for fewer filters (64 a group: r50_res2, vgg16_conv1_2); else 64x64 (the
+    only one besides 128x32 for 8- and 16-byte sums). (A first rule, to be measured on a GPU.)"""
     Cog, M = geom.C_out_per_group, geom.positions
+    tiles = kernels.gemm_tiles(dtype)
     if Cog <= 32:
         return "128x32"
-    if ("128x128" in kernels.gemm_tiles(dtype) and Cog >= 128
+    if ("128x128" in tiles and Cog >= 128
             and (M * geom.C_out >= 132 * 128 * 128
                  or geom.terms_per_output >= GEMM_SPLIT_K_TERMS)):
         return "128x128"
-    return "64x64"
+    return "128x64" if "128x64" in tiles else "64x64"
 
 
 def choose(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> str:

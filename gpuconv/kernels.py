@@ -103,19 +103,25 @@ def conv_direct_name(dtype: DTypeLike, activation: Optional[str]) -> str:
 #: 128x128 takes 16 terms a step: its main loop (sm_90 SASS, float32) is 1429 instructions for
 #: 1024 FFMA (72%; 77% without the ~100 that only warp 0 runs to find the terms) against 787 for
 #: 512 (65%) at 8 a step, for 213 registers instead of 181 (one 256-thread block an SM either
-#: way) and 32 KiB of shared tiles.
+#: way) and 32 KiB of shared tiles. 128x64 (8 x 8 sums a thread too, 128 threads) is 1556 for
+#: 1024 (66%), 221 registers (two blocks an SM), for 64 filters a group, where 64x64 (4 x 4 a
+#: thread) is 335 for 128 (38%).
 GEMM_TILES: Dict[str, Tuple[int, int, int, int, int]] = {
     "64x64": (64, 64, 8, 4, 4),
     "128x128": (128, 128, 16, 8, 8),
+    "128x64": (128, 64, 16, 8, 8),
     "128x32": (128, 32, 8, 4, 4),
 }
 
+#: The tiles of 8 x 8 sums a thread: built only for 4-byte accumulators (gemm_tiles).
+_WIDE_TILES = ("128x128", "128x64")
+
 
 def gemm_tiles(dtype: DTypeLike) -> Tuple[str, ...]:
-    """The tiles compiled for ``dtype``: 128x128 holds 64 accumulators a thread, which fit the
-    registers (and its two shared buffers the 48 KiB) only for 4-byte accumulators."""
+    """The tiles compiled for ``dtype``: 128x128 and 128x64 hold 64 accumulators a thread, which
+    fit the registers (and their two shared buffers the 48 KiB) only for 4-byte accumulators."""
     acc = accumulator_dtype(dtype).itemsize
-    return tuple(t for t in GEMM_TILES if acc <= 4 or t != "128x128")
+    return tuple(t for t in GEMM_TILES if acc <= 4 or t not in _WIDE_TILES)
 
 
 #: The implicit-GEMM kernels (conv_gemm.cu, conv_gemm_tc.cu) count terms (k < C_in/groups x

@@ -16,7 +16,7 @@ def _geom(x_shape, w_shape, **options):
 def test_names_are_listed_and_checked():
     assert algorithms.NAMES[0] == "auto"
     assert set(algorithms.ALGORITHMS["cpu"]) == {"gemm", "pointwise", "depthwise"}
-    assert {"direct", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x32", "gemm_tc",
+    assert {"direct", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64", "gemm_128x32", "gemm_tc",
             "gemm_tc_cl", "gemm_tf32", "depthwise"} == set(algorithms.ALGORITHMS["cuda"])
     x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
     with pytest.raises(ValueError, match="algorithm must be one of .*'winograd'"):
@@ -59,8 +59,9 @@ def test_auto_rule():
     (32, 4, np.float32, "128x32", 16),        # few filters: the narrow tile
     (256, 8, np.float32, "128x128", 16),      # many filters and positions: the big tile
     (256, 8, np.float64, "64x64", 16),        # ... which float64 does not build
-    (256, 1, np.float32, "64x64", 16),        # too few positions (and 144 terms: no split-K)
-    (64, 8, np.float16, "64x64", 16),
+    (256, 1, np.float32, "128x64", 16),       # too few positions (and 144 terms: no split-K)
+    (64, 8, np.float16, "128x64", 16),        # 64 filters: 8 x 8 sums a thread, 64 wide
+    (64, 8, np.complex64, "64x64", 16),       # ... which 8-byte sums do not build
     (256, 1, np.float32, "128x128", 64),      # few positions, 576 terms: the big tile, split-K
     (256, 1, np.float64, "64x64", 64),
 ])
@@ -72,8 +73,9 @@ def test_gemm_tile_rule(c_out, n, dtype, tile, c_in):
 def test_tiles_a_dtype_does_not_build_are_refused():
     g = _geom((2, 16, 40, 40), (256, 16, 3, 3), padding=1)
     for dtype in (np.float64, np.complex64, np.complex128):
-        with pytest.raises(ValueError, match=r"'gemm_128x128' is not built for"):
-            algorithms.choose("cuda", "gemm_128x128", g, dtype)
+        for tile in ("128x128", "128x64"):
+            with pytest.raises(ValueError, match=rf"'gemm_{tile}' is not built for"):
+                algorithms.choose("cuda", f"gemm_{tile}", g, dtype)
     assert algorithms.choose("cuda", "gemm_128x128", g, np.float16) == "gemm_128x128"
 
 
@@ -122,7 +124,8 @@ def test_tensor_core_kernel_needs_compute_capability_8(monkeypatch):
     algorithms._capability.cache_clear()
 
 
-@pytest.mark.parametrize("algorithm", ["gemm", "gemm_64x64", "gemm_128x128", "gemm_128x32",
+@pytest.mark.parametrize("algorithm", ["gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64",
+                                       "gemm_128x32",
                                        "gemm_tc", "gemm_tc_cl", "gemm_tf32"])
 def test_gemm_kernels_count_in_32_bit_ints_and_say_where_that_ends(algorithm):
     dtype = np.float16 if algorithm in ("gemm_tc", "gemm_tc_cl") else np.float32
