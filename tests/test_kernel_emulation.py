@@ -199,9 +199,11 @@ def test_gemm_kernel(case, tile, emulated_gpu):
     np.testing.assert_array_equal(case.filters, w0)
 
 
-# every tile on the tile cases; one tile each, in turn, on a quarter of the grid
-SPLIT_CASES = [(c, t) for c in TILE_CASES for t in kernels.GEMM_TILES] + [
-    (c, list(kernels.GEMM_TILES)[i % len(kernels.GEMM_TILES)]) for i, c in enumerate(CASES[::4])]
+# two tiles a tile case and one a case of a quarter of the grid, in turn: each tile ~20 times
+_TILE_NAMES = list(kernels.GEMM_TILES)
+SPLIT_CASES = [(c, _TILE_NAMES[(2 * i + j) % len(_TILE_NAMES)])
+               for i, c in enumerate(TILE_CASES) for j in range(2)]
+SPLIT_CASES += [(c, _TILE_NAMES[i % len(_TILE_NAMES)]) for i, c in enumerate(CASES[::4])]
 
 
 @pytest.mark.parametrize("case, tile", SPLIT_CASES, ids=lambda v: getattr(v, "name", str(v)))
@@ -258,7 +260,7 @@ def test_gemm_tc_cl_kernel(case, filters, emulated_gpu, monkeypatch):
     np.testing.assert_array_equal(case.filters, w0)
 
 
-@pytest.mark.parametrize("i, case", list(enumerate(channel_block_cases())),
+@pytest.mark.parametrize("i, case", list(enumerate(channel_block_cases()[::2])),
                          ids=lambda v: getattr(v, "name", str(v)))
 def test_gemm_tc_cl_split_k(i, case, emulated_gpu, monkeypatch):
     """Split-K forced on the channels-last tensor-core kernel: its 32-term steps in three
@@ -435,11 +437,11 @@ def test_filter_grad_kernels(case, kernel, emulated_gpu, monkeypatch):
 def test_filter_grad_gemm_tiles(tile, layout, groups, stride, emulated_gpu, monkeypatch):
     """Each filter-gradient tile forced on float32 layers with 180 terms a filter and 140
     filters a group (two term tiles of 128, three filter tiles of 64 or two of 128, partly
-    filled) and several steps of positions."""
+    filled) and several steps of positions (40 or 144 of them)."""
     monkeypatch.setattr(cuda, "filter_grad_by_gemm", lambda geom: True)
     monkeypatch.setattr(cuda, "filter_grad_tile", lambda geom, dtype: tile)
     rng = np.random.default_rng(30)
-    x = rng.standard_normal((3, 20 * groups, 13, 11)).astype(np.float32)
+    x = rng.standard_normal((2, 20 * groups, 9, 8)).astype(np.float32)
     w = np.zeros((140 * groups, 20, 3, 3), np.float32)
     options = dict(stride=stride, padding=1, dilation=1, groups=groups, padding_mode="zeros",
                    layout="channels_first", flip=False)
