@@ -153,36 +153,44 @@ __device__ __forceinline__ void gc_tc_zero(float (&acc)[MT][NT][4]) {
             for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
 }
 
-// The epilogue of both tensor-core kernels: a warp's MT x NT tiles of 16 x 8 accumulators (its
-// tile's corner at output position m_w, filter f_w of group g), plus bias, through the
-// activation, stored in the output dtype. The stores follow the fragments' layout whatever y's
-// layout (strides), skipping positions past M and filters past the group's.
-template <typename T, int ACT, int MT, int NT>
-__device__ __forceinline__ void gc_tc_store(const float (&acc)[MT][NT][4], T* y, const T* bias,
-                                            const gc_conv& p, long long M, long long g,
-                                            long long m_w, long long f_w, int group, int t) {
-    typedef gc_num<T> num;
+// A warp's MT x NT tiles of 16 x 8 accumulators (its tile's corner at output position m_w,
+// filter f_w of the group), visited in the fragments' layout (rows group and group + 8 of each
+// 16, columns 2t and 2t + 1 of each 8): fn(m, f, value), skipping positions past M and filters
+// past the group's Cog.
+template <int MT, int NT, typename Fn>
+__device__ __forceinline__ void gc_tc_each(const float (&acc)[MT][NT][4], long long M,
+                                           long long Cog, long long m_w, long long f_w,
+                                           int group, int t, Fn&& fn) {
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const long long m = m_w + i * 16 + group + 8 * half;
             if (m >= M) continue;
-            const long long y_base = gc_output_offset(m, p);
 #pragma unroll
             for (int j = 0; j < NT; ++j) {
 #pragma unroll
                 for (int c = 0; c < 2; ++c) {
                     const long long f = f_w + j * 8 + 2 * t + c;
-                    if (f >= p.Cog) continue;
-                    const long long co = g * p.Cog + f;
-                    float v = acc[i][j][2 * half + c];
-                    if (p.has_bias) v = v + num::load(bias[co]);
-                    y[y_base + co * p.ys_c] = num::store(gc_activate<ACT>(v));
+                    if (f < Cog) fn(m, f, acc[i][j][2 * half + c]);
                 }
             }
         }
     }
+}
+
+// The epilogue of both tensor-core kernels: each sum plus bias, through the activation, stored
+// in the output dtype at y's strides (any layout).
+template <typename T, int ACT, int MT, int NT>
+__device__ __forceinline__ void gc_tc_store(const float (&acc)[MT][NT][4], T* y, const T* bias,
+                                            const gc_conv& p, long long M, long long g,
+                                            long long m_w, long long f_w, int group, int t) {
+    typedef gc_num<T> num;
+    gc_tc_each(acc, M, p.Cog, m_w, f_w, group, t, [&](long long m, long long f, float v) {
+        const long long co = g * p.Cog + f;
+        if (p.has_bias) v = v + num::load(bias[co]);
+        y[gc_output_offset(m, p) + co * p.ys_c] = num::store(gc_activate<ACT>(v));
+    });
 }
 
 // Split-K's first stage (see conv_gemm.cu): the sums of one split of the terms, no bias or
@@ -192,22 +200,9 @@ __device__ __forceinline__ void gc_tc_store_partial(const float (&acc)[MT][NT][4
                                                     const gc_conv& p, long long M, long long g,
                                                     long long m_w, long long f_w, int group,
                                                     int t) {
-#pragma unroll
-    for (int i = 0; i < MT; ++i) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const long long m = m_w + i * 16 + group + 8 * half;
-            if (m >= M) continue;
-#pragma unroll
-            for (int j = 0; j < NT; ++j) {
-#pragma unroll
-                for (int c = 0; c < 2; ++c) {
-                    const long long f = f_w + j * 8 + 2 * t + c;
-                    if (f < p.Cog) part[(g * p.Cog + f) * M + m] = acc[i][j][2 * half + c];
-                }
-            }
-        }
-    }
+    gc_tc_each(acc, M, p.Cog, m_w, f_w, group, t, [&](long long m, long long f, float v) {
+        part[(g * p.Cog + f) * M + m] = v;
+    });
 }
 
 template <typename T, int ACT>

@@ -206,20 +206,27 @@ SPLIT_CASES = [(c, _TILE_NAMES[(2 * i + j) % len(_TILE_NAMES)])
 SPLIT_CASES += [(c, _TILE_NAMES[i % len(_TILE_NAMES)]) for i, c in enumerate(CASES[::4])]
 
 
+def _force_splits(monkeypatch):
+    """Make every split GEMM launch split a filter's term steps three ways plus one empty
+    split; returns the list of split counts launched."""
+    forced = []
+
+    def splits(geom, tile, slots, itemsize):
+        steps = max(1, -(-geom.terms_per_output // tile[2]))
+        per_split = -(-steps // 3)
+        forced.append(-(-steps // per_split) + 1)
+        return forced[-1], per_split
+    monkeypatch.setattr(cuda, "gemm_splits", splits)
+    return forced
+
+
 @pytest.mark.parametrize("case, tile", SPLIT_CASES, ids=lambda v: getattr(v, "name", str(v)))
 def test_gemm_split_k(case, tile, emulated_gpu, monkeypatch):
     """Split-K forced on each tile: a filter's term steps in three splits plus an empty one
     (the kernel's partial sums, then conv_gemm_sum_splits' ordered sum, bias and activation)."""
     if tile not in kernels.gemm_tiles(np.result_type(case.x, case.filters)):
         return  # refused: test_gemm_kernel checks the refusal
-    forced = []
-
-    def splits(geom, tile_, slots, itemsize):
-        steps = max(1, -(-geom.terms_per_output // tile_[2]))
-        per_split = -(-steps // 3)
-        forced.append(-(-steps // per_split) + 1)
-        return forced[-1], per_split
-    monkeypatch.setattr(cuda, "gemm_splits", splits)
+    forced = _force_splits(monkeypatch)
     got = gpuconv.conv(case.x, case.filters, case.bias, algorithm=f"gemm_{tile}", **case.options)
     assert forced and min(forced) >= 2
     _check(case, got, f"emulated gemm_{tile} split-K")
@@ -268,14 +275,7 @@ def test_gemm_tc_cl_split_k(i, case, emulated_gpu, monkeypatch):
     by it), then conv_gemm_sum_splits; both block widths in turn."""
     monkeypatch.setattr(kernels, "gemm_tc_cl_filters",
                         lambda geom: kernels.GEMM_TC_CL_FILTERS[i % 2])
-    forced = []
-
-    def splits(geom, tile, slots, itemsize):
-        steps = max(1, -(-geom.terms_per_output // tile[2]))
-        per_split = -(-steps // 3)
-        forced.append(-(-steps // per_split) + 1)
-        return forced[-1], per_split
-    monkeypatch.setattr(cuda, "gemm_splits", splits)
+    forced = _force_splits(monkeypatch)
     got = gpuconv.conv(case.x, case.filters, case.bias, algorithm="gemm_tc_cl", **case.options)
     assert forced and min(forced) >= 2
     _check(case, got, "emulated gemm_tc_cl split-K")
