@@ -149,6 +149,9 @@ def main() -> int:
                     help="also time the two adjoints against cuDNN's backward passes")
     ap.add_argument("--bench-args", default="",
                     help="extra arguments for python -m gpuconv.bench (e.g. '--only a b')")
+    ap.add_argument("--pytest-args", default="",
+                    help="extra arguments for the plain test suite (e.g. '-n 12' with "
+                         "pytest-xdist, which the device machine has)")
     ap.add_argument("--time-limit", type=float, default=None,
                     help="seconds any one phase may run before it is stopped and recorded as "
                          "timed out")
@@ -187,11 +190,11 @@ def main() -> int:
                         + "\n")
 
     if not args.no_tests:
-        log, counts, timed_out = run_pytest(work / "all.xml", ["-rs"],
+        log, counts, timed_out = run_pytest(work / "all.xml", ["-rs", *args.pytest_args.split()],
                                             time_limit=args.time_limit)
         (logs / "pytest.log").write_text(log)
         record["tests"] = dict(counts, **({"timed_out": True} if timed_out else {}))
-        record["tests_command"] = "python -m pytest -q"
+        record["tests_command"] = " ".join(["python -m pytest -q", *args.pytest_args.split()])
         print(log[-3000:])
         save()
 
