@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 
 import gpuconv
 from gpuconv.device import cuda_status
+
+# JAX takes 75% of the GPU's memory when it first uses it; the suite runs in several processes
+# (pytest-xdist) on one GPU, so it takes only what it needs.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 def gpu_skip_reason():

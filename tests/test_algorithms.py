@@ -51,8 +51,17 @@ def test_auto_rule():
     assert algorithms.choose("cpu", "auto", g, np.float32) == "gemm"
     g = _geom((2, 8, 9, 9), (4, 8, 3, 3))
     assert algorithms.choose("cpu", "auto", g, np.float32) == "gemm"
-    # not yet run on a GPU: auto stays on the direct kernel there
-    assert algorithms.choose("cuda", "auto", g, np.float32) == "direct"
+    # CUDA: the implicit GEMM for dense layers (its tile by shape), the tensor cores for 16-bit
+    # dtypes (channels-last when C_in/groups is a multiple of 8), the depthwise kernel for one
+    # kernel per filter; the direct kernel only where the others refuse the layer
+    assert algorithms.choose("cuda", "auto", g, np.float32) == "gemm_128x32"
+    assert algorithms.choose("cuda", "auto", g, np.float16) == "gemm_tc_cl"
+    assert algorithms.choose("cuda", "auto", _geom((2, 6, 9, 9), (4, 6, 3, 3)),
+                             np.float16) == "gemm_tc"
+    assert algorithms.choose("cuda", "auto", _geom((2, 8, 9, 9), (8, 1, 3, 3), groups=8),
+                             np.float32) == "depthwise"
+    huge = _geom((1, 1, 9, 2**30 + 8), (4, 1, 1, 1))  # spatial sizes past the GEMM's 32-bit ints
+    assert algorithms.choose("cuda", "auto", huge, np.float32) == "direct"
 
 
 @pytest.mark.parametrize("c_out, n, dtype, tile, c_in", [

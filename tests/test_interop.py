@@ -166,7 +166,7 @@ def test_torch_bad_tensors_are_refused_by_name(torch):
 
 def test_jax_array_in_jax_array_out():
     jax = pytest.importorskip("jax")
-    jx = jax.numpy.asarray(X)
+    jx = jax.device_put(X, jax.devices("cpu")[0])  # (where jax has a GPU, its default device)
     view = as_array(jx, "x")
     assert isinstance(view, np.ndarray) and view.ctypes.data == jx.unsafe_buffer_pointer()
     y = gpuconv.conv2d(jx, W, B, padding="same", device="cpu")
@@ -210,3 +210,19 @@ def test_torch_cuda_tensor_in_torch_cuda_tensor_out(gpu, torch):
     assert isinstance(y, torch.Tensor) and y.is_cuda and y.device == tx.device
     exact, bound = error_bound(X, W, None, np.float32, None, padding=1)
     assert np.all(np.abs(y.cpu().numpy() - exact) <= bound)
+
+
+@pytest.mark.gpu
+def test_jax_gpu_array_in_jax_gpu_array_out(gpu):
+    jax = pytest.importorskip("jax")
+    try:
+        jax_gpu = jax.devices("gpu")[0]
+    except RuntimeError:
+        pytest.skip("jax sees no GPU")
+    jx = jax.device_put(X, jax_gpu)
+    view = as_array(jx, "x")
+    assert isinstance(view, gpu.ndarray) and view.data.ptr == jx.unsafe_buffer_pointer()
+    y = gpuconv.conv2d(jx, W, padding=1)
+    assert isinstance(y, jax.Array) and y.devices() == {jax_gpu}
+    exact, bound = error_bound(X, W, None, np.float32, None, padding=1)
+    assert np.all(np.abs(np.asarray(y) - exact) <= bound)

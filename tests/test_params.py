@@ -58,3 +58,18 @@ def test_records_are_shared_and_read_only():
     assert int(a["ys_c"]) == -27 and int(a["has_bias"]) == 0 and int(a["ID"]) == 5
     with pytest.raises(ValueError):
         a["N"] = 7
+
+
+def test_launch_args_pass_the_record_as_its_own_bytes():
+    """The record goes to CuPy as a plain-bytes view of the same memory (no copy, same bytes);
+    scalars and other arguments are passed as they are."""
+    from gpuconv import cuda
+    geom = plan_conv((1, 8, 16, 16), (8, 8, 3, 3), padding=1)
+    x = np.zeros((1, 8, 16, 16), np.float32)
+    record = params.conv_params(geom, x, x, True)
+    marker = object()
+    got = cuda._launch_args((marker, np.int64(3), record))
+    assert got[0] is marker and got[1] == 3 and got[1].dtype == np.int64
+    view = got[2]
+    assert view.dtype.names is None and view.dtype.itemsize == record.dtype.itemsize
+    assert view.ctypes.data == record.ctypes.data and view.tobytes() == record.tobytes()

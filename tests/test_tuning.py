@@ -14,8 +14,11 @@ from reference import error_bound
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    """A fresh cache file and no choices in memory; autotuning off unless a test turns it on."""
+    """A fresh cache file and no choices in memory; autotuning off unless a test turns it on.
+    NumPy inputs run on the CPU (their "auto" device would be the GPU where one is usable; the
+    GPU's candidates are tested in test_gpu_autotune_times_the_cuda_candidates)."""
     path = tmp_path / "sub" / "autotune.json"
+    monkeypatch.setenv("GPUCONV_DEVICE", "cpu")
     monkeypatch.setenv("GPUCONV_AUTOTUNE_CACHE", str(path))
     monkeypatch.delenv("GPUCONV_AUTOTUNE", raising=False)
     tuning.clear_memory()
@@ -226,3 +229,31 @@ def test_cuda_autotune_times_the_kernels_and_matches_the_cpu(cache, gpu):
     geom = plan_conv(x.shape, w.shape, padding=1)
     assert choice in tuning.candidates("cuda", geom, np.float64)
     _check(x, w, got, padding=1)
+
+
+@pytest.mark.gpu
+def test_gpu_autotune_times_the_cuda_candidates(cache, gpu):
+    """On the GPU the tuner times every CUDA candidate of the layer (the GEMM tiles among them),
+    keeps one of them, and the call's result is still right."""
+    cupy = gpu
+    x, w = _pointwise_layer()
+    geom = plan_conv(x.shape, w.shape)
+    expected = tuning.candidates("cuda", geom, np.float64)
+    assert "direct" in expected and len(expected) > 1
+    calls = []
+    original = tuning.time_candidate
+
+    def counting(run, algorithm, sync):
+        calls.append(algorithm)
+        return original(run, algorithm, sync)
+    tuning.time_candidate = counting
+    try:
+        with gpuconv.autotune():
+            got = gpuconv.conv(cupy.asarray(x), cupy.asarray(w), device="cuda")
+    finally:
+        tuning.time_candidate = original
+    assert sorted(calls) == sorted(expected)
+    from gpuconv.device import cuda_device_name
+    name = cuda_device_name(cupy.cuda.Device().id)
+    assert tuning.remembered("cuda", name, geom, np.float64) in expected
+    _check(x, w, cupy.asnumpy(got))
