@@ -143,6 +143,10 @@ def main() -> int:
     ap.add_argument("--sanitizer", action="store_true", help="also run compute-sanitizer")
     ap.add_argument("--tools", default=",".join(SANITIZER_TOOLS),
                     help="the compute-sanitizer tools to run (comma-separated)")
+    ap.add_argument("--sanitizer-workers", type=int, default=0,
+                    help="run the sanitized tests in this many pytest-xdist processes (every "
+                         "process is sanitized: --target-processes=all; their error summaries "
+                         "are added up)")
     ap.add_argument("--bench", action="store_true",
                     help="also run the benchmark (forward conv: every dtype and algorithm)")
     ap.add_argument("--bench-adjoints", action="store_true",
@@ -201,15 +205,17 @@ def main() -> int:
     if args.sanitizer:
         record["sanitizer"] = {}
         for tool in tools:
+            workers = (["-n", str(args.sanitizer_workers), "-p", "xdist"]
+                       if args.sanitizer_workers else [])
             log, counts, timed_out = run_pytest(
-                work / f"{tool}.xml", list(SANITIZER_TESTS),
+                work / f"{tool}.xml", list(SANITIZER_TESTS) + workers,
                 prefix=("compute-sanitizer", f"--tool={tool}", "--target-processes=all"),
                 time_limit=args.time_limit)
             (logs / f"sanitizer-{tool}.log").write_text(log[-4_000_000:])
             found = re.findall(r"ERROR SUMMARY: (\d+) error", log)
-            record["sanitizer"][tool] = {
-                "errors": int(found[-1]) if found else None,  # None: no summary was printed
-                "tests": counts}
+            record["sanitizer"][tool] = {  # one summary a sanitized process
+                "errors": sum(map(int, found)) if found else None,  # None: none was printed
+                "processes": len(found), "tests": counts}
             if timed_out:
                 record["sanitizer"][tool]["timed_out"] = True
             print(tool, record["sanitizer"][tool])

@@ -636,6 +636,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     jobs = [(op, layer, dt) for op in ops for dt in dtypes for layer in layers]
     total = len(jobs)
     _progress(0, total, "starting")
+    started = time.perf_counter()
     for i, (op, layer, dt) in enumerate(jobs):
         def progress(label: str, i: int = i) -> None:
             _progress(i, total, label)
@@ -643,6 +644,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               args.scipy_max_calls, rng, progress, pause=pause,
                               algorithm_names=algorithm_names, peak=peak, op=op))
         _progress(i + 1, total, layer["name"])
+        if not sys.stderr.isatty():  # a log: one line a finished row, and the time so far
+            print(f"  {i + 1}/{total} {layer['name']} {np.dtype(dt).name} {op}: "
+                  f"{rows[-1]['contenders']['gpuconv']['median_ms']:.3f} ms "
+                  f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     present = [p for p in peers if any(p in r["contenders"] for r in rows)]
     extras = [f"gpuconv:{a}" for a in algorithm_names[1:]]
     print(table(rows, present + [e for e in extras if any(e in r["contenders"] for r in rows)]))

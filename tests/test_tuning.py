@@ -14,11 +14,8 @@ from reference import error_bound
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    """A fresh cache file and no choices in memory; autotuning off unless a test turns it on.
-    NumPy inputs run on the CPU (their "auto" device would be the GPU where one is usable; the
-    GPU's candidates are tested in test_gpu_autotune_times_the_cuda_candidates)."""
+    """A fresh cache file and no choices in memory; autotuning off unless a test turns it on."""
     path = tmp_path / "sub" / "autotune.json"
-    monkeypatch.setenv("GPUCONV_DEVICE", "cpu")
     monkeypatch.setenv("GPUCONV_AUTOTUNE_CACHE", str(path))
     monkeypatch.delenv("GPUCONV_AUTOTUNE", raising=False)
     tuning.clear_memory()
@@ -29,7 +26,9 @@ def cache(tmp_path, monkeypatch):
 @pytest.fixture
 def clock(monkeypatch):
     """Replace the stopwatch: each candidate 'takes' the seconds the test gives it, and every
-    timing is recorded."""
+    timing is recorded. The seconds are for the CPU's candidates: NumPy inputs are kept on the
+    CPU (where a GPU is usable, their "auto" device would be the GPU)."""
+    monkeypatch.setenv("GPUCONV_DEVICE", "cpu")
     timed = []
     seconds = {}
 
@@ -161,8 +160,9 @@ def test_unwritable_cache_warns_and_still_computes(tmp_path, monkeypatch, clock)
     tuning.clear_memory()
 
 
-def test_real_timing_runs_each_candidate(cache):
+def test_real_timing_runs_each_candidate(cache, monkeypatch):
     """Without the fake clock: one untimed and REPEATS timed runs of each candidate."""
+    monkeypatch.setenv("GPUCONV_DEVICE", "cpu")
     x, w = _pointwise_layer()
     calls = []
     original = tuning.time_candidate
@@ -219,41 +219,29 @@ def test_cuda_candidates_are_concrete_kernels():
 
 @pytest.mark.gpu
 def test_cuda_autotune_times_the_kernels_and_matches_the_cpu(cache, gpu):
+    """Every CUDA candidate of the layer (the GEMM tiles among them) is timed once, one of them
+    is kept under the GPU's key, and the result is right."""
     cp = gpu
     rng = np.random.default_rng(3)
     x, w = rng.standard_normal((2, 16, 12, 12)), rng.standard_normal((24, 16, 3, 3))
-    with gpuconv.autotune():
-        got = cp.asnumpy(gpuconv.conv(cp.asarray(x), cp.asarray(w), padding=1))
-    (key, choice), = json.loads(cache.read_text()).items()
-    assert key.split("|")[1].strip().startswith("cuda:")
     geom = plan_conv(x.shape, w.shape, padding=1)
-    assert choice in tuning.candidates("cuda", geom, np.float64)
-    _check(x, w, got, padding=1)
-
-
-@pytest.mark.gpu
-def test_gpu_autotune_times_the_cuda_candidates(cache, gpu):
-    """On the GPU the tuner times every CUDA candidate of the layer (the GEMM tiles among them),
-    keeps one of them, and the call's result is still right."""
-    cupy = gpu
-    x, w = _pointwise_layer()
-    geom = plan_conv(x.shape, w.shape)
     expected = tuning.candidates("cuda", geom, np.float64)
-    assert "direct" in expected and len(expected) > 1
-    calls = []
+    assert "direct" in expected and "gemm_64x64" in expected
+    timed = []
     original = tuning.time_candidate
 
     def counting(run, algorithm, sync):
-        calls.append(algorithm)
+        timed.append(algorithm)
         return original(run, algorithm, sync)
     tuning.time_candidate = counting
     try:
         with gpuconv.autotune():
-            got = gpuconv.conv(cupy.asarray(x), cupy.asarray(w), device="cuda")
+            got = cp.asnumpy(gpuconv.conv(cp.asarray(x), cp.asarray(w), padding=1))
     finally:
         tuning.time_candidate = original
-    assert sorted(calls) == sorted(expected)
-    from gpuconv.device import cuda_device_name
-    name = cuda_device_name(cupy.cuda.Device().id)
-    assert tuning.remembered("cuda", name, geom, np.float64) in expected
-    _check(x, w, cupy.asnumpy(got))
+    assert sorted(timed) == sorted(expected)
+    (key, choice), = json.loads(cache.read_text()).items()
+    assert key.split("|")[1].strip().startswith("cuda:")
+    assert choice in expected
+    _check(x, w, got, padding=1)
+
