@@ -143,6 +143,9 @@ def main() -> int:
     ap.add_argument("--sanitizer", action="store_true", help="also run compute-sanitizer")
     ap.add_argument("--tools", default=",".join(SANITIZER_TOOLS),
                     help="the compute-sanitizer tools to run (comma-separated)")
+    ap.add_argument("--sanitizer-k", default=None,
+                    help="a pytest -k expression choosing fewer of the sanitized GPU tests "
+                         "(kept in the record as sanitizer_selection)")
     ap.add_argument("--sanitizer-workers", type=int, default=0,
                     help="run the sanitized tests in this many pytest-xdist processes (every "
                          "process is sanitized: --target-processes=all; their error summaries "
@@ -207,8 +210,12 @@ def main() -> int:
         for tool in tools:
             workers = (["-n", str(args.sanitizer_workers), "-p", "xdist"]
                        if args.sanitizer_workers else [])
+            selected = list(SANITIZER_TESTS)
+            if args.sanitizer_k:
+                selected[selected.index("-k") + 1] = args.sanitizer_k
+                record["sanitizer_selection"] = args.sanitizer_k
             log, counts, timed_out = run_pytest(
-                work / f"{tool}.xml", list(SANITIZER_TESTS) + workers,
+                work / f"{tool}.xml", selected + workers,
                 prefix=("compute-sanitizer", f"--tool={tool}", "--target-processes=all"),
                 time_limit=args.time_limit)
             (logs / f"sanitizer-{tool}.log").write_text(log[-4_000_000:])
