@@ -173,7 +173,7 @@ def _gemm_tile(geom: ConvGeometry, dtype: DTypeLike) -> str:
 
 def _cuda_auto(geom: ConvGeometry, dtype: DTypeLike) -> str:
     """``algorithm="auto"`` on CUDA. Measured on an H100 (benchmarks/results/gpu-nvidia-h100-*,
-    float32): the implicit GEMM ran every dense layer of the suite 5-110x faster than the direct
+    float32): the implicit GEMM ran every dense layer of the suite 5-89x faster than the direct
     kernel, and the depthwise kernel the depthwise layers 2.4-3.6x faster; float16 and bfloat16
     go to the tensor cores. The direct kernel is left for what the others refuse."""
     if geom.C_in_per_group == 1 and geom.groups > 1 and not why_not("cuda", "depthwise", geom,
