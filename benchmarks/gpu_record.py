@@ -20,14 +20,23 @@ rewritten after every phase (a call cut off keeps what finished), ``--record FIL
 call's phases to an earlier record of the same commit, ``--no-tests`` skips the plain suite,
 ``--tools memcheck,racecheck`` runs some sanitizer tools only, and ``--time-limit S`` stops any
 one phase after S seconds and records it as timed out instead of losing the call. ``--logs
-$OUT`` puts the logs where they come back from the device machine too. Calls, in order:
+$OUT`` puts the logs where they come back from the device machine too. Calls, in order, with
+what they took on an H100 (session 8; a fresh machine compiles every kernel again):
 
-    python benchmarks/gpu_record.py --commit <sha> --out $OUT --logs $OUT --time-limit 500
+    # the whole suite on 14 processes: ~250 s
+    python benchmarks/gpu_record.py --commit <sha> --out $OUT --logs $OUT --time-limit 500 \
+        --pytest-args "-n 14 -p xdist"
     # copy the returned record into benchmarks/results/ (it travels with the working tree)
+    # compute-sanitizer, one tool a call or two, serially (sanitized xdist workers printed
+    # nothing in 90 s); memcheck ran ~200 tests of this selection in 130 s:
     python benchmarks/gpu_record.py --commit <sha> --record benchmarks/results/R.json \
-        --no-tests --sanitizer --time-limit 130 --out $OUT --logs $OUT
+        --no-tests --sanitizer --tools memcheck --time-limit 300 --out $OUT --logs $OUT \
+        --sanitizer-k "test_gpu_against_cpu_and_reference or test_gpu_channels_last_tensor_cores \
+                       or test_gpu_tensor_core_tile_cases or test_examples"
+    # forward benchmark, one dtype a phase (all three with every algorithm did not finish in
+    # 200 s): float32 ~100 s; float16 with auto,gemm_tc,gemm_tc_cl ~75 s
     python benchmarks/gpu_record.py --commit <sha> --record benchmarks/results/R.json \
-        --no-tests --bench --time-limit 540 --out $OUT --logs $OUT
+        --no-tests --bench --time-limit 200 --out $OUT --logs $OUT --bench-args "--dtype float32"
     python benchmarks/gpu_record.py --commit <sha> --record benchmarks/results/R.json \
         --no-tests --bench-adjoints --time-limit 540 --out $OUT --logs $OUT
 """
