@@ -11,20 +11,18 @@ from .layout import alloc_input, to_channels_first
 from ._typing import Array
 
 
-#: Kernels per filter from which the data adjoint runs as forward convolutions (_by_phases).
-ADJOINT_AS_CONV_MIN_CHANNELS = 16
-
-
-def _by_phases(geom: ConvGeometry) -> bool:
+def _by_phases(geom: ConvGeometry, backend: Any) -> bool:
     """Whether the data adjoint of ``geom``'s conv runs as forward convolutions, one per stride
-    phase (geometry.data_adjoint_phases; zero padding only, other modes fold their borders),
-    where the backend's forward algorithms fit those convs, which have C_in/groups outputs a
-    filter: GEMM wants >= 16 of them (fewer make a matrix-vector product over unrolled windows;
-    CPU r50_conv1_7x7s2, 3 channels, ran 49 ms that way against the adjoint's 32), or plain
-    depthwise. They do less index arithmetic per term than the adjoint kernels and have the
-    fast paths (CPU mbv2_dw_3x3_c576 29 -> 1.8 ms)."""
+    phase (geometry.data_adjoint_phases; zero padding only, other modes fold their borders).
+    Those convs have C_in/groups outputs a filter, and each backend says from how many its
+    forward algorithms beat its own data adjoint (``DATA_ADJOINT_AS_CONV_MIN_CHANNELS``): the
+    CPU's GEMM wants >= 16 (fewer make a matrix-vector product over unrolled windows: CPU
+    r50_conv1_7x7s2, 3 channels, ran 49 ms that way against the adjoint's 32); CUDA takes them
+    from 1, as its adjoint kernel, a thread per input element, ran that layer at 0.2 TFLOP/s
+    (H100). Plain depthwise always goes by phases. The forward paths do less index arithmetic
+    per term and have the fast kernels (CPU mbv2_dw_3x3_c576 29 -> 1.8 ms)."""
     depthwise = geom.C_in_per_group == geom.C_out_per_group == 1 and geom.groups > 1
-    return depthwise or geom.C_in_per_group >= ADJOINT_AS_CONV_MIN_CHANNELS
+    return depthwise or geom.C_in_per_group >= backend.DATA_ADJOINT_AS_CONV_MIN_CHANNELS
 
 
 def _data_adjoint(xp: Any, backend: Any, g_cf: Array, w: Array, bias: Array,
@@ -32,7 +30,7 @@ def _data_adjoint(xp: Any, backend: Any, g_cf: Array, w: Array, bias: Array,
     """``out_cf`` = the data adjoint of ``geom``'s conv applied to ``g_cf`` (conjugated filters
     when ``conjugate``), plus ``bias``: by stride phases where _by_phases says so, else by the
     backend's data adjoint."""
-    phases = data_adjoint_phases(geom) if _by_phases(geom) else None
+    phases = data_adjoint_phases(geom) if _by_phases(geom, backend) else None
     if phases is None:
         backend.data_adjoint(g_cf, w, bias, geom, conjugate, out_cf)
         return

@@ -31,6 +31,10 @@ from ._typing import Array, DTypeLike
 #: smaller), so that the unrolling copy and the matmul that reads it stay in cache.
 GEMM_CHUNK_BYTES = 16 * 2**20
 
+#: Kernels a filter from which a data adjoint runs as forward convs by stride phase
+#: (adjoint._by_phases): fewer make the GEMM a matrix-vector product over unrolled windows.
+DATA_ADJOINT_AS_CONV_MIN_CHANNELS = 16
+
 
 def _padded(xs: Array, geom: ConvGeometry, dtype: DTypeLike, channels_last: bool,
             take: Take) -> Array:

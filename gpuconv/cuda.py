@@ -35,6 +35,12 @@ poison_outputs = False
 
 _THREADS = 256
 
+#: Kernels a filter from which a data adjoint runs as forward convs by stride phase
+#: (adjoint._by_phases): from one, since the implicit GEMM (128x8 tiles for <= 8 filters)
+#: does far less per term than conv_adjoint.cu's thread per input element (r50_conv1_7x7s2's
+#: input gradient: 35.8 ms on an H100 there, cuDNN 0.59).
+DATA_ADJOINT_AS_CONV_MIN_CHANNELS = 1
+
 
 @functools.lru_cache(maxsize=None)
 def _sm_count(device_id: int) -> int:

@@ -105,23 +105,40 @@ def conv_direct_name(dtype: DTypeLike, activation: Optional[str]) -> str:
 #: 512 (65%) at 8 a step, for 213 registers instead of 181 (one 256-thread block an SM either
 #: way) and 32 KiB of shared tiles. 128x64 (8 x 8 sums a thread too, 128 threads) is 1556 for
 #: 1024 (66%), 221 registers (two blocks an SM), for 64 filters a group, where 64x64 (4 x 4 a
-#: thread) is 335 for 128 (38%).
+#: thread) is 335 for 128 (38%). 128x8 (4 x 2 sums a thread, 128 threads) is for groups of
+#: at most 8 filters: a 3-channel output (the data gradient of an RGB stem, by stride phases)
+#: fills 3/8 of it against 3/32 of 128x32.
 GEMM_TILES: Dict[str, Tuple[int, int, int, int, int]] = {
     "64x64": (64, 64, 8, 4, 4),
     "128x128": (128, 128, 16, 8, 8),
     "128x64": (128, 64, 16, 8, 8),
     "128x32": (128, 32, 8, 4, 4),
+    "128x8": (128, 8, 16, 4, 2),
 }
 
 #: The tiles of 8 x 8 sums a thread: built only for 4-byte accumulators (gemm_tiles).
 _WIDE_TILES = ("128x128", "128x64")
 
 
+#: Static shared memory a block may hold (what conv_gemm's tiles are declared in).
+SHARED_BYTES = 48 * 2**10
+
+
+def gemm_shared_bytes(tile: str, acc_itemsize: int) -> int:
+    """Shared memory of a conv_gemm block (conv_gemm.cu): two buffers of its A (BK x BM) and B
+    (BK x BN) tiles in the accumulator type, two tables of a step's term offsets (8 bytes) and
+    taps (16), and the BK term counters (40 bytes each)."""
+    BM, BN, BK = GEMM_TILES[tile][:3]
+    return 2 * BK * (BM + BN) * acc_itemsize + 2 * BK * (8 + 16) + BK * 40
+
+
 def gemm_tiles(dtype: DTypeLike) -> Tuple[str, ...]:
     """The tiles compiled for ``dtype``: 128x128 and 128x64 hold 64 accumulators a thread, which
-    fit the registers (and their two shared buffers the 48 KiB) only for 4-byte accumulators."""
+    fit the registers (and their two shared buffers the 48 KiB) only for 4-byte accumulators;
+    128x8's 16-term steps of 128 positions fit the shared memory up to 8-byte ones."""
     acc = accumulator_dtype(dtype).itemsize
-    return tuple(t for t in GEMM_TILES if acc <= 4 or t not in _WIDE_TILES)
+    return tuple(t for t in GEMM_TILES if (acc <= 4 or t not in _WIDE_TILES)
+                 and gemm_shared_bytes(t, acc) <= SHARED_BYTES)
 
 
 #: The implicit-GEMM kernels (conv_gemm.cu, conv_gemm_tc.cu) count terms (k < C_in/groups x

@@ -72,12 +72,25 @@ def check_filter_grad(case, g, got):
     assert np.all(err <= _bound(got.dtype, n, mag, exact)), err.max()
 
 
+def test_each_backend_says_when_the_data_adjoint_goes_by_phases():
+    """The CPU's GEMM wants >= 16 kernels a filter for the phases' forward convs; CUDA's GEMM
+    (a 128x8 tile for few outputs) takes them from one; plain depthwise goes by phases on both."""
+    from gpuconv import cpu, cuda
+    from gpuconv.geometry import plan_conv
+    stem = plan_conv((2, 3, 32, 32), (64, 3, 7, 7), stride=2, padding=3)
+    wide = plan_conv((2, 16, 32, 32), (64, 16, 3, 3), stride=2, padding=1)
+    dw = plan_conv((2, 8, 32, 32), (8, 1, 3, 3), groups=8)
+    assert [gpuconv.adjoint._by_phases(g, cpu) for g in (stem, wide, dw)] == [False, True, True]
+    assert [gpuconv.adjoint._by_phases(g, cuda) for g in (stem, wide, dw)] == [True, True, True]
+
+
 @pytest.fixture(params=["phases", "adjoint"])
 def route(request, monkeypatch):
     """Both ways a data adjoint runs, each forced on every case whatever its channels: forward
     convs by stride phase (zero padding; other modes always fold through the backend's own),
     and the backend's own data adjoint."""
-    monkeypatch.setattr(gpuconv.adjoint, "_by_phases", lambda geom: request.param == "phases")
+    monkeypatch.setattr(gpuconv.adjoint, "_by_phases",
+                        lambda geom, backend: request.param == "phases")
     return request.param
 
 

@@ -16,8 +16,8 @@ def _geom(x_shape, w_shape, **options):
 def test_names_are_listed_and_checked():
     assert algorithms.NAMES[0] == "auto"
     assert set(algorithms.ALGORITHMS["cpu"]) == {"gemm", "pointwise", "depthwise"}
-    assert {"direct", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64", "gemm_128x32", "gemm_tc",
-            "gemm_tc_cl", "gemm_tf32", "depthwise"} == set(algorithms.ALGORITHMS["cuda"])
+    assert {"direct", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64", "gemm_128x32", "gemm_128x8",
+            "gemm_tc", "gemm_tc_cl", "gemm_tf32", "depthwise"} == set(algorithms.ALGORITHMS["cuda"])
     x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
     with pytest.raises(ValueError, match="algorithm must be one of .*'winograd'"):
         gpuconv.conv(x, w, algorithm="winograd", device="cpu")
@@ -54,7 +54,7 @@ def test_auto_rule():
     # CUDA: the implicit GEMM for dense layers (its tile by shape), the tensor cores for 16-bit
     # dtypes (channels-last when C_in/groups is a multiple of 8), the depthwise kernel for one
     # kernel per filter; the direct kernel only where the others refuse the layer
-    assert algorithms.choose("cuda", "auto", g, np.float32) == "gemm_128x32"
+    assert algorithms.choose("cuda", "auto", g, np.float32) == "gemm_128x8"
     assert algorithms.choose("cuda", "auto", g, np.float16) == "gemm_tc_cl"
     assert algorithms.choose("cuda", "auto", _geom((2, 6, 9, 9), (4, 6, 3, 3)),
                              np.float16) == "gemm_tc"
@@ -66,6 +66,10 @@ def test_auto_rule():
 
 @pytest.mark.parametrize("c_out, n, dtype, tile, c_in", [
     (32, 4, np.float32, "128x32", 16),        # few filters: the narrow tile
+    (9, 4, np.float32, "128x32", 16),
+    (8, 4, np.float32, "128x8", 16),          # at most 8: the narrowest
+    (3, 4, np.complex64, "128x8", 3),         # ... built for 8-byte sums
+    (3, 4, np.complex128, "128x32", 3),       # ... not 16-byte ones (shared memory)
     (256, 8, np.float32, "128x128", 16),      # many filters and positions: the big tile
     (256, 8, np.float64, "64x64", 16),        # ... which float64 does not build
     (256, 1, np.float32, "128x64", 16),       # too few positions (and 144 terms: no split-K)
@@ -134,7 +138,7 @@ def test_tensor_core_kernel_needs_compute_capability_8(monkeypatch):
 
 
 @pytest.mark.parametrize("algorithm", ["gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64",
-                                       "gemm_128x32",
+                                       "gemm_128x32", "gemm_128x8",
                                        "gemm_tc", "gemm_tc_cl", "gemm_tf32"])
 def test_gemm_kernels_count_in_32_bit_ints_and_say_where_that_ends(algorithm):
     dtype = np.float16 if algorithm in ("gemm_tc", "gemm_tc_cl") else np.float32

@@ -126,6 +126,7 @@ def emulated_gpu(emulator, monkeypatch):
         # few threads, but enough for the GEMM to split the positions (up to 3 ways) and the
         # partial-sum kernel to chunk them, so both kernels' two-stage sums are exercised
         filter_grad=lambda *a: cuda._filter_grad(np, emulator.run, 3 * 2048, *a),
+        DATA_ADJOINT_AS_CONV_MIN_CHANNELS=cuda.DATA_ADJOINT_AS_CONV_MIN_CHANNELS,
     )
 
     def run(device, primary, arrays, compute):
