@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -435,6 +436,10 @@ def host_overhead_us(device: str, calls: int = 2000) -> Dict[str, Any]:
 
     out["gpuconv"] = per_call(lambda: conv(x, w, padding=1, device="cuda"))
     out["gpuconv_profile"] = profile_us(lambda: conv(x, w, padding=1, device="cuda"))
+    try:  # a breakdown only: the figures above stand without it
+        out["cupy_steps"] = _cupy_steps_us(cupy, x, w, per_call)
+    except Exception as exc:
+        out["cupy_steps_error"] = repr(exc)
     cupy.cuda.Device().synchronize()
     try:
         import torch
@@ -445,6 +450,46 @@ def host_overhead_us(device: str, calls: int = 2000) -> Dict[str, Any]:
     except ImportError:
         pass
     return out
+
+
+def _cupy_steps_us(cupy: Any, x: Any, w: Any,
+                   per_call: Callable[[Callable[[], Any]], float]) -> Dict[str, float]:
+    """What each CuPy step of host_overhead_us's call costs alone, in us (untraced, unlike the
+    profile): the launches the call makes, through gpuconv's launcher and as the bare kernel
+    call, the output's allocation, and the array and device queries dispatch makes. The rest of
+    the call's time is gpuconv's own Python (benchmarks/host_overhead.py measures that part
+    without a GPU)."""
+    from . import cuda, kernels
+    launches: List[Tuple[Any, ...]] = []
+    geom = plan_conv(tuple(x.shape), tuple(w.shape), padding=1)
+    out = cupy.empty(geom.out_shape(), dtype=x.dtype)
+    cuda._forward(cupy, lambda *launch: launches.append(launch), cuda._gpu_sms(), x, w, None,
+                  geom, None, out)
+    device_id = cupy.cuda.runtime.getDevice()
+
+    def enter_current() -> None:
+        with cupy.cuda.Device(device_id):
+            pass
+
+    steps: Dict[str, Callable[[], Any]] = {}
+    for i, launch in enumerate(launches):
+        file, name, dtype, work, args = launch
+        steps[f"launch_{i}_gpuconv"] = functools.partial(cuda._gpu_run, *launch)
+        if isinstance(work, cuda.Grid):
+            steps[f"launch_{i}_bare"] = functools.partial(
+                kernels.get_function(file, name, dtype, device_id), work.blocks,
+                (work.threads,), cuda._launch_args(args))
+    steps.update({
+        "cupy_empty": lambda: cupy.empty(geom.out_shape(), dtype=x.dtype),
+        "runtime_getDevice": cupy.cuda.runtime.getDevice,
+        "Device().id": lambda: cupy.cuda.Device().id,
+        "array.device.id": lambda: x.device.id,
+        "array.data.device_id": lambda: x.data.device_id,
+        "array.flags.c_contiguous": lambda: x.flags.c_contiguous,
+        "cupy.asarray(cupy array)": lambda: cupy.asarray(x),
+        "with Device(current)": enter_current,
+    })
+    return {name: round(per_call(step), 3) for name, step in steps.items()}
 
 
 def geomean(values: Sequence[Optional[float]]) -> Optional[float]:

@@ -76,7 +76,7 @@ def _bytes_dtype(itemsize: int) -> np.dtype:
 def _gpu_run(file: str, name: str, dtype: DTypeLike, work: Union[int, Grid],
              args: Sequence[Any]) -> None:
     import cupy
-    device_id = cupy.cuda.Device().id
+    device_id = cupy.cuda.runtime.getDevice()
     args = _launch_args(args)
     if isinstance(work, Grid):
         if min(work.blocks) > 0:
@@ -89,12 +89,12 @@ def _gpu_run(file: str, name: str, dtype: DTypeLike, work: Union[int, Grid],
 
 def _gpu_threads() -> int:
     import cupy
-    return _max_blocks(cupy.cuda.Device().id) * _THREADS
+    return _max_blocks(cupy.cuda.runtime.getDevice()) * _THREADS
 
 
 def _gpu_sms() -> int:
     import cupy
-    return _sm_count(cupy.cuda.Device().id)
+    return _sm_count(cupy.cuda.runtime.getDevice())
 
 
 def _pointer(a: Array) -> int:
@@ -118,15 +118,19 @@ def _contiguous_16(xp: Any, a: Array) -> Array:
 
 
 def _contiguous(xp: Any, a: Array, dtype: DTypeLike) -> Array:
-    """``a`` as a contiguous, aligned array of ``dtype`` (filters and bias; small)."""
-    return _aligned(xp, xp.ascontiguousarray(a, dtype=dtype))
+    """``a`` as a contiguous, aligned array of ``dtype`` (filters and bias; small): ``a``
+    itself where it already is one (the usual call, checked without an array function)."""
+    if a.dtype != dtype or not a.flags.c_contiguous:
+        a = xp.ascontiguousarray(a, dtype=dtype)
+    return _aligned(xp, a)
 
 
 def _prepare_x(xp: Any, x_cf: Array, geom: ConvGeometry, dtype: DTypeLike) -> Tuple[Array,
                ConvGeometry]:
     """x cast to ``dtype`` and, for a padding_mode other than zeros, pre-padded (the returned
     geometry then has zero padding); zero padding stays in the kernels."""
-    x_cf = x_cf.astype(dtype, copy=False)
+    if x_cf.dtype != dtype:
+        x_cf = x_cf.astype(dtype)
     if geom.padding_mode != "zeros" and max(geom.pad_before + geom.pad_after) > 0:
         x_cf = pad_spatial(xp, x_cf, geom)
         geom = geom.with_zero_padding()
@@ -161,80 +165,126 @@ def gemm_splits(geom: ConvGeometry, tile: Tuple[int, int, int], slots: int,
     return -(-steps // per_split), per_split
 
 
+class _Launch(NamedTuple):
+    """One kernel launch of a call: ``run(file, name, dtype, work, args)``."""
+    file: str
+    name: str
+    work: Union[int, Grid]
+
+
+class ForwardPlan(NamedTuple):
+    """What a forward call launches, decided once per (geometry, dtype, activation, algorithm,
+    SM count) and cached (_forward_plan): the rules, kernel names and grids are most of a
+    small call's host time. ``splits`` is 0 for kernels without split-K (direct, depthwise,
+    gemm_tc); for the split GEMMs, 1 (none) or the number of partial sums that ``finish``
+    (conv_gemm_sum_splits) adds, each of ``per_split`` steps."""
+    algorithm: str
+    main: _Launch
+    splits: int = 0
+    per_split: int = 0
+    finish: Optional[_Launch] = None
+    partial_dtype: Optional[np.dtype] = None
+
+
+@functools.lru_cache(maxsize=4096)
+def _forward_plan(geom: ConvGeometry, dtype: np.dtype, activation: Optional[str], algorithm: str,
+                  sms: int) -> ForwardPlan:
+    algorithm = algorithms.choose("cuda", algorithm, geom, dtype)
+    if algorithm == "direct":
+        return ForwardPlan(algorithm, _Launch("conv_direct.cu",
+                                              kernels.conv_direct_name(dtype, activation),
+                                              geom.positions * geom.C_out))
+    if algorithm == "depthwise":
+        size = kernels.depthwise_size(geom.kernel)
+        if size != (0, 0) and geom.layout == "channels_first":  # runs of a row a thread
+            runs = -(-geom.out_spatial[-1] // kernels.DEPTHWISE_ROW_RUN)
+            return ForwardPlan(algorithm, _Launch(
+                "conv_depthwise.cu", kernels.conv_depthwise_rows_name(dtype, activation, size),
+                geom.N * geom.C_out * math.prod(geom.out_spatial[:-1]) * runs))
+        # channels-last (neighbouring threads take neighbouring channels), any size
+        return ForwardPlan(algorithm, _Launch(
+            "conv_depthwise.cu", kernels.conv_depthwise_name(dtype, activation, size),
+            geom.positions * geom.C_out))
+    positions = geom.positions
+    if algorithm in ("gemm_tc", "gemm_tf32"):  # gemm_tf32: by the dtype
+        BM, BN = kernels.GEMM_TC_TILE
+        blocks = (-(-positions // BM), -(-geom.C_out_per_group // BN), geom.groups)
+        return ForwardPlan(algorithm, _Launch("conv_gemm_tc.cu",
+                                              kernels.conv_gemm_tc_name(dtype, activation),
+                                              Grid(blocks, kernels.GEMM_TC_THREADS)))
+    if algorithm == "gemm_tc_cl":
+        BN = kernels.gemm_tc_cl_filters(geom)
+        file, name = "conv_gemm_tc.cu", kernels.conv_gemm_tc_cl_name(dtype, activation, BN)
+        tile = (kernels.GEMM_TC_CL_POSITIONS, BN, kernels.GEMM_TC_CL_TERMS)
+        slots = sms * kernels.gemm_tc_cl_blocks_per_sm(BN)
+        threads = kernels.gemm_tc_cl_threads(BN)
+    else:
+        ffma = algorithm[len("gemm_"):]
+        file, name = "conv_gemm.cu", kernels.conv_gemm_name(dtype, activation, ffma)
+        tile = kernels.GEMM_TILES[ffma][:3]
+        # one 128x128 block an SM (its registers allow no more); the smaller tiles are given
+        # the same count, which splits them only where a layer has very few output tiles
+        slots, threads = sms, kernels.gemm_threads(ffma)
+    acc = accumulator_dtype(dtype)
+    splits, per_split = gemm_splits(geom, tile, slots, acc.itemsize)
+    BM, BN = tile[:2]
+    blocks = (-(-positions // BM), -(-geom.C_out_per_group // BN), geom.groups * splits)
+    finish = None
+    if splits > 1:
+        finish = _Launch("conv_gemm.cu", kernels.conv_gemm_sum_splits_name(dtype, activation),
+                         geom.C_out * positions)
+    return ForwardPlan(algorithm, _Launch(file, name, Grid(blocks, threads)), splits,
+                       per_split, finish, acc)
+
+
+def forward_plan(geom: ConvGeometry, dtype: DTypeLike, activation: Optional[str],
+                 algorithm: str, sms: int) -> ForwardPlan:
+    """The launches of a forward call on a GPU of ``sms`` SMs (cached; ValueError as
+    algorithms.choose for an algorithm that cannot run the call)."""
+    return _forward_plan(geom, np.dtype(dtype), activation, algorithm, sms)
+
+
 def _forward(xp: Any, run: Callable[..., None], sms: int, x_cf: Array, w: Array,
              bias: Array, geom: ConvGeometry, activation: Optional[str], out_cf: Array,
              algorithm: str = "auto") -> None:
-    dtype = np.dtype(out_cf.dtype)
-    algorithm = algorithms.choose("cuda", algorithm, geom, dtype)
+    dtype = out_cf.dtype
+    plan = forward_plan(geom, dtype, activation, algorithm, sms)
     x_cf, geom = _prepare_x(xp, x_cf, geom, dtype)
     # Filters are small: one contiguous copy in the output dtype (this also makes flip's
     # reversed view contiguous, so one kernel serves correlation and convolution).
     w, b = _contiguous(xp, w, dtype), None if bias is None else _contiguous(xp, bias, dtype)
     _poison(out_cf)
-    if algorithm == "gemm_tc_cl":  # terms tap-major: filters (C_out, *kernel, C_in/groups), and
-        # x as a channels-first view of a channels-last array (a channels-last caller's own)
+    if plan.algorithm == "gemm_tc_cl":  # terms tap-major: filters (C_out, *kernel, C_in/groups),
+        # and x as a channels-first view of a channels-last array (a channels-last caller's own)
         x_cf = xp.moveaxis(_contiguous_16(xp, xp.moveaxis(x_cf, 1, -1)), -1, 1)
         w = _contiguous_16(xp, xp.moveaxis(w, 1, -1))
+    record = params.conv_params(geom, x_cf, out_cf, b is not None)
     # without a bias the kernel never reads its pointer; pass the filters as a valid one
-    args = (x_cf, w, w if b is None else b, out_cf,
-            params.conv_params(geom, x_cf, out_cf, b is not None))
-    if algorithm == "direct":
-        run("conv_direct.cu", kernels.conv_direct_name(dtype, activation), dtype,
-            geom.positions * geom.C_out, args)
+    bias_arg = w if b is None else b
+    main = plan.main
+    if not plan.splits:
+        run(main.file, main.name, dtype, main.work, (x_cf, w, bias_arg, out_cf, record))
         return
-    if algorithm == "depthwise":
-        size = kernels.depthwise_size(geom.kernel)
-        if size != (0, 0) and geom.layout == "channels_first":  # runs of a row a thread
-            runs = -(-geom.out_spatial[-1] // kernels.DEPTHWISE_ROW_RUN)
-            run("conv_depthwise.cu", kernels.conv_depthwise_rows_name(dtype, activation, size),
-                dtype, geom.N * geom.C_out * math.prod(geom.out_spatial[:-1]) * runs, args)
-        else:  # channels-last (neighbouring threads take neighbouring channels), any size
-            run("conv_depthwise.cu", kernels.conv_depthwise_name(dtype, activation, size),
-                dtype, geom.positions * geom.C_out, args)
-        return
-    positions = geom.positions
-    if algorithm == "gemm_tc_cl":
-        BM, BN = kernels.GEMM_TC_CL_POSITIONS, kernels.gemm_tc_cl_filters(geom)
-        name = kernels.conv_gemm_tc_cl_name(dtype, activation, BN)
-        _split_gemm(xp, run, "conv_gemm_tc.cu", name, dtype, activation, geom,
-                    (BM, BN, kernels.GEMM_TC_CL_TERMS),
-                    sms * kernels.gemm_tc_cl_blocks_per_sm(BN), kernels.gemm_tc_cl_threads(BN),
-                    args, out_cf)
-        return
-    if algorithm in ("gemm_tc", "gemm_tf32"):  # gemm_tf32: by the dtype
-        BM, BN = kernels.GEMM_TC_TILE
-        blocks = (-(-positions // BM), -(-geom.C_out_per_group // BN), geom.groups)
-        run("conv_gemm_tc.cu", kernels.conv_gemm_tc_name(dtype, activation), dtype,
-            Grid(blocks, kernels.GEMM_TC_THREADS), args)
-        return
-    ffma = algorithm[len("gemm_"):]
-    # one 128x128 block an SM (its registers allow no more); the smaller tiles are given the
-    # same count, which splits them only where a layer has very few output tiles
-    _split_gemm(xp, run, "conv_gemm.cu", kernels.conv_gemm_name(dtype, activation, ffma), dtype,
-                activation, geom, kernels.GEMM_TILES[ffma][:3], sms, kernels.gemm_threads(ffma),
-                args, out_cf)
-
-
-def _split_gemm(xp: Any, run: Callable[..., None], file: str, name: str, dtype: np.dtype,
-                activation: Optional[str], geom: ConvGeometry, tile: Tuple[int, int, int],
-                slots: int, threads: int, args: Tuple[Any, ...], out_cf: Array) -> None:
-    """Launch an implicit-GEMM kernel (x, w, bias, y, partial, splits, per_split, record) over
-    its output tiles, its terms split when gemm_splits says (then conv_gemm_sum_splits adds
-    the splits' sums in order, adds the bias, applies the activation and writes y)."""
-    BM, BN = tile[:2]
-    acc = accumulator_dtype(dtype)
-    splits, per_split = gemm_splits(geom, tile, slots, acc.itemsize)
-    E = geom.C_out * geom.positions
-    # without splits the kernel never reads the partial sums' pointer: pass the output's
-    partial = xp.empty((splits, E), dtype=acc) if splits > 1 else out_cf
-    if splits > 1:
+    # Split-K: the kernel's splits' sums go to `partial`, which conv_gemm_sum_splits adds in
+    # order, adding the bias, applying the activation and writing y. Without splits the kernel
+    # never reads the partial sums' pointer: it gets the output's.
+    if plan.splits > 1:
+        partial = xp.empty((plan.splits, geom.C_out * geom.positions), dtype=plan.partial_dtype)
         _poison(partial)
-    blocks = (-(-geom.positions // BM), -(-geom.C_out_per_group // BN), geom.groups * splits)
-    run(file, name, dtype, Grid(blocks, threads),
-        args[:4] + (partial, np.int64(splits), np.int64(per_split), args[4]))
-    if splits > 1:
-        run("conv_gemm.cu", kernels.conv_gemm_sum_splits_name(dtype, activation), dtype, E,
-            (partial, args[2], out_cf, np.int64(splits), args[4]))
+    else:
+        partial = out_cf
+    run(main.file, main.name, dtype, main.work,
+        (x_cf, w, bias_arg, out_cf, partial, _int64(plan.splits), _int64(plan.per_split),
+         record))
+    if plan.finish is not None:
+        run(plan.finish.file, plan.finish.name, dtype, plan.finish.work,
+            (partial, bias_arg, out_cf, _int64(plan.splits), record))
+
+
+@functools.lru_cache(maxsize=256)
+def _int64(value: int) -> np.int64:
+    """``value`` as the kernels' ``long long`` (CuPy passes a NumPy scalar by its type)."""
+    return np.int64(value)
 
 
 def _data_adjoint(xp: Any, run: Callable[..., None], g_cf: Array, w: Array, bias: Array,
@@ -355,7 +405,7 @@ def conv_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry, activat
     import cupy
     if algorithm == "auto" and get_autotune():
         algorithm = tuning.pick(
-            "cuda", cuda_device_name(cupy.cuda.Device().id), geom, out_cf.dtype,
+            "cuda", cuda_device_name(cupy.cuda.runtime.getDevice()), geom, out_cf.dtype,
             lambda name: _forward(cupy, _gpu_run, _gpu_sms(), x_cf, w, bias, geom, activation,
                                   out_cf, name),
             sync=cupy.cuda.get_current_stream().synchronize)

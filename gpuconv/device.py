@@ -83,9 +83,26 @@ def cuda_status() -> CudaStatus:
                       drv_version, count, tuple(names))
 
 
+#: The CuPy array types seen so far: every call asks about each of its arrays several times,
+#: and ``hasattr(a, "device")`` builds a cupy.cuda.Device object each time.
+_CUPY_TYPES: set = set()
+
+
 def is_cupy_array(a: Array) -> bool:
     """True for a ``cupy.ndarray`` (checked without importing CuPy)."""
-    return type(a).__module__.split(".")[0] == "cupy" and hasattr(a, "device")
+    kind = type(a)
+    if kind in _CUPY_TYPES:
+        return True
+    if kind.__module__.split(".")[0] == "cupy" and hasattr(a, "device"):
+        _CUPY_TYPES.add(kind)
+        return True
+    return False
+
+
+def array_device_id(a: Array) -> int:
+    """The GPU a CuPy array lives on (its memory pointer's device: ``a.device.id`` without
+    building a Device object)."""
+    return int(a.data.device_id)
 
 
 def _parse(device: str, source: str) -> Tuple[str, Optional[int]]:
@@ -122,7 +139,7 @@ def resolve(device: str, *arrays: Any) -> Tuple[str, Optional[int]]:
         return "cpu", None
     if kind == "auto":
         if on_gpu:
-            return "cuda", on_gpu[0].device.id
+            return "cuda", array_device_id(on_gpu[0])
         return ("cuda", None) if cuda_status().available else ("cpu", None)
     status = cuda_status()
     if not status.available:
@@ -132,7 +149,7 @@ def resolve(device: str, *arrays: Any) -> Tuple[str, Optional[int]]:
         raise ValueError(f"device='cuda:{index}' but only {status.device_count} CUDA device(s) "
                          f"are visible")
     if index is None and on_gpu:
-        index = on_gpu[0].device.id
+        index = array_device_id(on_gpu[0])
     return "cuda", index
 
 

@@ -2,8 +2,6 @@
 move the arrays there, run the backend, and hand the result back in the caller's kind of array."""
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
 from . import device as _device
@@ -28,11 +26,12 @@ def _to_host(a: Array) -> Array:
     return a.get() if _device.is_cupy_array(a) else a
 
 
-def _to_current_gpu(cupy: Any, a: Array) -> Array:
-    """``a`` on CuPy's current device: NumPy arrays are copied there, and so are CuPy arrays that
-    live on another GPU (a kernel must not dereference another device's memory)."""
-    if _device.is_cupy_array(a) and a.device.id != cupy.cuda.Device().id:
-        return cupy.array(a, copy=True)
+def _to_gpu(cupy: Any, a: Array, device_id: int) -> Array:
+    """``a`` on GPU ``device_id``, the current one: NumPy arrays are copied there, and so are
+    CuPy arrays that live on another GPU (a kernel must not dereference another device's
+    memory); a CuPy array already there is ``a`` itself."""
+    if _device.is_cupy_array(a):
+        return a if _device.array_device_id(a) == device_id else cupy.array(a, copy=True)
     return cupy.asarray(a)
 
 
@@ -54,8 +53,14 @@ def run(device: str, caller_primary: Array, arrays: Sequence[Any],
                     compute(np, cpu, *[None if a is None else _to_host(a) for a in arrays]))
     import cupy
     from . import cuda
-    ctx = cupy.cuda.Device(device_id) if device_id is not None else contextlib.nullcontext()
-    with ctx:
-        moved = [None if a is None else _to_current_gpu(cupy, a) for a in arrays]
+    current = cupy.cuda.runtime.getDevice()
+
+    def on_gpu(device_id: int) -> Any:
+        moved = [None if a is None else _to_gpu(cupy, a, device_id) for a in arrays]
         out = compute(cupy, cuda, *moved)
         return like(caller_primary, out if _device.is_cupy_array(primary) else out.get())
+
+    if device_id is None or device_id == current:
+        return on_gpu(current)
+    with cupy.cuda.Device(device_id):
+        return on_gpu(device_id)

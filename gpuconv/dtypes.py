@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 #: NumPy's own dtypes accepted for x, filters and bias, on both devices.
 ACCEPTED = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64,
                                        np.complex64, np.complex128))
+_ACCEPTED_SET = frozenset(ACCEPTED)  # membership by hash: every call checks every array
 _ACCEPTED_NAMES = ", ".join(d.name for d in ACCEPTED) + " and bfloat16 (ml_dtypes)"
 
 
@@ -37,7 +38,7 @@ def accepted() -> Tuple[np.dtype, ...]:
 def check_dtype(array: Array, name: str) -> np.dtype:
     """The dtype of ``array``, or TypeError if gpuconv cannot convolve it."""
     dtype = np.dtype(array.dtype)
-    if dtype not in ACCEPTED and not is_bfloat16(dtype):
+    if dtype not in _ACCEPTED_SET and not is_bfloat16(dtype):
         raise TypeError(f"{name} has dtype {dtype.name} (shape {tuple(array.shape)}); gpuconv "
                         f"accepts {_ACCEPTED_NAMES}")
     return dtype

@@ -250,7 +250,13 @@ def _plain(value: Any) -> bool:
     kind = type(value)
     if kind is int or kind is str or value is None:
         return True
-    return kind is tuple and all(_plain(v) for v in value)
+    if kind is not tuple:
+        return False
+    for v in value:  # a loop, not all() over a generator: this runs on every call
+        kind = type(v)
+        if not (kind is int or kind is str or v is None or (kind is tuple and _plain(v))):
+            return False
+    return True
 
 
 _PLANS: Dict[Any, "ConvGeometry"] = {}

@@ -38,6 +38,16 @@ def _no_device_env(monkeypatch):
     monkeypatch.delenv("GPUCONV_DEVICE", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_launch_plans():
+    # CUDA forward plans are cached by their arguments; tests that monkeypatch a rule
+    # (gemm_splits, gemm_tc_cl_filters, ...) must not find another test's plan
+    import gpuconv.cuda
+    gpuconv.cuda._forward_plan.cache_clear()
+    yield
+    gpuconv.cuda._forward_plan.cache_clear()
+
+
 def pytest_report_header(config):
     return f"gpuconv {gpuconv.__version__}; GPU: {gpu_skip_reason() or 'available'}"
 

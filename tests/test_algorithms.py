@@ -203,3 +203,25 @@ def test_gemm_tc_cl_block_width_rule():
     assert width(128 * 132, 256) == 128    # 264: two an H100 SM
     assert width(128 * 131, 256) == 64
     assert [kernels.gemm_tc_cl_threads(f) for f in kernels.GEMM_TC_CL_FILTERS] == [128, 256]
+
+
+def test_forward_plans_are_decided_once_and_say_what_launches():
+    """cuda.forward_plan: the rules run once per (geometry, dtype, activation, algorithm, SMs);
+    a later call gets the same plan. Its launches follow the rules: split-K where a layer has
+    few output tiles (then a second, summing launch), none for the depthwise kernel."""
+    from gpuconv import cuda, kernels
+    res5 = _geom((32, 512, 7, 7), (512, 512, 3, 3), padding=1)
+    plan = cuda.forward_plan(res5, np.float32, None, "auto", 132)
+    assert cuda.forward_plan(res5, np.dtype(np.float32), None, "auto", 132) is plan
+    assert plan.algorithm == "gemm_128x128" and plan.splits == 2 and plan.per_split == 144
+    assert plan.main.work.blocks == (13, 4, 2) and plan.main.work.threads == 256
+    assert plan.finish.name == kernels.conv_gemm_sum_splits_name(np.float32, None)
+    assert plan.partial_dtype == np.float32
+    relu = cuda.forward_plan(res5, np.float16, "relu", "gemm_128x128", 132)
+    assert relu.main.name == kernels.conv_gemm_name(np.float16, "relu", "128x128")
+    assert relu.partial_dtype == np.float32  # float16 sums in float32
+    dw = cuda.forward_plan(_geom((2, 8, 9, 9), (8, 1, 3, 3), groups=8), np.float32, None,
+                           "auto", 132)
+    assert dw.algorithm == "depthwise" and dw.splits == 0 and dw.finish is None
+    with pytest.raises(ValueError, match="'depthwise' needs one kernel per filter"):
+        cuda.forward_plan(res5, np.float32, None, "depthwise", 132)

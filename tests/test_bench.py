@@ -186,6 +186,8 @@ def test_bench_cuda_record(tmp_path, gpu):
             if name != "gpuconv" and c["max_rel_diff_vs_gpuconv"] is not None:
                 assert c["max_rel_diff_vs_gpuconv"] < 1e-2, (row["layer"], name, c)
     assert rec["summary"]["host_overhead_us"]["gpuconv"] > 0
+    steps = rec["summary"]["host_overhead_us"]["cupy_steps"]
+    assert steps["launch_0_gpuconv"] > 0 and steps["cupy_empty"] > 0
     assert rec["timing"] == "CUDA events around each call"
 
 

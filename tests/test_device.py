@@ -96,6 +96,71 @@ def test_info_reports_versions_and_the_auto_path(monkeypatch):
     assert i.auto_device == "cpu" and "GPUCONV_DEVICE=cpu" in i.auto_reason
 
 
+class _FakeGpuArray:
+    """Stands in for a cupy.ndarray on GPU ``device_id`` (dispatch asks only these)."""
+    __module__ = "cupy"
+
+    def __init__(self, device_id, tag):
+        self.data = types.SimpleNamespace(device_id=device_id)
+        self.tag = tag
+
+    @property
+    def device(self):
+        return types.SimpleNamespace(id=self.data.device_id)
+
+    def get(self):
+        return np.array([self.tag])
+
+
+def test_gpu_dispatch_runs_on_the_arrays_gpu_and_copies_only_foreign_arrays(monkeypatch):
+    """dispatch.run with a fake CuPy of two GPUs: a call on GPU 1's arrays runs inside that
+    device's context; an array on another GPU than the call's is copied, one already there is
+    passed as it is, a NumPy array is moved; the current device is read, never a Device built
+    where no switch is needed."""
+    from gpuconv import dispatch
+    current, events = [0], []
+
+    class Device:
+        def __init__(self, i):
+            self.i = i
+
+        def __enter__(self):
+            events.append(("enter", self.i))
+            self.before, current[0] = current[0], self.i
+
+        def __exit__(self, *exc):
+            current[0] = self.before
+            events.append(("exit", self.i))
+
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: current[0]),
+                                      Device=Device)
+    fake.asarray = lambda a: _FakeGpuArray(current[0], "moved from the host")
+    fake.array = lambda a, copy: _FakeGpuArray(current[0], f"copy of {a.tag}")
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    seen = []
+
+    def compute(xp, backend, *arrays):
+        seen.append((current[0], [None if a is None else (a.data.device_id, a.tag)
+                                  for a in arrays]))
+        return arrays[0]
+
+    x1, w1 = _FakeGpuArray(1, "x"), _FakeGpuArray(1, "w")
+    assert dispatch.run("auto", x1, (x1, w1, None), compute) is x1
+    assert events == [("enter", 1), ("exit", 1)] and current[0] == 0
+    assert seen.pop() == (1, [(1, "x"), (1, "w"), None])
+
+    events.clear()
+    x0 = _FakeGpuArray(0, "x")
+    dispatch.run("auto", x0, (x0, w1, None), compute)
+    assert events == []  # already on the call's device
+    assert seen.pop() == (0, [(0, "x"), (0, "copy of w"), None])
+
+    out = dispatch.run("auto", X, (X, w1, None), compute)  # NumPy x: on w's GPU, back as NumPy
+    assert seen.pop() == (1, [(1, "moved from the host"), (1, "w"), None])
+    assert isinstance(out, np.ndarray) and out.tolist() == ["moved from the host"]
+
+
 @pytest.mark.gpu
 def test_cupy_arrays_stay_on_gpu_and_respect_the_stream(gpu):
     cp = gpu
