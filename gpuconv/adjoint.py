@@ -34,9 +34,9 @@ def _data_adjoint(xp: Any, backend: Any, g_cf: Array, w: Array, bias: Array,
     if phases is None:
         backend.data_adjoint(g_cf, w, bias, geom, conjugate, out_cf)
         return
-    # each group's filters transposed: (C_in, C_out/groups, *kernel)
-    wt = w.reshape((geom.groups, geom.C_out_per_group, geom.C_in_per_group) + geom.kernel)
-    wt = xp.swapaxes(wt, 1, 2).reshape((geom.C_in, geom.C_out_per_group) + geom.kernel)
+    # each group's filters transposed, (groups, C_in/groups, C_out/groups, *kernel): a view
+    wt = xp.swapaxes(w.reshape((geom.groups, geom.C_out_per_group, geom.C_in_per_group)
+                               + geom.kernel), 1, 2)
     if conjugate and wt.dtype.kind == "c":
         wt = xp.conj(wt)
     lead = (slice(None), slice(None))
@@ -45,7 +45,10 @@ def _data_adjoint(xp: Any, backend: Any, g_cf: Array, w: Array, bias: Array,
         if phase.conv is None:  # no tap reaches these elements
             dst[...] = 0 if bias is None else bias.reshape((1, -1) + (1,) * geom.rank)
             continue
-        taps = flipped(wt[lead + phase.taps], geom.rank)
+        # the phase's taps reversed, as filters (C_in, C_out/groups, *taps): one copy (on a
+        # GPU, one launch) that the forward path then takes as it is
+        taps = xp.ascontiguousarray(flipped(wt[(slice(None),) + lead + phase.taps], geom.rank))
+        taps = taps.reshape((geom.C_in, geom.C_out_per_group) + taps.shape[3:])
         backend.conv_forward(g_cf[lead + phase.grad], taps, bias, phase.conv, None, dst, "auto")
 
 

@@ -10,6 +10,7 @@ Vocabulary: a *kernel* is one weight array of ``kernel_size`` slid over one inpu
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import numbers
@@ -397,7 +398,8 @@ def _axis_phases(I: int, O: int, K: int, s: int, d: int, pb: int) -> List[Tuple[
     return phases
 
 
-def data_adjoint_phases(geom: ConvGeometry) -> Optional[List[AdjointPhase]]:
+@functools.lru_cache(maxsize=1024)
+def data_adjoint_phases(geom: ConvGeometry) -> Optional[Tuple[AdjointPhase, ...]]:
     """The data adjoint of ``geom``'s conv (and the transposed convolution) as stride-1
     convolutions, for zero padding (None for other padding modes, whose borders fold).
 
@@ -424,7 +426,7 @@ def data_adjoint_phases(geom: ConvGeometry) -> Optional[List[AdjointPhase]]:
                                 before, after, "zeros",
                                 tuple(len(range(n)[sl]) for sl, n in zip(out, geom.in_spatial)))
         phases.append(AdjointPhase(out, grad, taps, conv))
-    return phases
+    return tuple(phases)  # cached: a layer's calls share it
 
 
 def _check_result_shape(geom: ConvGeometry, got_shape: Sequence[int], got_name: str,
