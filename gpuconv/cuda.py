@@ -340,6 +340,61 @@ def filter_grad_by_gemm(geom: ConvGeometry) -> bool:
             and not algorithms.gemm_index_problem(geom))
 
 
+def depthwise_filter_grad_size(geom: ConvGeometry, dtype: DTypeLike) -> Optional[Tuple[int, int]]:
+    """The kernel size conv_depthwise_filter_grad is built for that takes this layer's filter
+    gradient, or None: one kernel a filter (C_in/groups == 1) of a size in
+    kernels.DEPTHWISE_SIZES, x and g within the 32-bit indexing of the depthwise kernels."""
+    if geom.C_in_per_group != 1 or algorithms.why_not("cuda", "depthwise", geom, dtype):
+        return None
+    size = kernels.depthwise_size(geom.kernel)
+    return None if size == (0, 0) else size
+
+
+def filter_grad_kernel(geom: ConvGeometry, dtype: DTypeLike) -> str:
+    """Which kernel takes a layer's filter gradient: "gemm" (conv_filter_grad_gemm, where
+    filter_grad_by_gemm says), "depthwise" (conv_depthwise_filter_grad, where
+    depthwise_filter_grad_size names a size), else "chunks" (conv_filter_grad_partial, one
+    thread per filter element and chunk of positions, any layer)."""
+    if filter_grad_by_gemm(geom):
+        return "gemm"
+    return "depthwise" if depthwise_filter_grad_size(geom, dtype) else "chunks"
+
+
+def depthwise_filter_grad_offsets_fit(x_cf: Array, g_cf: Array, geom: ConvGeometry) -> bool:
+    """Whether conv_depthwise_filter_grad's 32-bit element offsets hold for these arrays:
+    within a channel of x, every window corner and tap its positions reach (padding
+    included), and within a filter of g every position, lie within 2^31 elements of the
+    channel's start (the channel and filter offsets themselves are 64-bit). Any array of
+    fewer than 2^30 elements passes unless it is a view with very large strides."""
+    xs = [st // x_cf.itemsize for st in x_cf.strides]
+    gs = [st // g_cf.itemsize for st in g_cf.strides]
+    x_reach = (geom.N - 1) * abs(xs[0]) + sum(
+        max(p, abs((o - 1) * s - p + (k - 1) * d)) * abs(st) for o, s, p, k, d, st in
+        zip(geom.out_spatial, geom.stride, geom.pad_before, geom.kernel, geom.dilation, xs[2:]))
+    g_reach = sum((n - 1) * abs(st) for i, (n, st) in enumerate(zip(g_cf.shape, gs)) if i != 1)
+    return max(x_reach, g_reach) < 2**31
+
+
+#: Positions each thread of conv_depthwise_filter_grad sums at least: its block's chunk of a
+#: filter's positions is never cut finer, so the tree sum at a block's end stays a small part.
+DEPTHWISE_FILTER_GRAD_MIN_PER_THREAD = 16
+
+
+def depthwise_filter_grad_chunks(geom: ConvGeometry, threads: int) -> Tuple[int, int]:
+    """(R, chunk) for conv_depthwise_filter_grad: each filter's M positions in R chunks of
+    ``chunk``, one block of kernels.DEPTHWISE_FILTER_GRAD_THREADS each, so that the C_out x R
+    blocks hold about ``threads`` threads, no chunk under DEPTHWISE_FILTER_GRAD_MIN_PER_THREAD
+    positions a thread and R within CUDA's 65535 blocks a grid axis. Fixed for a shape and
+    device, which keeps the result bit-identical run after run."""
+    M, T = geom.positions, kernels.DEPTHWISE_FILTER_GRAD_THREADS
+    if M == 0:
+        return 1, 0
+    R = max(1, min(-(-(threads // T) // geom.C_out),
+                   -(-M // (T * DEPTHWISE_FILTER_GRAD_MIN_PER_THREAD)), 65535))
+    chunk = -(-M // R)
+    return -(-M // chunk), chunk
+
+
 def filter_grad_tile(geom: ConvGeometry, dtype: DTypeLike) -> str:
     """The filter-gradient GEMM's tile (kernels.FILTER_GRAD_TILES) for a layer: the largest
     compiled for ``dtype`` that the filters fill, 128 terms where they have >= 128 and 128
@@ -377,7 +432,10 @@ def _filter_grad(xp: Any, run: Callable[..., None], threads: int, x_cf: Array, g
     acc = accumulator_dtype(dtype)
     record = params.conv_params(geom, x_cf, g_cf, False)
     sum_partials = kernels.filter_grad_names(dtype)[1]
-    if filter_grad_by_gemm(geom):
+    kernel = filter_grad_kernel(geom, dtype)
+    if kernel == "depthwise" and not depthwise_filter_grad_offsets_fit(x_cf, g_cf, geom):
+        kernel = "chunks"
+    if kernel == "gemm":
         tile = filter_grad_tile(geom, dtype)
         splits, per_split = filter_grad_splits(geom, threads, acc.itemsize, tile)
         partial = xp.empty((splits, E), dtype=acc)
@@ -389,6 +447,15 @@ def _filter_grad(xp: Any, run: Callable[..., None], threads: int, x_cf: Array, g
             Grid(blocks, kernels.tile_threads(kernels.FILTER_GRAD_TILES[tile])),
             (x_cf, g_cf, partial, np.int64(splits), np.int64(per_split), record))
         R = splits
+    elif kernel == "depthwise":
+        size = depthwise_filter_grad_size(geom, dtype)
+        assert size is not None
+        R, chunk = depthwise_filter_grad_chunks(geom, threads)
+        partial = xp.empty((R, E), dtype=acc)
+        _poison(partial)
+        run("conv_depthwise.cu", kernels.conv_depthwise_filter_grad_name(dtype, size), dtype,
+            Grid((geom.C_out, R, 1), kernels.DEPTHWISE_FILTER_GRAD_THREADS),
+            (x_cf, g_cf, partial, np.int64(R), np.int64(chunk), record))
     else:
         R, chunk = filter_grad_chunks(geom, threads)
         partial = xp.empty((R, E), dtype=acc)

@@ -266,6 +266,16 @@ def conv_depthwise_rows_name(dtype: DTypeLike, activation: Optional[str],
 DEPTHWISE_ROW_RUN = 4
 
 
+#: Threads of a conv_depthwise_filter_grad block (GC_DW_FG_THREADS in conv_depthwise.cu).
+DEPTHWISE_FILTER_GRAD_THREADS = 256
+
+
+def conv_depthwise_filter_grad_name(dtype: DTypeLike, size: Tuple[int, int]) -> str:
+    """conv_depthwise.cu's filter gradient of a depthwise layer of a fixed kernel size (one of
+    DEPTHWISE_SIZES other than (0, 0)): a block per filter and chunk of positions."""
+    return f"conv_depthwise_filter_grad<{ctype(dtype)}, {size[0]}, {size[1]}>"
+
+
 def data_adjoint_name(dtype: DTypeLike, conjugate: bool) -> str:
     return f"conv_data_adjoint<{ctype(dtype)}, {'true' if conjugate else 'false'}>"
 
@@ -320,7 +330,9 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
         return tuple(conv_depthwise_name(dtype, a, k) for a in activation_names(dtype)
                      for k in DEPTHWISE_SIZES) + \
             tuple(conv_depthwise_rows_name(dtype, a, k) for a in activation_names(dtype)
-                  for k in DEPTHWISE_SIZES if k != (0, 0))
+                  for k in DEPTHWISE_SIZES if k != (0, 0)) + \
+            tuple(conv_depthwise_filter_grad_name(dtype, k) for k in DEPTHWISE_SIZES
+                  if k != (0, 0))
     if filename == "peak.cu":  # the benchmark's FMA throughput probe
         return (f"gc_fma_peak<{ctype(dtype)}>",) if np.dtype(dtype) in (
             np.float32, np.float64) else ()

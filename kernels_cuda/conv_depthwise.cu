@@ -134,3 +134,112 @@ __global__ void conv_depthwise_rows(const T* __restrict__ x, const T* __restrict
         }
     }
 }
+
+// Threads of a conv_depthwise_filter_grad block (kernels.DEPTHWISE_FILTER_GRAD_THREADS).
+#define GC_DW_FG_THREADS 256
+
+// The filter gradient of a depthwise layer, first stage, for a fixed kernel size (KH_ x KW_,
+// depth 1): dw[co, 0, kh, kw] = sum over the positions m = (n, od, oh, ow) of
+// conj(x[n, ci, od*SD - PD, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW]) * g[n, co, od, oh, ow],
+// ci = co / Cog. Block (co, r) sums positions r*chunk ... of filter co: its threads take the
+// chunk's positions in turn (neighbouring threads neighbouring positions, so reads of
+// channels-first x and g coalesce, and the taps of neighbouring windows hit the same lines),
+// each summing all KH_ x KW_ taps in registers in the order of its positions; the block then
+// adds its threads' sums by a fixed tree in shared memory into partial[r, co * KH_*KW_ + tap],
+// and sum_partials (conv_adjoint.cu) adds the chunks in order: the same result run after run.
+// (The general partial-sum kernel gives each thread one tap of one filter, and with the taps
+// fastest a warp's threads read ~4 channels' planes; it split every position with four 64-bit
+// divisions.) Positions, coordinates and element offsets are 32-bit (see below; positions:
+// the host takes this kernel only where x and g have fewer than 2^30 elements).
+template <typename T, int KH_, int KW_>
+__global__ void __launch_bounds__(GC_DW_FG_THREADS)
+conv_depthwise_filter_grad(const T* __restrict__ x, const T* __restrict__ g,
+                           typename gc_num<T>::acc* __restrict__ partial, long long R,
+                           long long chunk, const gc_conv p) {
+    typedef gc_num<T> num;
+    typedef typename num::acc acc_t;
+    static_assert(KH_ > 0 && KW_ > 0, "a fixed kernel size");
+    constexpr int TAPS = KH_ * KW_, THREADS = GC_DW_FG_THREADS;
+    // taps reduced together: their shared rows stay within 16 KiB
+    constexpr int FIT = 16384 / (THREADS * int(sizeof(acc_t)));
+    constexpr int PASS = FIT < 1 ? 1 : (FIT < TAPS ? FIT : TAPS);
+    __shared__ acc_t red[PASS][THREADS];
+
+    const int tid = threadIdx.x;
+    const long long co = blockIdx.x, r = blockIdx.y;
+    const int M = int(p.N * p.OD * p.OH * p.OW);
+    const int first = int(r * chunk);
+    const int end = first + chunk < M ? int(first + chunk) : M;
+    const T* xc = x + (co / p.Cog) * p.xs_c;
+    const T* gc = g + co * p.ys_c;
+#ifdef __CUDA_ARCH__
+    // held in registers: left to itself, ptxas rebuilt both 64-bit pointers (a 64-bit
+    // multiply and a constant load) at every tap's load
+    asm volatile("" : "+l"(xc), "+l"(gc));
+#endif
+    const int ID = int(p.ID), IH = int(p.IH), IW = int(p.IW);
+
+    // 32-bit element offsets from x's channel and g's filter: the host takes this kernel only
+    // where every offset of x's windows (padding included) and of g fits an int
+    // (cuda.depthwise_filter_grad_offsets_fit). Each kernel row's and column's offset from a
+    // window's corner, and the place its taps reach, are held in registers.
+    const int xs_n = int(p.xs_n), xs_d = int(p.xs_d), xs_h = int(p.xs_h), xs_w = int(p.xs_w);
+    const int ys_n = int(p.ys_n), ys_d = int(p.ys_d), ys_h = int(p.ys_h), ys_w = int(p.ys_w);
+    const int SD = int(p.SD), SH = int(p.SH), SW = int(p.SW);
+    const int PD = int(p.PD), PH = int(p.PH), PW = int(p.PW);
+    int row_off[KH_], col_off[KW_], row_at[KH_], col_at[KW_];
+#pragma unroll
+    for (int kh = 0; kh < KH_; ++kh) {
+        row_at[kh] = kh * int(p.DH);
+        row_off[kh] = row_at[kh] * xs_h;
+    }
+#pragma unroll
+    for (int kw = 0; kw < KW_; ++kw) {
+        col_at[kw] = kw * int(p.DW);
+        col_off[kw] = col_at[kw] * xs_w;
+    }
+
+    acc_t acc[TAPS];
+#pragma unroll
+    for (int t = 0; t < TAPS; ++t) acc[t] = num::zero();
+    if (first + tid < end) {
+        gc_mixed_place at;  // position m as (n, od, oh, ow), stepped by THREADS
+        at.start<int>(first + tid, THREADS, int(p.OD), int(p.OH), int(p.OW));
+        for (int m = first + tid; m < end; m += THREADS) {
+            const acc_t gv = num::load(gc[at.hi * ys_n + at.d * ys_d + at.h * ys_h + at.w * ys_w]);
+            const int d0 = at.d * SD - PD, h0 = at.h * SH - PH, w0 = at.w * SW - PW;
+            const int corner = at.hi * xs_n + d0 * xs_d + h0 * xs_h + w0 * xs_w;
+            const bool depth_ok = (unsigned)d0 < (unsigned)ID;
+#pragma unroll
+            for (int kh = 0; kh < KH_; ++kh) {
+                if (!depth_ok || (unsigned)(h0 + row_at[kh]) >= (unsigned)IH) continue;
+                const int row = corner + row_off[kh];
+#pragma unroll
+                for (int kw = 0; kw < KW_; ++kw) {
+                    if ((unsigned)(w0 + col_at[kw]) < (unsigned)IW)
+                        acc[kh * KW_ + kw] = gc_madd(
+                            acc[kh * KW_ + kw], gc_conj(num::load(xc[row + col_off[kw]])), gv);
+                }
+            }
+            at.advance(p.OD, p.OH, p.OW);
+        }
+    }
+
+    const long long E = p.C_out * TAPS;
+#pragma unroll
+    for (int t0 = 0; t0 < TAPS; t0 += PASS) {
+#pragma unroll
+        for (int j = 0; j < PASS; ++j)
+            if (t0 + j < TAPS) red[j][tid] = acc[t0 + j];
+        __syncthreads();
+        for (int s = THREADS / 2; s > 0; s >>= 1) {  // a fixed tree: the same sums each run
+            if (tid < s) {
+#pragma unroll
+                for (int j = 0; j < PASS; ++j) red[j][tid] = red[j][tid] + red[j][tid + s];
+            }
+            __syncthreads();
+        }
+        if (tid < PASS && t0 + tid < TAPS) partial[r * E + co * TAPS + t0 + tid] = red[tid][0];
+        __syncthreads();  // read before the next pass overwrites
+    }
+}

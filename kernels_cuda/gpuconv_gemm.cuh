@@ -42,34 +42,6 @@ __device__ __forceinline__ long long gc_output_offset(long long m, const gc_conv
     return at.n * p.ys_n + at.d * p.ys_d + at.h * p.ys_h + at.w * p.ys_w;
 }
 
-// A place (hi, d, h, w) in the mixed radix (-, D, H, W) -- an output position (n, od, oh, ow)
-// or a filter's term (c, kd, kh, kw) -- stepped forward by a fixed step held in the same radix,
-// digit by digit with at most one carry a digit: a few adds instead of the divisions that split
-// a flat index anew (a 32-bit division is some 20 instructions, a 64-bit one a subroutine).
-struct gc_mixed_place {
-    int hi, d, h, w;          // the place
-    int s_hi, s_d, s_h, s_w;  // the step
-
-    // I: the index type that holds `at` (positions may pass 2^31; terms stay below 2^30)
-    template <typename I>
-    __device__ __forceinline__ void start(I at, I step, I D, I H, I W) {
-        const gc_coords_of<I> a = gc_split_index<I>(at, 1, D, H, W, false);
-        const gc_coords_of<I> s = gc_split_index<I>(step, 1, D, H, W, false);
-        hi = int(a.n), d = int(a.d), h = int(a.h), w = int(a.w);
-        s_hi = int(s.n), s_d = int(s.d), s_h = int(s.h), s_w = int(s.w);
-    }
-
-    __device__ __forceinline__ void advance(long long D, long long H, long long W) {
-        w += s_w;
-        if (w >= W) { w -= int(W); ++h; }  // each digit below its radix plus one carry
-        h += s_h;
-        if (h >= H) { h -= int(H); ++d; }
-        d += s_d;
-        if (d >= D) { d -= int(D); ++hi; }
-        hi += s_hi;
-    }
-};
-
 // Output position m of the steps a thread finds in turn (the filter gradient's reduction runs
 // over positions), counted forward (gc_mixed_place) instead of split each step.
 struct gc_position_counter {

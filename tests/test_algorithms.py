@@ -225,3 +225,28 @@ def test_forward_plans_are_decided_once_and_say_what_launches():
     assert dw.algorithm == "depthwise" and dw.splits == 0 and dw.finish is None
     with pytest.raises(ValueError, match="'depthwise' needs one kernel per filter"):
         cuda.forward_plan(res5, np.float32, None, "depthwise", 132)
+
+
+def test_depthwise_filter_grad_offsets_must_fit_32_bits():
+    """conv_depthwise_filter_grad counts element offsets within a channel in 32 bits: arrays
+    as they usually come pass; a view whose strides reach past 2^31 elements does not (the
+    partial-sum kernel, with 64-bit offsets, takes it)."""
+    from types import SimpleNamespace
+    from gpuconv import cuda
+    geom = _geom((4, 8, 56, 56), (8, 1, 3, 3), padding=1, groups=8)
+    x = np.empty((4, 8, 56, 56), np.float32)
+    g = np.empty((4, 8, 56, 56), np.float32)
+    assert cuda.depthwise_filter_grad_offsets_fit(x, g, geom)
+
+    def view(shape, element_strides):
+        return SimpleNamespace(shape=shape, itemsize=4,
+                               strides=tuple(4 * s for s in element_strides))
+    far = view((4, 8, 56, 56), (2**30, 56 * 56, 56, 1))  # images 2^30 elements apart
+    assert not cuda.depthwise_filter_grad_offsets_fit(far, g, geom)
+    assert not cuda.depthwise_filter_grad_offsets_fit(x, far, geom)
+    # the last window's bottom tap is row 56 (55 + 2 taps - 1 of padding): 56 rows of 2^26
+    # elements pass 2^31, of 2^25 they do not
+    tall = view((4, 8, 56, 56), (8 * 56 * 56, 56 * 56, 2**26, 1))
+    assert not cuda.depthwise_filter_grad_offsets_fit(tall, g, geom)
+    assert cuda.depthwise_filter_grad_offsets_fit(view((4, 8, 56, 56), (8 * 56 * 56, 56 * 56,
+                                                                        2**25, 1)), g, geom)

@@ -417,12 +417,17 @@ def test_adjoint_kernels(case, emulated_gpu, route):
     check_filter_grad(case, g, gpuconv.conv_filter_grad(case.x, g, case.filters.shape, **opts))
 
 
-@pytest.mark.parametrize("kernel", ["gemm", "chunks"])
+@pytest.mark.parametrize("kernel", ["gemm", "depthwise", "chunks"])
 @pytest.mark.parametrize("case", CASES + TILE_CASES, ids=lambda c: c.name)
 def test_filter_grad_kernels(case, kernel, emulated_gpu, monkeypatch):
-    """Both filter-gradient kernels forced on every case (the GEMM's tiles, splits of the
-    positions and conjugation; the partial-sum kernel's chunks), then the ordered sum."""
-    monkeypatch.setattr(cuda, "filter_grad_by_gemm", lambda geom: kernel == "gemm")
+    """Each filter-gradient kernel forced on every case it can take (the GEMM's tiles, splits
+    of the positions and conjugation; the depthwise kernel's chunks and tree sums on one
+    kernel a filter of the sizes it is built for; the partial-sum kernel's chunks), then the
+    ordered sum."""
+    if kernel == "depthwise" and (case.filters.shape[1] != 1 or kernels.depthwise_size(
+            case.filters.shape[2:]) == (0, 0)):
+        return
+    monkeypatch.setattr(cuda, "filter_grad_kernel", lambda geom, dtype: kernel)
     tiles = kernels.filter_grad_tiles(case.x.dtype)  # each case one of its dtype's tiles
     tile = tiles[zlib.crc32(case.name.encode()) % len(tiles)]
     monkeypatch.setattr(cuda, "filter_grad_tile", lambda geom, dtype: tile)
@@ -430,6 +435,44 @@ def test_filter_grad_kernels(case, kernel, emulated_gpu, monkeypatch):
     g = _grad_out(case, rng)
     check_filter_grad(case, g, gpuconv.conv_filter_grad(case.x, g, case.filters.shape,
                                                         **_options(case)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.complex128, np.float16])
+@pytest.mark.parametrize("kernel_size,stride,dilation,layout,multiplier", [
+    ((3, 3), 1, 1, "channels_first", 1),
+    ((5, 5), 2, 1, "channels_last", 1),
+    ((3, 3), 1, 2, "channels_first", 2),   # dilated; two filters a channel
+    ((7,), 2, 1, "channels_first", 1),
+])
+def test_depthwise_filter_grad_chunks(kernel_size, stride, dilation, layout, multiplier, dtype,
+                                      emulated_gpu, monkeypatch):
+    """conv_depthwise_filter_grad with its blocks' chunks cut fine: 2-4 chunks a filter, of
+    positions that span rows unevenly (each thread steps 256 positions, carrying across the
+    output's rows and images), and every tap reduced by the block's tree (complex128 in
+    three passes of 4 taps, 16 KiB of shared rows)."""
+    monkeypatch.setattr(cuda, "filter_grad_kernel", lambda geom, dt: "depthwise")
+    monkeypatch.setattr(cuda, "DEPTHWISE_FILTER_GRAD_MIN_PER_THREAD", 1)
+    rng = np.random.default_rng(40)
+    spatial = (45, 37) if len(kernel_size) == 2 else (1200,)
+    x = rng.standard_normal((3, 6) + spatial)
+    if np.dtype(dtype).kind == "c":
+        x = x + 1j * rng.standard_normal(x.shape)
+    x = x.astype(dtype)
+    w = np.zeros((6 * multiplier, 1) + kernel_size, dtype)
+    options = dict(stride=stride, padding=2, dilation=dilation, groups=6, padding_mode="zeros",
+                   layout="channels_first", flip=False)
+    case = types.SimpleNamespace(x=x, filters=w, bias=None, options=options)
+    g = _grad_out(case, rng)
+    geom = gpuconv.geometry.plan_conv(x.shape, w.shape, stride=stride, padding=2,
+                                      dilation=dilation, groups=6)
+    R, chunk = cuda.depthwise_filter_grad_chunks(geom, 3 * 2048)  # the emulated device's
+    assert R == 4 // multiplier and 256 < chunk < geom.positions
+    if layout == "channels_last":  # the same numbers, handed over channels-last
+        got = gpuconv.conv_filter_grad(np.moveaxis(x, 1, -1), np.moveaxis(g, 1, -1), w.shape,
+                                       **dict(_options(case), layout=layout))
+    else:
+        got = gpuconv.conv_filter_grad(x, g, w.shape, **_options(case))
+    check_filter_grad(case, g, got)
 
 
 @pytest.mark.parametrize("tile", list(kernels.FILTER_GRAD_TILES))
