@@ -390,7 +390,7 @@ def depthwise_filter_grad_chunks(geom: ConvGeometry, threads: int) -> Tuple[int,
     if M == 0:
         return 1, 0
     R = max(1, min(-(-(threads // T) // geom.C_out),
-                   -(-M // (T * DEPTHWISE_FILTER_GRAD_MIN_PER_THREAD)), 65535))
+                   M // (T * DEPTHWISE_FILTER_GRAD_MIN_PER_THREAD), 65535))
     chunk = -(-M // R)
     return -(-M // chunk), chunk
 
@@ -423,47 +423,67 @@ def filter_grad_splits(geom: ConvGeometry, threads: int, itemsize: int,
     return -(-steps // per_split), per_split
 
 
-def _filter_grad(xp: Any, run: Callable[..., None], threads: int, x_cf: Array, g_cf: Array,
-                 geom: ConvGeometry, out: Array) -> None:
-    dtype = np.dtype(out.dtype)
-    x_cf, geom = _prepare_x(xp, x_cf, geom, dtype)
-    g_cf = _aligned(xp, g_cf.astype(dtype, copy=False))
-    E = geom.C_out * geom.terms_per_output
-    acc = accumulator_dtype(dtype)
-    record = params.conv_params(geom, x_cf, g_cf, False)
-    sum_partials = kernels.filter_grad_names(dtype)[1]
-    kernel = filter_grad_kernel(geom, dtype)
-    if kernel == "depthwise" and not depthwise_filter_grad_offsets_fit(x_cf, g_cf, geom):
-        kernel = "chunks"
+class FilterGradPlan(NamedTuple):
+    """What a filter-gradient call launches, decided once per (geometry, dtype, threads) and
+    cached (_filter_grad_plan): ``kernel`` ("gemm", "depthwise" or "chunks", as
+    filter_grad_kernel), its launch, and the rows ``R`` of partial sums that sum_partials adds
+    in order (``finish``), each over ``chunk`` positions (for the GEMM: steps of positions)."""
+    kernel: str
+    main: _Launch
+    R: int
+    chunk: int
+    finish: _Launch
+
+
+@functools.lru_cache(maxsize=1024)
+def _filter_grad_plan(geom: ConvGeometry, dtype: np.dtype, threads: int,
+                      kernel: str) -> FilterGradPlan:
+    finish = _Launch("conv_adjoint.cu", kernels.filter_grad_names(dtype)[1],
+                     geom.C_out * geom.terms_per_output)
     if kernel == "gemm":
         tile = filter_grad_tile(geom, dtype)
+        acc = accumulator_dtype(dtype)
         splits, per_split = filter_grad_splits(geom, threads, acc.itemsize, tile)
-        partial = xp.empty((splits, E), dtype=acc)
-        _poison(partial)
         BM, BN = kernels.FILTER_GRAD_TILES[tile][:2]
         blocks = (-(-geom.terms_per_output // BM), -(-geom.C_out_per_group // BN),
                   geom.groups * splits)
-        run("conv_gemm.cu", kernels.conv_filter_grad_gemm_name(dtype, tile), dtype,
-            Grid(blocks, kernels.tile_threads(kernels.FILTER_GRAD_TILES[tile])),
-            (x_cf, g_cf, partial, np.int64(splits), np.int64(per_split), record))
-        R = splits
-    elif kernel == "depthwise":
+        return FilterGradPlan(kernel, _Launch(
+            "conv_gemm.cu", kernels.conv_filter_grad_gemm_name(dtype, tile),
+            Grid(blocks, kernels.tile_threads(kernels.FILTER_GRAD_TILES[tile]))),
+            splits, per_split, finish)
+    if kernel == "depthwise":
         size = depthwise_filter_grad_size(geom, dtype)
-        assert size is not None
+        if size is None:
+            raise AssertionError("conv_depthwise_filter_grad does not take this layer")
         R, chunk = depthwise_filter_grad_chunks(geom, threads)
-        partial = xp.empty((R, E), dtype=acc)
-        _poison(partial)
-        run("conv_depthwise.cu", kernels.conv_depthwise_filter_grad_name(dtype, size), dtype,
-            Grid((geom.C_out, R, 1), kernels.DEPTHWISE_FILTER_GRAD_THREADS),
-            (x_cf, g_cf, partial, np.int64(R), np.int64(chunk), record))
-    else:
-        R, chunk = filter_grad_chunks(geom, threads)
-        partial = xp.empty((R, E), dtype=acc)
-        _poison(partial)
-        run("conv_adjoint.cu", kernels.filter_grad_names(dtype)[0], dtype, R * E,
-            (x_cf, g_cf, partial, np.int64(R), np.int64(chunk), record))
+        return FilterGradPlan(kernel, _Launch(
+            "conv_depthwise.cu", kernels.conv_depthwise_filter_grad_name(dtype, size),
+            Grid((geom.C_out, R, 1), kernels.DEPTHWISE_FILTER_GRAD_THREADS)), R, chunk, finish)
+    R, chunk = filter_grad_chunks(geom, threads)
+    return FilterGradPlan(kernel, _Launch("conv_adjoint.cu", kernels.filter_grad_names(dtype)[0],
+                                          R * geom.C_out * geom.terms_per_output), R, chunk,
+                          finish)
+
+
+def _filter_grad(xp: Any, run: Callable[..., None], threads: int, x_cf: Array, g_cf: Array,
+                 geom: ConvGeometry, out: Array) -> None:
+    dtype = out.dtype
+    x_cf, geom = _prepare_x(xp, x_cf, geom, dtype)
+    if g_cf.dtype != dtype:
+        g_cf = g_cf.astype(dtype)
+    g_cf = _aligned(xp, g_cf)
+    kernel = filter_grad_kernel(geom, dtype)
+    if kernel == "depthwise" and not depthwise_filter_grad_offsets_fit(x_cf, g_cf, geom):
+        kernel = "chunks"
+    plan = _filter_grad_plan(geom, dtype, threads, kernel)
+    E = geom.C_out * geom.terms_per_output
+    partial = xp.empty((plan.R, E), dtype=accumulator_dtype(dtype))
+    _poison(partial)
+    R = _int64(plan.R)
+    run(plan.main.file, plan.main.name, dtype, plan.main.work,
+        (x_cf, g_cf, partial, R, _int64(plan.chunk), params.conv_params(geom, x_cf, g_cf, False)))
     _poison(out)
-    run("conv_adjoint.cu", sum_partials, dtype, E, (partial, out, np.int64(R), np.int64(E)))
+    run(plan.finish.file, plan.finish.name, dtype, plan.finish.work, (partial, out, R, _int64(E)))
 
 
 def conv_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry, activation: Optional[str],

@@ -40,12 +40,15 @@ def _no_device_env(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _fresh_launch_plans():
-    # CUDA forward plans are cached by their arguments; tests that monkeypatch a rule
+    # CUDA launch plans are cached by their arguments; tests that monkeypatch a rule
     # (gemm_splits, gemm_tc_cl_filters, ...) must not find another test's plan
     import gpuconv.cuda
-    gpuconv.cuda._forward_plan.cache_clear()
+    caches = (gpuconv.cuda._forward_plan, gpuconv.cuda._filter_grad_plan)
+    for cache in caches:
+        cache.cache_clear()
     yield
-    gpuconv.cuda._forward_plan.cache_clear()
+    for cache in caches:
+        cache.cache_clear()
 
 
 def pytest_report_header(config):

@@ -250,3 +250,25 @@ def test_depthwise_filter_grad_offsets_must_fit_32_bits():
     assert not cuda.depthwise_filter_grad_offsets_fit(tall, g, geom)
     assert cuda.depthwise_filter_grad_offsets_fit(view((4, 8, 56, 56), (8 * 56 * 56, 56 * 56,
                                                                         2**25, 1)), g, geom)
+
+
+def test_filter_grad_plans_follow_the_kernel_rule_and_are_cached():
+    """The filter gradient's launches: the GEMM for many terms and filters, the depthwise
+    kernel for one kernel a filter of a built size, the partial-sum kernel otherwise; each
+    plan decided once, its partial sums finished by sum_partials."""
+    from gpuconv import cuda, kernels
+    threads = 132 * 32 * 256
+    dense = _geom((32, 256, 14, 14), (256, 256, 3, 3), padding=1)
+    dw = _geom((32, 144, 56, 56), (144, 1, 3, 3), padding=1, groups=144)
+    dw3d = _geom((2, 8, 5, 9, 9), (8, 1, 3, 3, 3), padding=1, groups=8)
+    f32 = np.dtype(np.float32)
+    assert [cuda.filter_grad_kernel(g, f32) for g in (dense, dw, dw3d)] == \
+        ["gemm", "depthwise", "chunks"]
+    plan = cuda._filter_grad_plan(dw, f32, threads, "depthwise")
+    assert cuda._filter_grad_plan(dw, f32, threads, "depthwise") is plan
+    assert plan.main.name == kernels.conv_depthwise_filter_grad_name(f32, (3, 3))
+    assert plan.main.work.blocks == (144, plan.R, 1) and plan.R * plan.chunk >= dw.positions
+    assert plan.chunk >= 256 * cuda.DEPTHWISE_FILTER_GRAD_MIN_PER_THREAD
+    assert plan.finish.name == kernels.filter_grad_names(f32)[1]
+    assert cuda._filter_grad_plan(dense, f32, threads, "gemm").main.file == "conv_gemm.cu"
+    assert cuda._filter_grad_plan(dw3d, f32, threads, "chunks").main.file == "conv_adjoint.cu"
