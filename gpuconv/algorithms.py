@@ -13,6 +13,8 @@ On the CPU:
   ``depthwise``  one kernel per filter (C_in/groups == 1): a multiply-add per tap over views.
 On CUDA:
   ``direct``     one thread per output element, a loop over the filter's terms;
+  ``few_filters`` for groups of <= 8 filters: a thread computes 4 outputs of a row for every
+                 filter of its group (each input element loaded once for all of them);
   ``gemm``       implicit GEMM: output positions x filters in shared-memory tiles, the windows
                  gathered on the fly (kernels_cuda/conv_gemm.cu), with a tile chosen by shape;
   ``gemm_64x64``, ``gemm_128x128``, ``gemm_128x64``, ``gemm_128x32``, ``gemm_128x8``: the same with that tile
@@ -48,7 +50,8 @@ _GEMM = tuple(f"gemm_{t}" for t in kernels.GEMM_TILES)
 #: device kind -> the algorithms it has, in the order they are listed to users.
 ALGORITHMS: Dict[str, Tuple[str, ...]] = {
     "cpu": ("gemm", "pointwise", "depthwise"),
-    "cuda": ("direct", "gemm") + _GEMM + ("gemm_tc", "gemm_tc_cl", "gemm_tf32", "depthwise"),
+    "cuda": ("direct", "few_filters", "gemm") + _GEMM + ("gemm_tc", "gemm_tc_cl", "gemm_tf32",
+                                                         "depthwise"),
 }
 NAMES = ("auto",) + tuple(dict.fromkeys(n for names in ALGORITHMS.values() for n in names))
 
@@ -75,11 +78,15 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
                                      max(geom.pad_before + geom.pad_after) != 0):
         return (f"'pointwise' needs 1x1 kernels and no padding; these are {shape}, padding "
                 f"{tuple(zip(geom.pad_before, geom.pad_after))}")
-    if kind == "cuda" and algorithm == "depthwise":
+    if kind == "cuda" and algorithm == "few_filters" and \
+            geom.C_out_per_group > kernels.FEW_FILTERS_WIDTHS[-1]:
+        return (f"'few_filters' computes every filter of a group in one thread: it takes at "
+                f"most {kernels.FEW_FILTERS_WIDTHS[-1]} filters a group; these are {shape}")
+    if kind == "cuda" and algorithm in ("depthwise", "few_filters"):
         x_elems = geom.N * geom.C_in * math.prod(geom.padded_spatial)
         y_elems = geom.positions * geom.C_out
         if max(x_elems, y_elems) >= kernels.DEPTHWISE_MAX_ELEMENTS:
-            return (f"the CUDA 'depthwise' kernel takes inputs and outputs of fewer than 2^30 "
+            return (f"the CUDA {algorithm!r} kernel takes inputs and outputs of fewer than 2^30 "
                     f"elements; this call has {x_elems} in and {y_elems} out")
     if kind == "cuda" and algorithm.startswith("gemm"):
         reason = gemm_index_problem(geom)
@@ -176,6 +183,12 @@ def _gemm_tile(geom: ConvGeometry, dtype: DTypeLike) -> str:
     return "128x64" if "128x64" in tiles else "64x64"
 
 
+#: Filters a group up to which CUDA's "auto" takes the few-filter kernel (conv_few_filters):
+#: counted from SASS-level estimates, not yet timed on a GPU (benchmarks/NOTES.md, session 9);
+#: from 5 to 8 filters the GEMM's 128x8 tile.
+FEW_FILTERS_AUTO = 4
+
+
 def _cuda_auto(geom: ConvGeometry, dtype: DTypeLike) -> str:
     """``algorithm="auto"`` on CUDA. Measured on an H100 (benchmarks/results/gpu-nvidia-h100-*,
     float32): the implicit GEMM ran every dense layer of the suite 5-89x faster than the direct
@@ -184,6 +197,9 @@ def _cuda_auto(geom: ConvGeometry, dtype: DTypeLike) -> str:
     if geom.C_in_per_group == 1 and geom.groups > 1 and not why_not("cuda", "depthwise", geom,
                                                                     dtype):
         return "depthwise"
+    if geom.C_out_per_group <= FEW_FILTERS_AUTO and not why_not("cuda", "few_filters", geom,
+                                                                 dtype):
+        return "few_filters"
     names = ["gemm_tc_cl", "gemm_tc"] if kernels.tensor_core_dtype(dtype) else []
     for name in names + ["gemm_" + _gemm_tile(geom, dtype)]:
         if not why_not("cuda", name, geom, dtype):

@@ -36,9 +36,9 @@ poison_outputs = False
 _THREADS = 256
 
 #: Kernels a filter from which a data adjoint runs as forward convs by stride phase
-#: (adjoint._by_phases): from one, since the implicit GEMM (128x8 tiles for <= 8 filters)
-#: does far less per term than conv_adjoint.cu's thread per input element (r50_conv1_7x7s2's
-#: input gradient: 35.8 ms on an H100 there, cuDNN 0.59).
+#: (adjoint._by_phases): from one, since the forward kernels for few filters (few_filters,
+#: gemm_128x8) do far less per term than conv_adjoint.cu's thread per input element
+#: (r50_conv1_7x7s2's input gradient: 35.8 ms on an H100 there, cuDNN 0.59).
 DATA_ADJOINT_AS_CONV_MIN_CHANNELS = 1
 
 
@@ -194,6 +194,12 @@ def _forward_plan(geom: ConvGeometry, dtype: np.dtype, activation: Optional[str]
         return ForwardPlan(algorithm, _Launch("conv_direct.cu",
                                               kernels.conv_direct_name(dtype, activation),
                                               geom.positions * geom.C_out))
+    if algorithm == "few_filters":
+        runs = -(-geom.out_spatial[-1] // kernels.FEW_FILTERS_RUN)
+        return ForwardPlan(algorithm, _Launch(
+            "conv_direct.cu", kernels.conv_few_filters_name(
+                dtype, activation, kernels.few_filters_width(geom.C_out_per_group)),
+            geom.N * geom.groups * math.prod(geom.out_spatial[:-1]) * runs))
     if algorithm == "depthwise":
         size = kernels.depthwise_size(geom.kernel)
         if size != (0, 0) and geom.layout == "channels_first":  # runs of a row a thread

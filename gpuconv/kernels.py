@@ -98,6 +98,21 @@ def conv_direct_name(dtype: DTypeLike, activation: Optional[str]) -> str:
     return f"conv_direct<{ctype(dtype)}, {ACTIVATIONS[activation]}>"
 
 
+#: conv_few_filters (conv_direct.cu): the group widths it is built for (a thread computes
+#: every filter of its group, up to the width), and the outputs of a row a thread computes.
+FEW_FILTERS_WIDTHS: Tuple[int, ...] = (1, 2, 4, 8)
+FEW_FILTERS_RUN = 4
+
+
+def few_filters_width(filters: int) -> int:
+    """The narrowest conv_few_filters width that holds ``filters`` filters a group (<= 8)."""
+    return next(wd for wd in FEW_FILTERS_WIDTHS if wd >= filters)
+
+
+def conv_few_filters_name(dtype: DTypeLike, activation: Optional[str], width: int) -> str:
+    return f"conv_few_filters<{ctype(dtype)}, {ACTIVATIONS[activation]}, {width}>"
+
+
 #: Tiles of the implicit-GEMM kernel (conv_gemm.cu): name -> (BM, BN, BK, TM, TN). A block
 #: computes BM output positions x BN filters in steps of BK terms; each thread TM x TN of them.
 #: 128x128 takes 16 terms a step: its main loop (sm_90 SASS, float32) is 1429 instructions for
@@ -238,7 +253,8 @@ def gemm_tc_cl_filters(geom: ConvGeometry) -> int:
 DEPTHWISE_SIZES: Tuple[Tuple[int, int], ...] = ((3, 3), (5, 5), (7, 7), (1, 3), (1, 5), (1, 7),
                                                 (0, 0))
 
-#: The depthwise kernel indexes its loop with 32-bit ints: inputs and outputs stay below this.
+#: The depthwise and few-filter kernels index their loops with 32-bit ints: inputs and outputs
+#: stay below this.
 DEPTHWISE_MAX_ELEMENTS = 2**30
 
 
@@ -312,7 +328,9 @@ def filter_grad_names(dtype: DTypeLike) -> Tuple[str, str]:
 def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
     """Every template instantiation of ``filename`` that a call in ``dtype`` may need."""
     if filename == "conv_direct.cu":
-        return tuple(conv_direct_name(dtype, a) for a in activation_names(dtype))
+        return tuple(conv_direct_name(dtype, a) for a in activation_names(dtype)) + \
+            tuple(conv_few_filters_name(dtype, a, wd) for a in activation_names(dtype)
+                  for wd in FEW_FILTERS_WIDTHS)
     if filename == "conv_gemm.cu":
         return tuple(conv_gemm_name(dtype, a, t) for a in activation_names(dtype)
                      for t in gemm_tiles(dtype)) + \

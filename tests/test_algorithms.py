@@ -16,7 +16,7 @@ def _geom(x_shape, w_shape, **options):
 def test_names_are_listed_and_checked():
     assert algorithms.NAMES[0] == "auto"
     assert set(algorithms.ALGORITHMS["cpu"]) == {"gemm", "pointwise", "depthwise"}
-    assert {"direct", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64", "gemm_128x32", "gemm_128x8",
+    assert {"direct", "few_filters", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64", "gemm_128x32", "gemm_128x8",
             "gemm_tc", "gemm_tc_cl", "gemm_tf32", "depthwise"} == set(algorithms.ALGORITHMS["cuda"])
     x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
     with pytest.raises(ValueError, match="algorithm must be one of .*'winograd'"):
@@ -53,10 +53,15 @@ def test_auto_rule():
     assert algorithms.choose("cpu", "auto", g, np.float32) == "gemm"
     # CUDA: the implicit GEMM for dense layers (its tile by shape), the tensor cores for 16-bit
     # dtypes (channels-last when C_in/groups is a multiple of 8), the depthwise kernel for one
-    # kernel per filter; the direct kernel only where the others refuse the layer
-    assert algorithms.choose("cuda", "auto", g, np.float32) == "gemm_128x8"
-    assert algorithms.choose("cuda", "auto", g, np.float16) == "gemm_tc_cl"
-    assert algorithms.choose("cuda", "auto", _geom((2, 6, 9, 9), (4, 6, 3, 3)),
+    # kernel per filter, the few-filter kernel for <= 4 filters a group in any dtype; the
+    # direct kernel only where the others refuse the layer
+    assert algorithms.choose("cuda", "auto", g, np.float32) == "few_filters"  # 4 filters
+    assert algorithms.choose("cuda", "auto", g, np.float16) == "few_filters"
+    assert algorithms.choose("cuda", "auto", _geom((2, 8, 9, 9), (8, 8, 3, 3)),
+                             np.float32) == "gemm_128x8"
+    assert algorithms.choose("cuda", "auto", _geom((2, 8, 9, 9), (16, 8, 3, 3)),
+                             np.float16) == "gemm_tc_cl"
+    assert algorithms.choose("cuda", "auto", _geom((2, 6, 9, 9), (16, 6, 3, 3)),
                              np.float16) == "gemm_tc"
     assert algorithms.choose("cuda", "auto", _geom((2, 8, 9, 9), (8, 1, 3, 3), groups=8),
                              np.float32) == "depthwise"

@@ -117,8 +117,8 @@ def test_cpu_algorithms_against_reference(case, algorithm):
     np.testing.assert_array_equal(case.x, x0)
 
 
-GPU_ALGORITHMS = ["direct", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64", "gemm_128x32",
-                  "gemm_128x8", "gemm_tc", "gemm_tc_cl", "depthwise"]
+GPU_ALGORITHMS = ["direct", "few_filters", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64",
+                  "gemm_128x32", "gemm_128x8", "gemm_tc", "gemm_tc_cl", "depthwise"]
 
 
 def _check_gpu_algorithm(case, algorithm, cp):

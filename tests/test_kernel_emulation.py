@@ -200,6 +200,45 @@ def test_gemm_kernel(case, tile, emulated_gpu):
     np.testing.assert_array_equal(case.filters, w0)
 
 
+@pytest.mark.parametrize("case", CASES + TILE_CASES, ids=lambda c: c.name)
+def test_few_filters_kernel(case, emulated_gpu):
+    """conv_few_filters forced on the whole grid: where a group has <= 8 filters (widths 1, 2,
+    4 and 8, partly filled), else refused with a ValueError."""
+    x0, w0 = case.x.copy(), case.filters.copy()
+    per_group = case.filters.shape[0] // case.options["groups"]
+    if per_group > kernels.FEW_FILTERS_WIDTHS[-1]:
+        with pytest.raises(ValueError, match="at most 8 filters a group"):
+            gpuconv.conv(case.x, case.filters, case.bias, algorithm="few_filters",
+                         **case.options)
+        return
+    got = gpuconv.conv(case.x, case.filters, case.bias, algorithm="few_filters", **case.options)
+    _check(case, got, "emulated few_filters")
+    np.testing.assert_array_equal(case.x, x0)
+    np.testing.assert_array_equal(case.filters, w0)
+
+
+@pytest.mark.parametrize("filters,groups,options", [
+    (6, 1, dict(stride=2, padding=1, dilation=1, layout="channels_first")),
+    (8, 1, dict(stride=(1, 3), padding=(2, 1), dilation=(1, 2), layout="channels_last")),
+    (16, 2, dict(stride=1, padding=0, dilation=1, layout="channels_first")),   # 8 a group
+    (5, 1, dict(stride=1, padding="same", dilation=1, layout="channels_first")),
+])
+def test_few_filters_kernel_widest(filters, groups, options, emulated_gpu):
+    """conv_few_filters at its widest build (5-8 filters a group, which the grid lacks): rows of
+    13 outputs (three runs of 4 and a tail of 1), strides and dilations along the row, a bias
+    and an activation, against the reference."""
+    rng = np.random.default_rng(50)
+    x = rng.standard_normal((2, 4 * groups, 9, 26)).astype(np.float32)
+    w = rng.standard_normal((filters, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(filters).astype(np.float32)
+    opts = dict(options, groups=groups, padding_mode="zeros", flip=False)
+    if opts["layout"] == "channels_last":
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    case = types.SimpleNamespace(x=x, filters=w, bias=b, options=dict(opts, activation="relu"))
+    got = gpuconv.conv(x, w, b, algorithm="few_filters", activation="relu", **opts)
+    _check(case, got, f"emulated few_filters, {filters} filters, {options}")
+
+
 # two tiles a tile case and one a case of a quarter of the grid, in turn: each tile ~20 times
 _TILE_NAMES = list(kernels.GEMM_TILES)
 SPLIT_CASES = [(c, _TILE_NAMES[(2 * i + j) % len(_TILE_NAMES)])
