@@ -73,8 +73,9 @@ def check_filter_grad(case, g, got):
 
 
 def test_each_backend_says_when_the_data_adjoint_goes_by_phases():
-    """The CPU's GEMM wants >= 16 kernels a filter for the phases' forward convs; CUDA's GEMM
-    (few_filters, or the 128x8 tile, for few outputs) takes them from one; plain depthwise goes by phases on both."""
+    """The CPU's GEMM wants >= 16 kernels a filter for the phases' forward convs; CUDA's
+    kernels for few outputs (few_filters, the 128x8 tile) take them from one; plain depthwise
+    goes by phases on both."""
     from gpuconv import cpu, cuda
     from gpuconv.geometry import plan_conv
     stem = plan_conv((2, 3, 32, 32), (64, 3, 7, 7), stride=2, padding=3)
