@@ -17,8 +17,8 @@ On CUDA:
                  filter of its group (each input element loaded once for all of them);
   ``gemm``       implicit GEMM: output positions x filters in shared-memory tiles, the windows
                  gathered on the fly (kernels_cuda/conv_gemm.cu), with a tile chosen by shape;
-  ``gemm_64x64``, ``gemm_128x128``, ``gemm_128x64``, ``gemm_128x32``, ``gemm_128x8``: the same with that tile
-                 (positions x filters per block);
+  ``gemm_64x64``, ``gemm_128x128``, ``gemm_128x64``, ``gemm_128x32``, ``gemm_128x8``: the
+                 same with that tile (positions x filters per block);
   ``gemm_tc``    the implicit GEMM on tensor cores (mma.sync; float16 or bfloat16 in, float32
                  sums; compute capability 8.0+), 128 x 64 tiles (kernels_cuda/conv_gemm_tc.cu);
   ``gemm_tc_cl`` the same on channels-last data with C_in/groups a multiple of 8 (16-bit dtypes):
@@ -167,9 +167,9 @@ def _gemm_tile(geom: ConvGeometry, dtype: DTypeLike) -> str:
     per SM of an H100 (132) or enough terms a filter to split them (r50_res5: 52 tiles of 4608
     terms); 128x64 for fewer filters (64 a group: r50_res2, vgg16_conv1_2); else 64x64 (the
     only one besides 128x32 and 128x8 for 8-byte sums, and 128x32 for 16-byte ones); 128x8 for
-    at most 8 filters a group, which a 32-wide tile would leave three quarters empty. (H100, float32: the tile
-    taken was the fastest, or within 5% of it, on 14 of the 16 layers of the suite; 128x8 is
-    not measured yet.)"""
+    at most 8 filters a group, which a 32-wide tile would leave three quarters empty. (H100,
+    float32: the tile taken was the fastest, or within 5% of it, on 14 of the 16 layers of the
+    suite; 128x8 is not measured yet.)"""
     Cog, M = geom.C_out_per_group, geom.positions
     tiles = kernels.gemm_tiles(dtype)
     if Cog <= 8 and "128x8" in tiles:

@@ -339,8 +339,8 @@ FILTER_GRAD_PARTIAL_BYTES = 64 * 2**20
 def filter_grad_by_gemm(geom: ConvGeometry) -> bool:
     """Whether the filter gradient runs as the tiled GEMM (conv_filter_grad_gemm), whose
     tiles (64 or 128 terms x 64 or 128 filters) want filters of >= 32 terms (C_in/groups x
-    taps) and >= 16 filters a group; others (depthwise: 9 terms, 1 filter) take the partial-sum kernel, one
-    thread per filter element and chunk of positions; so do layers too large for the GEMM's
+    taps) and >= 16 filters a group; others (depthwise: 9 terms, 1 filter) take the depthwise
+    or the partial-sum kernel (filter_grad_kernel); so do layers too large for the GEMM's
     32-bit term and coordinate counts (algorithms.gemm_index_problem)."""
     return (geom.terms_per_output >= 32 and geom.C_out_per_group >= 16
             and not algorithms.gemm_index_problem(geom))
