@@ -29,6 +29,11 @@ On CUDA:
   ``gemm_tf32``  ``gemm_tc`` for float32 with its operands rounded to TF32 (10 mantissa bits),
                  as PyTorch's allow_tf32 does: faster, less exact; only when asked for by name
                  (never chosen by "auto" or the autotuner);
+  ``winograd``   F(2x2, 3x3) for 2-D 3x3 kernels of stride 1 in one group (real dtypes): input
+                 and output transforms (kernels_cuda/conv_winograd.cu) around 16 batched
+                 products done by CuPy's matmul (cuBLAS, FP32 unless CUPY_TF32 is set);
+                 2.25x fewer multiplies, a looser rounding bound; only when asked for by name
+                 (never chosen by "auto" or the autotuner; not yet timed on a GPU);
   ``depthwise``  one kernel per filter: 32-bit indexing, 3x3/5x5/7x7 and 1-D 3/5/7 taps
                  unrolled (kernels_cuda/conv_depthwise.cu); for channels-first outputs of
                  those sizes each thread computes 4 outputs of a row (conv_depthwise_rows).
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Dict, Tuple
 
 import numpy as np
@@ -51,7 +57,7 @@ _GEMM = tuple(f"gemm_{t}" for t in kernels.GEMM_TILES)
 ALGORITHMS: Dict[str, Tuple[str, ...]] = {
     "cpu": ("gemm", "pointwise", "depthwise"),
     "cuda": ("direct", "few_filters", "gemm") + _GEMM + ("gemm_tc", "gemm_tc_cl", "gemm_tf32",
-                                                         "depthwise"),
+                                                         "winograd", "depthwise"),
 }
 NAMES = ("auto",) + tuple(dict.fromkeys(n for names in ALGORITHMS.values() for n in names))
 
@@ -78,6 +84,18 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
                                      max(geom.pad_before + geom.pad_after) != 0):
         return (f"'pointwise' needs 1x1 kernels and no padding; these are {shape}, padding "
                 f"{tuple(zip(geom.pad_before, geom.pad_after))}")
+    if kind == "cuda" and algorithm == "winograd":
+        square = geom.rank == 2 and geom.kernel == (3, 3) and geom.stride == (1, 1) and \
+            geom.dilation == (1, 1)
+        if not square or geom.groups != 1:
+            return (f"'winograd' (F(2x2, 3x3)) takes 2-D 3x3 kernels of stride 1 and dilation 1 "
+                    f"in one group; these are {shape}, stride {geom.stride}, dilation "
+                    f"{geom.dilation}")
+        if np.dtype(dtype).kind == "c":
+            return f"'winograd' takes real dtypes; this call is {np.dtype(dtype).name}"
+        if int(os.environ.get("CUPY_TF32", "0") or 0) > 0 and np.dtype(dtype) != np.float64:
+            return ("'winograd' multiplies through CuPy's matmul, which CUPY_TF32 set to a "
+                    "positive value makes round float32 to TF32: unset it to use 'winograd'")
     if kind == "cuda" and algorithm == "few_filters" and \
             geom.C_out_per_group > kernels.FEW_FILTERS_WIDTHS[-1]:
         return (f"'few_filters' computes every filter of a group in one thread: it takes at "

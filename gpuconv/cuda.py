@@ -194,6 +194,11 @@ def _forward_plan(geom: ConvGeometry, dtype: np.dtype, activation: Optional[str]
         return ForwardPlan(algorithm, _Launch("conv_direct.cu",
                                               kernels.conv_direct_name(dtype, activation),
                                               geom.positions * geom.C_out))
+    if algorithm == "winograd":  # launched by _winograd, chunk by chunk
+        transform_in, transform_out = kernels.winograd_names(dtype, activation)
+        return ForwardPlan(algorithm, _Launch("conv_winograd.cu", transform_in, 0),
+                           finish=_Launch("conv_winograd.cu", transform_out, 0),
+                           partial_dtype=accumulator_dtype(dtype))
     if algorithm == "few_filters":
         runs = -(-geom.out_spatial[-1] // kernels.FEW_FILTERS_RUN)
         return ForwardPlan(algorithm, _Launch(
@@ -268,6 +273,9 @@ def _forward(xp: Any, run: Callable[..., None], sms: int, x_cf: Array, w: Array,
     # without a bias the kernel never reads its pointer; pass the filters as a valid one
     bias_arg = w if b is None else b
     main = plan.main
+    if plan.algorithm == "winograd":
+        _winograd(xp, run, plan, x_cf, w, bias_arg, out_cf, record, geom)
+        return
     if not plan.splits:
         run(main.file, main.name, dtype, main.work, (x_cf, w, bias_arg, out_cf, record))
         return
@@ -285,6 +293,54 @@ def _forward(xp: Any, run: Callable[..., None], sms: int, x_cf: Array, w: Array,
     if plan.finish is not None:
         run(plan.finish.file, plan.finish.name, dtype, plan.finish.work,
             (partial, bias_arg, out_cf, _int64(plan.splits), record))
+
+
+#: Winograd's transformed inputs and products (V and M, accumulator type) of one chunk of tiles
+#: stay under this many bytes.
+WINOGRAD_WORKSPACE_BYTES = 256 * 2**20
+
+#: F(2x2, 3x3)'s filter transform G (conv_winograd.cu has B^T and A^T in its arithmetic).
+_WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+
+
+def winograd_tiles(geom: ConvGeometry) -> int:
+    """The 2x2 output tiles of a Winograd F(2x2, 3x3) call (odd sizes: a partial last tile)."""
+    return geom.N * -(-geom.out_spatial[0] // 2) * -(-geom.out_spatial[1] // 2)
+
+
+def winograd_chunk(geom: ConvGeometry, itemsize: int) -> int:
+    """Tiles a chunk: as many as keep its V (16 x C_in x tiles) and M (16 x C_out x tiles)
+    within WINOGRAD_WORKSPACE_BYTES, all of them when they fit."""
+    per_tile = 16 * (geom.C_in + geom.C_out) * itemsize
+    return max(1, min(winograd_tiles(geom), WINOGRAD_WORKSPACE_BYTES // per_tile))
+
+
+def _winograd(xp: Any, run: Callable[..., None], plan: ForwardPlan, x_cf: Array, w: Array,
+              bias_arg: Array, out_cf: Array, record: np.ndarray, geom: ConvGeometry) -> None:
+    """algorithm="winograd": conv_winograd.cu's input transform, the 16 products
+    M[k] = U[k] @ V[k] by xp.matmul (CuPy: cuBLAS, batched), its output transform; chunk by
+    chunk of tiles. U = G g G^T for every filter and channel, in the accumulator type."""
+    acc, finish = plan.partial_dtype, plan.finish
+    if acc is None or finish is None:
+        raise AssertionError("a Winograd plan names its accumulator and output transform")
+    K, C = geom.C_out, geom.C_in
+    G = xp.asarray(np.array(_WINOGRAD_G, dtype=acc))
+    U = xp.matmul(xp.matmul(G, w.astype(acc)), G.T)  # (K, C, 4, 4)
+    U = xp.ascontiguousarray(U.reshape(K, C, 16).transpose(2, 0, 1))  # (16, K, C)
+    tiles, chunk = winograd_tiles(geom), winograd_chunk(geom, acc.itemsize)
+    V_all = xp.empty(16 * C * chunk, dtype=acc)
+    M_all = xp.empty(16 * K * chunk, dtype=acc)
+    for p0 in range(0, tiles, chunk):
+        P = min(chunk, tiles - p0)
+        V = V_all[:16 * C * P].reshape(16, C, P)
+        M = M_all[:16 * K * P].reshape(16, K, P)
+        _poison(V)
+        run(plan.main.file, plan.main.name, out_cf.dtype, C * P,
+            (x_cf, V, _int64(p0), _int64(P), record))
+        _poison(M)
+        xp.matmul(U, V, out=M)
+        run(finish.file, finish.name, out_cf.dtype, K * P,
+            (M, bias_arg, out_cf, _int64(p0), _int64(P), record))
 
 
 @functools.lru_cache(maxsize=256)

@@ -113,6 +113,12 @@ def conv_few_filters_name(dtype: DTypeLike, activation: Optional[str], width: in
     return f"conv_few_filters<{ctype(dtype)}, {ACTIVATIONS[activation]}, {width}>"
 
 
+def winograd_names(dtype: DTypeLike, activation: Optional[str]) -> Tuple[str, str]:
+    """conv_winograd.cu's input transform and output transform (with the activation)."""
+    return (f"winograd_input<{ctype(dtype)}>",
+            f"winograd_output<{ctype(dtype)}, {ACTIVATIONS[activation]}>")
+
+
 #: Tiles of the implicit-GEMM kernel (conv_gemm.cu): name -> (BM, BN, BK, TM, TN). A block
 #: computes BM output positions x BN filters in steps of BK terms; each thread TM x TN of them.
 #: 128x128 takes 16 terms a step: its main loop (sm_90 SASS, float32) is 1429 instructions for
@@ -351,6 +357,11 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
                   for k in DEPTHWISE_SIZES if k != (0, 0)) + \
             tuple(conv_depthwise_filter_grad_name(dtype, k) for k in DEPTHWISE_SIZES
                   if k != (0, 0))
+    if filename == "conv_winograd.cu":  # real dtypes only (the host refuses complex ones)
+        if np.dtype(dtype).kind == "c":
+            return ()
+        return (winograd_names(dtype, None)[0],) + tuple(
+            winograd_names(dtype, a)[1] for a in activation_names(dtype))
     if filename == "peak.cu":  # the benchmark's FMA throughput probe
         return (f"gc_fma_peak<{ctype(dtype)}>",) if np.dtype(dtype) in (
             np.float32, np.float64) else ()
@@ -361,7 +372,8 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
 
 
 KERNEL_FILES: Tuple[str, ...] = ("conv_direct.cu", "conv_gemm.cu", "conv_gemm_tc.cu",
-                                  "conv_depthwise.cu", "conv_adjoint.cu", "peak.cu")
+                                  "conv_depthwise.cu", "conv_adjoint.cu", "conv_winograd.cu",
+                                  "peak.cu")
 
 
 def every_module_request() -> List[Tuple[str, Tuple[str, ...], Tuple[str, ...]]]:

@@ -55,8 +55,9 @@ def layer_key(kind: str, device_name: str, geom: ConvGeometry, dtype: DTypeLike)
 
 
 #: Never tuned to: "gemm" only picks a tile (its tiles are candidates themselves); "gemm_tf32"
-#: rounds float32 operands to TF32, which changes results, so only a caller asks for it.
-_NOT_CANDIDATES = ("gemm", "gemm_tf32")
+#: rounds float32 operands to TF32, and "winograd" rounds through its transforms (a looser
+#: bound than a plain sum), which change results, so only a caller asks for them.
+_NOT_CANDIDATES = ("gemm", "gemm_tf32", "winograd")
 
 
 def candidates(kind: str, geom: ConvGeometry, dtype: DTypeLike) -> List[str]:

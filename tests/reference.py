@@ -175,6 +175,64 @@ def error_bound_tf32(x, filters, bias, activation, **options):
     return exact, bound + extra
 
 
+def winograd_magnitude(x, filters, bias, padding):
+    """The sum that bounds Winograd F(2x2, 3x3)'s rounding error: the algorithm run in float64
+    on |x| and |filters| with every transform's entries replaced by their absolute values,
+    A'^T [sum_c (|G| |g_c| |G|^T) * (|B|^T |d_c| |B|)] A' (channels-first, 2-D, stride 1),
+    plus |bias|. Each computed quantity's error is a multiple of its term in this sum."""
+    x = np.abs(np.asarray(x, dtype=np.complex128)).real
+    w = np.abs(np.asarray(filters, dtype=np.complex128)).real
+    BT = np.abs(np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], float))
+    G = np.abs(np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]))
+    AT = np.abs(np.array([[1, 1, 1, 0], [0, 1, -1, -1]], float))
+    (pt, pb), (pl, pr) = padding
+    N, C, H, W = x.shape
+    OH, OW = H + pt + pb - 2, W + pl + pr - 2
+    TH, TW = -(-OH // 2), -(-OW // 2)
+    xp = np.zeros((N, C, 2 * TH + 2, 2 * TW + 2))
+    xp[:, :, pt:pt + H, pl:pl + W] = x[:, :, :2 * TH + 2 - pt, :2 * TW + 2 - pl]
+    d = np.stack([np.stack([xp[:, :, 2 * i:2 * i + 4, 2 * j:2 * j + 4] for j in range(TW)], 2)
+                  for i in range(TH)], 2)  # (N, C, TH, TW, 4, 4)
+    V = np.einsum("ai,nchwij,bj->nchwab", BT, d, BT)
+    U = np.einsum("ai,kcij,bj->kcab", G, w, G)
+    M = np.einsum("nchwab,kcab->nkhwab", V, U)
+    Y = np.einsum("ia,nkhwab,jb->nkhwij", AT, M, AT)
+    Y = Y.transpose(0, 1, 2, 4, 3, 5).reshape(N, -1, 2 * TH, 2 * TW)[:, :, :OH, :OW]
+    if bias is not None:
+        Y = Y + np.abs(np.asarray(bias, dtype=np.complex128)).real.reshape(1, -1, 1, 1)
+    return Y
+
+
+def error_bound_winograd(x, filters, bias, out_dtype, activation, layout="channels_first",
+                         padding=((1, 1), (1, 1)), **options):
+    """error_bound for Winograd F(2x2, 3x3) (a 2-D 3x3 conv of stride 1, one group, real
+    dtypes). Its stages round in the accumulator type, each by at most gamma_k of its own
+    absolute-valued sum: the filter transform, two products of 3 terms (gamma_6; the entries
+    0, 1 and 1/2 scale exactly), the input transform, two sums of 2 terms (gamma_2), the
+    product (gamma_1), the sum over the C_in channels (gamma_{C_in}, in any order, as cuBLAS
+    may take), the output transform, two sums of 3 terms (gamma_4), and the bias (gamma_1).
+    The stages are linear with exact coefficients, so the errors add: gamma_{C_in + 13} (one
+    more with a bias) times winograd_magnitude's sum -- larger than the direct sum |x||w| by
+    the transforms' constants -- plus the store's u_out |y|."""
+    out_dtype = np.dtype(out_dtype)
+    acc = np.dtype(np.float32) if out_dtype == np.float16 or out_dtype.name == "bfloat16" \
+        else out_dtype
+    u_acc, u_out = np.finfo(acc).eps / 2, finfo(out_dtype).eps / 2
+    x_cf = np.moveaxis(np.asarray(x), -1, 1) if layout == "channels_last" else np.asarray(x)
+    n = x_cf.shape[1] + 13 + (0 if bias is None else 1)
+    gamma = n * u_acc / (1 - n * u_acc)
+    exact = reference_conv(x, filters, bias, activation=activation, layout=layout,
+                           padding=padding, **options)
+    mag = winograd_magnitude(x_cf.astype(np.float64), np.asarray(filters).astype(np.float64),
+                             bias, padding)
+    if layout == "channels_last":
+        mag = np.moveaxis(mag, 1, -1)
+    own = 0.0 if activation in (None, "relu") else 4 * u_acc
+    bound = (activation_lipschitz(activation) * gamma * mag
+             + (u_out + own) * np.abs(exact) + finfo(out_dtype).smallest_subnormal)
+    return exact, bound
+
+
 # ---- adjoints and the transpose, written as literally as the forward reference ----
 
 def _finish(y, batched, layout):

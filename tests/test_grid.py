@@ -9,7 +9,7 @@ from cases import (as_dtype, as_float16, bfloat16_cases, channel_block_cases, fa
                    grid_cases, tile_cases)
 from gpuconv import kernels
 from gpuconv.dtypes import bfloat16
-from reference import error_bound, error_bound_tf32
+from reference import error_bound, error_bound_tf32, error_bound_winograd
 
 CASES = grid_cases()
 FAST_PATH_CASES = fast_path_cases()
@@ -189,3 +189,35 @@ def test_gpu_channels_last_tensor_cores(case, filters, gpu, monkeypatch):
     the reference and the CPU; compute-sanitizer runs these too."""
     monkeypatch.setattr(kernels, "gemm_tc_cl_filters", lambda geom: filters)
     _check_gpu_algorithm(case, "gemm_tc_cl", gpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("shape,filters,padding,layout", [
+    ((4, 64, 29, 31), 48, 1, "channels_first"),        # odd outputs: partial tiles
+    ((2, 16, 20, 20), 16, ((0, 2), (1, 1)), "channels_last"),
+])
+def test_gpu_winograd(shape, filters, padding, layout, dtype, gpu, monkeypatch):
+    """algorithm="winograd" on a GPU (its transforms, cuBLAS's batched products), the tiles
+    in several chunks, against the reference within error_bound_winograd; repeatable."""
+    from gpuconv import cuda
+    from gpuconv.geometry import plan_conv
+    cp = gpu
+    monkeypatch.setattr(cuda, "WINOGRAD_WORKSPACE_BYTES", 2**16)
+    rng = np.random.default_rng(61)
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((filters, shape[1], 3, 3)).astype(dtype)
+    b = rng.standard_normal(filters).astype(dtype)
+    if layout == "channels_last":
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    geom = plan_conv(x.shape, w.shape, padding=padding, layout=layout)
+    assert cuda.winograd_chunk(geom, 4) < cuda.winograd_tiles(geom)
+    got = gpuconv.conv2d(cp.asarray(x), cp.asarray(w), cp.asarray(b), padding=padding,
+                         layout=layout, algorithm="winograd")
+    exact, bound = error_bound_winograd(x, w, b, dtype, None, layout=layout,
+                                        padding=tuple(zip(geom.pad_before, geom.pad_after)))
+    err = np.abs(cp.asnumpy(got).astype(np.float64) - exact)
+    assert np.all(err <= bound), err.max()
+    again = gpuconv.conv2d(cp.asarray(x), cp.asarray(w), cp.asarray(b), padding=padding,
+                           layout=layout, algorithm="winograd")
+    assert cp.asnumpy(again).tobytes() == cp.asnumpy(got).tobytes()

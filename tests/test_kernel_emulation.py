@@ -32,7 +32,7 @@ from test_adjoint import (TRANSPOSE_CASES, _grad_out, _options, check_filter_gra
                           check_input_grad, check_transpose, transpose_call)
 from test_adjoint import route  # noqa: F401 (a fixture: pytest finds it by its name)
 from test_grid import _check
-from reference import error_bound_tf32
+from reference import error_bound_tf32, error_bound_winograd
 
 HERE = Path(__file__).resolve().parent / "host_emulation"
 
@@ -237,6 +237,63 @@ def test_few_filters_kernel_widest(filters, groups, options, emulated_gpu):
     case = types.SimpleNamespace(x=x, filters=w, bias=b, options=dict(opts, activation="relu"))
     got = gpuconv.conv(x, w, b, algorithm="few_filters", activation="relu", **opts)
     _check(case, got, f"emulated few_filters, {filters} filters, {options}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, "bfloat16"])
+@pytest.mark.parametrize("shape,padding,layout,activation,bias", [
+    ((2, 5, 9, 11), 1, "channels_first", None, True),          # odd outputs: partial tiles
+    ((1, 3, 8, 8), ((0, 2), (2, 1)), "channels_last", "relu", False),
+    ((3, 7, 6, 13), "same", "channels_first", "sigmoid", True),
+    ((2, 4, 5, 5), 0, "channels_first", "tanh", False),        # 3x3 outputs
+])
+def test_winograd_kernels(shape, padding, layout, activation, bias, dtype, emulated_gpu,
+                          monkeypatch):
+    """Winograd F(2x2, 3x3): the input and output transforms (and CuPy's matmul, here
+    NumPy's) against the reference within error_bound_winograd, with the tiles cut into chunks
+    of 5 (the last one partial) by a small workspace."""
+    if dtype == "bfloat16":
+        if bfloat16() is None:
+            pytest.skip("ml_dtypes is not installed")
+        dtype = bfloat16()
+    dtype = np.dtype(dtype)
+    C, K = shape[1], 6
+    monkeypatch.setattr(cuda, "WINOGRAD_WORKSPACE_BYTES", 5 * 16 * (C + K) * 8)
+    rng = np.random.default_rng(60)
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((K, C, 3, 3)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype) if bias else None
+    if layout == "channels_last":
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    got = gpuconv.conv2d(x, w, b, padding=padding, layout=layout, activation=activation,
+                         algorithm="winograd")
+    pads = gpuconv.geometry.plan_conv(x.shape, w.shape, padding=padding, layout=layout)
+    exact, bound = error_bound_winograd(x, w, b, got.dtype, activation, layout=layout,
+                                        padding=tuple(zip(pads.pad_before, pads.pad_after)))
+    assert got.dtype == dtype and got.shape == exact.shape
+    assert np.all(np.isfinite(got.astype(np.float64)))
+    err = np.abs(got.astype(np.float64) - exact)
+    assert np.all(err <= bound), err.max()
+
+
+def test_winograd_refuses_what_it_cannot_compute(emulated_gpu, monkeypatch):
+    x = np.ones((1, 4, 8, 8), np.float32)
+    for w, options, why in [
+        (np.ones((4, 4, 5, 5), np.float32), {}, "3x3 kernels of stride 1"),
+        (np.ones((4, 4, 3, 3), np.float32), dict(stride=2), "3x3 kernels of stride 1"),
+        (np.ones((4, 4, 3, 3), np.float32), dict(dilation=2), "dilation 1"),
+        (np.ones((4, 2, 3, 3), np.float32), dict(groups=2), "in one group"),
+        (np.ones((4, 4, 3, 3), np.complex64), {}, "real dtypes"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            gpuconv.conv(x, w, algorithm="winograd", **options)
+    with pytest.raises(ValueError, match="'winograd' .* 3x3 kernels"):
+        gpuconv.conv(np.ones((1, 4, 8), np.float32), np.ones((4, 4, 3), np.float32),
+                     algorithm="winograd")
+    monkeypatch.setenv("CUPY_TF32", "1")
+    with pytest.raises(ValueError, match="CUPY_TF32"):
+        gpuconv.conv(x, np.ones((4, 4, 3, 3), np.float32), algorithm="winograd")
+    assert gpuconv.conv(x.astype(np.float64), np.ones((4, 4, 3, 3)),
+                        algorithm="winograd").dtype == np.float64
 
 
 # two tiles a tile case and one a case of a quarter of the grid, in turn: each tile ~20 times
