@@ -20,6 +20,16 @@ def _options(case):
     return {k: case.options[k] for k in CONV_OPTIONS}
 
 
+def depthwise_layer(rng, batch, channels, spatial, kernel_size, dtype, multiplier=1):
+    """x (batch, channels, *spatial) of random values (complex ones for a complex dtype) and
+    zero filters (channels * multiplier, 1, *kernel_size) of a depthwise layer: the filter
+    gradient tests' inputs."""
+    x = rng.standard_normal((batch, channels) + tuple(spatial))
+    if np.dtype(dtype).kind == "c":
+        x = x + 1j * rng.standard_normal(x.shape)
+    return x.astype(dtype), np.zeros((channels * multiplier, 1) + tuple(kernel_size), dtype)
+
+
 def _grad_out(case, rng):
     """A random gradient shaped like conv's result for this case, in the case's dtype."""
     shape = reference_conv(case.x, case.filters, **_options(case)).shape
@@ -342,13 +352,9 @@ def test_gpu_depthwise_filter_grad(kernel_size, stride, dtype, gpu):
     reference; the same bits on every run (fixed chunks, fixed tree sums)."""
     from gpuconv import cuda
     cp = gpu
-    rng = np.random.default_rng(32)
     spatial = (61, 47) if len(kernel_size) == 2 else (3001,)
-    x = rng.standard_normal((5, 24) + spatial)
-    if np.dtype(dtype).kind == "c":
-        x = x + 1j * rng.standard_normal(x.shape)
-    x = x.astype(dtype)
-    w = np.zeros((24, 1) + kernel_size, dtype)
+    rng = np.random.default_rng(32)
+    x, w = depthwise_layer(rng, 5, 24, spatial, kernel_size, dtype)
     opts = dict(stride=stride, padding=2, dilation=1, groups=24, padding_mode="zeros",
                 layout="channels_first", flip=False)
     case = types.SimpleNamespace(x=x, filters=w, bias=None, options=opts)

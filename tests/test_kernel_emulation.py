@@ -29,7 +29,7 @@ from gpuconv.dtypes import bfloat16
 from cases import (Case, as_dtype, as_float16, bfloat16_cases, channel_block_cases,
                    fast_path_cases, grid_cases, tile_cases)
 from test_adjoint import (TRANSPOSE_CASES, _grad_out, _options, check_filter_grad,
-                          check_input_grad, check_transpose, transpose_call)
+                          check_input_grad, check_transpose, depthwise_layer, transpose_call)
 from test_adjoint import route  # noqa: F401 (a fixture: pytest finds it by its name)
 from test_grid import _check
 from reference import error_bound_tf32, error_bound_winograd
@@ -550,11 +550,7 @@ def test_depthwise_filter_grad_chunks(kernel_size, stride, dilation, layout, mul
     monkeypatch.setattr(cuda, "DEPTHWISE_FILTER_GRAD_MIN_PER_THREAD", 1)
     rng = np.random.default_rng(40)
     spatial = (45, 37) if len(kernel_size) == 2 else (1200,)
-    x = rng.standard_normal((3, 6) + spatial)
-    if np.dtype(dtype).kind == "c":
-        x = x + 1j * rng.standard_normal(x.shape)
-    x = x.astype(dtype)
-    w = np.zeros((6 * multiplier, 1) + kernel_size, dtype)
+    x, w = depthwise_layer(rng, 3, 6, spatial, kernel_size, dtype, multiplier)
     options = dict(stride=stride, padding=2, dilation=dilation, groups=6, padding_mode="zeros",
                    layout="channels_first", flip=False)
     case = types.SimpleNamespace(x=x, filters=w, bias=None, options=options)
