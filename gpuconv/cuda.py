@@ -325,7 +325,7 @@ def _winograd(xp: Any, run: Callable[..., None], plan: ForwardPlan, x_cf: Array,
         raise AssertionError("a Winograd plan names its accumulator and output transform")
     K, C = geom.C_out, geom.C_in
     G = xp.asarray(np.array(_WINOGRAD_G, dtype=acc))
-    U = xp.matmul(xp.matmul(G, w.astype(acc)), G.T)  # (K, C, 4, 4)
+    U = xp.matmul(xp.matmul(G, w.astype(acc, copy=False)), G.T)  # (K, C, 4, 4)
     U = xp.ascontiguousarray(U.reshape(K, C, 16).transpose(2, 0, 1))  # (16, K, C)
     tiles, chunk = winograd_tiles(geom), winograd_chunk(geom, acc.itemsize)
     V_all = xp.empty(16 * C * chunk, dtype=acc)
