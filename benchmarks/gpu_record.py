@@ -45,9 +45,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -91,15 +94,55 @@ def run_pytest(junit: Path, args, prefix=(), time_limit=None):
 
 
 def _run(cmd, time_limit):
-    """(stdout + stderr, whether it was stopped at ``time_limit`` seconds, exit status)."""
+    """(stdout + stderr, whether it was stopped at ``time_limit`` seconds, exit status).
+
+    The command runs in a session of its own, and a stop kills that whole process group: a
+    pytest-xdist run's workers (or compute-sanitizer's target) are the command's children, and
+    killing the command alone left them running on the GPU. In session 8 they did, through the
+    next phases of the same call (its float16 bench and sanitizer runs)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=time_limit)
-        return proc.stdout + proc.stderr, False, proc.returncode
-    except subprocess.TimeoutExpired as exc:
-        def text(b):
-            return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
-        return (text(exc.stdout) + text(exc.stderr) + f"\n[stopped after {time_limit} s]\n",
-                True, None)
+        out, err = proc.communicate(timeout=time_limit)
+        return out + err, False, proc.returncode
+    except subprocess.TimeoutExpired:
+        _signal_group(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()  # reaps the command itself
+        _wait_group_gone(proc.pid)
+        return (out or "") + (err or "") + f"\n[stopped after {time_limit} s]\n", True, None
+
+
+def _signal_group(pgid, sig):
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_group_gone(pgid):
+    """Wait (up to 10 s) until no process of group ``pgid`` is left, so that the next phase
+    starts on an idle GPU. (Orphans go to init, which reaps them.)"""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
+def gpu_processes(query=("nvidia-smi", "--query-compute-apps=pid,process_name",
+                         "--format=csv,noheader")):
+    """The processes using a GPU now, one "pid, name" line each, as nvidia-smi lists them (None
+    where it cannot be asked). Checked before each bench phase and kept in the record: a
+    timing taken beside another process on the GPU is no measurement of gpuconv."""
+    try:
+        listed = subprocess.run(list(query), capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if listed.returncode != 0:
+        return None
+    return [line.strip() for line in listed.stdout.splitlines() if line.strip()]
 
 
 #: benchmark rows (a list) and the summary computed from them, per kind of bench phase
@@ -244,6 +287,9 @@ def main() -> int:
         bench_json = work / f"{key}.json"
         cmd = [sys.executable, "-m", "gpuconv.bench", *bench_args, "--json", str(bench_json)]
         bench_json.unlink(missing_ok=True)
+        record[f"{key}_gpu_processes_before"] = busy = gpu_processes()
+        if busy:
+            print(f"warning: other processes use the GPU before {key}: {busy}")
         log, timed_out, status = _run(cmd, args.time_limit)
         (logs / f"{key}.log").write_text(log)
         print(log[-8000:])

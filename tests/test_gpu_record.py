@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,46 @@ def test_without_a_gpu_no_record_is_written(tmp_path):
     bad = subprocess.run([sys.executable, str(SCRIPT), "--commit", "abc", "--tools", "memchek"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown ['memchek']" in bad.stderr
+
+
+def _alive(pid):
+    """Whether process ``pid`` still runs (a zombie waiting for its reaper does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_a_stopped_phase_takes_its_child_processes_with_it(tmp_path):
+    # as pytest-xdist's workers: the command starts a child that outlives a kill of the command
+    # alone (session 8's stopped suites left theirs running on the GPU into the next phases)
+    pid_file = tmp_path / "child.pid"
+    child = "import time; time.sleep(60)"
+    parent = (f"import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', "
+              f"{child!r}], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+              f"open({str(pid_file)!r}, 'w').write(str(c.pid)); print('started', flush=True); "
+              f"time.sleep(60)")
+    started = time.monotonic()
+    log, timed_out, status = _module()._run([sys.executable, "-c", parent], time_limit=3)
+    assert time.monotonic() - started < 30
+    assert timed_out and status is None
+    assert "started" in log and "[stopped after 3 s]" in log
+    assert not _alive(int(pid_file.read_text()))
+
+
+def test_a_phase_within_its_time_limit_keeps_its_output_and_status():
+    log, timed_out, status = _module()._run(
+        [sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr); "
+                               "sys.exit(3)"], time_limit=60)
+    assert (timed_out, status) == (False, 3)
+    assert "out" in log and "err" in log
+
+
+def test_the_processes_on_the_gpu_are_listed_or_none():
+    module = _module()
+    listing = [sys.executable, "-c", "print('123, python'); print(''); print(' 456, pytest ')"]
+    assert module.gpu_processes(listing) == ["123, python", "456, pytest"]
+    assert module.gpu_processes([sys.executable, "-c", "import sys; sys.exit(9)"]) is None
+    assert module.gpu_processes(["/nonexistent/nvidia-smi"]) is None
