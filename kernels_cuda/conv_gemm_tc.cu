@@ -180,17 +180,52 @@ __device__ __forceinline__ void gc_tc_each(const float (&acc)[MT][NT][4], long l
 }
 
 // The epilogue of both tensor-core kernels: each sum plus bias, through the activation, stored
-// in the output dtype at y's strides (any layout).
+// in the output dtype at y's strides (any layout). Work a thread does once, not per sum: its
+// filters' biases (2 * NT) are read before the stores, and its 2 * MT output positions, 8
+// apart (rows group, group + 8, group + 16, ...), are split into (n, od, oh, ow) once and
+// stepped by 8 (gc_mixed_place) for their offsets in y. (Split per sum, 64 sums a thread at
+// three 64-bit divisions each, the epilogue had ~100 instructions a sum: on a layer with few
+// terms, such as a 1x1 conv of 64 channels, many times the main loop.)
 template <typename T, int ACT, int MT, int NT>
 __device__ __forceinline__ void gc_tc_store(const float (&acc)[MT][NT][4], T* y, const T* bias,
                                             const gc_conv& p, long long M, long long g,
                                             long long m_w, long long f_w, int group, int t) {
     typedef gc_num<T> num;
-    gc_tc_each(acc, M, p.Cog, m_w, f_w, group, t, [&](long long m, long long f, float v) {
-        const long long co = g * p.Cog + f;
-        if (p.has_bias) v = v + num::load(bias[co]);
-        y[gc_output_offset(m, p) + co * p.ys_c] = num::store(gc_activate<ACT>(v));
-    });
+    const long long Cog = p.Cog;
+    float b[NT][2];
+    long long at_f[NT][2];  // filter f's offset in y from its row's first filter; -1: f >= Cog
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+            const long long f = f_w + j * 8 + 2 * t + c;
+            at_f[j][c] = f < Cog ? f * p.ys_c : -1;
+            b[j][c] = p.has_bias && f < Cog ? float(num::load(bias[g * Cog + f])) : 0.0f;
+        }
+    T* const y_group = y + g * Cog * p.ys_c;
+    gc_mixed_place at;  // the row's position (n, od, oh, ow), stepped 8 rows at a time
+    at.start<long long>(m_w + group, 8LL, p.OD, p.OH, p.OW);
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {  // row m_w + group + 8 * (2 * i + half)
+            if (m_w + i * 16 + group + 8 * half < M) {
+                T* const row = y_group + at.hi * p.ys_n + at.d * p.ys_d + at.h * p.ys_h +
+                               at.w * p.ys_w;
+#pragma unroll
+                for (int j = 0; j < NT; ++j) {
+#pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        if (at_f[j][c] < 0) continue;
+                        float v = acc[i][j][2 * half + c];
+                        if (p.has_bias) v = v + b[j][c];
+                        row[at_f[j][c]] = num::store(gc_activate<ACT>(v));
+                    }
+                }
+            }
+            at.advance(p.OD, p.OH, p.OW);
+        }
+    }
 }
 
 // Split-K's first stage (see conv_gemm.cu): the sums of one split of the terms, no bias or
