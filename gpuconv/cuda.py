@@ -25,7 +25,7 @@ from .config import get_autotune
 from .device import cuda_device_name
 from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
-from .layout import pad_spatial, unpad_adjoint
+from .layout import merged_stride, pad_spatial, unpad_adjoint
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
 from ._typing import Array, DTypeLike
 
@@ -115,6 +115,33 @@ def _contiguous_16(xp: Any, a: Array) -> Array:
     if a.flags.c_contiguous and _pointer(a) % 16 == 0:
         return a
     return xp.array(a, order="C", copy=True)
+
+
+def _channels_last(xp: Any, run: Callable[..., None], x_cf: Array) -> Array:
+    """``x_cf`` (N, C, *spatial) as a channels-first view of a C-contiguous channels-last array
+    starting on 16 bytes (conv_gemm_tc_cl's input): ``x_cf`` itself where it already is one (a
+    channels-last caller's x), else a copy made by layout.cu's to_channels_last, whose tiles
+    read and write whole sectors where an elementwise copy of the transposed view reads one
+    element a sector (or by the array library where the spatial axes do not merge into one
+    stride, which views of views can do)."""
+    cl = xp.moveaxis(x_cf, 1, -1)
+    if cl.flags.c_contiguous and _pointer(cl) % 16 == 0:
+        return x_cf
+    N, C, spatial = x_cf.shape[0], x_cf.shape[1], x_cf.shape[2:]
+    S = math.prod(spatial)
+    strides = [st // x_cf.itemsize for st in x_cf.strides]
+    s_stride = merged_stride(spatial, strides[2:])
+    if s_stride is None or N * C * S == 0:
+        return xp.moveaxis(xp.array(cl, order="C", copy=True), -1, 1)
+    out = xp.empty((N,) + tuple(spatial) + (C,), dtype=x_cf.dtype)
+    _poison(out)
+    tile = kernels.LAYOUT_TILE
+    grid = Grid((-(-S // tile), -(-C // tile), min(N, kernels.LAYOUT_MAX_GRID_Z)),
+                kernels.LAYOUT_THREADS)
+    run("layout.cu", kernels.to_channels_last_name(x_cf.dtype), x_cf.dtype, grid,
+        (x_cf, out, _int64(N), _int64(C), _int64(S), _int64(strides[0]), _int64(strides[1]),
+         _int64(s_stride)))
+    return xp.moveaxis(out, -1, 1)
 
 
 def _contiguous(xp: Any, a: Array, dtype: DTypeLike) -> Array:
@@ -267,7 +294,7 @@ def _forward(xp: Any, run: Callable[..., None], sms: int, x_cf: Array, w: Array,
     _poison(out_cf)
     if plan.algorithm == "gemm_tc_cl":  # terms tap-major: filters (C_out, *kernel, C_in/groups),
         # and x as a channels-first view of a channels-last array (a channels-last caller's own)
-        x_cf = xp.moveaxis(_contiguous_16(xp, xp.moveaxis(x_cf, 1, -1)), -1, 1)
+        x_cf = _channels_last(xp, run, x_cf)
         w = _contiguous_16(xp, xp.moveaxis(w, 1, -1))
     record = params.conv_params(geom, x_cf, out_cf, b is not None)
     # without a bias the kernel never reads its pointer; pass the filters as a valid one

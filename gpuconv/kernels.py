@@ -331,6 +331,19 @@ def filter_grad_names(dtype: DTypeLike) -> Tuple[str, str]:
     return f"conv_filter_grad_partial<{name}>", f"sum_partials<{name}>"
 
 
+#: layout.cu's to_channels_last: tiles of LAYOUT_TILE channels x LAYOUT_TILE positions, one a
+#: block of LAYOUT_THREADS threads; the grid's z axis (images) at most LAYOUT_MAX_GRID_Z blocks,
+#: each then taking every LAYOUT_MAX_GRID_Z-th image.
+LAYOUT_TILE = 32
+LAYOUT_THREADS = 256
+LAYOUT_MAX_GRID_Z = 65535
+
+
+def to_channels_last_name(dtype: DTypeLike) -> str:
+    """layout.cu's copy of (N, C, S) into a contiguous (N, S, C), for conv_gemm_tc_cl's input."""
+    return f"to_channels_last<{ctype(dtype)}>"
+
+
 def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
     """Every template instantiation of ``filename`` that a call in ``dtype`` may need."""
     if filename == "conv_direct.cu":
@@ -362,6 +375,8 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
             return ()
         return (winograd_names(dtype, None)[0],) + tuple(
             winograd_names(dtype, a)[1] for a in activation_names(dtype))
+    if filename == "layout.cu":  # feeds conv_gemm_tc_cl: its 16-bit dtypes only
+        return (to_channels_last_name(dtype),) if tensor_core_dtype(dtype) else ()
     if filename == "peak.cu":  # the benchmark's FMA throughput probe
         return (f"gc_fma_peak<{ctype(dtype)}>",) if np.dtype(dtype) in (
             np.float32, np.float64) else ()
@@ -373,7 +388,7 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
 
 KERNEL_FILES: Tuple[str, ...] = ("conv_direct.cu", "conv_gemm.cu", "conv_gemm_tc.cu",
                                   "conv_depthwise.cu", "conv_adjoint.cu", "conv_winograd.cu",
-                                  "peak.cu")
+                                  "layout.cu", "peak.cu")
 
 
 def every_module_request() -> List[Tuple[str, Tuple[str, ...], Tuple[str, ...]]]:

@@ -7,7 +7,7 @@ into an output allocated in the caller's layout; these helpers make those views 
 from __future__ import annotations
 
 from .geometry import ConvGeometry
-from typing import Any, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 from ._typing import Array, DTypeLike
 
 #: padding_mode -> the mode of ``numpy.pad``/``cupy.pad`` with PyTorch's meaning.
@@ -43,6 +43,24 @@ def alloc_input(xp: Any, geom: ConvGeometry, dtype: DTypeLike) -> Tuple[Array, A
     """(an array shaped like conv's x in the caller's layout, its view (N, C_in, *in_spatial)):
     where the input gradient and the transposed convolution go."""
     return _alloc(xp, geom, geom.C_in, geom.in_spatial, dtype)
+
+
+def merged_stride(shape: Sequence[int], strides: Sequence[int]) -> Optional[int]:
+    """The one stride (in the units of ``strides``) at which axes ``shape`` of an array step
+    through their elements in C order as one flattened axis, or None where they do not: each
+    axis's stride is the next one's times the next one's length (axes of length 1 take any
+    stride). 1 for no axes, or axes of one element."""
+    inner: Optional[int] = None  # the stride of the flattened axes below the current one
+    size = 1                     # and how many elements they hold
+    for n, st in zip(reversed(tuple(shape)), reversed(tuple(strides))):
+        if n == 1:
+            continue
+        if inner is None:
+            inner = st
+        elif st != inner * size:
+            return None
+        size *= n
+    return 1 if inner is None else inner
 
 
 def pad_spatial(xp: Any, x: Array, geom: ConvGeometry, channels_last: bool = False) -> Array:

@@ -393,18 +393,56 @@ def test_gemm_tc_cl_reads_a_channels_last_caller_in_place_only_when_aligned(emul
     on16[...] = x
     off8_copy = x.copy()
     copies = []
-    real = cuda._contiguous_16
-    monkeypatch.setattr(cuda, "_contiguous_16",
-                        lambda xp, a: copies.append(real(xp, a) is not a) or real(xp, a))
+    real = cuda._channels_last
+
+    def spy(xp, run, x_cf):
+        out = real(xp, run, x_cf)
+        copies.append(out is not x_cf)
+        return out
+
+    monkeypatch.setattr(cuda, "_channels_last", spy)
     case = Case("cl16", x, w, None, dict(padding=1, layout="channels_last", activation=None))
     got = gpuconv.conv2d(on16, w, padding=1, layout="channels_last", algorithm="gemm_tc_cl")
-    assert copies[0] is False  # x read in place (copies[1] is the filters' reordering)
+    assert copies == [False]  # x read in place
     _check(case, got, "gemm_tc_cl on a channels-last caller's array")
     off8[...] = off8_copy
     copies.clear()
     got8 = gpuconv.conv2d(off8, w, padding=1, layout="channels_last", algorithm="gemm_tc_cl")
-    assert copies[0] is True
+    assert copies == [True]  # copied by layout.cu (strided input: channels 1, positions 16)
     np.testing.assert_array_equal(got8, got)
+
+
+@pytest.mark.parametrize("view", ["contiguous", "strided", "reversed", "channels_last_view",
+                                  "unmergeable", "many_images", "empty"])
+def test_channels_last_copy(view, emulator, monkeypatch):
+    """layout.cu's to_channels_last (conv_gemm_tc_cl's input copy), against NumPy's own
+    transposition: partial tiles along channels and positions, inputs viewed at other strides
+    (every second position, every axis but the images reversed, a channels-last array's
+    channels-first view), images taken in turns by a grid of one image (LAYOUT_MAX_GRID_Z 1);
+    spatial axes that do not merge into one stride, and empty inputs, are copied by the array
+    library instead."""
+    rng = np.random.default_rng(5)
+    base = rng.uniform(-1, 1, (3, 40, 9, 38)).astype(np.float16)
+    x = {"contiguous": base, "strided": base[:, :, :, ::2], "reversed": base[:, ::-1, ::-1, ::-1],
+         "channels_last_view": np.ascontiguousarray(base.transpose(0, 2, 3, 1)).transpose(
+             0, 3, 1, 2)[:, :, 1:],
+         "unmergeable": base[:, :, 1:, 1:], "many_images": base, "empty": base[:0]}[view]
+    if view == "many_images":
+        monkeypatch.setattr(kernels, "LAYOUT_MAX_GRID_Z", 1)
+    launches = []
+
+    def run(*args):
+        launches.append(args[1])
+        emulator.run(*args)
+
+    x0 = x.copy()
+    got = cuda._channels_last(np, run, x)
+    assert launches == ([] if view in ("unmergeable", "empty")
+                        else [kernels.to_channels_last_name(np.float16)])
+    cl = np.moveaxis(got, 1, -1)
+    assert cl.flags.c_contiguous and got.shape == x.shape
+    np.testing.assert_array_equal(got, x)
+    np.testing.assert_array_equal(x, x0)
 
 
 def test_gemm_tc_cl_refuses_other_channel_counts(emulated_gpu):
