@@ -117,6 +117,14 @@ def _contiguous_16(xp: Any, a: Array) -> Array:
     return xp.array(a, order="C", copy=True)
 
 
+@functools.lru_cache(maxsize=None)
+def _axes_to_last(ndim: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """(axis 1 moved last, the last axis moved to 1) as transpose orders for ``ndim`` axes: what
+    moveaxis computes anew on every call (its axis normalisation was most of a float16 call's
+    Python time)."""
+    return (0,) + tuple(range(2, ndim)) + (1,), (0, ndim - 1) + tuple(range(1, ndim - 1))
+
+
 def _channels_last(xp: Any, run: Callable[..., None], x_cf: Array) -> Array:
     """``x_cf`` (N, C, *spatial) as a channels-first view of a C-contiguous channels-last array
     starting on 16 bytes (conv_gemm_tc_cl's input): ``x_cf`` itself where it already is one (a
@@ -124,24 +132,37 @@ def _channels_last(xp: Any, run: Callable[..., None], x_cf: Array) -> Array:
     read and write whole sectors where an elementwise copy of the transposed view reads one
     element a sector (or by the array library where the spatial axes do not merge into one
     stride, which views of views can do)."""
-    cl = xp.moveaxis(x_cf, 1, -1)
+    to_last, to_first = _axes_to_last(x_cf.ndim)
+    cl = x_cf.transpose(to_last)
     if cl.flags.c_contiguous and _pointer(cl) % 16 == 0:
         return x_cf
-    N, C, spatial = x_cf.shape[0], x_cf.shape[1], x_cf.shape[2:]
-    S = math.prod(spatial)
-    strides = [st // x_cf.itemsize for st in x_cf.strides]
-    s_stride = merged_stride(spatial, strides[2:])
-    if s_stride is None or N * C * S == 0:
-        return xp.moveaxis(xp.array(cl, order="C", copy=True), -1, 1)
-    out = xp.empty((N,) + tuple(spatial) + (C,), dtype=x_cf.dtype)
+    copy = _channels_last_copy(x_cf.shape, x_cf.strides, x_cf.itemsize)
+    if copy is None:
+        return xp.array(cl, order="C", copy=True).transpose(to_first)
+    grid, sizes = copy
+    out = xp.empty(cl.shape, dtype=x_cf.dtype)
     _poison(out)
+    run("layout.cu", kernels.to_channels_last_name(x_cf.dtype), x_cf.dtype, grid,
+        (x_cf, out) + sizes)
+    return out.transpose(to_first)
+
+
+@functools.lru_cache(maxsize=1024)
+def _channels_last_copy(shape: Tuple[int, ...], strides: Tuple[int, ...], itemsize: int
+                        ) -> Optional[Tuple[Grid, Tuple[np.int64, ...]]]:
+    """to_channels_last's grid and size arguments (N, C, S, xs_n, xs_c, xs_s) for an x of this
+    shape and byte strides, or None where it does not apply: spatial axes that do not merge into
+    one stride (layout.merged_stride), or no elements. Cached: per call, only a lookup."""
+    N, C, spatial = shape[0], shape[1], shape[2:]
+    S = math.prod(spatial)
+    steps = [st // itemsize for st in strides]
+    s_stride = merged_stride(spatial, steps[2:])
+    if s_stride is None or N * C * S == 0:
+        return None
     tile = kernels.LAYOUT_TILE
     grid = Grid((-(-S // tile), -(-C // tile), min(N, kernels.LAYOUT_MAX_GRID_Z)),
                 kernels.LAYOUT_THREADS)
-    run("layout.cu", kernels.to_channels_last_name(x_cf.dtype), x_cf.dtype, grid,
-        (x_cf, out, _int64(N), _int64(C), _int64(S), _int64(strides[0]), _int64(strides[1]),
-         _int64(s_stride)))
-    return xp.moveaxis(out, -1, 1)
+    return grid, tuple(np.int64(v) for v in (N, C, S, steps[0], steps[1], s_stride))
 
 
 def _contiguous(xp: Any, a: Array, dtype: DTypeLike) -> Array:
@@ -295,7 +316,7 @@ def _forward(xp: Any, run: Callable[..., None], sms: int, x_cf: Array, w: Array,
     if plan.algorithm == "gemm_tc_cl":  # terms tap-major: filters (C_out, *kernel, C_in/groups),
         # and x as a channels-first view of a channels-last array (a channels-last caller's own)
         x_cf = _channels_last(xp, run, x_cf)
-        w = _contiguous_16(xp, xp.moveaxis(w, 1, -1))
+        w = _contiguous_16(xp, w.transpose(_axes_to_last(w.ndim)[0]))
     record = params.conv_params(geom, x_cf, out_cf, b is not None)
     # without a bias the kernel never reads its pointer; pass the filters as a valid one
     bias_arg = w if b is None else b

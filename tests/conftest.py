@@ -41,9 +41,10 @@ def _no_device_env(monkeypatch):
 @pytest.fixture(autouse=True)
 def _fresh_launch_plans():
     # CUDA launch plans are cached by their arguments; tests that monkeypatch a rule
-    # (gemm_splits, gemm_tc_cl_filters, ...) must not find another test's plan
+    # (gemm_splits, gemm_tc_cl_filters, LAYOUT_MAX_GRID_Z, ...) must not find another test's plan
     import gpuconv.cuda
-    caches = (gpuconv.cuda._forward_plan, gpuconv.cuda._filter_grad_plan)
+    caches = (gpuconv.cuda._forward_plan, gpuconv.cuda._filter_grad_plan,
+              gpuconv.cuda._channels_last_copy)
     for cache in caches:
         cache.cache_clear()
     yield
