@@ -196,19 +196,42 @@ GEMM_SPLIT_MIN_STEPS = 8
 GEMM_PARTIAL_BYTES = 64 * 2**20
 
 
-def gemm_splits(geom: ConvGeometry, tile: Tuple[int, int, int], slots: int,
+#: Split-K takes the fewest splits whose time (below) is within this fraction of the least:
+#: each split costs its partial sums' traffic and an ordered sum, which the wave count ignores.
+GEMM_SPLIT_SLACK = 0.05
+
+
+def gemm_splits(geom: ConvGeometry, tile: Tuple[int, int, int], sms: int, per_sm: int,
                 itemsize: int) -> Tuple[int, int]:
     """(splits, steps a split) of an implicit GEMM's terms, for its ``tile`` (BM positions, BN
-    filters, BK terms a step): where its output tiles are fewer than the blocks the device runs
-    at once (``slots``), as many splits as fill them, each of at least GEMM_SPLIT_MIN_STEPS
-    steps; 1 (no split) otherwise. Fixed for a shape and device, which keeps the result
-    bit-identical run after run."""
+    filters, BK terms a step) on ``sms`` SMs holding ``per_sm`` of its blocks each. Each split
+    has at least GEMM_SPLIT_MIN_STEPS steps, and their partial sums stay within
+    GEMM_PARTIAL_BYTES.
+
+    Where one block fills an SM (per_sm 1: 128x128), the last wave's idle SMs are the loss:
+    B blocks take ceil(B / sms) waves, and s splits make B * s blocks of 1/s the work,
+    ceil(B * s / sms) / s of the unsplit time; the fewest splits (up to sms) within
+    GEMM_SPLIT_SLACK of the least such time are taken (r50_res4 at N = 32: 98 blocks,
+    26% of 132 SMs idle throughout; 4 splits, 392 blocks in 2.97 waves, 0.75 of the time; a
+    grid of many waves stays unsplit; one of fewer blocks than SMs is split until they are
+    filled). With several blocks an SM, the blocks of a part-filled wave share their SMs with
+    fewer others and run faster, which the wave count does not capture: such grids are split
+    only while their blocks are fewer than sms x per_sm, as many times as fill those. Fixed for
+    a shape and device, which keeps the result bit-identical run after run."""
     BM, BN, BK = tile
     blocks = -(-geom.positions // BM) * -(-geom.C_out_per_group // BN) * geom.groups
     steps = max(1, -(-geom.terms_per_output // BK))
     E = geom.C_out * geom.positions
-    splits = max(1, min(slots // max(1, blocks), steps // GEMM_SPLIT_MIN_STEPS,
-                        65535 // geom.groups, GEMM_PARTIAL_BYTES // max(1, E * itemsize)))
+    most = max(1, min(steps // GEMM_SPLIT_MIN_STEPS, 65535 // geom.groups,
+                      GEMM_PARTIAL_BYTES // max(1, E * itemsize)))
+    slots = max(1, sms * per_sm)
+    if per_sm > 1:
+        splits = max(1, min(slots // max(1, blocks), most))
+    else:
+        times = [-(-blocks * s // slots) / s for s in range(1, min(most, slots) + 1)]
+        least = min(times)
+        splits = next(s for s, t in enumerate(times, start=1)
+                      if t <= least * (1 + GEMM_SPLIT_SLACK))
     per_split = -(-steps // splits)
     return -(-steps // per_split), per_split
 
@@ -275,17 +298,16 @@ def _forward_plan(geom: ConvGeometry, dtype: np.dtype, activation: Optional[str]
         BN = kernels.gemm_tc_cl_filters(geom)
         file, name = "conv_gemm_tc.cu", kernels.conv_gemm_tc_cl_name(dtype, activation, BN)
         tile = (kernels.GEMM_TC_CL_POSITIONS, BN, kernels.GEMM_TC_CL_TERMS)
-        slots = sms * kernels.gemm_tc_cl_blocks_per_sm(BN)
+        per_sm = kernels.gemm_tc_cl_blocks_per_sm(BN)
         threads = kernels.gemm_tc_cl_threads(BN)
     else:
         ffma = algorithm[len("gemm_"):]
         file, name = "conv_gemm.cu", kernels.conv_gemm_name(dtype, activation, ffma)
         tile = kernels.GEMM_TILES[ffma][:3]
-        # one 128x128 block an SM (its registers allow no more); the smaller tiles are given
-        # the same count, which splits them only where a layer has very few output tiles
-        slots, threads = sms, kernels.gemm_threads(ffma)
+        per_sm = kernels.gemm_blocks_per_sm(ffma, accumulator_dtype(dtype).itemsize)
+        threads = kernels.gemm_threads(ffma)
     acc = accumulator_dtype(dtype)
-    splits, per_split = gemm_splits(geom, tile, slots, acc.itemsize)
+    splits, per_split = gemm_splits(geom, tile, sms, per_sm, acc.itemsize)
     BM, BN = tile[:2]
     blocks = (-(-positions // BM), -(-geom.C_out_per_group // BN), geom.groups * splits)
     finish = None

@@ -174,6 +174,19 @@ def tile_threads(tile: Tuple[int, int, int, int, int]) -> int:
     return (BM // TM) * (BN // TN)
 
 
+def gemm_blocks_per_sm(tile: str, acc_itemsize: int) -> int:
+    """conv_gemm blocks of ``tile`` an SM holds at once, by their registers (sm_90 ptxas, each
+    warp's registers allocated in units of 256 from 64 K a SM): 128x128 (8 warps, 221-237 a
+    thread) 1; 128x64 (4 warps, 221-229) 2; the 8-warp tiles of 4 x 4 sums (64x64, 128x32,
+    128x8) 3 at 80 registers (4-byte sums), 2 at 126-128 (8-byte), 1 at 180-184 (16-byte).
+    Split-K counts on it (cuda.gemm_splits); a wrong count costs speed, never correctness."""
+    if tile == "128x128":
+        return 1
+    if tile == "128x64":
+        return 2
+    return {4: 3, 8: 2}.get(acc_itemsize, 1)
+
+
 def gemm_threads(tile: str) -> int:
     return tile_threads(GEMM_TILES[tile])
 

@@ -184,21 +184,39 @@ def test_filter_gradient_tile_rule(x_shape, w_shape, groups, dtype, tile):
     assert tile in kernels.filter_grad_tiles(dtype)
 
 
-@pytest.mark.parametrize("x_shape,w_shape,tile,expected", [
-    ((32, 512, 7, 7), (512, 512, 3, 3), "128x128", (2, 144)),   # r50_res5: 52 tiles, 132 SMs
-    ((32, 256, 14, 14), (256, 256, 3, 3), "128x128", (1, 144)),  # r50_res4: 98 tiles
-    ((1, 8, 8, 8), (8, 8, 3, 3), "64x64", (1, 9)),               # 9 steps: too few to split
-    ((1, 16, 8, 8), (16, 16, 3, 3), "64x64", (2, 9)),            # one tile, 18 steps
-    ((1, 64, 8, 8), (64, 64, 3, 3), "64x64", (9, 8)),            # one tile, 72 steps
+@pytest.mark.parametrize("x_shape,w_shape,tile,per_sm,expected", [
+    # 128x128, one block an SM: splits that leave the fewest idle SMs in the last wave
+    ((32, 512, 7, 7), (512, 512, 3, 3), "128x128", 1, (5, 58)),   # r50_res5: 52 blocks -> 260
+    ((32, 256, 14, 14), (256, 256, 3, 3), "128x128", 1, (4, 36)),  # r50_res4: 98 -> 392
+    ((32, 128, 28, 28), (128, 128, 3, 3), "128x128", 1, (2, 36)),  # r50_res3: 196 -> 392
+    ((16, 512, 28, 28), (512, 512, 3, 3), "128x128", 1, (1, 288)),  # 392 blocks: 2.97 waves
+    # several blocks an SM: split only to fill the device
+    ((32, 256, 14, 14), (256, 256, 3, 3), "128x128", 4, (5, 29)),  # 98 blocks, 528 slots
+    ((32, 128, 28, 28), (128, 128, 3, 3), "128x128", 4, (2, 36)),  # 196 blocks
+    ((32, 64, 56, 56), (64, 64, 3, 3), "128x128", 4, (1, 36)),     # 784 blocks: not split
+    ((1, 8, 8, 8), (8, 8, 3, 3), "64x64", 3, (1, 9)),               # 9 steps: too few to split
+    ((1, 16, 8, 8), (16, 16, 3, 3), "64x64", 3, (2, 9)),            # one tile, 18 steps
+    ((1, 64, 8, 8), (64, 64, 3, 3), "64x64", 3, (9, 8)),            # one tile, 72 steps
+    ((1, 64, 8, 8), (64, 64, 3, 3), "64x64", 1, (9, 8)),
 ])
-def test_gemm_split_k_rule(x_shape, w_shape, tile, expected):
+def test_gemm_split_k_rule(x_shape, w_shape, tile, per_sm, expected):
     from gpuconv import cuda
     geom = _geom(x_shape, w_shape, padding=1)
-    splits, per_split = cuda.gemm_splits(geom, cuda.kernels.GEMM_TILES[tile][:3], 132, 4)
-    steps = -(-geom.terms_per_output // cuda.kernels.GEMM_TILES[tile][2])
+    BK = cuda.kernels.GEMM_TILES[tile][2]
+    splits, per_split = cuda.gemm_splits(geom, cuda.kernels.GEMM_TILES[tile][:3], 132, per_sm,
+                                         4)
+    steps = -(-geom.terms_per_output // BK)
     assert splits * per_split >= steps > (splits - 1) * per_split  # no empty split
     assert splits == 1 or per_split >= cuda.GEMM_SPLIT_MIN_STEPS
     assert (splits, per_split) == expected
+
+
+def test_gemm_split_k_keeps_partial_sums_bounded(monkeypatch):
+    from gpuconv import cuda
+    geom = _geom((32, 256, 14, 14), (256, 256, 3, 3), padding=1)  # r50_res4: 4 splits ...
+    E = geom.C_out * geom.positions * 4
+    monkeypatch.setattr(cuda, "GEMM_PARTIAL_BYTES", 3 * E)  # ... unless only 3 fit
+    assert cuda.gemm_splits(geom, cuda.kernels.GEMM_TILES["128x128"][:3], 132, 1, 4)[0] <= 3
 
 
 def test_gemm_tc_cl_block_width_rule():
@@ -222,8 +240,8 @@ def test_forward_plans_are_decided_once_and_say_what_launches():
     res5 = _geom((32, 512, 7, 7), (512, 512, 3, 3), padding=1)
     plan = cuda.forward_plan(res5, np.float32, None, "auto", 132)
     assert cuda.forward_plan(res5, np.dtype(np.float32), None, "auto", 132) is plan
-    assert plan.algorithm == "gemm_128x128" and plan.splits == 2 and plan.per_split == 144
-    assert plan.main.work.blocks == (13, 4, 2) and plan.main.work.threads == 256
+    assert plan.algorithm == "gemm_128x128" and plan.splits == 5 and plan.per_split == 58
+    assert plan.main.work.blocks == (13, 4, 5) and plan.main.work.threads == 256
     assert plan.finish.name == kernels.conv_gemm_sum_splits_name(np.float32, None)
     assert plan.partial_dtype == np.float32
     relu = cuda.forward_plan(res5, np.float16, "relu", "gemm_128x128", 132)

@@ -308,7 +308,7 @@ def _force_splits(monkeypatch):
     split; returns the list of split counts launched."""
     forced = []
 
-    def splits(geom, tile, slots, itemsize):
+    def splits(geom, tile, sms, per_sm, itemsize):
         steps = max(1, -(-geom.terms_per_output // tile[2]))
         per_split = -(-steps // 3)
         forced.append(-(-steps // per_split) + 1)
