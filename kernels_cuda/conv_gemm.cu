@@ -183,20 +183,36 @@ conv_gemm(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict_
 
 // Split-K's second stage: y[m, co] = activation(sum over splits r, in order, of
 // partial[r, co, m] + bias[co]), one thread per (co, m), neighbouring threads neighbouring
-// positions (coalesced partial reads; coalesced writes for channels-first y).
+// positions (coalesced partial reads; coalesced writes for channels-first y). A thread's
+// elements are a grid stride apart: it splits its first into (co, m) and m into (n, od, oh,
+// ow) once, then steps all of them by the stride (q filters and r positions, m = M carrying
+// into co) without dividing again.
 template <typename T, int ACT>
 __global__ void conv_gemm_sum_splits(const typename gc_num<T>::acc* __restrict__ partial,
                                      const T* __restrict__ bias, T* __restrict__ y,
                                      long long splits, const gc_conv p) {
     typedef gc_num<T> num;
     const long long M = p.N * p.OD * p.OH * p.OW, E = p.C_out * M;
-    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < E;
-         e += (long long)gridDim.x * blockDim.x) {
-        const long long co = e / M, m = e % M;
+    const long long first = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (first >= E) return;
+    const long long stride = (long long)gridDim.x * blockDim.x, q = stride / M, r = stride % M;
+    long long co = first / M, m = first % M;
+    gc_mixed_place at;  // m as (n, od, oh, ow), stepped by r
+    at.start<long long>(m, r, p.OD, p.OH, p.OW);
+    for (long long e = first; e < E; e += stride) {
         typename num::acc sum = num::zero();
-        for (long long r = 0; r < splits; ++r) sum = sum + partial[r * E + e];
+        for (long long s = 0; s < splits; ++s) sum = sum + partial[s * E + e];
         if (p.has_bias) sum = sum + num::load(bias[co]);
-        y[gc_output_offset(m, p) + co * p.ys_c] = num::store(gc_activate<ACT>(sum));
+        y[at.hi * p.ys_n + at.d * p.ys_d + at.h * p.ys_h + at.w * p.ys_w + co * p.ys_c] =
+            num::store(gc_activate<ACT>(sum));
+        co += q;
+        m += r;
+        at.advance(p.OD, p.OH, p.OW);
+        if (m >= M) {  // the positions wrapped: one filter on, n back by N
+            m -= M;
+            ++co;
+            at.hi -= int(p.N);
+        }
     }
 }
 
