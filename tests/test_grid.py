@@ -221,3 +221,26 @@ def test_gpu_winograd(shape, filters, padding, layout, dtype, gpu, monkeypatch):
     again = gpuconv.conv2d(cp.asarray(x), cp.asarray(w), cp.asarray(b), padding=padding,
                            layout=layout, algorithm="winograd")
     assert cp.asnumpy(again).tobytes() == cp.asnumpy(got).tobytes()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("view", ["contiguous", "strided", "reversed", "large"])
+def test_gpu_channels_last_copy(view, gpu, monkeypatch):
+    """layout.cu's to_channels_last on a GPU (gemm_tc_cl's input copy, real shared memory and
+    barriers): the values of CuPy's own transposition, on partial tiles, strided and reversed
+    views, and images taken in turns by a grid of two (LAYOUT_MAX_GRID_Z 2, three images)."""
+    from gpuconv import cuda, kernels
+    cp = gpu
+    rng = np.random.default_rng(17)
+    if view == "large":  # 3 images on a grid of 2: the image loop on the device
+        monkeypatch.setattr(kernels, "LAYOUT_MAX_GRID_Z", 2)
+        base = cp.asarray(rng.uniform(-1, 1, (3, 136, 61, 67)).astype(np.float16))
+    else:
+        base = cp.asarray(rng.uniform(-1, 1, (2, 40, 9, 38)).astype(np.float16))
+    x = {"contiguous": base, "strided": base[:, :, :, ::2],
+         "reversed": base[:, ::-1, ::-1, ::-1], "large": base}[view]
+    x0 = x.copy()
+    got = cuda._channels_last(cp, cuda._gpu_run, x)
+    assert cp.moveaxis(got, 1, -1).flags.c_contiguous
+    assert cp.asnumpy(got).tobytes() == cp.asnumpy(x).tobytes()
+    assert cp.asnumpy(x).tobytes() == cp.asnumpy(x0).tobytes()
