@@ -34,6 +34,10 @@ On CUDA:
                  products done by CuPy's matmul (cuBLAS, FP32 unless CUPY_TF32 is set);
                  2.25x fewer multiplies, a looser rounding bound; only when asked for by name
                  (never chosen by "auto" or the autotuner; not yet timed on a GPU);
+  ``pointwise``  1x1 kernels without padding (float32, float64, complex): the product
+                 ``(G, Cog, Cg) @ (N, G, Cg, positions)`` by CuPy's matmul (cuBLAS; refused
+                 when CUPY_TF32 is set), written into the output as it lies, then the bias
+                 and activation as array passes; the stride is a view;
   ``depthwise``  one kernel per filter: 32-bit indexing, 3x3/5x5/7x7 and 1-D 3/5/7 taps
                  unrolled (kernels_cuda/conv_depthwise.cu); for channels-first outputs of
                  those sizes each thread computes 4 outputs of a row (conv_depthwise_rows).
@@ -57,7 +61,7 @@ _GEMM = tuple(f"gemm_{t}" for t in kernels.GEMM_TILES)
 ALGORITHMS: Dict[str, Tuple[str, ...]] = {
     "cpu": ("gemm", "pointwise", "depthwise"),
     "cuda": ("direct", "few_filters", "gemm") + _GEMM + ("gemm_tc", "gemm_tc_cl", "gemm_tf32",
-                                                         "winograd", "depthwise"),
+                                                         "winograd", "pointwise", "depthwise"),
 }
 NAMES = ("auto",) + tuple(dict.fromkeys(n for names in ALGORITHMS.values() for n in names))
 
@@ -84,6 +88,19 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
                                      max(geom.pad_before + geom.pad_after) != 0):
         return (f"'pointwise' needs 1x1 kernels and no padding; these are {shape}, padding "
                 f"{tuple(zip(geom.pad_before, geom.pad_after))}")
+    if kind == "cuda" and algorithm == "pointwise" and kernels.tensor_core_dtype(dtype):
+        return (f"the CUDA 'pointwise' multiplies through CuPy's matmul, for float32, float64 "
+                f"and complex dtypes; {np.dtype(dtype).name} layers take the tensor-core "
+                f"kernels ('gemm_tc_cl', 'gemm_tc')")
+    if kind == "cuda" and algorithm == "pointwise" and \
+            max(geom.positions, geom.C_in, geom.C_out) >= 2**31:
+        return (f"the CUDA 'pointwise' hands cuBLAS its matrix sizes as 32-bit ints; this call "
+                f"has {geom.positions} output positions, {geom.C_in} channels in and "
+                f"{geom.C_out} out")
+    if kind == "cuda" and algorithm in ("winograd", "pointwise"):
+        reason = _tf32_problem(algorithm, dtype)
+        if reason:
+            return reason
     if kind == "cuda" and algorithm == "winograd":
         square = geom.rank == 2 and geom.kernel == (3, 3) and geom.stride == (1, 1) and \
             geom.dilation == (1, 1)
@@ -93,9 +110,6 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
                     f"{geom.dilation}")
         if np.dtype(dtype).kind == "c":
             return f"'winograd' takes real dtypes; this call is {np.dtype(dtype).name}"
-        if int(os.environ.get("CUPY_TF32", "0") or 0) > 0 and np.dtype(dtype) != np.float64:
-            return ("'winograd' multiplies through CuPy's matmul, which CUPY_TF32 set to a "
-                    "positive value makes round float32 to TF32: unset it to use 'winograd'")
     if kind == "cuda" and algorithm == "few_filters" and \
             geom.C_out_per_group > kernels.FEW_FILTERS_WIDTHS[-1]:
         return (f"'few_filters' computes every filter of a group in one thread: it takes at "
@@ -137,6 +151,17 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
         if geom.groups > _CUDA_GRID_LIMIT or -(-geom.C_out_per_group // BN) > _CUDA_GRID_LIMIT:
             return (f"{algorithm!r} launches one block row per group and {BN} filters: "
                     f"{shape} exceeds CUDA's {_CUDA_GRID_LIMIT} blocks per grid axis")
+    return ""
+
+
+def _tf32_problem(algorithm: str, dtype: DTypeLike) -> str:
+    """Why an algorithm that multiplies through CuPy's matmul cannot take a float32 (or
+    complex64) call: CUPY_TF32 set to a positive value makes cuBLAS round its operands to TF32;
+    or ""."""
+    if int(os.environ.get("CUPY_TF32", "0") or 0) > 0 and \
+            np.dtype(dtype) in (np.float32, np.complex64):
+        return (f"{algorithm!r} multiplies through CuPy's matmul, which CUPY_TF32 set to a "
+                f"positive value makes round float32 to TF32: unset it to use {algorithm!r}")
     return ""
 
 
@@ -211,10 +236,15 @@ def _cuda_auto(geom: ConvGeometry, dtype: DTypeLike) -> str:
     """``algorithm="auto"`` on CUDA. Measured on an H100 (benchmarks/results/gpu-nvidia-h100-*,
     float32): the implicit GEMM ran every dense layer of the suite 5-89x faster than the direct
     kernel, and the depthwise kernel the depthwise layers 2.4-3.6x faster; float16 and bfloat16
-    go to the tensor cores. The direct kernel is left for what the others refuse."""
+    go to the tensor cores. 1x1 layers without padding in the other dtypes are a plain matrix
+    product, which cuBLAS runs (``pointwise``: not yet timed on a GPU; the implicit GEMM ran
+    the suite's 1x1 layers at 0.53-0.54x cuDNN, under 30% of the FP32 peak). The direct kernel
+    is left for what the others refuse."""
     if geom.C_in_per_group == 1 and geom.groups > 1 and not why_not("cuda", "depthwise", geom,
                                                                     dtype):
         return "depthwise"
+    if not why_not("cuda", "pointwise", geom, dtype):
+        return "pointwise"
     if geom.C_out_per_group <= FEW_FILTERS_AUTO and not why_not("cuda", "few_filters", geom,
                                                                  dtype):
         return "few_filters"

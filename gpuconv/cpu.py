@@ -17,6 +17,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import algorithms, tuning
+from .activation import activate
 from .config import get_autotune, get_cpu_workspace
 from .scratch import Take, scratch
 from .device import cpu_model
@@ -57,24 +58,6 @@ def _padded(xs: Array, geom: ConvGeometry, dtype: DTypeLike, channels_last: bool
         xpad[tuple(interior)] = xs
         return xpad
     return pad_spatial(np, xs.astype(dtype, copy=False), geom, channels_last)
-
-
-def _activate(res: Array, activation: Optional[str]) -> None:
-    """Apply ``activation`` to ``res`` in place."""
-    if activation is None:
-        return
-    if activation == "relu":
-        np.maximum(res, 0, out=res)  # NaN stays NaN
-    elif activation == "sigmoid":
-        with np.errstate(over="ignore"):  # exp(-v) -> inf gives sigmoid 0, as it should
-            np.negative(res, out=res)
-            np.exp(res, out=res)
-            res += 1
-            np.reciprocal(res, out=res)
-    elif activation == "tanh":
-        np.tanh(res, out=res)
-    else:  # conv.py validates; this guards against a new name reaching here unimplemented
-        raise ValueError(f"activation {activation!r} is not implemented on the CPU")
 
 
 def _chunks(geom: ConvGeometry, itemsize: int, padded_copies: int,
@@ -257,7 +240,7 @@ def _gemm_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
             del cols
             if b is not None:
                 res += b
-            _activate(res, activation)
+            activate(np, res, activation)
             if direct is None:  # (G, Cog, (n, *rows)) -> (n, C_out, *rows)
                 block[...] = np.moveaxis(res.reshape((geom.C_out, n) + rows), 1, 0)
 
@@ -298,7 +281,7 @@ def _pointwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
                 res = np.matmul(wm, xs, out=take((n, G, Cog, P), ct))
             if b is not None:
                 res += b
-            _activate(res, activation)
+            activate(np, res, activation)
             if not rows:
                 block[...] = res.reshape(block.shape)
             elif direct is None:
@@ -368,7 +351,7 @@ def _depthwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
             del xpad
             if b is not None:
                 acc += b
-            _activate(acc, activation)
+            activate(np, acc, activation)
             if not cf:
                 block[...] = np.moveaxis(acc, -1, 1)
             elif not direct:

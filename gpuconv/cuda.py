@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from . import algorithms, kernels, params, tuning
+from .activation import activate
 from .config import get_autotune
 from .device import cuda_device_name
 from .dtypes import accumulator_dtype
@@ -270,6 +271,8 @@ def _forward_plan(geom: ConvGeometry, dtype: np.dtype, activation: Optional[str]
         return ForwardPlan(algorithm, _Launch("conv_winograd.cu", transform_in, 0),
                            finish=_Launch("conv_winograd.cu", transform_out, 0),
                            partial_dtype=accumulator_dtype(dtype))
+    if algorithm == "pointwise":  # no kernel of ours: the product is xp.matmul (_pointwise)
+        return ForwardPlan(algorithm, _Launch("", "", 0))
     if algorithm == "few_filters":
         runs = -(-geom.out_spatial[-1] // kernels.FEW_FILTERS_RUN)
         return ForwardPlan(algorithm, _Launch(
@@ -330,6 +333,9 @@ def _forward(xp: Any, run: Callable[..., None], sms: int, x_cf: Array, w: Array,
              algorithm: str = "auto") -> None:
     dtype = out_cf.dtype
     plan = forward_plan(geom, dtype, activation, algorithm, sms)
+    if plan.algorithm == "pointwise":
+        _pointwise(xp, x_cf, w, bias, geom, activation, out_cf)
+        return
     x_cf, geom = _prepare_x(xp, x_cf, geom, dtype)
     # Filters are small: one contiguous copy in the output dtype (this also makes flip's
     # reversed view contiguous, so one kernel serves correlation and convolution).
@@ -363,6 +369,38 @@ def _forward(xp: Any, run: Callable[..., None], sms: int, x_cf: Array, w: Array,
     if plan.finish is not None:
         run(plan.finish.file, plan.finish.name, dtype, plan.finish.work,
             (partial, bias_arg, out_cf, _int64(plan.splits), record))
+
+
+def _pointwise(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
+               activation: Optional[str], out_cf: Array) -> None:
+    """algorithm="pointwise": 1x1 kernels without padding, so each output position is a
+    (filters x kernels) matrix times the input's channel vector there: one xp.matmul (CuPy:
+    cuBLAS, batched over images and groups) of ``(G, Cog, Cg) @ (N, G, Cg, positions)`` straight
+    into a channels-first output, or ``(N * positions, C_in) @ (C_in, C_out)`` into a
+    channels-last one (one group); the stride is a view of x (copied by the product's reshape
+    where it is not contiguous), then the bias and the activation as array passes."""
+    dtype = out_cf.dtype
+    G, Cog, Cg = geom.groups, geom.C_out_per_group, geom.C_in_per_group
+    N, P = geom.N, math.prod(geom.out_spatial)
+    if x_cf.dtype != dtype:
+        x_cf = x_cf.astype(dtype)
+    w = _contiguous(xp, w, dtype)
+    _poison(out_cf)
+    x_cf = x_cf[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in geom.stride)]
+    to_last, _ = _axes_to_last(x_cf.ndim)
+    out_rows = out_cf.transpose(to_last)
+    if G == 1 and out_rows.flags.c_contiguous:  # a channels-last output: rows of C_out
+        xp.matmul(x_cf.transpose(to_last).reshape(N * P, Cg), w.reshape(Cog, Cg).T,
+                  out=out_rows.reshape(N * P, Cog))
+    elif out_cf.flags.c_contiguous:
+        xp.matmul(w.reshape(G, Cog, Cg), x_cf.reshape(N, G, Cg, P),
+                  out=out_cf.reshape(N, G, Cog, P))
+    else:
+        out_cf[...] = xp.matmul(w.reshape(G, Cog, Cg), x_cf.reshape(N, G, Cg, P)).reshape(
+            out_cf.shape)
+    if bias is not None:
+        out_cf += _contiguous(xp, bias, dtype).reshape((1, geom.C_out) + (1,) * geom.rank)
+    activate(xp, out_cf, activation)
 
 
 #: Winograd's transformed inputs and products (V and M, accumulator type) of one chunk of tiles

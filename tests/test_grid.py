@@ -118,7 +118,7 @@ def test_cpu_algorithms_against_reference(case, algorithm):
 
 
 GPU_ALGORITHMS = ["direct", "few_filters", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64",
-                  "gemm_128x32", "gemm_128x8", "gemm_tc", "gemm_tc_cl", "depthwise"]
+                  "gemm_128x32", "gemm_128x8", "gemm_tc", "gemm_tc_cl", "pointwise", "depthwise"]
 
 
 def _check_gpu_algorithm(case, algorithm, cp):

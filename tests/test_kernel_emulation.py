@@ -31,7 +31,7 @@ from cases import (Case, as_dtype, as_float16, bfloat16_cases, channel_block_cas
 from test_adjoint import (TRANSPOSE_CASES, _grad_out, _options, check_filter_grad,
                           check_input_grad, check_transpose, depthwise_layer, transpose_call)
 from test_adjoint import route  # noqa: F401 (a fixture: pytest finds it by its name)
-from test_grid import _check
+from test_grid import _check, _forced
 from reference import error_bound_tf32, error_bound_winograd
 
 HERE = Path(__file__).resolve().parent / "host_emulation"
@@ -487,6 +487,50 @@ def test_gemm_tc_refuses_other_dtypes(emulated_gpu):
     with pytest.raises(ValueError, match="'gemm_tc' multiplies float16 or bfloat16 on tensor "
                                          "cores; this call is float32"):
         gpuconv.conv(x, np.ones((3, 2, 3, 3), np.float32), algorithm="gemm_tc")
+
+
+POINTWISE_CASES = CASES + TILE_CASES + fast_path_cases()
+
+
+def test_pointwise(emulated_gpu):
+    """CUDA's pointwise (1x1 kernels without padding: xp.matmul, here NumPy's) on every case of
+    the grids: the product into channels-first and channels-last outputs, groups, strides,
+    bias and activation, against the reference; refused with a reason elsewhere (other
+    kernel sizes, padding, float16 and bfloat16)."""
+    ran = 0
+    for case in POINTWISE_CASES:
+        x0 = case.x.copy()
+        got = _forced(case, "cuda", "pointwise")
+        np.testing.assert_array_equal(case.x, x0)
+        if got is not None:
+            _check(case, got, "emulated pointwise")
+            ran += 1
+    assert ran >= 40
+
+
+def test_pointwise_refusals_and_auto(emulated_gpu, monkeypatch):
+    x, w = np.ones((2, 8, 5, 5), np.float16), np.ones((4, 8, 1, 1), np.float16)
+    with pytest.raises(ValueError, match="'pointwise' multiplies through CuPy's matmul, for "
+                                         "float32, float64 and complex dtypes; float16"):
+        gpuconv.conv2d(x, w, algorithm="pointwise")
+    from gpuconv import algorithms
+    from gpuconv.geometry import plan_conv
+    geom = plan_conv((2, 8, 5, 5), (16, 8, 1, 1), stride=2)
+    assert algorithms.choose("cuda", "auto", geom, np.float32) == "pointwise"
+    assert algorithms.choose("cuda", "auto", geom, np.float16) == "gemm_tc_cl"
+    huge = plan_conv((1, 1, 9, 2**30 + 8), (4, 1, 1, 1))
+    assert "32-bit ints; this call has 9663676488 output positions" in algorithms.why_not(
+        "cuda", "pointwise", huge, np.float32)
+    assert algorithms.choose("cuda", "auto", plan_conv((2, 8, 5, 5), (16, 8, 1, 1), padding=1),
+                             np.float32) != "pointwise"
+    assert algorithms.choose("cuda", "auto", plan_conv((2, 8, 5, 5), (8, 1, 1, 1), groups=8),
+                             np.float32) == "depthwise"
+    monkeypatch.setenv("CUPY_TF32", "1")
+    with pytest.raises(ValueError, match="CUPY_TF32 set to a positive value"):
+        gpuconv.conv2d(x.astype(np.float32), w.astype(np.float32), algorithm="pointwise")
+    assert gpuconv.conv2d(x.astype(np.float64), w.astype(np.float64),
+                          algorithm="pointwise").dtype == np.float64
+    assert algorithms.choose("cuda", "auto", geom, np.float32) != "pointwise"
 
 
 @pytest.mark.parametrize("case", bfloat16_cases(), ids=lambda c: c.name)
