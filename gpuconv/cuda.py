@@ -521,10 +521,14 @@ def depthwise_filter_grad_size(geom: ConvGeometry, dtype: DTypeLike) -> Optional
 
 
 def filter_grad_kernel(geom: ConvGeometry, dtype: DTypeLike) -> str:
-    """Which kernel takes a layer's filter gradient: "gemm" (conv_filter_grad_gemm, where
-    filter_grad_by_gemm says), "depthwise" (conv_depthwise_filter_grad, where
-    depthwise_filter_grad_size names a size), else "chunks" (conv_filter_grad_partial, one
-    thread per filter element and chunk of positions, any layer)."""
+    """Which kernel takes a layer's filter gradient: "pointwise" (1x1 kernels without padding
+    where the forward pointwise applies: a batched product by xp.matmul, _pointwise_filter_grad),
+    "gemm" (conv_filter_grad_gemm, where filter_grad_by_gemm says), "depthwise"
+    (conv_depthwise_filter_grad, where depthwise_filter_grad_size names a size), else "chunks"
+    (conv_filter_grad_partial, one thread per filter element and chunk of positions, any
+    layer)."""
+    if geom.C_in_per_group > 1 and not algorithms.why_not("cuda", "pointwise", geom, dtype):
+        return "pointwise"
     if filter_grad_by_gemm(geom):
         return "gemm"
     return "depthwise" if depthwise_filter_grad_size(geom, dtype) else "chunks"
@@ -643,6 +647,9 @@ def _filter_grad(xp: Any, run: Callable[..., None], threads: int, x_cf: Array, g
         g_cf = g_cf.astype(dtype)
     g_cf = _aligned(xp, g_cf)
     kernel = filter_grad_kernel(geom, dtype)
+    if kernel == "pointwise":
+        _pointwise_filter_grad(xp, x_cf, g_cf, geom, out)
+        return
     if kernel == "depthwise" and not depthwise_filter_grad_offsets_fit(x_cf, g_cf, geom):
         kernel = "chunks"
     plan = _filter_grad_plan(geom, dtype, threads, kernel)
@@ -654,6 +661,32 @@ def _filter_grad(xp: Any, run: Callable[..., None], threads: int, x_cf: Array, g
         (x_cf, g_cf, partial, R, _int64(plan.chunk), params.conv_params(geom, x_cf, g_cf, False)))
     _poison(out)
     run(plan.finish.file, plan.finish.name, dtype, plan.finish.work, (partial, out, R, _int64(E)))
+
+
+#: _pointwise_filter_grad's per-image products stay under this many bytes a batch of images.
+POINTWISE_FILTER_GRAD_BYTES = 64 * 2**20
+
+
+def _pointwise_filter_grad(xp: Any, x_cf: Array, g_cf: Array, geom: ConvGeometry,
+                           out: Array) -> None:
+    """The filter gradient of a 1x1 layer without padding: per image n and group,
+    ``g[n] (Cog x P) @ conj(x[n])^T (P x Cg)`` by one batched xp.matmul (CuPy: cuBLAS) over
+    the images of a batch, then their sum over the images, batch after batch in order (the
+    same result run after run). x's stride is a view, copied by the reshape."""
+    dtype = out.dtype
+    G, Cog, Cg = geom.groups, geom.C_out_per_group, geom.C_in_per_group
+    N, P = geom.N, math.prod(geom.out_spatial)
+    x_cf = x_cf[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in geom.stride)]
+    per_image = geom.C_out * Cg * dtype.itemsize
+    nb = max(1, min(N, POINTWISE_FILTER_GRAD_BYTES // max(1, per_image)))
+    dw = xp.zeros((G, Cog, Cg), dtype=dtype)
+    for n0 in range(0, N, nb):
+        x = x_cf[n0:n0 + nb].reshape(-1, G, Cg, P)
+        if dtype.kind == "c":
+            x = xp.conj(x)
+        g = g_cf[n0:n0 + nb].reshape(-1, G, Cog, P)
+        dw += xp.matmul(g, x.swapaxes(-1, -2)).sum(axis=0)
+    out[...] = dw.reshape(out.shape)
 
 
 def conv_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry, activation: Optional[str],

@@ -492,6 +492,17 @@ def test_gemm_tc_refuses_other_dtypes(emulated_gpu):
 POINTWISE_CASES = CASES + TILE_CASES + fast_path_cases()
 
 
+def _pointwise_applies(case):
+    from gpuconv import algorithms
+    from gpuconv.geometry import plan_conv
+    o = case.options
+    geom = plan_conv(case.x.shape, case.filters.shape, None, stride=o["stride"],
+                     padding=o["padding"], dilation=o["dilation"], groups=o["groups"],
+                     padding_mode=o["padding_mode"], layout=o["layout"])
+    return not algorithms.why_not("cuda", "pointwise", geom,
+                                  np.result_type(case.x, case.filters))
+
+
 def test_pointwise(emulated_gpu):
     """CUDA's pointwise (1x1 kernels without padding: xp.matmul, here NumPy's) on every case of
     the grids: the product into channels-first and channels-last outputs, groups, strides,
@@ -595,16 +606,23 @@ def test_adjoint_kernels(case, emulated_gpu, route):
     check_filter_grad(case, g, gpuconv.conv_filter_grad(case.x, g, case.filters.shape, **opts))
 
 
-@pytest.mark.parametrize("kernel", ["gemm", "depthwise", "chunks"])
+@pytest.mark.parametrize("kernel", ["gemm", "depthwise", "chunks", "pointwise"])
 @pytest.mark.parametrize("case", CASES + TILE_CASES, ids=lambda c: c.name)
 def test_filter_grad_kernels(case, kernel, emulated_gpu, monkeypatch):
     """Each filter-gradient kernel forced on every case it can take (the GEMM's tiles, splits
     of the positions and conjugation; the depthwise kernel's chunks and tree sums on one
-    kernel a filter of the sizes it is built for; the partial-sum kernel's chunks), then the
+    kernel a filter of the sizes it is built for; the partial-sum kernel's chunks; the
+    batched product of 1x1 layers without padding, one image a batch), then the
     ordered sum."""
     if kernel == "depthwise" and (case.filters.shape[1] != 1 or kernels.depthwise_size(
             case.filters.shape[2:]) == (0, 0)):
         return
+    if kernel == "pointwise":
+        if not _pointwise_applies(case):
+            return
+        itemsize = np.result_type(case.x, case.filters).itemsize  # one image a batch
+        monkeypatch.setattr(cuda, "POINTWISE_FILTER_GRAD_BYTES",
+                            case.filters.shape[0] * case.filters.shape[1] * itemsize)
     monkeypatch.setattr(cuda, "filter_grad_kernel", lambda geom, dtype: kernel)
     tiles = kernels.filter_grad_tiles(case.x.dtype)  # each case one of its dtype's tiles
     tile = tiles[zlib.crc32(case.name.encode()) % len(tiles)]
