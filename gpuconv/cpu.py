@@ -23,7 +23,7 @@ from .scratch import Take, scratch
 from .device import cpu_model
 from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
-from .layout import pad_spatial, unpad_adjoint
+from .layout import pad_spatial, pointwise_view, unpad_adjoint
 from typing import Iterator, Optional, Tuple
 from ._typing import Array, DTypeLike
 
@@ -256,7 +256,7 @@ def _pointwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     P = math.prod(geom.out_spatial)
     wm = np.asarray(w, dtype=ct).reshape(G, Cog, Cg)
     b = None if bias is None else np.asarray(bias, dtype=ct).reshape(G, Cog, 1)
-    x_cf = x_cf[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in geom.stride)]
+    x_cf = pointwise_view(x_cf, geom)
     rows = geom.layout == "channels_last"
     if rows:
         wm = np.ascontiguousarray(wm.transpose(0, 2, 1))  # (G, Cg, Cog)

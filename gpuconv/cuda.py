@@ -26,7 +26,7 @@ from .config import get_autotune
 from .device import cuda_device_name
 from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
-from .layout import merged_stride, pad_spatial, unpad_adjoint
+from .layout import merged_stride, pad_spatial, pointwise_view, unpad_adjoint
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
 from ._typing import Array, DTypeLike
 
@@ -386,7 +386,7 @@ def _pointwise(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
         x_cf = x_cf.astype(dtype)
     w = _contiguous(xp, w, dtype)
     _poison(out_cf)
-    x_cf = x_cf[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in geom.stride)]
+    x_cf = pointwise_view(x_cf, geom)
     to_last, _ = _axes_to_last(x_cf.ndim)
     out_rows = out_cf.transpose(to_last)
     if G == 1 and out_rows.flags.c_contiguous:  # a channels-last output: rows of C_out
@@ -676,7 +676,7 @@ def _pointwise_filter_grad(xp: Any, x_cf: Array, g_cf: Array, geom: ConvGeometry
     dtype = out.dtype
     G, Cog, Cg = geom.groups, geom.C_out_per_group, geom.C_in_per_group
     N, P = geom.N, math.prod(geom.out_spatial)
-    x_cf = x_cf[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in geom.stride)]
+    x_cf = pointwise_view(x_cf, geom)
     per_image = geom.C_out * Cg * dtype.itemsize
     nb = max(1, min(N, POINTWISE_FILTER_GRAD_BYTES // max(1, per_image)))
     dw = xp.zeros((G, Cog, Cg), dtype=dtype)

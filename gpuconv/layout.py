@@ -45,6 +45,12 @@ def alloc_input(xp: Any, geom: ConvGeometry, dtype: DTypeLike) -> Tuple[Array, A
     return _alloc(xp, geom, geom.C_in, geom.in_spatial, dtype)
 
 
+def pointwise_view(x_cf: Array, geom: ConvGeometry) -> Array:
+    """The input elements a 1x1 convolution without padding reads: every stride-th position of
+    ``x_cf`` ``(N, C, *spatial)`` along each axis, a view ``(N, C, *out_spatial)``."""
+    return x_cf[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in geom.stride)]
+
+
 def merged_stride(shape: Sequence[int], strides: Sequence[int]) -> Optional[int]:
     """The one stride (in the units of ``strides``) at which axes ``shape`` of an array step
     through their elements in C order as one flattened axis, or None where they do not: each
