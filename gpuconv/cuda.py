@@ -382,11 +382,11 @@ def _pointwise(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     dtype = out_cf.dtype
     G, Cog, Cg = geom.groups, geom.C_out_per_group, geom.C_in_per_group
     N, P = geom.N, math.prod(geom.out_spatial)
-    if x_cf.dtype != dtype:
+    x_cf = pointwise_view(x_cf, geom)
+    if x_cf.dtype != dtype:  # after the stride's view: only the elements read are cast
         x_cf = x_cf.astype(dtype)
     w = _contiguous(xp, w, dtype)
     _poison(out_cf)
-    x_cf = pointwise_view(x_cf, geom)
     to_last, _ = _axes_to_last(x_cf.ndim)
     out_rows = out_cf.transpose(to_last)
     if G == 1 and out_rows.flags.c_contiguous:  # a channels-last output: rows of C_out
