@@ -203,8 +203,7 @@ __global__ void conv_gemm_sum_splits(const typename gc_num<T>::acc* __restrict__
         typename num::acc sum = num::zero();
         for (long long s = 0; s < splits; ++s) sum = sum + partial[s * E + e];
         if (p.has_bias) sum = sum + num::load(bias[co]);
-        y[at.hi * p.ys_n + at.d * p.ys_d + at.h * p.ys_h + at.w * p.ys_w + co * p.ys_c] =
-            num::store(gc_activate<ACT>(sum));
+        y[gc_output_offset_at(at, p) + co * p.ys_c] = num::store(gc_activate<ACT>(sum));
         co += q;
         m += r;
         at.advance(p.OD, p.OH, p.OW);

@@ -210,8 +210,7 @@ __device__ __forceinline__ void gc_tc_store(const float (&acc)[MT][NT][4], T* y,
 #pragma unroll
         for (int half = 0; half < 2; ++half) {  // row m_w + group + 8 * (2 * i + half)
             if (m_w + i * 16 + group + 8 * half < M) {
-                T* const row = y_group + at.hi * p.ys_n + at.d * p.ys_d + at.h * p.ys_h +
-                               at.w * p.ys_w;
+                T* const row = y_group + gc_output_offset_at(at, p);
 #pragma unroll
                 for (int j = 0; j < NT; ++j) {
 #pragma unroll

@@ -42,6 +42,12 @@ __device__ __forceinline__ long long gc_output_offset(long long m, const gc_conv
     return at.n * p.ys_n + at.d * p.ys_d + at.h * p.ys_h + at.w * p.ys_w;
 }
 
+// The same for a position held as a place (n, od, oh, ow) that a thread steps (gc_mixed_place).
+__device__ __forceinline__ long long gc_output_offset_at(const gc_mixed_place& at,
+                                                         const gc_conv& p) {
+    return at.hi * p.ys_n + at.d * p.ys_d + at.h * p.ys_h + at.w * p.ys_w;
+}
+
 // Output position m of the steps a thread finds in turn (the filter gradient's reduction runs
 // over positions), counted forward (gc_mixed_place) instead of split each step.
 struct gc_position_counter {
@@ -67,8 +73,7 @@ struct gc_position_counter {
             win.d0 = d0;
             win.h0 = h0;
             win.w0 = w0;
-            y_offset = at.hi * p.ys_n + g * p.Cog * p.ys_c + at.d * p.ys_d + at.h * p.ys_h +
-                       at.w * p.ys_w;
+            y_offset = gc_output_offset_at(at, p) + g * p.Cog * p.ys_c;
         } else {
             win = gc_window{0, GC_FAR, GC_FAR, GC_FAR, false};
             y_offset = 0;

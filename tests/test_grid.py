@@ -83,15 +83,21 @@ def test_gpu_against_cpu_and_reference(case, gpu):
     np.testing.assert_array_equal(back, got)
 
 
+def _geometry(case):
+    """The ConvGeometry of a grid case's call."""
+    from gpuconv.geometry import plan_conv
+    o = case.options
+    return plan_conv(case.x.shape, case.filters.shape, None, stride=o["stride"],
+                     padding=o["padding"], dilation=o["dilation"], groups=o["groups"],
+                     padding_mode=o["padding_mode"], layout=o["layout"])
+
+
 def _forced(case, device, algorithm, xp=np):
     """conv with ``algorithm`` forced, or None after checking the ValueError when it does not
     apply to the case (the error must name the algorithm and say why)."""
     from gpuconv import algorithms
-    from gpuconv.geometry import plan_conv
     o = case.options
-    geom = plan_conv(case.x.shape, case.filters.shape, None, stride=o["stride"],
-                     padding=o["padding"], dilation=o["dilation"], groups=o["groups"],
-                     padding_mode=o["padding_mode"], layout=o["layout"])
+    geom = _geometry(case)
     dtype = np.result_type(case.x, case.filters)
     kind = "cpu" if device == "cpu" else "cuda"
     concrete = algorithm

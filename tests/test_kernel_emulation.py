@@ -31,7 +31,7 @@ from cases import (Case, as_dtype, as_float16, bfloat16_cases, channel_block_cas
 from test_adjoint import (TRANSPOSE_CASES, _grad_out, _options, check_filter_grad,
                           check_input_grad, check_transpose, depthwise_layer, transpose_call)
 from test_adjoint import route  # noqa: F401 (a fixture: pytest finds it by its name)
-from test_grid import _check, _forced
+from test_grid import _check, _forced, _geometry
 from reference import error_bound_tf32, error_bound_winograd
 
 HERE = Path(__file__).resolve().parent / "host_emulation"
@@ -494,12 +494,7 @@ POINTWISE_CASES = CASES + TILE_CASES + fast_path_cases()
 
 def _pointwise_applies(case):
     from gpuconv import algorithms
-    from gpuconv.geometry import plan_conv
-    o = case.options
-    geom = plan_conv(case.x.shape, case.filters.shape, None, stride=o["stride"],
-                     padding=o["padding"], dilation=o["dilation"], groups=o["groups"],
-                     padding_mode=o["padding_mode"], layout=o["layout"])
-    return not algorithms.why_not("cuda", "pointwise", geom,
+    return not algorithms.why_not("cuda", "pointwise", _geometry(case),
                                   np.result_type(case.x, case.filters))
 
 
