@@ -34,10 +34,13 @@ On CUDA:
                  products done by CuPy's matmul (cuBLAS, FP32 unless CUPY_TF32 is set);
                  2.25x fewer multiplies, a looser rounding bound; only when asked for by name
                  (never chosen by "auto" or the autotuner; not yet timed on a GPU);
-  ``pointwise``  1x1 kernels without padding (float32, float64, complex): the product
+  ``pointwise``  1x1 kernels without padding: the product
                  ``(G, Cog, Cg) @ (N, G, Cg, positions)`` by CuPy's matmul (cuBLAS; refused
                  when CUPY_TF32 is set), written into the output as it lies, then the bias
-                 and activation as array passes; the stride is a view;
+                 and activation as array passes; float16 and bfloat16 on tensor cores with
+                 FP32 sums, the bias as one more term of the sum and one rounding (with
+                 sigmoid or tanh: widened to float32 and rounded at the end); the stride is a
+                 view;
   ``depthwise``  one kernel per filter: 32-bit indexing, 3x3/5x5/7x7 and 1-D 3/5/7 taps
                  unrolled (kernels_cuda/conv_depthwise.cu); for channels-first outputs of
                  those sizes each thread computes 4 outputs of a row (conv_depthwise_rows).
@@ -52,6 +55,7 @@ from typing import Dict, Tuple
 import numpy as np
 
 from . import kernels
+from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
 from ._typing import DTypeLike
 
@@ -88,10 +92,6 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
                                      max(geom.pad_before + geom.pad_after) != 0):
         return (f"'pointwise' needs 1x1 kernels and no padding; these are {shape}, padding "
                 f"{tuple(zip(geom.pad_before, geom.pad_after))}")
-    if kind == "cuda" and algorithm == "pointwise" and kernels.tensor_core_dtype(dtype):
-        return (f"the CUDA 'pointwise' multiplies through CuPy's matmul, for float32, float64 "
-                f"and complex dtypes; {np.dtype(dtype).name} layers take the tensor-core "
-                f"kernels ('gemm_tc_cl', 'gemm_tc')")
     if kind == "cuda" and algorithm == "pointwise" and \
             max(geom.positions, geom.C_in, geom.C_out) >= 2**31:
         return (f"the CUDA 'pointwise' hands cuBLAS its matrix sizes as 32-bit ints; this call "
@@ -155,13 +155,14 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
 
 
 def _tf32_problem(algorithm: str, dtype: DTypeLike) -> str:
-    """Why an algorithm that multiplies through CuPy's matmul cannot take a float32 (or
-    complex64) call: CUPY_TF32 set to a positive value makes cuBLAS round its operands to TF32;
-    or ""."""
+    """Why an algorithm that multiplies through CuPy's matmul cannot take a call it multiplies
+    in float32 or complex64 (16-bit calls included: they multiply in float32): CUPY_TF32 set to
+    a positive value makes cuBLAS round its operands to TF32; or ""."""
     if int(os.environ.get("CUPY_TF32", "0") or 0) > 0 and \
-            np.dtype(dtype) in (np.float32, np.complex64):
+            accumulator_dtype(dtype) in (np.float32, np.complex64):
         return (f"{algorithm!r} multiplies through CuPy's matmul, which CUPY_TF32 set to a "
-                f"positive value makes round float32 to TF32: unset it to use {algorithm!r}")
+                f"positive value makes round float32 to TF32 ({np.dtype(dtype).name} calls "
+                f"multiply in {accumulator_dtype(dtype).name}): unset it to use {algorithm!r}")
     return ""
 
 
@@ -236,10 +237,11 @@ def _cuda_auto(geom: ConvGeometry, dtype: DTypeLike) -> str:
     """``algorithm="auto"`` on CUDA. Measured on an H100 (benchmarks/results/gpu-nvidia-h100-*,
     float32): the implicit GEMM ran every dense layer of the suite 5-89x faster than the direct
     kernel, and the depthwise kernel the depthwise layers 2.4-3.6x faster; float16 and bfloat16
-    go to the tensor cores. 1x1 layers without padding in the other dtypes are a plain matrix
-    product, which cuBLAS runs (``pointwise``: not yet timed on a GPU; the implicit GEMM ran
-    the suite's 1x1 layers at 0.53-0.54x cuDNN, under 30% of the FP32 peak). The direct kernel
-    is left for what the others refuse."""
+    go to the tensor cores. 1x1 layers without padding are a plain matrix product, which cuBLAS
+    runs (``pointwise``: not yet timed on a GPU; the implicit GEMM ran the suite's 1x1 layers
+    at 0.44-0.56x cuDNN, under 30% of the FP32 peak; float16 and bfloat16 on cuBLAS's tensor
+    cores, where gemm_tc_cl ran them at 0.18-0.27x cuDNN, perhaps slowed by leftover test
+    processes). The direct kernel is left for what the others refuse."""
     if geom.C_in_per_group == 1 and geom.groups > 1 and not why_not("cuda", "depthwise", geom,
                                                                     dtype):
         return "depthwise"

@@ -371,36 +371,85 @@ def _forward(xp: Any, run: Callable[..., None], sms: int, x_cf: Array, w: Array,
             (partial, bias_arg, out_cf, _int64(plan.splits), record))
 
 
+def _matmul(xp: Any, a: Array, b: Array, out: Optional[Array] = None) -> Array:
+    """xp.matmul: with CuPy, cuBLAS, which sums float16 and bfloat16 products in FP32
+    (CUBLAS_COMPUTE_32F) and rounds each result once. (A seam: the host emulation puts the same
+    arithmetic in, where NumPy's own float16 matmul would round every partial sum.)"""
+    return xp.matmul(a, b, out=out)
+
+
 def _pointwise(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
                activation: Optional[str], out_cf: Array) -> None:
     """algorithm="pointwise": 1x1 kernels without padding, so each output position is a
-    (filters x kernels) matrix times the input's channel vector there: one xp.matmul (CuPy:
+    (filters x kernels) matrix times the input's channel vector there: one matmul (CuPy:
     cuBLAS, batched over images and groups) of ``(G, Cog, Cg) @ (N, G, Cg, positions)`` straight
     into a channels-first output, or ``(N * positions, C_in) @ (C_in, C_out)`` into a
     channels-last one (one group); the stride is a view of x (copied by the product's reshape
-    where it is not contiguous), then the bias and the activation as array passes."""
+    where it is not contiguous), then the bias and the activation as array passes.
+    float16 and bfloat16: cuBLAS multiplies them as they are on tensor cores, sums in FP32 and
+    rounds once; a bias goes into that sum as one more term (_with_bias_term), and relu
+    commutes with the rounding. With sigmoid or tanh, x and the filters are widened to float32
+    (exactly) and the product, bias and activation run in float32 before one rounding."""
     dtype = out_cf.dtype
+    ct = dtype if activation in (None, "relu") else accumulator_dtype(dtype)
     G, Cog, Cg = geom.groups, geom.C_out_per_group, geom.C_in_per_group
     N, P = geom.N, math.prod(geom.out_spatial)
     x_cf = pointwise_view(x_cf, geom)
-    if x_cf.dtype != dtype:  # after the stride's view: only the elements read are cast
-        x_cf = x_cf.astype(dtype)
-    w = _contiguous(xp, w, dtype)
+    if x_cf.dtype != ct:  # after the stride's view: only the elements read are cast
+        x_cf = x_cf.astype(ct)
+    w = _contiguous(xp, w, ct).reshape(G, Cog, Cg)
     _poison(out_cf)
-    to_last, _ = _axes_to_last(x_cf.ndim)
+    to_last, to_first = _axes_to_last(x_cf.ndim)
     out_rows = out_cf.transpose(to_last)
-    if G == 1 and out_rows.flags.c_contiguous:  # a channels-last output: rows of C_out
-        xp.matmul(x_cf.transpose(to_last).reshape(N * P, Cg), w.reshape(Cog, Cg).T,
-                  out=out_rows.reshape(N * P, Cog))
-    elif out_cf.flags.c_contiguous:
-        xp.matmul(w.reshape(G, Cog, Cg), x_cf.reshape(N, G, Cg, P),
-                  out=out_cf.reshape(N, G, Cog, P))
+    rows = G == 1 and out_rows.flags.c_contiguous  # a channels-last output: rows of C_out
+    x_mat = x_cf.transpose(to_last) if rows else x_cf.reshape((N, G, Cg) + geom.out_spatial)
+    if bias is not None and ct != accumulator_dtype(ct):  # 16-bit
+        x_mat, w = _with_bias_term(xp, x_mat, w, bias, rows)
+        bias = None
+    K = w.shape[-1]
+    direct = ct == dtype  # the product lands in out_cf itself
+    if rows:
+        res_rows = out_rows if direct else xp.empty(out_rows.shape, dtype=ct)
+        _matmul(xp, x_mat.reshape(N * P, K), w.reshape(Cog, K).T,
+                out=res_rows.reshape(N * P, Cog))
+        res = res_rows.transpose(to_first)
+    elif out_cf.flags.c_contiguous and direct:
+        _matmul(xp, w, x_mat.reshape(N, G, K, P), out=out_cf.reshape(N, G, Cog, P))
+        res = out_cf
     else:
-        out_cf[...] = xp.matmul(w.reshape(G, Cog, Cg), x_cf.reshape(N, G, Cg, P)).reshape(
-            out_cf.shape)
+        direct = False
+        res = _matmul(xp, w, x_mat.reshape(N, G, K, P)).reshape(out_cf.shape)
     if bias is not None:
-        out_cf += _contiguous(xp, bias, dtype).reshape((1, geom.C_out) + (1,) * geom.rank)
-    activate(xp, out_cf, activation)
+        res += _contiguous(xp, bias, ct).reshape((1, geom.C_out) + (1,) * geom.rank)
+    activate(xp, res, activation)
+    if not direct:
+        out_cf[...] = res  # rounded to nearest even, once
+
+
+def _with_bias_term(xp: Any, x_mat: Array, w: Array, bias: Array, rows: bool
+                    ) -> Tuple[Array, Array]:
+    """_pointwise's 16-bit operands with the bias as one more term of every sum, so that
+    cuBLAS's FP32 sum takes it in before the one rounding (as the kernels add it): x gets a
+    channel of ones, each filter the bias as that channel's weight, both zero-padded to a
+    multiple of 8 terms (16-byte rows, as the tensor cores read them). ``x_mat`` is
+    ``(N, *out, Cg)`` (``rows``) or ``(N, G, Cg, *out)``, ``w`` ``(G, Cog, Cg)``; returns x's
+    copy ``(N, *out, K)`` or ``(N, G, K, *out)`` and the filters ``(G, Cog, K)``."""
+    G, Cog, Cg = w.shape
+    K = -(-(Cg + 1) // 8) * 8
+    if rows:
+        xa = xp.empty(x_mat.shape[:-1] + (K,), dtype=x_mat.dtype)
+        xa[..., :Cg] = x_mat
+        xa[..., Cg] = 1
+        xa[..., Cg + 1:] = 0
+    else:
+        xa = xp.empty(x_mat.shape[:2] + (K,) + x_mat.shape[3:], dtype=x_mat.dtype)
+        xa[:, :, :Cg] = x_mat
+        xa[:, :, Cg] = 1
+        xa[:, :, Cg + 1:] = 0
+    wa = xp.zeros((G, Cog, K), dtype=w.dtype)
+    wa[..., :Cg] = w
+    wa[..., Cg] = _contiguous(xp, bias, w.dtype).reshape(G, Cog)
+    return xa, wa
 
 
 #: Winograd's transformed inputs and products (V and M, accumulator type) of one chunk of tiles
@@ -672,19 +721,22 @@ def _pointwise_filter_grad(xp: Any, x_cf: Array, g_cf: Array, geom: ConvGeometry
     """The filter gradient of a 1x1 layer without padding: per image n and group,
     ``g[n] (Cog x P) @ conj(x[n])^T (P x Cg)`` by one batched xp.matmul (CuPy: cuBLAS) over
     the images of a batch, then their sum over the images, batch after batch in order (the
-    same result run after run). x's stride is a view, copied by the reshape."""
-    dtype = out.dtype
+    same result run after run); in the accumulator dtype (16-bit x and g widened to float32,
+    the sum rounded once into ``out``). x's stride is a view, copied by the reshape."""
+    dtype, ct = out.dtype, accumulator_dtype(out.dtype)
     G, Cog, Cg = geom.groups, geom.C_out_per_group, geom.C_in_per_group
     N, P = geom.N, math.prod(geom.out_spatial)
     x_cf = pointwise_view(x_cf, geom)
-    per_image = geom.C_out * Cg * dtype.itemsize
+    per_image = geom.C_out * Cg * ct.itemsize
+    if ct != dtype:  # and the widened copies of the batch's x and g
+        per_image += (geom.C_in + geom.C_out) * P * ct.itemsize
     nb = max(1, min(N, POINTWISE_FILTER_GRAD_BYTES // max(1, per_image)))
-    dw = xp.zeros((G, Cog, Cg), dtype=dtype)
+    dw = xp.zeros((G, Cog, Cg), dtype=ct)
     for n0 in range(0, N, nb):
-        x = x_cf[n0:n0 + nb].reshape(-1, G, Cg, P)
+        x = x_cf[n0:n0 + nb].astype(ct, copy=False).reshape(-1, G, Cg, P)
         if dtype.kind == "c":
             x = xp.conj(x)
-        g = g_cf[n0:n0 + nb].reshape(-1, G, Cog, P)
+        g = g_cf[n0:n0 + nb].astype(ct, copy=False).reshape(-1, G, Cog, P)
         dw += xp.matmul(g, x.swapaxes(-1, -2)).sum(axis=0)
     out[...] = dw.reshape(out.shape)
 

@@ -92,6 +92,19 @@ def _geometry(case):
                      padding_mode=o["padding_mode"], layout=o["layout"])
 
 
+def _pointwise_shaped(case):
+    geom = _geometry(case)
+    return max(geom.kernel) == 1 and max(geom.pad_before + geom.pad_after) == 0
+
+
+#: float16 and bfloat16 copies of the grid's real 1x1 cases without padding: CUDA's pointwise
+#: widens these dtypes to float32 and rounds once at the end (as every CPU path does)
+POINTWISE_16BIT_CASES = [
+    as_dtype(c, dtype) for c in CASES + FAST_PATH_CASES + TILE_CASES
+    if np.result_type(c.x, c.filters).kind == "f" and _pointwise_shaped(c)
+    for dtype in (np.dtype(np.float16),) + (() if bfloat16() is None else (bfloat16(),))]
+
+
 def _forced(case, device, algorithm, xp=np):
     """conv with ``algorithm`` forced, or None after checking the ValueError when it does not
     apply to the case (the error must name the algorithm and say why)."""
@@ -121,6 +134,14 @@ def test_cpu_algorithms_against_reference(case, algorithm):
     if got is not None:
         _check(case, got, f"cpu {algorithm}")
     np.testing.assert_array_equal(case.x, x0)
+
+
+@pytest.mark.parametrize("case", POINTWISE_16BIT_CASES, ids=lambda c: c.name)
+def test_cpu_pointwise_16bit(case):
+    """The CPU's pointwise (auto's choice for these) on float16 and bfloat16 1x1 layers."""
+    got = _forced(case, "cpu", "pointwise")
+    assert got is not None
+    _check(case, got, "cpu pointwise")
 
 
 GPU_ALGORITHMS = ["direct", "few_filters", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64",
@@ -153,6 +174,15 @@ def test_gpu_algorithms_tile_cases(case, algorithm, gpu):
     """The same on the cases that need several tiles along every axis (and some wide depthwise
     ones): the set compute-sanitizer runs every kernel over (benchmarks/gpu_record.py)."""
     _check_gpu_algorithm(case, algorithm, gpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", POINTWISE_16BIT_CASES, ids=lambda c: c.name)
+def test_gpu_pointwise_16bit(case, gpu):
+    """CUDA's pointwise on float16 and bfloat16 1x1 layers (widened to float32, cuBLAS FP32
+    sums, bias and activation in float32, one rounding into the output), against the reference
+    and the CPU."""
+    _check_gpu_algorithm(case, "pointwise", gpu)
 
 
 @pytest.mark.gpu

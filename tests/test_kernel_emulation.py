@@ -31,7 +31,7 @@ from cases import (Case, as_dtype, as_float16, bfloat16_cases, channel_block_cas
 from test_adjoint import (TRANSPOSE_CASES, _grad_out, _options, check_filter_grad,
                           check_input_grad, check_transpose, depthwise_layer, transpose_call)
 from test_adjoint import route  # noqa: F401 (a fixture: pytest finds it by its name)
-from test_grid import _check, _forced, _geometry
+from test_grid import POINTWISE_16BIT_CASES, _check, _forced, _geometry
 from reference import error_bound_tf32, error_bound_winograd
 
 HERE = Path(__file__).resolve().parent / "host_emulation"
@@ -135,7 +135,22 @@ def emulated_gpu(emulator, monkeypatch):
     monkeypatch.setattr(gpuconv.forward, "run", run)
     monkeypatch.setattr(gpuconv.adjoint, "run", run)
     monkeypatch.setattr(cuda, "poison_outputs", True)
+    monkeypatch.setattr(cuda, "_matmul", cublas_matmul)
     return emulator
+
+
+def cublas_matmul(xp, a, b, out=None):
+    """CuPy's matmul as cuBLAS computes it: float16 and bfloat16 products summed in float32
+    (CUBLAS_COMPUTE_32F) and each result rounded once; NumPy's float16 matmul rounds every
+    partial sum, and NumPy's own result stands for the other dtypes."""
+    dtype = np.result_type(a, b)
+    if dtype.itemsize != 2:
+        return np.matmul(a, b, out=out)
+    wide = np.matmul(a.astype(np.float32), b.astype(np.float32))
+    if out is None:
+        return wide.astype(dtype)
+    out[...] = wide
+    return out
 
 
 CASES = grid_cases()
@@ -489,7 +504,7 @@ def test_gemm_tc_refuses_other_dtypes(emulated_gpu):
         gpuconv.conv(x, np.ones((3, 2, 3, 3), np.float32), algorithm="gemm_tc")
 
 
-POINTWISE_CASES = CASES + TILE_CASES + fast_path_cases()
+POINTWISE_CASES = CASES + TILE_CASES + fast_path_cases() + POINTWISE_16BIT_CASES
 
 
 def _pointwise_applies(case):
@@ -501,8 +516,8 @@ def _pointwise_applies(case):
 def test_pointwise(emulated_gpu):
     """CUDA's pointwise (1x1 kernels without padding: xp.matmul, here NumPy's) on every case of
     the grids: the product into channels-first and channels-last outputs, groups, strides,
-    bias and activation, against the reference; refused with a reason elsewhere (other
-    kernel sizes, padding, float16 and bfloat16)."""
+    bias and activation, float16 and bfloat16 widened to float32 and rounded once, against
+    the reference; refused with a reason elsewhere (other kernel sizes, padding)."""
     ran = 0
     for case in POINTWISE_CASES:
         x0 = case.x.copy()
@@ -511,19 +526,17 @@ def test_pointwise(emulated_gpu):
         if got is not None:
             _check(case, got, "emulated pointwise")
             ran += 1
-    assert ran >= 40
+    assert ran >= 40 + len(POINTWISE_16BIT_CASES) and len(POINTWISE_16BIT_CASES) >= 40
 
 
 def test_pointwise_refusals_and_auto(emulated_gpu, monkeypatch):
     x, w = np.ones((2, 8, 5, 5), np.float16), np.ones((4, 8, 1, 1), np.float16)
-    with pytest.raises(ValueError, match="'pointwise' multiplies through CuPy's matmul, for "
-                                         "float32, float64 and complex dtypes; float16"):
-        gpuconv.conv2d(x, w, algorithm="pointwise")
     from gpuconv import algorithms
     from gpuconv.geometry import plan_conv
     geom = plan_conv((2, 8, 5, 5), (16, 8, 1, 1), stride=2)
     assert algorithms.choose("cuda", "auto", geom, np.float32) == "pointwise"
-    assert algorithms.choose("cuda", "auto", geom, np.float16) == "gemm_tc_cl"
+    assert algorithms.choose("cuda", "auto", geom, np.float16) == "pointwise"
+    assert algorithms.choose("cuda", "auto", geom, bfloat16() or np.float16) == "pointwise"
     huge = plan_conv((1, 1, 9, 2**30 + 8), (4, 1, 1, 1))
     assert "32-bit ints; this call has 9663676488 output positions" in algorithms.why_not(
         "cuda", "pointwise", huge, np.float32)
@@ -534,6 +547,9 @@ def test_pointwise_refusals_and_auto(emulated_gpu, monkeypatch):
     monkeypatch.setenv("CUPY_TF32", "1")
     with pytest.raises(ValueError, match="CUPY_TF32 set to a positive value"):
         gpuconv.conv2d(x.astype(np.float32), w.astype(np.float32), algorithm="pointwise")
+    with pytest.raises(ValueError, match=r"TF32 \(float16 calls multiply in float32\)"):
+        gpuconv.conv2d(x, w, algorithm="pointwise")
+    assert algorithms.choose("cuda", "auto", geom, np.float16) == "gemm_tc_cl"
     assert gpuconv.conv2d(x.astype(np.float64), w.astype(np.float64),
                           algorithm="pointwise").dtype == np.float64
     assert algorithms.choose("cuda", "auto", geom, np.float32) != "pointwise"
@@ -626,6 +642,27 @@ def test_filter_grad_kernels(case, kernel, emulated_gpu, monkeypatch):
     g = _grad_out(case, rng)
     check_filter_grad(case, g, gpuconv.conv_filter_grad(case.x, g, case.filters.shape,
                                                         **_options(case)))
+
+
+def test_pointwise_filter_grad_16bit(emulated_gpu, monkeypatch):
+    """The pointwise filter gradient of float16 and bfloat16 1x1 layers: x and g widened to
+    float32, the images' products summed in float32 batch after batch (two images a batch
+    here), one rounding into the result."""
+    monkeypatch.setattr(cuda, "filter_grad_kernel", lambda geom, dtype: "pointwise")
+    ran = 0
+    for case in POINTWISE_16BIT_CASES:
+        if not _pointwise_applies(case) or case.filters.shape[1] == 1:
+            continue
+        geom = _geometry(case)  # an image's float32 products and widened x and g, twice
+        per_image = 4 * (geom.C_out * geom.C_in_per_group +
+                         (geom.C_in + geom.C_out) * geom.positions // geom.N)
+        monkeypatch.setattr(cuda, "POINTWISE_FILTER_GRAD_BYTES", 2 * per_image)
+        rng = np.random.default_rng(zlib.crc32(case.name.encode()))
+        g = _grad_out(case, rng)
+        check_filter_grad(case, g, gpuconv.conv_filter_grad(case.x, g, case.filters.shape,
+                                                            **_options(case)))
+        ran += 1
+    assert ran >= 20
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.complex128, np.float16])
