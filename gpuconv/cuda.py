@@ -372,9 +372,9 @@ def _forward(xp: Any, run: Callable[..., None], sms: int, x_cf: Array, w: Array,
 
 
 def _matmul(xp: Any, a: Array, b: Array, out: Optional[Array] = None) -> Array:
-    """xp.matmul: with CuPy, cuBLAS, which sums float16 and bfloat16 products in FP32
-    (CUBLAS_COMPUTE_32F) and rounds each result once. (A seam: the host emulation puts the same
-    arithmetic in, where NumPy's own float16 matmul would round every partial sum.)"""
+    """xp.matmul. With CuPy, cuBLAS: a 2-D float16 or bfloat16 product runs on tensor cores with
+    FP32 sums (CUBLAS_COMPUTE_32F), each result rounded once. (A seam: the host emulation puts
+    that arithmetic in, where NumPy's own float16 matmul rounds every partial sum.)"""
     return xp.matmul(a, b, out=out)
 
 
@@ -386,12 +386,16 @@ def _pointwise(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     into a channels-first output, or ``(N * positions, C_in) @ (C_in, C_out)`` into a
     channels-last one (one group); the stride is a view of x (copied by the product's reshape
     where it is not contiguous), then the bias and the activation as array passes.
-    float16 and bfloat16: cuBLAS multiplies them as they are on tensor cores, sums in FP32 and
-    rounds once; a bias goes into that sum as one more term (_with_bias_term), and relu
-    commutes with the rounding. With sigmoid or tanh, x and the filters are widened to float32
-    (exactly) and the product, bias and activation run in float32 before one rounding."""
+    float16 and bfloat16 with no activation or relu (which commutes with rounding): as they
+    are, on tensor cores (_pointwise_16bit); with sigmoid or tanh, x and the filters widened
+    to float32 (exactly), the product, bias and activation in float32, one rounding at the
+    end."""
     dtype = out_cf.dtype
-    ct = dtype if activation in (None, "relu") else accumulator_dtype(dtype)
+    if activation in (None, "relu") and accumulator_dtype(dtype) != dtype:
+        _pointwise_16bit(xp, x_cf, w, bias, geom, out_cf)
+        activate(xp, out_cf, activation)
+        return
+    ct = accumulator_dtype(dtype)
     G, Cog, Cg = geom.groups, geom.C_out_per_group, geom.C_in_per_group
     N, P = geom.N, math.prod(geom.out_spatial)
     x_cf = pointwise_view(x_cf, geom)
@@ -401,24 +405,18 @@ def _pointwise(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     _poison(out_cf)
     to_last, to_first = _axes_to_last(x_cf.ndim)
     out_rows = out_cf.transpose(to_last)
-    rows = G == 1 and out_rows.flags.c_contiguous  # a channels-last output: rows of C_out
-    x_mat = x_cf.transpose(to_last) if rows else x_cf.reshape((N, G, Cg) + geom.out_spatial)
-    if bias is not None and ct != accumulator_dtype(ct):  # 16-bit
-        x_mat, w = _with_bias_term(xp, x_mat, w, bias, rows)
-        bias = None
-    K = w.shape[-1]
     direct = ct == dtype  # the product lands in out_cf itself
-    if rows:
-        res_rows = out_rows if direct else xp.empty(out_rows.shape, dtype=ct)
-        _matmul(xp, x_mat.reshape(N * P, K), w.reshape(Cog, K).T,
-                out=res_rows.reshape(N * P, Cog))
-        res = res_rows.transpose(to_first)
+    if G == 1 and out_rows.flags.c_contiguous:  # a channels-last output: rows of C_out
+        rows = out_rows if direct else xp.empty(out_rows.shape, dtype=ct)
+        _matmul(xp, x_cf.transpose(to_last).reshape(N * P, Cg), w.reshape(Cog, Cg).T,
+                out=rows.reshape(N * P, Cog))
+        res = rows.transpose(to_first)
     elif out_cf.flags.c_contiguous and direct:
-        _matmul(xp, w, x_mat.reshape(N, G, K, P), out=out_cf.reshape(N, G, Cog, P))
+        _matmul(xp, w, x_cf.reshape(N, G, Cg, P), out=out_cf.reshape(N, G, Cog, P))
         res = out_cf
     else:
         direct = False
-        res = _matmul(xp, w, x_mat.reshape(N, G, K, P)).reshape(out_cf.shape)
+        res = _matmul(xp, w, x_cf.reshape(N, G, Cg, P)).reshape(out_cf.shape)
     if bias is not None:
         res += _contiguous(xp, bias, ct).reshape((1, geom.C_out) + (1,) * geom.rank)
     activate(xp, res, activation)
@@ -426,30 +424,57 @@ def _pointwise(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
         out_cf[...] = res  # rounded to nearest even, once
 
 
-def _with_bias_term(xp: Any, x_mat: Array, w: Array, bias: Array, rows: bool
-                    ) -> Tuple[Array, Array]:
-    """_pointwise's 16-bit operands with the bias as one more term of every sum, so that
-    cuBLAS's FP32 sum takes it in before the one rounding (as the kernels add it): x gets a
-    channel of ones, each filter the bias as that channel's weight, both zero-padded to a
-    multiple of 8 terms (16-byte rows, as the tensor cores read them). ``x_mat`` is
-    ``(N, *out, Cg)`` (``rows``) or ``(N, G, Cg, *out)``, ``w`` ``(G, Cog, Cg)``; returns x's
-    copy ``(N, *out, K)`` or ``(N, G, K, *out)`` and the filters ``(G, Cog, K)``."""
-    G, Cog, Cg = w.shape
-    K = -(-(Cg + 1) // 8) * 8
-    if rows:
-        xa = xp.empty(x_mat.shape[:-1] + (K,), dtype=x_mat.dtype)
-        xa[..., :Cg] = x_mat
-        xa[..., Cg] = 1
-        xa[..., Cg + 1:] = 0
-    else:
-        xa = xp.empty(x_mat.shape[:2] + (K,) + x_mat.shape[3:], dtype=x_mat.dtype)
-        xa[:, :, :Cg] = x_mat
-        xa[:, :, Cg] = 1
-        xa[:, :, Cg + 1:] = 0
-    wa = xp.zeros((G, Cog, K), dtype=w.dtype)
-    wa[..., :Cg] = w
-    wa[..., Cg] = _contiguous(xp, bias, w.dtype).reshape(G, Cog)
-    return xa, wa
+def _pointwise_16bit(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
+                     out_cf: Array) -> None:
+    """_pointwise for float16 and bfloat16 as they are: cuBLAS sums their products in FP32 on
+    tensor cores and rounds once. Only 2-D products: CuPy 14.2's batched matmul computes
+    float16 on FP32 cores and fails on bfloat16 (cupy/cupy#10317). A bias is one more term of
+    every sum, so that it is added before the rounding (as the kernels add it): a channel of
+    ones in x and the bias as its weight, both zero-padded to a multiple of 8 terms (16-byte
+    rows for the tensor cores). Channels-last output, one group: ``(N * positions, K) @
+    (K, Cog)`` into it as it lies; else, group by group, ``(Cog, K) @ (K, N * positions)``
+    from x's terms copied into ``(G, K, N, positions)``, and the result copied into the
+    channels-first output."""
+    dtype = out_cf.dtype
+    G, Cog, Cg = geom.groups, geom.C_out_per_group, geom.C_in_per_group
+    N, P, out = geom.N, math.prod(geom.out_spatial), geom.out_spatial
+    K = Cg if bias is None else -(-(Cg + 1) // 8) * 8
+    x_cf = pointwise_view(x_cf, geom)
+    if x_cf.dtype != dtype:
+        x_cf = x_cf.astype(dtype)
+    w = _contiguous(xp, w, dtype).reshape(G, Cog, Cg)
+    if bias is not None:
+        wa = xp.zeros((G, Cog, K), dtype=dtype)
+        wa[..., :Cg] = w
+        wa[..., Cg] = _contiguous(xp, bias, dtype).reshape(G, Cog)
+        w = wa
+    _poison(out_cf)
+    to_last, _ = _axes_to_last(x_cf.ndim)
+    out_rows = out_cf.transpose(to_last)
+    if G == 1 and out_rows.flags.c_contiguous:  # rows of C_out
+        xr = x_cf.transpose(to_last)  # (N, *out, Cg)
+        if bias is None:
+            xa = xr.reshape(N * P, Cg)
+        else:
+            xa = xp.empty((N * P, K), dtype=dtype)
+            terms = xa.reshape(xr.shape[:-1] + (K,))
+            terms[..., :Cg] = xr
+            terms[..., Cg] = 1
+            terms[..., Cg + 1:] = 0
+        _matmul(xp, xa, w.reshape(Cog, K).T, out=out_rows.reshape(N * P, Cog))
+        return
+    xa = xp.empty((G, K, N, P), dtype=dtype)
+    terms = xa.reshape((G, K, N) + out)  # axes split, never merged: views on both sides
+    terms[:, :Cg] = x_cf.reshape((N, G, Cg) + out).transpose((1, 2, 0) + tuple(
+        range(3, 3 + geom.rank)))
+    if bias is not None:
+        xa[:, Cg] = 1
+        xa[:, Cg + 1:] = 0
+    y = xp.empty((G, Cog, N, P), dtype=dtype)
+    for g in range(G):
+        _matmul(xp, w[g], xa[g].reshape(K, N * P), out=y[g].reshape(Cog, N * P))
+    out_cf.reshape((N, G, Cog) + out)[...] = y.reshape((G, Cog, N) + out).transpose(
+        (2, 0, 1) + tuple(range(3, 3 + geom.rank)))
 
 
 #: Winograd's transformed inputs and products (V and M, accumulator type) of one chunk of tiles

@@ -97,8 +97,8 @@ def _pointwise_shaped(case):
     return max(geom.kernel) == 1 and max(geom.pad_before + geom.pad_after) == 0
 
 
-#: float16 and bfloat16 copies of the grid's real 1x1 cases without padding: CUDA's pointwise
-#: widens these dtypes to float32 and rounds once at the end (as every CPU path does)
+#: float16 and bfloat16 copies of the grid's real 1x1 cases without padding (CUDA's pointwise
+#: multiplies them on tensor cores, the CPU widens them to float32; one rounding either way)
 POINTWISE_16BIT_CASES = [
     as_dtype(c, dtype) for c in CASES + FAST_PATH_CASES + TILE_CASES
     if np.result_type(c.x, c.filters).kind == "f" and _pointwise_shaped(c)
@@ -179,9 +179,9 @@ def test_gpu_algorithms_tile_cases(case, algorithm, gpu):
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", POINTWISE_16BIT_CASES, ids=lambda c: c.name)
 def test_gpu_pointwise_16bit(case, gpu):
-    """CUDA's pointwise on float16 and bfloat16 1x1 layers (widened to float32, cuBLAS FP32
-    sums, bias and activation in float32, one rounding into the output), against the reference
-    and the CPU."""
+    """CUDA's pointwise on float16 and bfloat16 1x1 layers (2-D cuBLAS products on tensor
+    cores with FP32 sums, the bias as one more term; widened to float32 for sigmoid and tanh),
+    against the reference and the CPU: one rounding into the output either way."""
     _check_gpu_algorithm(case, "pointwise", gpu)
 
 

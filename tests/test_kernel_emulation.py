@@ -142,10 +142,12 @@ def emulated_gpu(emulator, monkeypatch):
 def cublas_matmul(xp, a, b, out=None):
     """CuPy's matmul as cuBLAS computes it: float16 and bfloat16 products summed in float32
     (CUBLAS_COMPUTE_32F) and each result rounded once; NumPy's float16 matmul rounds every
-    partial sum, and NumPy's own result stands for the other dtypes."""
+    partial sum, and NumPy's own result stands for the other dtypes. 16-bit products must be
+    2-D: CuPy 14.2's batched matmul fails on bfloat16 (cupy/cupy#10317)."""
     dtype = np.result_type(a, b)
     if dtype.itemsize != 2:
         return np.matmul(a, b, out=out)
+    assert a.ndim == 2 and b.ndim == 2, f"a batched 16-bit product: {a.shape} @ {b.shape}"
     wide = np.matmul(a.astype(np.float32), b.astype(np.float32))
     if out is None:
         return wide.astype(dtype)
@@ -514,10 +516,11 @@ def _pointwise_applies(case):
 
 
 def test_pointwise(emulated_gpu):
-    """CUDA's pointwise (1x1 kernels without padding: xp.matmul, here NumPy's) on every case of
-    the grids: the product into channels-first and channels-last outputs, groups, strides,
-    bias and activation, float16 and bfloat16 widened to float32 and rounded once, against
-    the reference; refused with a reason elsewhere (other kernel sizes, padding)."""
+    """CUDA's pointwise (1x1 kernels without padding: xp.matmul, here NumPy's, and for 16-bit
+    products cuBLAS's arithmetic) on every case of the grids: the product into channels-first
+    and channels-last outputs, groups, strides, bias and activation, float16 and bfloat16 (the
+    bias as a term of the sum; widened for sigmoid and tanh), against the reference; refused
+    with a reason elsewhere (other kernel sizes, padding)."""
     ran = 0
     for case in POINTWISE_CASES:
         x0 = case.x.copy()
