@@ -155,13 +155,14 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
 
 
 def _tf32_problem(algorithm: str, dtype: DTypeLike) -> str:
-    """Why an algorithm that multiplies through CuPy's matmul cannot take a call it multiplies
-    in float32 or complex64 (16-bit calls included: they multiply in float32): CUPY_TF32 set to
-    a positive value makes cuBLAS round its operands to TF32; or ""."""
+    """Why an algorithm that multiplies through CuPy's matmul cannot take a call it may
+    multiply in float32 or complex64 (16-bit calls too: pointwise widens them to float32 before
+    a sigmoid or tanh): CUPY_TF32 set to a positive value makes cuBLAS round float32 operands to
+    TF32; or ""."""
     if int(os.environ.get("CUPY_TF32", "0") or 0) > 0 and \
             accumulator_dtype(dtype) in (np.float32, np.complex64):
         return (f"{algorithm!r} multiplies through CuPy's matmul, which CUPY_TF32 set to a "
-                f"positive value makes round float32 to TF32 ({np.dtype(dtype).name} calls "
+                f"positive value makes round float32 to TF32 ({np.dtype(dtype).name} calls may "
                 f"multiply in {accumulator_dtype(dtype).name}): unset it to use {algorithm!r}")
     return ""
 
