@@ -29,6 +29,14 @@ On CUDA:
   ``gemm_tf32``  ``gemm_tc`` for float32 with its operands rounded to TF32 (10 mantissa bits),
                  as PyTorch's allow_tf32 does: faster, less exact; only when asked for by name
                  (never chosen by "auto" or the autotuner);
+  ``im2col``     explicit GEMM: the windows of a chunk of output positions unrolled into the
+                 columns of a matrix in GPU memory (kernels_cuda/im2col.cu; chunks within a
+                 256 MiB workspace), one 2-D product a group by CuPy's matmul (cuBLAS: FP32,
+                 float64 or complex sums; float16 and bfloat16 on tensor cores with FP32 sums,
+                 widened to float32 before a sigmoid or tanh), the bias as one more term of the
+                 sum (a row of ones), then the product copied into the output through the
+                 activation, rounded once; refused when CUPY_TF32 is set; not yet timed on a
+                 GPU, so only by name or by the autotuner;
   ``winograd``   F(2x2, 3x3) for 2-D 3x3 kernels of stride 1 in one group (real dtypes): input
                  and output transforms (kernels_cuda/conv_winograd.cu) around 16 batched
                  products done by CuPy's matmul (cuBLAS, FP32 unless CUPY_TF32 is set);
@@ -65,7 +73,8 @@ _GEMM = tuple(f"gemm_{t}" for t in kernels.GEMM_TILES)
 ALGORITHMS: Dict[str, Tuple[str, ...]] = {
     "cpu": ("gemm", "pointwise", "depthwise"),
     "cuda": ("direct", "few_filters", "gemm") + _GEMM + ("gemm_tc", "gemm_tc_cl", "gemm_tf32",
-                                                         "winograd", "pointwise", "depthwise"),
+                                                         "im2col", "winograd", "pointwise",
+                                                         "depthwise"),
 }
 NAMES = ("auto",) + tuple(dict.fromkeys(n for names in ALGORITHMS.values() for n in names))
 
@@ -97,10 +106,17 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
         return (f"the CUDA 'pointwise' hands cuBLAS its matrix sizes as 32-bit ints; this call "
                 f"has {geom.positions} output positions, {geom.C_in} channels in and "
                 f"{geom.C_out} out")
-    if kind == "cuda" and algorithm in ("winograd", "pointwise"):
+    if kind == "cuda" and algorithm in ("winograd", "pointwise", "im2col"):
         reason = _tf32_problem(algorithm, dtype)
         if reason:
             return reason
+    if kind == "cuda" and algorithm == "im2col":
+        rows = kernels.im2col_rows(geom, dtype, True)
+        column = kernels.im2col_column_bytes(geom, rows, accumulator_dtype(dtype).itemsize)
+        if column > kernels.IM2COL_WORKSPACE_BYTES:
+            return (f"'im2col' unrolls each window into a column of every group's matrix: "
+                    f"{shape} make one output position's columns {column} bytes, more than "
+                    f"its workspace of {kernels.IM2COL_WORKSPACE_BYTES} bytes")
     if kind == "cuda" and algorithm == "winograd":
         square = geom.rank == 2 and geom.kernel == (3, 3) and geom.stride == (1, 1) and \
             geom.dilation == (1, 1)

@@ -271,6 +271,12 @@ def _forward_plan(geom: ConvGeometry, dtype: np.dtype, activation: Optional[str]
         return ForwardPlan(algorithm, _Launch("conv_winograd.cu", transform_in, 0),
                            finish=_Launch("conv_winograd.cu", transform_out, 0),
                            partial_dtype=accumulator_dtype(dtype))
+    if algorithm == "im2col":  # launched by _im2col, chunk by chunk, around cuBLAS's products
+        unroll, store = kernels.im2col_names(dtype, activation)
+        return ForwardPlan(algorithm, _Launch("im2col.cu", unroll, 0),
+                           finish=_Launch("im2col.cu", store, 0),
+                           partial_dtype=accumulator_dtype(dtype)
+                           if kernels.im2col_widened(dtype, activation) else dtype)
     if algorithm == "pointwise":  # no kernel of ours: the product is xp.matmul (_pointwise)
         return ForwardPlan(algorithm, _Launch("", "", 0))
     if algorithm == "few_filters":
@@ -351,6 +357,9 @@ def _forward(xp: Any, run: Callable[..., None], sms: int, x_cf: Array, w: Array,
     main = plan.main
     if plan.algorithm == "winograd":
         _winograd(xp, run, plan, x_cf, w, bias_arg, out_cf, record, geom)
+        return
+    if plan.algorithm == "im2col":
+        _im2col(xp, run, plan, x_cf, w, b, out_cf, record, geom)
         return
     if not plan.splits:
         run(main.file, main.name, dtype, main.work, (x_cf, w, bias_arg, out_cf, record))
@@ -523,6 +532,47 @@ def _winograd(xp: Any, run: Callable[..., None], plan: ForwardPlan, x_cf: Array,
         xp.matmul(U, V, out=M)
         run(finish.file, finish.name, out_cf.dtype, K * P,
             (M, bias_arg, out_cf, _int64(p0), _int64(P), record))
+
+
+def _im2col(xp: Any, run: Callable[..., None], plan: ForwardPlan, x_cf: Array, w: Array,
+            b: Optional[Array], out_cf: Array, record: np.ndarray, geom: ConvGeometry) -> None:
+    """algorithm="im2col" (explicit GEMM), chunk by chunk of output positions: im2col.cu's
+    unroll writes each group's (K, chunk) matrix of windows, ``(Cog, K) @ (K, chunk)`` by
+    xp.matmul (CuPy: cuBLAS; only 2-D products, as CuPy 14.2's batched matmul mishandles
+    16-bit dtypes: see _pointwise_16bit) into the product, and im2col_store copies that into y
+    through the activation. The filters are each group's (Cog, terms) matrix as they lie,
+    with the bias appended as one more column (the columns' row of ones) and zero columns up
+    to K."""
+    ct, finish = plan.partial_dtype, plan.finish
+    if ct is None or finish is None:
+        raise AssertionError("an im2col plan names its columns' type and its store kernel")
+    dtype = out_cf.dtype
+    G, Cog, terms = geom.groups, geom.C_out_per_group, geom.terms_per_output
+    K = kernels.im2col_rows(geom, dtype, b is not None)
+    filters = w.reshape(G, Cog, terms)
+    if K != terms or ct != dtype:
+        wk = xp.zeros((G, Cog, K), dtype=ct)
+        wk[..., :terms] = filters
+        if b is not None:
+            wk[..., terms] = b.reshape(G, Cog)
+        filters = wk
+    total, chunk = geom.positions, kernels.im2col_chunk(geom, K, ct.itemsize)
+    cols_all = xp.empty(G * K * chunk, dtype=ct)
+    prod_all = xp.empty(G * Cog * chunk, dtype=ct)
+    for j0 in range(0, total, chunk):
+        J = min(chunk, total - j0)
+        cols = cols_all[:G * K * J].reshape(G, K, J)
+        prod = prod_all[:G * Cog * J].reshape(G, Cog, J)
+        _poison(cols)
+        R = kernels.im2col_rows_a_thread(geom.C_in, J)
+        run(plan.main.file, plan.main.name, dtype, -(-geom.C_in // R) * J,
+            (x_cf, cols, _int64(j0), _int64(J), _int64(K), _int64(R), record))
+        _poison(prod)
+        for g in range(G):
+            _matmul(xp, filters[g], cols[g], out=prod[g])
+        R = kernels.im2col_rows_a_thread(geom.C_out, J)
+        run(finish.file, finish.name, dtype, -(-geom.C_out // R) * J,
+            (prod, out_cf, _int64(j0), _int64(J), _int64(R), record))
 
 
 @functools.lru_cache(maxsize=256)

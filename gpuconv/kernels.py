@@ -357,6 +357,63 @@ def to_channels_last_name(dtype: DTypeLike) -> str:
     return f"to_channels_last<{ctype(dtype)}>"
 
 
+def im2col_widened(dtype: DTypeLike, activation: Optional[str]) -> bool:
+    """Whether the explicit GEMM (im2col.cu) multiplies ``dtype`` widened to its accumulator
+    type: float16 and bfloat16 calls with sigmoid or tanh, which do not commute with the
+    rounding (the others multiply as they are: cuBLAS sums 16-bit products in FP32)."""
+    return tensor_core_dtype(dtype) and activation in ("sigmoid", "tanh")
+
+
+def im2col_names(dtype: DTypeLike, activation: Optional[str]) -> Tuple[str, str]:
+    """im2col.cu's (unroll, store) kernels for a call in ``dtype``: columns in ``dtype``, or in
+    its accumulator type where :func:`im2col_widened`."""
+    t = ctype(dtype)
+    c = "float" if im2col_widened(dtype, activation) else t
+    return f"im2col<{t}, {c}>", f"im2col_store<{c}, {t}, {ACTIVATIONS[activation]}>"
+
+
+#: The explicit GEMM's columns and product (im2col.cu) of one chunk of output positions stay
+#: under this many bytes.
+IM2COL_WORKSPACE_BYTES = 256 * 2**20
+
+
+def im2col_rows(geom: ConvGeometry, dtype: DTypeLike, bias: bool) -> int:
+    """Rows K of a group's column matrix (im2col.cu): the filter's terms, one more for a bias
+    (a row of ones), and for float16 and bfloat16 zero rows up to a multiple of 8 (16-byte rows
+    of the filters' matrix for the tensor cores)."""
+    K = geom.terms_per_output + int(bias)
+    return -(-K // 8) * 8 if tensor_core_dtype(dtype) else K
+
+
+def im2col_column_bytes(geom: ConvGeometry, rows: int, itemsize: int) -> int:
+    """Workspace bytes of one output position: its column in every group's matrix and its
+    entries of the product."""
+    return geom.groups * (rows + geom.C_out_per_group) * itemsize
+
+
+def im2col_chunk(geom: ConvGeometry, rows: int, itemsize: int) -> int:
+    """Output positions a chunk of the explicit GEMM: as many as keep its columns and product
+    within IM2COL_WORKSPACE_BYTES (all of them when they fit; else a multiple of 8, which keeps
+    the rows of 16-bit matrices on 16 bytes), at most 2^31 - 1 (cuBLAS takes 32-bit sizes)."""
+    total = geom.positions
+    chunk = min(total, IM2COL_WORKSPACE_BYTES // im2col_column_bytes(geom, rows, itemsize),
+                2**31 - 8)
+    if chunk < total and chunk >= 8:
+        chunk -= chunk % 8
+    return max(1, chunk)
+
+
+#: Threads an im2col.cu launch aims for: an H100's 132 SMs hold 2048 each, twice over.
+IM2COL_THREADS = 2**19
+
+
+def im2col_rows_a_thread(rows: int, columns: int) -> int:
+    """Rows R an im2col.cu thread does for one column (``rows``: the (group, channel) pairs for
+    the unroll, the output channels for the store): the most that still leave IM2COL_THREADS
+    threads, at least 1."""
+    return max(1, rows * columns // IM2COL_THREADS)
+
+
 def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
     """Every template instantiation of ``filename`` that a call in ``dtype`` may need."""
     if filename == "conv_direct.cu":
@@ -390,6 +447,9 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
             winograd_names(dtype, a)[1] for a in activation_names(dtype))
     if filename == "layout.cu":  # feeds conv_gemm_tc_cl: its 16-bit dtypes only
         return (to_channels_last_name(dtype),) if tensor_core_dtype(dtype) else ()
+    if filename == "im2col.cu":
+        pairs = [im2col_names(dtype, a) for a in activation_names(dtype)]
+        return tuple(dict.fromkeys([u for u, _ in pairs] + [s for _, s in pairs]))
     if filename == "peak.cu":  # the benchmark's FMA throughput probe
         return (f"gc_fma_peak<{ctype(dtype)}>",) if np.dtype(dtype) in (
             np.float32, np.float64) else ()
@@ -401,7 +461,7 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
 
 KERNEL_FILES: Tuple[str, ...] = ("conv_direct.cu", "conv_gemm.cu", "conv_gemm_tc.cu",
                                   "conv_depthwise.cu", "conv_adjoint.cu", "conv_winograd.cu",
-                                  "layout.cu", "peak.cu")
+                                  "im2col.cu", "layout.cu", "peak.cu")
 
 
 def every_module_request() -> List[Tuple[str, Tuple[str, ...], Tuple[str, ...]]]:

@@ -18,7 +18,7 @@ def test_names_are_listed_and_checked():
     assert set(algorithms.ALGORITHMS["cpu"]) == {"gemm", "pointwise", "depthwise"}
     assert set(algorithms.ALGORITHMS["cuda"]) == {
         "direct", "few_filters", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64",
-        "gemm_128x32", "gemm_128x8", "gemm_tc", "gemm_tc_cl", "gemm_tf32", "winograd",
+        "gemm_128x32", "gemm_128x8", "gemm_tc", "gemm_tc_cl", "gemm_tf32", "im2col", "winograd",
         "pointwise", "depthwise"}
     x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
     with pytest.raises(ValueError, match="algorithm must be one of .*'winograd'.*, got 'fft'"):

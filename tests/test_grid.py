@@ -145,7 +145,8 @@ def test_cpu_pointwise_16bit(case):
 
 
 GPU_ALGORITHMS = ["direct", "few_filters", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64",
-                  "gemm_128x32", "gemm_128x8", "gemm_tc", "gemm_tc_cl", "pointwise", "depthwise"]
+                  "gemm_128x32", "gemm_128x8", "gemm_tc", "gemm_tc_cl", "im2col", "pointwise",
+                  "depthwise"]
 
 
 def _check_gpu_algorithm(case, algorithm, cp):
@@ -201,7 +202,8 @@ def test_gpu_tf32(case, gpu):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("algorithm", ["direct", "gemm", "gemm_tc", "gemm_tc_cl", "depthwise"])
+@pytest.mark.parametrize("algorithm", ["direct", "gemm", "gemm_tc", "gemm_tc_cl", "im2col",
+                                       "depthwise"])
 @pytest.mark.parametrize("case", BFLOAT16_CASES, ids=lambda c: c.name)
 def test_gpu_bfloat16(case, algorithm, gpu):
     """bfloat16 CuPy arrays (CuPy 14 with ml_dtypes) through each CUDA kernel that takes them."""
@@ -225,6 +227,19 @@ def test_gpu_channels_last_tensor_cores(case, filters, gpu, monkeypatch):
     the reference and the CPU; compute-sanitizer runs these too."""
     monkeypatch.setattr(kernels, "gemm_tc_cl_filters", lambda geom: filters)
     _check_gpu_algorithm(case, "gemm_tc_cl", gpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("chunk", [5, 64])
+@pytest.mark.parametrize("case", [as_float16(c) for c in TILE_CASES] + CHANNEL_BLOCK_CASES,
+                         ids=lambda c: c.name)
+def test_gpu_im2col_chunks(case, chunk, gpu, monkeypatch):
+    """The explicit GEMM (im2col) in chunks of output positions that start and end inside
+    images and rows, on the multi-tile cases in float16 and the 16-bit channel-block cases
+    (cuBLAS's 2-D 16-bit products on tensor cores, rows of 8 or 64 terms a chunk), against the
+    reference and the CPU; compute-sanitizer runs these too."""
+    monkeypatch.setattr(kernels, "im2col_chunk", lambda geom, rows, itemsize: chunk)
+    _check_gpu_algorithm(case, "im2col", gpu)
 
 
 @pytest.mark.gpu

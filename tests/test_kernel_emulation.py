@@ -558,6 +558,71 @@ def test_pointwise_refusals_and_auto(emulated_gpu, monkeypatch):
     assert algorithms.choose("cuda", "auto", geom, np.float32) != "pointwise"
 
 
+IM2COL_CASES = CASES + TILE_CASES + fast_path_cases() + bfloat16_cases() + \
+    channel_block_cases()
+
+
+def test_im2col(emulated_gpu):
+    """CUDA's explicit GEMM (im2col.cu's unroll and store around xp.matmul; cuBLAS's arithmetic
+    for 16-bit products) on every case of the grids: every rank, layout, stride, dilation,
+    padding and padding mode, groups, flip, bias (a row of ones), activation, every dtype
+    (float16 and bfloat16 widened to float32 for sigmoid and tanh), against the reference;
+    the caller's x is left as it was."""
+    ran = 0
+    for case in IM2COL_CASES:
+        x0 = case.x.copy()
+        got = _forced(case, "cuda", "im2col")
+        np.testing.assert_array_equal(case.x, x0)
+        assert got is not None, case.name
+        _check(case, got, "emulated im2col")
+        ran += 1
+    assert ran == len(IM2COL_CASES) > 300
+
+
+@pytest.mark.parametrize("chunk, rows", [(1, 1), (5, 2), (8, 3), (None, 3), (None, 1000)])
+def test_im2col_chunks_and_runs(chunk, rows, emulated_gpu, monkeypatch):
+    """The explicit GEMM in chunks of output positions that start and end inside images and
+    rows (a last partial chunk; one position a chunk), its threads doing runs of 2, 3 or every
+    (group, channel) row and output channel (runs that cross groups, a group's bias and zero
+    rows in the middle of a run), against the reference."""
+    if chunk is not None:
+        monkeypatch.setattr(kernels, "im2col_chunk", lambda geom, K, itemsize: chunk)
+    monkeypatch.setattr(kernels, "im2col_rows_a_thread", lambda n, columns: rows)
+    cases = [c for c in IM2COL_CASES[::7] if np.prod(c.x.shape) < 4000]
+    assert len(cases) >= 30 and sum(c.options["groups"] > 1 for c in cases) >= 10
+    for case in cases:
+        _check(case, _forced(case, "cuda", "im2col"), f"emulated im2col, {chunk}, {rows}")
+
+
+def test_im2col_workspace_and_refusals(emulated_gpu, monkeypatch):
+    from gpuconv import algorithms
+    from gpuconv.geometry import plan_conv
+    geom = plan_conv((3, 16, 40, 40), (24, 16, 3, 3), padding=1)
+    assert kernels.im2col_rows(geom, np.float32, False) == 144
+    assert kernels.im2col_rows(geom, np.float32, True) == 145
+    assert kernels.im2col_rows(geom, np.float16, True) == 152
+    assert kernels.im2col_chunk(geom, 145, 4) == 4800  # every position fits
+    monkeypatch.setattr(kernels, "IM2COL_WORKSPACE_BYTES", 1000 * (145 + 24) * 4 + 5)
+    assert kernels.im2col_chunk(geom, 145, 4) == 1000
+    monkeypatch.setattr(kernels, "IM2COL_WORKSPACE_BYTES", 1003 * (145 + 24) * 4)
+    assert kernels.im2col_chunk(geom, 145, 4) == 1000  # a multiple of 8 below the whole
+    monkeypatch.setattr(kernels, "IM2COL_WORKSPACE_BYTES", 5 * (145 + 24) * 4 + 600)
+    assert kernels.im2col_chunk(geom, 145, 4) == 5  # under 8: not rounded
+    monkeypatch.setattr(kernels, "IM2COL_WORKSPACE_BYTES", 256 * 2**20)
+    huge = plan_conv((1, 2**24, 3, 3), (8, 2**24, 3, 3))
+    assert "columns 603979812 bytes, more than its workspace of 268435456" in \
+        algorithms.why_not("cuda", "im2col", huge, np.float32)
+    assert algorithms.choose("cuda", "auto", geom, np.float32) != "im2col"  # not yet timed
+    x, w = np.ones((2, 8, 5, 5), np.float32), np.ones((4, 8, 3, 3), np.float32)
+    monkeypatch.setenv("CUPY_TF32", "1")
+    with pytest.raises(ValueError, match="'im2col' multiplies through CuPy's matmul"):
+        gpuconv.conv2d(x, w, algorithm="im2col")
+    with pytest.raises(ValueError, match=r"TF32 \(float16 calls may multiply in float32\)"):
+        gpuconv.conv2d(x.astype(np.float16), w.astype(np.float16), algorithm="im2col")
+    assert gpuconv.conv2d(x.astype(np.float64), w.astype(np.float64),
+                          algorithm="im2col").dtype == np.float64
+
+
 @pytest.mark.parametrize("case", bfloat16_cases(), ids=lambda c: c.name)
 def test_bfloat16_kernels(case, emulated_gpu):
     """bfloat16 through the direct, each GEMM tile's and (one kernel a filter) the depthwise
