@@ -31,9 +31,10 @@ On CUDA:
                  (never chosen by "auto" or the autotuner);
   ``im2col``     explicit GEMM: the windows of a chunk of output positions unrolled into the
                  columns of a matrix in GPU memory (kernels_cuda/im2col.cu; chunks within a
-                 256 MiB workspace), one 2-D product a group by CuPy's matmul (cuBLAS: FP32,
-                 float64 or complex sums; float16 and bfloat16 on tensor cores with FP32 sums,
-                 widened to float32 before a sigmoid or tanh), the bias as one more term of the
+                 256 MiB workspace), their product with the filters by CuPy's matmul
+                 (cuBLAS: FP32, float64 or complex sums, batched over the groups; float16 and
+                 bfloat16 on tensor cores with FP32 sums, a 2-D product a group, widened to
+                 float32 before a sigmoid or tanh), the bias as one more term of the
                  sum (a row of ones), then the product copied into the output through the
                  activation, rounded once; refused when CUPY_TF32 is set; not yet timed on a
                  GPU, so only by name or by the autotuner;

@@ -538,8 +538,9 @@ def _im2col(xp: Any, run: Callable[..., None], plan: ForwardPlan, x_cf: Array, w
             b: Optional[Array], out_cf: Array, record: np.ndarray, geom: ConvGeometry) -> None:
     """algorithm="im2col" (explicit GEMM), chunk by chunk of output positions: im2col.cu's
     unroll writes each group's (K, chunk) matrix of windows, ``(Cog, K) @ (K, chunk)`` by
-    xp.matmul (CuPy: cuBLAS; only 2-D products, as CuPy 14.2's batched matmul mishandles
-    16-bit dtypes: see _pointwise_16bit) into the product, and im2col_store copies that into y
+    xp.matmul (CuPy: cuBLAS), batched over the groups except for 16-bit dtypes (CuPy 14.2's
+    batched matmul mishandles them: see _pointwise_16bit), into the product, and
+    im2col_store copies that into y
     through the activation. The filters are each group's (Cog, terms) matrix as they lie,
     with the bias appended as one more column (the columns' row of ones) and zero columns up
     to K."""
@@ -568,8 +569,11 @@ def _im2col(xp: Any, run: Callable[..., None], plan: ForwardPlan, x_cf: Array, w
         run(plan.main.file, plan.main.name, dtype, -(-geom.C_in // R) * J,
             (x_cf, cols, _int64(j0), _int64(J), _int64(K), _int64(R), record))
         _poison(prod)
-        for g in range(G):
-            _matmul(xp, filters[g], cols[g], out=prod[g])
+        if G > 1 and ct.itemsize > 2:  # one product, batched over the groups
+            _matmul(xp, filters, cols, out=prod)
+        else:
+            for g in range(G):
+                _matmul(xp, filters[g], cols[g], out=prod[g])
         R = kernels.im2col_rows_a_thread(geom.C_out, J)
         run(finish.file, finish.name, dtype, -(-geom.C_out // R) * J,
             (prod, out_cf, _int64(j0), _int64(J), _int64(R), record))
