@@ -1,6 +1,9 @@
 // Explicit GEMM ("im2col"): the windows of a chunk of output positions unrolled into the columns
 // of a matrix in global memory, that matrix multiplied by the filters by cuBLAS (the host's CuPy
-// matmul, one 2-D product a group), and the product copied into y.
+// matmul: batched over the groups, or for 16-bit dtypes one 2-D product a group), and the
+// product copied into y. On a channels-last x the unroll's loads are a channel's stride apart
+// across a warp (each one a sector of its own; neighbouring taps and channels then hit the
+// same lines in L1): the layout it is built for is the channels-first one.
 //
 // Group g's matrix of a chunk, cols[g], is K x J (row stride J): column j holds the window of
 // output position j0 + j of the call (positions (n, od, oh, ow) flattened, ow fastest); row
