@@ -11,6 +11,13 @@ import numpy as np
 from ._typing import Array
 
 
+def commutes_with_rounding(activation: Optional[str]) -> bool:
+    """Whether applying ``activation`` before or after rounding to a narrower dtype gives the
+    same result (none, relu), so that 16-bit products may be rounded first; sigmoid and tanh
+    do not, and the paths that multiply through cuBLAS widen 16-bit data for them."""
+    return activation in (None, "relu")
+
+
 def activate(xp: Any, res: Array, activation: Optional[str]) -> None:
     """Apply ``activation`` to ``res`` in place (``xp``: numpy or cupy)."""
     if activation is None:

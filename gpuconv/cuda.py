@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from . import algorithms, kernels, params, tuning
-from .activation import activate
+from .activation import activate, commutes_with_rounding
 from .config import get_autotune
 from .device import cuda_device_name
 from .dtypes import accumulator_dtype
@@ -400,7 +400,7 @@ def _pointwise(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     to float32 (exactly), the product, bias and activation in float32, one rounding at the
     end."""
     dtype = out_cf.dtype
-    if activation in (None, "relu") and accumulator_dtype(dtype) != dtype:
+    if accumulator_dtype(dtype) != dtype and commutes_with_rounding(activation):
         _pointwise_16bit(xp, x_cf, w, bias, geom, out_cf)
         activate(xp, out_cf, activation)
         return
@@ -433,6 +433,21 @@ def _pointwise(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
         out_cf[...] = res  # rounded to nearest even, once
 
 
+def _filter_matrix(xp: Any, w: Array, b: Optional[Array], K: int, ct: np.dtype) -> Array:
+    """The filters ``w`` (G, Cog, terms) as the (G, Cog, K) matrix the cuBLAS paths multiply,
+    in ``ct``: a bias ``b`` (C_out) as the column after the terms (the other operand's row
+    of ones: the bias is one more term of every sum), zero columns up to K. ``w`` itself when
+    it already is that matrix."""
+    G, Cog, terms = w.shape
+    if K == terms and b is None and w.dtype == ct:
+        return w
+    m = xp.zeros((G, Cog, K), dtype=ct)
+    m[..., :terms] = w
+    if b is not None:
+        m[..., terms] = b.reshape(G, Cog)
+    return m
+
+
 def _pointwise_16bit(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
                      out_cf: Array) -> None:
     """_pointwise for float16 and bfloat16 as they are: cuBLAS sums their products in FP32 on
@@ -451,12 +466,8 @@ def _pointwise_16bit(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeom
     x_cf = pointwise_view(x_cf, geom)
     if x_cf.dtype != dtype:
         x_cf = x_cf.astype(dtype)
-    w = _contiguous(xp, w, dtype).reshape(G, Cog, Cg)
-    if bias is not None:
-        wa = xp.zeros((G, Cog, K), dtype=dtype)
-        wa[..., :Cg] = w
-        wa[..., Cg] = _contiguous(xp, bias, dtype).reshape(G, Cog)
-        w = wa
+    b = None if bias is None else _contiguous(xp, bias, dtype)
+    w = _filter_matrix(xp, _contiguous(xp, w, dtype).reshape(G, Cog, Cg), b, K, dtype)
     _poison(out_cf)
     to_last, _ = _axes_to_last(x_cf.ndim)
     out_rows = out_cf.transpose(to_last)
@@ -540,23 +551,16 @@ def _im2col(xp: Any, run: Callable[..., None], plan: ForwardPlan, x_cf: Array, w
     unroll writes each group's (K, chunk) matrix of windows, ``(Cog, K) @ (K, chunk)`` by
     xp.matmul (CuPy: cuBLAS), batched over the groups except for 16-bit dtypes (CuPy 14.2's
     batched matmul mishandles them: see _pointwise_16bit), into the product, and
-    im2col_store copies that into y
-    through the activation. The filters are each group's (Cog, terms) matrix as they lie,
-    with the bias appended as one more column (the columns' row of ones) and zero columns up
-    to K."""
+    im2col_store copies that into y through the activation. The filters are each group's
+    (Cog, terms) matrix as they lie (_filter_matrix: with the bias as one more column, the
+    columns' row of ones, and zero columns up to K)."""
     ct, finish = plan.partial_dtype, plan.finish
     if ct is None or finish is None:
         raise AssertionError("an im2col plan names its columns' type and its store kernel")
     dtype = out_cf.dtype
     G, Cog, terms = geom.groups, geom.C_out_per_group, geom.terms_per_output
     K = kernels.im2col_rows(geom, dtype, b is not None)
-    filters = w.reshape(G, Cog, terms)
-    if K != terms or ct != dtype:
-        wk = xp.zeros((G, Cog, K), dtype=ct)
-        wk[..., :terms] = filters
-        if b is not None:
-            wk[..., terms] = b.reshape(G, Cog)
-        filters = wk
+    filters = _filter_matrix(xp, w.reshape(G, Cog, terms), b, K, ct)
     total, chunk = geom.positions, kernels.im2col_chunk(geom, K, ct.itemsize)
     cols_all = xp.empty(G * K * chunk, dtype=ct)
     prod_all = xp.empty(G * Cog * chunk, dtype=ct)

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .activation import commutes_with_rounding
 from .dtypes import ACCEPTED, accepted, accumulator_dtype, is_bfloat16
 from .geometry import ConvGeometry
 from ._typing import DTypeLike
@@ -361,7 +362,7 @@ def im2col_widened(dtype: DTypeLike, activation: Optional[str]) -> bool:
     """Whether the explicit GEMM (im2col.cu) multiplies ``dtype`` widened to its accumulator
     type: float16 and bfloat16 calls with sigmoid or tanh, which do not commute with the
     rounding (the others multiply as they are: cuBLAS sums 16-bit products in FP32)."""
-    return tensor_core_dtype(dtype) and activation in ("sigmoid", "tanh")
+    return tensor_core_dtype(dtype) and not commutes_with_rounding(activation)
 
 
 def im2col_names(dtype: DTypeLike, activation: Optional[str]) -> Tuple[str, str]:
@@ -394,7 +395,7 @@ def im2col_column_bytes(geom: ConvGeometry, rows: int, itemsize: int) -> int:
 def im2col_chunk(geom: ConvGeometry, rows: int, itemsize: int) -> int:
     """Output positions a chunk of the explicit GEMM: as many as keep its columns and product
     within IM2COL_WORKSPACE_BYTES (all of them when they fit; else a multiple of 8, which keeps
-    the rows of 16-bit matrices on 16 bytes), at most 2^31 - 1 (cuBLAS takes 32-bit sizes)."""
+    the rows of 16-bit matrices on 16 bytes), below 2^31 (cuBLAS takes 32-bit sizes)."""
     total = geom.positions
     chunk = min(total, IM2COL_WORKSPACE_BYTES // im2col_column_bytes(geom, rows, itemsize),
                 2**31 - 8)
