@@ -10,8 +10,8 @@ from importlib.metadata import PackageNotFoundError, version as _version
 from . import algorithms
 from .adjoint import (conv_filter_grad, conv_input_grad, conv_transpose, conv_transpose1d,
                       conv_transpose2d, conv_transpose3d)
-from .config import (autotune, cpu_workspace, get_autotune, get_cpu_workspace, set_autotune,
-                     set_cpu_workspace)
+from .config import (autotune, cpu_threads, cpu_workspace, get_autotune, get_cpu_threads,
+                     get_cpu_workspace, set_autotune, set_cpu_threads, set_cpu_workspace)
 from .forward import conv, conv1d, conv2d, conv3d
 from .describe import Description, describe
 from .device import DeviceUnavailableError
@@ -32,5 +32,6 @@ __all__ = [
     "describe", "Description", "Conv1D", "Conv2D", "Conv3D",
     "info", "Info", "DeviceUnavailableError", "ConvGeometry", "plan_conv",
     "cpu_workspace", "get_cpu_workspace", "set_cpu_workspace", "release_cpu_scratch",
+    "cpu_threads", "get_cpu_threads", "set_cpu_threads",
     "autotune", "get_autotune", "set_autotune", "__version__",
 ]

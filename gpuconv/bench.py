@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 import numpy as np
 
 from . import algorithms, conv, conv_filter_grad, conv_input_grad, tuning, __version__
-from .config import get_autotune, set_autotune
+from .config import get_autotune, get_cpu_threads, set_autotune, set_cpu_threads
 from .device import cpu_model, cuda_device_name, cuda_status
 from .dtypes import bfloat16, is_bfloat16, result_dtype
 from .geometry import plan_conv
@@ -611,7 +611,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--warmup", type=int, default=3,
                     help="warm-up calls per contender (at least 0.3 s of them when > 0)")
     ap.add_argument("--threads", type=int, default=None,
-                    help="threads for PyTorch (NumPy's BLAS: set OPENBLAS_NUM_THREADS / "
+                    help="threads for PyTorch and for gpuconv's CPU passes (default: the "
+                         "CPUs this process may use; NumPy's BLAS: set OPENBLAS_NUM_THREADS / "
                          "OMP_NUM_THREADS before starting)")
     ap.add_argument("--scipy-max-calls", type=int, default=10000,
                     help="skip the SciPy peer where it needs more correlate calls per run "
@@ -642,7 +643,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if p not in PEERS:
             print(f"unknown peer {p!r}; known: {sorted(PEERS)}", file=sys.stderr)
             return 2
-    threads = args.threads or os.cpu_count()
+    if args.threads is not None and args.threads < 1:
+        print(f"--threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    threads = args.threads or get_cpu_threads()
+    set_cpu_threads(threads)
     if "torch" in peers:
         try:
             import torch
@@ -711,7 +716,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "kind": "benchmark", "gpuconv": __version__, "commit": _git_commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "device": args.device, "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-            "threads": threads,
+            "threads": threads, "gpuconv_cpu_threads": get_cpu_threads(),
             "blas_threads_env": {k: os.environ.get(k) for k in
                                  ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
             "versions": versions, "shapes": str(shapes_path), "set": args.set or args.device,

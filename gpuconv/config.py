@@ -43,6 +43,46 @@ def set_cpu_workspace(nbytes: int) -> None:
     _state.cpu_workspace = nbytes
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _threads_env() -> int:
+    value = os.environ.get("GPUCONV_CPU_THREADS", "").strip()
+    if not value:
+        return _usable_cpus()
+    try:
+        parsed = int(value)
+    except ValueError:
+        raise ValueError(f"GPUCONV_CPU_THREADS must be a number of threads, got {value!r}") from None
+    if parsed < 1:
+        raise ValueError(f"GPUCONV_CPU_THREADS must be >= 1, got {parsed}")
+    return parsed
+
+
+def get_cpu_threads() -> int:
+    """Threads a CPU call may spread its NumPy passes over (the depthwise path: a task per
+    block of images or channels, each on a worker of :mod:`gpuconv.workers`); BLAS runs its
+    own threads as configured for it. Default: the CPUs this process may run on, or the
+    environment variable GPUCONV_CPU_THREADS; 1 runs every pass on the calling thread."""
+    value = getattr(_state, "cpu_threads", None)
+    return _threads_env() if value is None else value
+
+
+def set_cpu_threads(count: Optional[int]) -> None:
+    """Set the CPU path's thread count for this thread (None restores the default)."""
+    if count is not None:
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError(f"count must be an int or None, got {count!r}")
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+    _state.cpu_threads = count
+
+
 @contextlib.contextmanager
 def _scoped(name: str, setter: Callable[[Any], None], value: Any) -> Iterator[None]:
     """Set this thread's setting ``name`` through ``setter`` for a block, then restore it."""
@@ -57,6 +97,11 @@ def _scoped(name: str, setter: Callable[[Any], None], value: Any) -> Iterator[No
 def cpu_workspace(nbytes: int) -> ContextManager[None]:
     """``with gpuconv.cpu_workspace(64 * 2**20): ...`` sets the budget for the block."""
     return _scoped("cpu_workspace", set_cpu_workspace, nbytes)
+
+
+def cpu_threads(count: int) -> ContextManager[None]:
+    """``with gpuconv.cpu_threads(1): ...`` sets the CPU path's thread count for the block."""
+    return _scoped("cpu_threads", set_cpu_threads, count)
 
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")

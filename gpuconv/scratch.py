@@ -11,8 +11,9 @@ vgg16_conv1_2 38.9 -> 29.4 ms, mbv2_dw_3x3_c144 ~7 -> 3.6 ms.
 A library must not change the process's allocator, so the backend keeps its own: each thread
 has a pool of byte buffers; :func:`scratch` lends them for a block and takes them back at its
 end, and at most :data:`RETAIN_BYTES` (or the CPU workspace budget, if smaller) stay in the pool
-between calls. Arrays handed to callers never come from the pool. :func:`release` empties this
-thread's pool; a thread's pool goes with the thread.
+between calls (a worker thread of :mod:`gpuconv.workers` keeps its share of that). Arrays handed
+to callers never come from the pool. :func:`release` empties this thread's pool and the
+workers'; a thread's pool goes with the thread.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from typing import Any, Callable, Iterator, List, Tuple
 
 import numpy as np
 
+from . import workers
 from .config import get_cpu_workspace
 
 #: Bytes of idle buffers a thread's pool keeps between calls (at most; the CPU workspace
@@ -30,17 +32,36 @@ from .config import get_cpu_workspace
 #: windows plus their input and product, which this holds for every layer of the benchmark suite.
 RETAIN_BYTES = 64 * 2**20
 
+#: A worker thread keeps at least this much (or the workspace, if smaller) however many workers
+#: share :data:`RETAIN_BYTES`.
+WORKER_RETAIN_MIN_BYTES = 4 * 2**20
+
 _local = threading.local()
 
 Take = Callable[[Tuple[int, ...], Any], np.ndarray]
 
 
+#: Bumped by :func:`release`: a pool filled before then is dropped at its thread's next use
+#: (how the worker threads of :mod:`gpuconv.workers` free theirs).
+_generation = [0]
+
+
 def _idle() -> List[np.ndarray]:
     """This thread's idle buffers, most recently returned last."""
     idle = getattr(_local, "idle", None)
-    if idle is None:
+    if idle is None or _local.generation != _generation[0]:
         idle = _local.idle = []
+        _local.generation = _generation[0]
     return idle
+
+
+def _retain_limit() -> int:
+    """Bytes this thread's pool keeps between blocks: :data:`RETAIN_BYTES` (or the workspace,
+    if smaller), shared out among the worker threads when this is one of them."""
+    limit = min(RETAIN_BYTES, get_cpu_workspace())
+    if workers.in_worker():  # a share, but enough for a task of a many-CPU machine's split
+        return min(limit, max(limit // max(1, workers.pool_size()), WORKER_RETAIN_MIN_BYTES))
+    return limit
 
 
 @contextlib.contextmanager
@@ -67,7 +88,7 @@ def scratch() -> Iterator[Take]:
     finally:
         idle.extend(lent)
         lent.clear()
-        _trim(idle, min(RETAIN_BYTES, get_cpu_workspace()))
+        _trim(idle, _retain_limit())
 
 
 def _trim(idle: List[np.ndarray], limit: int) -> None:
@@ -83,5 +104,7 @@ def retained_bytes() -> int:
 
 
 def release() -> None:
-    """Free this thread's idle buffers (the next CPU call allocates afresh)."""
+    """Free this thread's idle buffers, and those of gpuconv's worker threads at their next
+    task (the next CPU call allocates afresh)."""
+    _generation[0] += 1
     _idle().clear()
