@@ -10,21 +10,22 @@ single batch elements; the chunk loop only keeps the temporaries under
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from . import algorithms, tuning
+from . import algorithms, tuning, workers
 from .activation import activate
-from .config import get_autotune, get_cpu_workspace
+from .config import cpu_workspace, get_autotune, get_cpu_threads, get_cpu_workspace
 from .scratch import Take, scratch
 from .device import cpu_model
 from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
 from .layout import pad_spatial, pointwise_view, unpad_adjoint
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 from ._typing import Array, DTypeLike
 
 
@@ -39,9 +40,9 @@ DATA_ADJOINT_AS_CONV_MIN_CHANNELS = 16
 
 def _padded(xs: Array, geom: ConvGeometry, dtype: DTypeLike, channels_last: bool,
             take: Take) -> Array:
-    """The batch chunk ``xs`` (a channels-first view) padded and cast to ``dtype``: an array
-    ``(n, C, *padded)``, or ``(n, *padded, C)`` when ``channels_last``, from ``take`` for zero
-    padding (the other modes come from ``numpy.pad``)."""
+    """The batch chunk ``xs`` (a channels-first view) padded and cast to ``dtype``: a C-ordered
+    array ``(n, C, *padded)``, or ``(n, *padded, C)`` when ``channels_last``, from ``take`` for
+    zero padding (the other modes come from ``numpy.pad``)."""
     if channels_last:
         xs = np.moveaxis(xs, 1, -1)
     if geom.padding_mode == "zeros":
@@ -57,17 +58,22 @@ def _padded(xs: Array, geom: ConvGeometry, dtype: DTypeLike, channels_last: bool
                 xpad[(slice(None),) * ax + (border,)] = 0
         xpad[tuple(interior)] = xs
         return xpad
-    return pad_spatial(np, xs.astype(dtype, copy=False), geom, channels_last)
+    # numpy.pad keeps a Fortran-ordered input's order: the chunk's users want C order
+    return np.ascontiguousarray(pad_spatial(np, xs.astype(dtype, copy=False), geom,
+                                            channels_last))
 
 
 def _chunks(geom: ConvGeometry, itemsize: int, padded_copies: int,
-            cap: Optional[int] = None) -> Tuple[int, int]:
-    """(batch elements, first-axis output rows) per chunk so temporaries fit the workspace."""
+            cap: Optional[int] = None, per_position: Optional[int] = None) -> Tuple[int, int]:
+    """(batch elements, first-axis output rows) per chunk so temporaries fit the workspace:
+    ``padded_copies`` of the input, and ``per_position`` items for each output position (by
+    default the GEMM's: its unrolled windows, its matmul result, and the result reordered into
+    (C_out, ...) order)."""
     O = geom.out_spatial
     row = math.prod(O[1:])
-    # per output row of one batch element: its unrolled windows, its matmul result, and the
-    # result reordered into (C_out, ...) order
-    per_row = itemsize * row * (geom.groups * geom.terms_per_output + 2 * geom.C_out)
+    if per_position is None:
+        per_position = geom.groups * geom.terms_per_output + 2 * geom.C_out
+    per_row = itemsize * row * per_position
     per_image = itemsize * padded_copies * geom.C_in * math.prod(geom.padded_spatial)
     per_n = per_image + O[0] * per_row
     budget = get_cpu_workspace() if cap is None else min(cap, get_cpu_workspace())
@@ -94,21 +100,26 @@ def _weight_matrices(w: Array, geom: ConvGeometry, ct: np.dtype) -> Array:
 
 
 def _chunk_plan(x_cf: Array, geom: ConvGeometry, ct: np.dtype, padded_copies: int,
-                channels_last: bool, cap: Optional[int] = None, phases: bool = False
+                channels_last: bool, cap: Optional[int] = None, phases: bool = False,
+                per_position: Optional[int] = None
                 ) -> Iterator[Tuple[int, int, Array, int, Tuple[int, ...]]]:
     """Yield ``(n0, n, xpad, r0, rows)`` per chunk: batch elements n0:n0+n (padded and cast:
-    ``xpad``, channels-last when ``channels_last``, split into its stride phases when
-    ``phases`` and :func:`_phased` holds) and first-axis output rows r0:r0+rows[0].
-    ``cap`` lowers the workspace budget for this plan. ``xpad`` is scratch memory
-    (:mod:`gpuconv.scratch`): a caller must not use it once it asks for the next chunk."""
+    ``xpad``, channels-last when ``channels_last``, split into its stride phases
+    (:func:`_phase_split`) when ``phases`` and the layer is strided) and first-axis output
+    rows r0:r0+rows[0]. ``cap`` lowers the workspace budget for this plan; ``per_position``:
+    see :func:`_chunks`. ``xpad`` is scratch memory (:mod:`gpuconv.scratch`): a caller must
+    not use it once it asks for the next chunk."""
     O = geom.out_spatial
-    split = phases and _phased(geom)
-    nb, rb = _chunks(geom, ct.itemsize, padded_copies + split, cap)
+    split = phases and max(geom.stride) > 1
+    nb, rb = _chunks(geom, ct.itemsize, padded_copies + split, cap, per_position)
     for n0 in range(0, geom.N, nb):
         with scratch() as take:
-            xpad = _padded(x_cf[n0:n0 + nb], geom, ct, channels_last, take)
-            if split:
-                xpad = _phase_split(xpad, geom, take)
+            if split and geom.padding_mode == "zeros" and not channels_last:
+                xpad = _phase_split(x_cf[n0:n0 + nb], geom, take, ct, geom.pad_before)
+            else:
+                xpad = _padded(x_cf[n0:n0 + nb], geom, ct, channels_last, take)
+                if split:
+                    xpad = _phase_split(xpad, geom, take)
             for r0 in range(0, O[0], rb):
                 yield n0, xpad.shape[0], xpad, r0, (min(O[0], r0 + rb) - r0,) + O[1:]
             del xpad
@@ -123,16 +134,36 @@ def _phased(geom: ConvGeometry) -> bool:
     return max(geom.stride) > 1 and max(geom.dilation) == 1
 
 
-def _phase_split(xpad: Array, geom: ConvGeometry, take: Take) -> Array:
-    """``(n, C, *padded)`` as ``ph (n, C, *stride, *ceil(padded / stride))`` with
-    ``ph[:, :, *a, *i] = xpad[:, :, *(i * stride + a)]``; phases no tap reads (a >= the
-    kernel's length) are left out, and the tail past a phase's length is never read."""
-    S, K = geom.stride, geom.kernel
-    n, C, P = xpad.shape[0], xpad.shape[1], xpad.shape[2:]
-    ph = take((n, C) + S + tuple(-(-p // s) for p, s in zip(P, S)), xpad.dtype)
-    for a in itertools.product(*[range(min(s, k)) for s, k in zip(S, K)]):
-        src = xpad[(slice(None), slice(None)) + tuple(slice(i, None, s) for i, s in zip(a, S))]
-        ph[(slice(None), slice(None)) + a + tuple(slice(0, m) for m in src.shape[2:])] = src
+def _phase_split(src: Array, geom: ConvGeometry, take: Take, dtype: Optional[DTypeLike] = None,
+                 pad_before: Optional[Tuple[int, ...]] = None) -> Array:
+    """The padded input ``(n, C, *padded)`` as ``ph (n, C, *stride, *ceil(padded / stride))``
+    with ``ph[:, :, *a, *i] = padded[:, :, *(i * stride + a)]``: from ``src`` padded already,
+    or, given ``pad_before``, from the unpadded ``src`` with zero padding (one copy instead of
+    two), cast to ``dtype``. Phases no tap reads (no tap k with k * dilation = a mod stride)
+    are left out; a phase's positions outside the input are zeros (:func:`_depthwise_taps`
+    reads them for the columns it computes and drops)."""
+    S, K, Dl, D = geom.stride, geom.kernel, geom.dilation, geom.rank
+    n, C, size = src.shape[0], src.shape[1], src.shape[2:]
+    offset = (0,) * D if pad_before is None else pad_before
+    padded = size if pad_before is None else geom.padded_spatial
+    E = tuple(-(-p // s) for p, s in zip(padded, S))
+    ph = take((n, C) + S + E, src.dtype if dtype is None else dtype)
+    used = [sorted({j * d % s for j in range(k)}) for k, d, s in zip(K, Dl, S)]
+    for a in itertools.product(*used):
+        dst = ph[(slice(None), slice(None)) + a]
+        inside, taken = [], []  # per axis: phase positions, and src positions, of the input
+        for a_i, s, o, m, e in zip(a, S, offset, size, E):
+            i0 = max(0, -(-(o - a_i) // s))
+            first = i0 * s + a_i - o
+            count = max(0, min(e - i0, -(-(m - first) // s)))
+            inside.append(slice(i0, i0 + count))
+            taken.append(slice(first, first + (count - 1) * s + 1, s) if count else slice(0, 0))
+        dst[(slice(None), slice(None)) + tuple(inside)] = src[(slice(None), slice(None))
+                                                              + tuple(taken)]
+        for ax, (cut, e) in enumerate(zip(inside, E)):  # zero the borders around it
+            for border in (slice(0, cut.start), slice(cut.stop, e)):
+                if border.stop > border.start:
+                    dst[(slice(None),) * (2 + ax) + (border,)] = 0
     return ph
 
 
@@ -229,7 +260,7 @@ def _gemm_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     b = None if bias is None else np.asarray(bias, dtype=ct).reshape(G, Cog, 1)
     copies = 1 if geom.padding_mode == "zeros" else 2
     for n0, n, xpad, r0, rows in _chunk_plan(x_cf, geom, ct, copies, channels_last=False,
-                                             cap=GEMM_CHUNK_BYTES, phases=True):
+                                             cap=GEMM_CHUNK_BYTES, phases=_phased(geom)):
         with scratch() as take:
             cols = _unroll_columns(xpad, geom, r0, rows, ct, take)
             del xpad
@@ -301,98 +332,218 @@ def _as_rows(block: Array) -> Optional[Array]:
         else None
 
 
-#: Depthwise chunks stay under this many bytes of temporaries (or the workspace, if smaller):
-#: each tap makes two passes over the chunk, which then come from cache rather than memory.
-#: 16 MiB against 256 MiB (min of 8 interleaved calls): float64 mbv2_dw_3x3_c144 15.3 -> 9.7 ms,
-#: mbv2_dw_3x3s2_c96 23.4 -> 11.1 ms, float32 c96 7.3 -> 5.9 ms, the rest unchanged; 2-4 MiB
-#: chunks were slower again (per-chunk overheads).
+#: Depthwise chunks stay under this many bytes of temporaries (or the workspace, if smaller),
+#: per task: the passes over a chunk then come from cache rather than memory. 16 MiB against
+#: 256 MiB (min of 8 interleaved calls, per-tap passes): float64 mbv2_dw_3x3_c144 15.3 -> 9.7 ms,
+#: mbv2_dw_3x3s2_c96 23.4 -> 11.1 ms, float32 c96 7.3 -> 5.9 ms; 2-4 MiB chunks were slower
+#: again (per-chunk overheads).
 DEPTHWISE_CHUNK_BYTES = 16 * 2**20
 
+#: Depthwise layers with fewer multiply-adds than this run on the calling thread alone, and a
+#: task of a split has at least half of it: below that, waking a worker (~0.1-0.3 ms on the
+#: 2-vCPU dev machine) costs about what it saves. There (float32, medians of 40 calls, one
+#: thread -> two): 1 x 32 x 112^2 (3.6 M) 1.2 -> 1.3 ms, 4 x 576 x 14^2 (4.1 M) 2.1 -> 2.2,
+#: 1 x 64 x 112^2 (7.2 M) 2.9 -> 2.0, 2 x 144 x 56^2 (8.1 M) 3.8 -> 2.3.
+DEPTHWISE_PARALLEL_MIN_MACS = 2**22
 
-def _depthwise_channels_first(geom: ConvGeometry) -> bool:
-    """Depthwise as a multiply-add per tap over channels-first windows when output rows are
-    long and channels few; else one einsum over a channels-last copy, whose inner loop runs
-    over the channels. Interleaved A/B (min of 12 calls, float32): einsum 2-3x faster than the
-    per-tap passes on a channels-last copy everywhere; against channels-first taps it ties at
-    96-144 channels and 56-wide rows (mbv2 c144, c96s2) and loses 4-5x at 16-32 channels and
-    112-224-wide rows, where its inner loop is short."""
-    return geom.out_spatial[-1] >= 32 and geom.C_in < 64
+#: Bytes of the weights that :func:`_depthwise_rows` tiles along a block of output positions
+#: (at most; a block is one position when a position's weights alone are more): they are read
+#: once per output row, so they should stay in the core's cache.
+DEPTHWISE_TILE_BYTES = 2**20
+
+
+def _depthwise_flat(geom: ConvGeometry) -> bool:
+    """Which of the two depthwise methods runs a layer: :func:`_depthwise_taps` (channels-first,
+    long flat rows, two passes per tap) for channels-first callers whose output rows are
+    long, else :func:`_depthwise_rows` (one einsum over a channels-last copy, runs of a row's
+    positions times channels). Single thread, float32, min of 15 calls (ms, taps / rows):
+    2 x 144 ch 56x56 2.5 / 2.4, 1 x 32 ch 112x112 0.85 / 1.29, 2 x 96 ch 112x112 stride 2
+    3.4 / 4.8, 1 x 16 ch 224x224 stride 2 0.76 / 1.22; 4 x 576 ch 14x14 5.9 / 1.1, 4 x 960 ch
+    7x7 2.3 / 0.41 (rows of 14-16 positions make the taps' passes short). A channels-last
+    caller's data needs no transposes for the second."""
+    return geom.layout == "channels_first" and geom.out_spatial[-1] >= 32
+
+
+def _depthwise_parts(geom: ConvGeometry, threads: int) -> List[Tuple[slice, slice]]:
+    """How a depthwise layer is shared among ``threads`` tasks: (images, input channels) per
+    task, each a depthwise layer of its own, at most one per half of
+    :data:`DEPTHWISE_PARALLEL_MIN_MACS`. Blocks of images when the batch divides evenly, else
+    blocks of channels as well."""
+    everything = [(slice(0, geom.N), slice(0, geom.C_in))]
+    macs = geom.positions * geom.C_out * math.prod(geom.kernel)
+    threads = min(threads, 2 * macs // max(1, DEPTHWISE_PARALLEL_MIN_MACS))
+    if threads <= 1 or macs < DEPTHWISE_PARALLEL_MIN_MACS:
+        return everything
+    by_n = math.gcd(geom.N, threads)
+    by_c = min(geom.C_in, threads // by_n)
+    n_cuts = [geom.N * i // by_n for i in range(by_n + 1)]
+    c_cuts = [geom.C_in * i // by_c for i in range(by_c + 1)]
+    return [(slice(n0, n1), slice(c0, c1)) for n0, n1 in zip(n_cuts, n_cuts[1:])
+            for c0, c1 in zip(c_cuts, c_cuts[1:])]
 
 
 def _depthwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
                        activation: Optional[str], out_cf: Array, ct: np.dtype) -> None:
-    """Filters of one kernel each (depthwise, with any multiplier C_out/C_in): a multiply-add
-    per tap over a window view, vectorised over channels and positions; no unrolling, no
-    matmul (a matmul with one kernel per filter would have an inner dimension of taps only)."""
+    """Filters of one kernel each (depthwise, with any multiplier C_out/C_in): multiply-adds
+    over window views, vectorised over channels and positions (:func:`_depthwise_flat` says
+    which); no unrolling, no matmul (a matmul with one kernel per filter would have an inner
+    dimension of taps only). Blocks of images or channels run on :mod:`gpuconv.workers`
+    threads (NumPy's passes use one core each), each within its share of the workspace."""
+    flat = _depthwise_flat(geom)
+    parts = _depthwise_parts(geom, get_cpu_threads())
+    budget = max(1, get_cpu_workspace() // len(parts))
+    Cog = geom.C_out_per_group
+
+    def part(block: Tuple[slice, slice]) -> None:
+        ns, cs = block
+        C = cs.stop - cs.start
+        fs = slice(cs.start * Cog, cs.stop * Cog)  # the filters of those channels
+        sub = dataclasses.replace(geom, N=ns.stop - ns.start, C_in=C, C_out=C * Cog, groups=C)
+        with cpu_workspace(budget):
+            _depthwise_block(x_cf[ns, cs], w[fs], None if bias is None else bias[fs], sub,
+                             activation, out_cf[ns, fs], ct, flat)
+
+    workers.run(part, parts)
+
+
+def _depthwise_block(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
+                     activation: Optional[str], out_cf: Array, ct: np.dtype, flat: bool) -> None:
+    """:func:`_depthwise_forward` on one thread, by chunks of images and output rows."""
     C, Cog, K, D = geom.C_in, geom.C_out_per_group, geom.kernel, geom.rank
     wt: Array = np.asarray(w, dtype=ct).reshape(C, Cog, math.prod(K))  # filter c*Cog+j, tap t
-    b: Optional[Array] = None if bias is None else np.asarray(bias, dtype=ct)
-    cf = _depthwise_channels_first(geom)
-    if cf:  # weights broadcast over (n, C, Cog, *rows), bias over (n, C_out, *rows)
-        wt = wt.reshape((C, Cog, -1) + (1,) * D)
-        b = None if b is None else b.reshape((-1,) + (1,) * D)
-    else:  # einsum operands: weights (*k, C[, Cog]) against windows (n, *rows, *k, C)
-        wt = np.ascontiguousarray(np.moveaxis(wt.reshape((C, Cog) + K), (0, 1), (D, D + 1)))
-        if Cog == 1:  # a trailing multiplier axis only when there is one: length-1 loops crawl
-            wt = wt[..., 0]
-    copies = 1 if geom.padding_mode == "zeros" else 2
-    for n0, n, xpad, r0, rows in _chunk_plan(x_cf, geom, ct, copies, channels_last=not cf,
-                                             cap=DEPTHWISE_CHUNK_BYTES):
+    b: Optional[Array] = None if bias is None else np.asarray(bias, dtype=ct).reshape(C, Cog)
+    tiles = None if flat else _depthwise_tiles(wt, geom)
+    copies = (1 if geom.padding_mode == "zeros" else 2) + (  # the rows' phase split
+        not flat and geom.stride[-1] > 1)
+    for n0, n, xpad, r0, rows in _chunk_plan(x_cf, geom, ct, copies, channels_last=not flat,
+                                             cap=DEPTHWISE_CHUNK_BYTES, phases=flat,
+                                             per_position=3 * geom.C_out):
         block = out_cf[n0:n0 + n, :, r0:r0 + rows[0]]
         with scratch() as take:
-            if cf:  # accumulated straight into the output where it has the dtype and layout
-                direct = block.dtype == ct and block.flags.c_contiguous
-                shape = (n, C, Cog) + rows
-                acc = block.reshape(shape) if direct else take(shape, ct)
-                _depthwise_taps(xpad, acc, wt, geom, r0, rows, take)
-                acc = acc.reshape(block.shape)
-            else:
-                acc = _depthwise_einsum(xpad, wt, geom, r0, rows, ct, take)
-            del xpad
-            if b is not None:
-                acc += b
+            if flat:  # (n, C, Cog, *rows)
+                acc = _depthwise_taps(xpad, wt, geom, r0, rows, take)
+                del xpad
+                if b is not None:
+                    acc += b.reshape(b.shape + (1,) * D)
+            else:  # (n, *rows[:-1], Cog, rows[-1], C)
+                acc = _depthwise_rows(xpad, tiles, geom, r0, rows, ct, take)
+                del xpad
+                if b is not None:
+                    acc += b.T.reshape((Cog, 1, C))
+                acc = np.moveaxis(acc, (-1, -3), (1, 2))
             activate(np, acc, activation)
-            if not cf:
-                block[...] = np.moveaxis(acc, -1, 1)
-            elif not direct:
-                block[...] = acc
+            target = block.view()
+            target.shape = acc.shape  # (n, C_out, ...) as (n, C, Cog, ...): a view, never a copy
+            target[...] = acc
 
 
-def _depthwise_einsum(xpad: Array, wt: Array, geom: ConvGeometry, r0: int,
-                      rows: Tuple[int, ...], ct: np.dtype, take: Take) -> Array:
-    """Output rows r0:r0+rows[0] of the depthwise layer from the channels-last padded chunk
-    ``xpad``: one einsum sums every tap of a window per output element, its inner loop over
-    the channels. Returns ``(n, *rows, C_out)`` in ``ct`` (scratch memory)."""
-    n, C, Cog, K, D = xpad.shape[0], geom.C_in, geom.C_out_per_group, geom.kernel, geom.rank
-    S, Dl = geom.stride, geom.dilation
-    out_axes, tap_axes, mult = "xyz"[:D], "ijk"[:D], "m" if Cog > 1 else ""
-    acc = take((n,) + rows + ((C, Cog) if Cog > 1 else (C,)), ct)
-    s_sp = xpad.strides[1:-1]
-    windows = as_strided(xpad[:, r0 * S[0]:], shape=(n,) + rows + K + (C,),
-                         strides=(xpad.strides[0],) + tuple(st * s for st, s in zip(s_sp, S))
-                         + tuple(st * d for st, d in zip(s_sp, Dl)) + (xpad.strides[-1],),
-                         writeable=False)
-    np.einsum(f"n{out_axes}{tap_axes}c,{tap_axes}c{mult}->n{out_axes}c{mult}", windows, wt,
-              out=acc)
-    return acc.reshape((n,) + rows + (geom.C_out,))
-
-
-def _depthwise_taps(xpad: Array, acc: Array, wt: Array, geom: ConvGeometry, r0: int,
-                    rows: Tuple[int, ...], take: Take) -> None:
+def _depthwise_taps(xpad: Array, wt: Array, geom: ConvGeometry, r0: int, rows: Tuple[int, ...],
+                    take: Take) -> Array:
     """Output rows r0:r0+rows[0] of the depthwise layer from the channels-first padded chunk
-    ``xpad``: a multiply-add per tap over strided windows into ``acc`` ``(n, C, Cog, *rows)``."""
-    K, S, Dl = geom.kernel, geom.stride, geom.dilation
-    tmp = take(acc.shape, acc.dtype)
+    ``xpad`` (split into its stride phases when strided: :func:`_phase_split`), as a view
+    ``(n, C, Cog, *rows)`` of scratch memory. Each (image, channel) plane is flattened, so
+    every tap is one contiguous run per plane, read from the tap's phase at the tap's offset;
+    the sums are taken at every position of the plane's rows, the columns past the output's
+    included (computed and left out of the view), in one multiply and one add per tap."""
+    n, C, Cog, K, S, Dl, D = (xpad.shape[0], geom.C_in, geom.C_out_per_group, geom.kernel,
+                              geom.stride, geom.dilation, geom.rank)
+    plane = xpad.shape[-D:]  # the phases' shape, or the padded one
+    planes = xpad.reshape(n, C, -1, math.prod(plane))  # (n, C, phases, positions)
+    step = tuple(math.prod(plane[i + 1:]) for i in range(D))  # a position's stride per axis
+    start = r0 * step[0]
+    run = sum((r - 1) * s for r, s in zip(rows, step)) + 1
+    acc = take((n, C, Cog, run), wt.dtype)
+    tmp = take((n, C, Cog, run), wt.dtype)
+    phase_grid = S if max(S) > 1 else (1,) * D
     for t, tap in enumerate(itertools.product(*[range(k) for k in K])):
-        first = [k * d for k, d in zip(tap, Dl)]
-        first[0] += r0 * S[0]
-        spatial = tuple(slice(f, f + (r - 1) * s + 1, s) for f, r, s in zip(first, rows, S))
-        window = xpad[(slice(None), slice(None), None) + spatial]
+        reach = [k * d for k, d in zip(tap, Dl)]
+        phase = np.ravel_multi_index(tuple(r % s for r, s in zip(reach, S)), phase_grid)
+        offset = start + sum((r // s) * st for r, s, st in zip(reach, S, step))
+        window = planes[:, :, None, phase, offset:offset + run]
         if t == 0:
-            np.multiply(window, wt[:, :, t], out=acc)
+            np.multiply(window, wt[:, :, t, None], out=acc)
         else:
-            np.multiply(window, wt[:, :, t], out=tmp)
+            np.multiply(window, wt[:, :, t, None], out=tmp)
             acc += tmp
+    return as_strided(acc, shape=(n, C, Cog) + rows,
+                      strides=acc.strides[:3] + tuple(s * acc.itemsize for s in step),
+                      writeable=True)
+
+
+def _last_axis_taps(geom: ConvGeometry) -> Tuple[int, int]:
+    """The grid of :func:`_depthwise_rows`'s taps along the last axis: (phases, offsets).
+    Unit stride: one phase, a tap per offset (its step is the dilation). Stride s: tap j
+    reads phase (j*d) % s at offset (j*d) // s within it; points of the grid that are no tap
+    get zero weights."""
+    k, s, d = geom.kernel[-1], geom.stride[-1], geom.dilation[-1]
+    if s == 1:
+        return 1, k
+    return max(j * d % s for j in range(k)) + 1, max(j * d // s for j in range(k)) + 1
+
+
+def _tile_positions(geom: ConvGeometry, position_bytes: int) -> int:
+    """Output positions per block of :func:`_depthwise_rows` (``position_bytes``: one
+    position's weights)."""
+    return max(1, min(geom.out_spatial[-1], DEPTHWISE_TILE_BYTES // max(1, position_bytes)))
+
+
+def _depthwise_tiles(wt: Array, geom: ConvGeometry) -> Array:
+    """Weights ``wt`` ``(C, Cog, taps)`` laid out for :func:`_depthwise_rows`: ``(*k_outer,
+    phases, offsets, Cog, block * C)``, each tap's weights repeated along a block of output
+    positions (at most :data:`DEPTHWISE_TILE_BYTES`, at least one position)."""
+    C, Cog, K = geom.C_in, geom.C_out_per_group, geom.kernel
+    phases, offsets = _last_axis_taps(geom)
+    grid = np.zeros(K[:-1] + (phases, offsets, Cog, C), wt.dtype)
+    per_tap = np.moveaxis(wt.reshape((C, Cog) + K), (0, 1), (-1, -2))  # (*k, Cog, C)
+    s, d = geom.stride[-1], geom.dilation[-1]
+    for j in range(K[-1]):
+        phase, offset = (0, j) if s == 1 else (j * d % s, j * d // s)
+        grid[..., phase, offset, :, :] = per_tap[..., j, :, :]
+    block = _tile_positions(geom, grid.nbytes)
+    return np.ascontiguousarray(np.broadcast_to(grid[..., None, :], grid.shape[:-1] + (
+        block, C))).reshape(grid.shape[:-2] + (Cog, block * C))
+
+
+def _depthwise_rows(xpad: Array, tiles: Array, geom: ConvGeometry, r0: int,
+                    rows: Tuple[int, ...], ct: np.dtype, take: Take) -> Array:
+    """Output rows r0:r0+rows[0] of the depthwise layer from the channels-last padded chunk
+    ``xpad`` ``(n, *padded, C)``, as ``(n, *rows[:-1], Cog, rows[-1], C)`` (scratch memory).
+    One einsum per block of output positions along the last axis sums every tap: a block's
+    positions times channels are one contiguous run of the input (of its stride phase, when
+    the last axis is strided), multiplied by the tiled weights (:func:`_depthwise_tiles`), so
+    its inner loop is that whole run."""
+    n, C, Cog, K, S, Dl, D = (xpad.shape[0], geom.C_in, geom.C_out_per_group, geom.kernel,
+                              geom.stride, geom.dilation, geom.rank)
+    phases, offsets = _last_axis_taps(geom)
+    Q = rows[-1]
+    q0 = r0 if D == 1 else 0  # a 1-D chunk is a range of positions, else of first-axis rows
+    if D > 1:  # the input rows this chunk reads along the first axis
+        xpad = xpad[:, r0 * S[0]:(r0 + rows[0] - 1) * S[0] + (K[0] - 1) * Dl[0] + 1]
+    if S[-1] > 1:  # the last axis split into its stride phases, the positions past each zeroed
+        src = xpad
+        length = max(-(-src.shape[-2] // S[-1]), q0 + Q + offsets - 1)
+        xpad = take(src.shape[:-2] + (phases, length, C), ct)
+        for a in range(phases):
+            part = src[..., a::S[-1], :]
+            xpad[..., a, :part.shape[-2], :] = part
+            xpad[..., a, part.shape[-2]:, :] = 0
+        outer, last = xpad.strides[1:D], xpad.strides[-3:-1]  # (phase, offset) steps
+    else:
+        outer, last = xpad.strides[1:D], (0, xpad.strides[-2] * Dl[-1])
+    acc = take((n,) + rows[:-1] + (Cog, Q * C), ct)
+    block = tiles.shape[-1] // C
+    letters = "abcdefgh"[:2 * (D - 1)]
+    out_axes, tap_axes = letters[:D - 1], letters[D - 1:]
+    spec = f"n{out_axes}{tap_axes}uvx,{tap_axes}uvmx->n{out_axes}mx"
+    strides = ((xpad.strides[0],) + tuple(o * s for o, s in zip(outer, S[:-1]))
+               + tuple(o * d for o, d in zip(outer, Dl[:-1])) + last + (xpad.itemsize,))
+    for b0 in range(0, Q, block):
+        size = min(block, Q - b0)
+        start = xpad[(slice(None),) * (xpad.ndim - 2) + (slice(q0 + b0, None),)]
+        windows = as_strided(start, shape=(n,) + rows[:-1] + K[:-1] + (phases, offsets, size * C),
+                             strides=strides, writeable=False)
+        np.einsum(spec, windows, tiles[..., :size * C], out=acc[..., b0 * C:(b0 + size) * C])
+    return acc.reshape((n,) + rows[:-1] + (Cog, Q, C))
 
 
 def filter_grad(x_cf: Array, g_cf: Array, geom: ConvGeometry, out: Array) -> None:
@@ -404,7 +555,7 @@ def filter_grad(x_cf: Array, g_cf: Array, geom: ConvGeometry, out: Array) -> Non
     dw = np.zeros((G, Cog, geom.C_in_per_group * math.prod(geom.kernel)), dtype=ct)
     copies = 1 if geom.padding_mode == "zeros" else 2
     for n0, n, xpad, r0, rows in _chunk_plan(x_cf, geom, ct, copies, channels_last=False,
-                                             cap=GEMM_CHUNK_BYTES, phases=True):
+                                             cap=GEMM_CHUNK_BYTES, phases=_phased(geom)):
         with scratch() as take:
             cols = _unroll_columns(xpad, geom, r0, rows, ct, take)
             del xpad

@@ -1,0 +1,122 @@
+"""The CPU's depthwise path: both of its methods, its blocks of output positions, its row chunks
+and its split over worker threads, each forced, against the float64 reference and each other."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpuconv
+from cases import fast_path_cases, grid_cases
+from gpuconv import cpu, workers
+from test_grid import _check, _geometry
+
+DEPTHWISE = [c for c in grid_cases() + fast_path_cases()
+             if c.filters.shape[1] == 1 and c.options["groups"] > 1]
+
+
+def _conv(case, **extra):
+    return gpuconv.conv(case.x, case.filters, case.bias, device="cpu", algorithm="depthwise",
+                        **case.options, **extra)
+
+
+def test_the_cases_reach_every_branch():
+    """Strided and unit last axes, dilation with stride, multipliers, every rank and layout."""
+    opts = [c.options for c in DEPTHWISE]
+    assert len(DEPTHWISE) >= 100
+    assert {len(o["stride"]) for o in opts} == {1, 2, 3}
+    assert any(o["stride"][-1] > 1 and o["dilation"][-1] > 1 for o in opts)
+    assert any(o["stride"][-1] == 1 and o["dilation"][-1] > 1 for o in opts)
+    assert any(c.filters.shape[0] > c.options["groups"] for c in DEPTHWISE)  # multiplier 2
+    assert {o["layout"] for o in opts} == {"channels_first", "channels_last"}
+    assert {o["padding_mode"] for o in opts} == {"zeros", "reflect", "replicate", "circular"}
+
+
+@pytest.mark.parametrize("method", ["taps", "rows", "rows_by_2"])
+@pytest.mark.parametrize("case", DEPTHWISE, ids=lambda c: c.name)
+def test_each_method_against_reference(case, method, monkeypatch):
+    """Flat per-tap passes and the tiled einsum over rows, each forced on every depthwise case
+    whatever the caller's layout (the rows method also in blocks of 2 output positions, so
+    that odd rows end in a shorter block)."""
+    monkeypatch.setattr(cpu, "_depthwise_flat", lambda geom: method == "taps")
+    if method == "rows_by_2":
+        monkeypatch.setattr(cpu, "_tile_positions", lambda geom, nbytes: 2)
+    x0 = case.x.copy()
+    _check(case, _conv(case), f"cpu depthwise {method}")
+    np.testing.assert_array_equal(case.x, x0)
+
+
+def _spy_tasks(monkeypatch):
+    counts = []
+    run = workers.run
+
+    def counting(fn, tasks):
+        tasks = list(tasks)
+        counts.append(len(tasks))
+        return run(fn, tasks)
+    monkeypatch.setattr(workers, "run", counting)
+    return counts
+
+
+@pytest.mark.parametrize("method", ["taps", "rows"])
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("case", DEPTHWISE[::3], ids=lambda c: c.name)
+def test_threads_against_reference_and_one_thread(case, threads, method, monkeypatch):
+    """Split over workers by images (when the batch divides) or channels. The taps method sums
+    every output in the same order whatever the split: bit for bit the one-thread result.
+    The rows method's einsum may order a sum differently for a block of fewer channels
+    (NumPy picks its loop order by shape): within the bound of the reference."""
+    monkeypatch.setattr(cpu, "_depthwise_flat", lambda geom: method == "taps")
+    with gpuconv.cpu_threads(1):
+        want = _conv(case)
+    monkeypatch.setattr(cpu, "DEPTHWISE_PARALLEL_MIN_MACS", 0)
+    counts = _spy_tasks(monkeypatch)
+    with gpuconv.cpu_threads(threads):
+        got = _conv(case)
+    assert counts == [len(cpu._depthwise_parts(_geometry(case), threads))]
+    _check(case, got, f"cpu depthwise {method}, {threads} threads")
+    if method == "taps":
+        np.testing.assert_array_equal(got, want)
+
+
+def test_parts_cover_the_layer_once():
+    """Images split when the batch divides by the threads, channels otherwise; every (image,
+    channel) in exactly one part; small layers stay on the calling thread, large ones are
+    not cut into more tasks than their work is worth."""
+    geom = gpuconv.plan_conv((4, 96, 56, 56), (96, 1, 3, 3), padding=1, groups=96)
+    assert cpu._depthwise_parts(geom, 2) == [(slice(0, 2), slice(0, 96)),
+                                             (slice(2, 4), slice(0, 96))]
+    assert cpu._depthwise_parts(geom, 1) == [(slice(0, 4), slice(0, 96))]
+    for shape, threads in [((3, 40, 64, 64), 2), ((1, 5, 512, 512), 8), ((6, 64, 40, 40), 4)]:
+        geom = gpuconv.plan_conv(shape, (shape[1], 1, 3, 3), padding=1, groups=shape[1])
+        parts = cpu._depthwise_parts(geom, threads)
+        assert 1 < len(parts) <= threads
+        seen = np.zeros(shape[:2], int)
+        for ns, cs in parts:
+            seen[ns, cs] += 1
+        assert np.all(seen == 1)
+    tiny = gpuconv.plan_conv((1, 8, 16, 16), (8, 1, 3, 3), padding=1, groups=8)
+    assert cpu._depthwise_parts(tiny, 4) == [(slice(0, 1), slice(0, 8))]
+    # a many-CPU machine splits a layer into tasks of at least half the threshold's work
+    c144 = gpuconv.plan_conv((2, 144, 56, 56), (144, 1, 3, 3), padding=1, groups=144)
+    macs = 2 * 144 * 56 * 56 * 9
+    assert len(cpu._depthwise_parts(c144, 64)) == 2 * macs // cpu.DEPTHWISE_PARALLEL_MIN_MACS
+
+
+@pytest.mark.parametrize("method", ["taps", "rows"])
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(stride=2, padding=1),
+                                dict(stride=(1, 3), dilation=(2, 2), padding=2,
+                                     padding_mode="circular")])
+def test_row_chunks_give_the_whole_result(method, kw, monkeypatch):
+    """A workspace too small for one image: chunks of output rows, each reading its own input
+    rows (and, for the rows method with a strided last axis, splitting only those)."""
+    monkeypatch.setattr(cpu, "_depthwise_flat", lambda geom: method == "taps")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 12, 70, 67))
+    w = rng.standard_normal((24, 1, 3, 3))
+    b = rng.standard_normal(24)
+    whole = gpuconv.conv(x, w, b, groups=12, device="cpu", **kw)
+    limit = 2**18
+    assert x[:1].nbytes > limit
+    with gpuconv.cpu_workspace(limit):
+        got = gpuconv.conv(x, w, b, groups=12, device="cpu", **kw)
+    np.testing.assert_array_equal(got, whole)
