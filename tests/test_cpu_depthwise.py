@@ -120,3 +120,19 @@ def test_row_chunks_give_the_whole_result(method, kw, monkeypatch):
     with gpuconv.cpu_workspace(limit):
         got = gpuconv.conv(x, w, b, groups=12, device="cpu", **kw)
     np.testing.assert_array_equal(got, whole)
+
+
+def test_row_chunks_stay_long_when_an_image_fills_the_cache_cap():
+    """float64 2 x 96 x 112^2 stride 2: an image's padded phases (20 MiB) exceed the 16 MiB
+    cap; chunks of single output rows made it 10x slower than float32. Rows are now sized by
+    their own temporaries and input rows, and still within the workspace."""
+    geom = gpuconv.plan_conv((2, 96, 112, 112), (96, 1, 3, 3), stride=2, padding=1, groups=96)
+    per_position = 3 * geom.C_out
+    n, rows = cpu._chunks(geom, 8, 2, cap=cpu.DEPTHWISE_CHUNK_BYTES, per_position=per_position)
+    assert n == 1 and rows >= 16
+    phases = 8 * 2 * 96 * 114 * 114
+    for workspace in (24 * 2**20, phases + 40 * 8 * 56 * per_position):
+        with gpuconv.cpu_workspace(workspace):
+            n, rows = cpu._chunks(geom, 8, 2, cap=cpu.DEPTHWISE_CHUNK_BYTES,
+                                  per_position=per_position)
+        assert n == 1 and phases + rows * 8 * 56 * per_position <= workspace
