@@ -110,11 +110,12 @@ def _weight_matrices(w: Array, geom: ConvGeometry, ct: np.dtype) -> Array:
 
 def _chunk_plan(x_cf: Array, geom: ConvGeometry, ct: np.dtype, padded_copies: int,
                 channels_last: bool, cap: Optional[int] = None, phases: bool = False,
-                per_position: Optional[int] = None
+                per_position: Optional[int] = None, unpadded: bool = False
                 ) -> Iterator[Tuple[int, int, Array, int, Tuple[int, ...]]]:
     """Yield ``(n0, n, xpad, r0, rows)`` per chunk: batch elements n0:n0+n (padded and cast:
     ``xpad``, channels-last when ``channels_last``, split into its stride phases
-    (:func:`_phase_split`) when ``phases`` and the layer is strided) and first-axis output
+    (:func:`_phase_split`) when ``phases`` and the layer is strided; with ``unpadded`` and
+    zero padding, the caller's channels-first view itself, uncopied) and first-axis output
     rows r0:r0+rows[0]. ``cap`` lowers the workspace budget for this plan; ``per_position``:
     see :func:`_chunks`. ``xpad`` is scratch memory (:mod:`gpuconv.scratch`): a caller must
     not use it once it asks for the next chunk."""
@@ -123,8 +124,11 @@ def _chunk_plan(x_cf: Array, geom: ConvGeometry, ct: np.dtype, padded_copies: in
     nb, rb = _chunks(geom, ct.itemsize, padded_copies + split, cap, per_position)
     for n0 in range(0, geom.N, nb):
         with scratch() as take:
-            if split and geom.padding_mode == "zeros" and not channels_last:
-                xpad = _phase_split(x_cf[n0:n0 + nb], geom, take, ct, geom.pad_before)
+            if unpadded and geom.padding_mode == "zeros":
+                xpad = x_cf[n0:n0 + nb]
+            elif split and geom.padding_mode == "zeros" and not channels_last:
+                xpad = _phase_split(x_cf[n0:n0 + nb], geom, take, ct, geom.pad_before,
+                                    geom.padded_spatial)
             else:
                 xpad = _padded(x_cf[n0:n0 + nb], geom, ct, channels_last, take)
                 if split:
@@ -144,17 +148,20 @@ def _phased(geom: ConvGeometry) -> bool:
 
 
 def _phase_split(src: Array, geom: ConvGeometry, take: Take, dtype: Optional[DTypeLike] = None,
-                 pad_before: Optional[Tuple[int, ...]] = None) -> Array:
-    """The padded input ``(n, C, *padded)`` as ``ph (n, C, *stride, *ceil(padded / stride))``
-    with ``ph[:, :, *a, *i] = padded[:, :, *(i * stride + a)]``: from ``src`` padded already,
-    or, given ``pad_before``, from the unpadded ``src`` with zero padding (one copy instead of
-    two), cast to ``dtype``. Phases no tap reads (no tap k with k * dilation = a mod stride)
-    are left out; a phase's positions outside the input are zeros (:func:`_depthwise_taps`
-    reads them for the columns it computes and drops)."""
+                 offset: Optional[Tuple[int, ...]] = None,
+                 padded: Optional[Tuple[int, ...]] = None) -> Array:
+    """A window of the padded input, ``padded`` long per axis (default: ``src``'s size), as
+    ``ph (n, C, *stride, *ceil(padded / stride))`` with ``ph[:, :, *a, *i] = window[:, :, *(i
+    * stride + a)]``, cast to ``dtype``. ``src`` ``(n, C, ...)`` is the padded input, or the
+    unpadded one with zero padding around it: ``offset`` is where ``src``'s first element sits
+    in the window, per axis (the padding before it, less the window's start; default 0), so
+    an unpadded input is split in one copy instead of two. Phases no tap reads (no tap k with
+    k * dilation = a mod stride) are left out; a phase's positions outside ``src`` are zeros
+    (:func:`_depthwise_taps` reads them for the columns it computes and drops)."""
     S, K, Dl, D = geom.stride, geom.kernel, geom.dilation, geom.rank
     n, C, size = src.shape[0], src.shape[1], src.shape[2:]
-    offset = (0,) * D if pad_before is None else pad_before
-    padded = size if pad_before is None else geom.padded_spatial
+    offset = (0,) * D if offset is None else offset
+    padded = size if padded is None else padded
     E = tuple(-(-p // s) for p, s in zip(padded, S))
     ph = take((n, C) + S + E, src.dtype if dtype is None else dtype)
     used = [sorted({j * d % s for j in range(k)}) for k, d, s in zip(K, Dl, S)]
@@ -422,15 +429,22 @@ def _depthwise_block(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     wt: Array = np.asarray(w, dtype=ct).reshape(C, Cog, math.prod(K))  # filter c*Cog+j, tap t
     b: Optional[Array] = None if bias is None else np.asarray(bias, dtype=ct).reshape(C, Cog)
     tiles = None if flat else _depthwise_tiles(wt, geom)
-    copies = (1 if geom.padding_mode == "zeros" else 2) + (  # the rows' phase split
+    zeros = geom.padding_mode == "zeros"
+    # strided, the flat taps split each chunk's own input rows into phases (from the caller's
+    # array itself for zero padding): phases of whole images outgrow the cache
+    # (float64 2 x 96 x 112^2 stride 2: 20 MiB an image, 11.1 ms where float32 took 3.9)
+    by_rows = flat and max(geom.stride) > 1
+    copies = (0 if by_rows and zeros else 1 if zeros else 2) + (  # the rows' phase split
         not flat and geom.stride[-1] > 1)
+    per_position = 3 * geom.C_out + (geom.C_in * math.prod(geom.stride) if by_rows else 0)
+    offset = geom.pad_before if by_rows and zeros else (0,) * D  # of x in the padded input
     for n0, n, xpad, r0, rows in _chunk_plan(x_cf, geom, ct, copies, channels_last=not flat,
-                                             cap=DEPTHWISE_CHUNK_BYTES, phases=flat,
-                                             per_position=3 * geom.C_out):
+                                             cap=DEPTHWISE_CHUNK_BYTES,
+                                             per_position=per_position, unpadded=by_rows):
         block = out_cf[n0:n0 + n, :, r0:r0 + rows[0]]
         with scratch() as take:
             if flat:  # (n, C, Cog, *rows)
-                acc = _depthwise_taps(xpad, wt, geom, r0, rows, take)
+                acc = _depthwise_taps(xpad, wt, geom, r0, rows, take, ct, offset)
                 del xpad
                 if b is not None:
                     acc += b.reshape(b.shape + (1,) * D)
@@ -447,19 +461,27 @@ def _depthwise_block(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
 
 
 def _depthwise_taps(xpad: Array, wt: Array, geom: ConvGeometry, r0: int, rows: Tuple[int, ...],
-                    take: Take) -> Array:
-    """Output rows r0:r0+rows[0] of the depthwise layer from the channels-first padded chunk
-    ``xpad`` (split into its stride phases when strided: :func:`_phase_split`), as a view
-    ``(n, C, Cog, *rows)`` of scratch memory. Each (image, channel) plane is flattened, so
-    every tap is one contiguous run per plane, read from the tap's phase at the tap's offset;
-    the sums are taken at every position of the plane's rows, the columns past the output's
-    included (computed and left out of the view), in one multiply and one add per tap."""
+                    take: Take, ct: np.dtype, offset: Tuple[int, ...]) -> Array:
+    """Output rows r0:r0+rows[0] of the depthwise layer from the channels-first chunk
+    ``xpad``: padded, or (strided layers) the input with ``offset`` its place in the padded
+    input, whose rows this chunk reads are split into their stride phases here
+    (:func:`_phase_split`). Returns a view ``(n, C, Cog, *rows)`` of scratch memory. Each
+    (image, channel) plane is flattened, so every tap is one contiguous run per plane, read
+    from the tap's phase at the tap's offset; the sums are taken at every position of the
+    plane's rows, the columns past the output's included (computed and left out of the
+    view), in one multiply and one add per tap."""
     n, C, Cog, K, S, Dl, D = (xpad.shape[0], geom.C_in, geom.C_out_per_group, geom.kernel,
                               geom.stride, geom.dilation, geom.rank)
+    start = r0 * S[0]  # the chunk's first padded input row
+    if max(S) > 1:
+        stop = (r0 + rows[0] - 1) * S[0] + (K[0] - 1) * Dl[0] + 1
+        xpad = _phase_split(xpad, geom, take, ct, (offset[0] - start,) + offset[1:],
+                            (stop - start,) + geom.padded_spatial[1:])
+        start = 0
     plane = xpad.shape[-D:]  # the phases' shape, or the padded one
     planes = xpad.reshape(n, C, -1, math.prod(plane))  # (n, C, phases, positions)
     step = tuple(math.prod(plane[i + 1:]) for i in range(D))  # a position's stride per axis
-    start = r0 * step[0]
+    start *= step[0]
     run = sum((r - 1) * s for r, s in zip(rows, step)) + 1
     acc = take((n, C, Cog, run), wt.dtype)
     tmp = take((n, C, Cog, run), wt.dtype)
