@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from . import device as _device
-from .config import get_autotune
+from .config import get_autotune, get_cpu_threads
 from .dtypes import accepted
 from .kernels import kernel_dir
 
@@ -28,6 +28,7 @@ class Info:
     kernel_dir: str
     dtypes: Tuple[str, ...]     # what arrays this installation can convolve
     autotune: str               # "off", or "on" and where its choices are kept
+    cpu_threads: str            # how many tasks a CPU call may split into (gpuconv.workers)
 
     def __str__(self) -> str:
         rows = [
@@ -43,6 +44,7 @@ class Info:
             ("dtypes", ", ".join(self.dtypes) + ("" if "bfloat16" in self.dtypes else
                                                   " (bfloat16: pip install gpuconv[bfloat16])")),
             ("autotune", self.autotune),
+            ("CPU threads", self.cpu_threads),
         ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -75,9 +77,14 @@ def info() -> Info:
         autotune = f"on, choices kept in {cache_path()}" if get_autotune() else "off"
     except ValueError as exc:  # a malformed GPUCONV_AUTOTUNE: say so rather than fail
         autotune = f"error ({exc})"
+    try:
+        threads = str(get_cpu_threads())
+    except ValueError as exc:  # a malformed GPUCONV_CPU_THREADS
+        threads = f"error ({exc})"
     return Info(version=__version__, python_version=platform.python_version(),
                 numpy_version=np.__version__, cupy_version=status.cupy_version,
                 cuda_runtime_version=_version_str(status.runtime_version),
                 cuda_driver_version=_version_str(status.driver_version),
                 gpus=status.device_names, auto_device=kind, auto_reason=reason,
-                kernel_dir=kdir, dtypes=tuple(d.name for d in accepted()), autotune=autotune)
+                kernel_dir=kdir, dtypes=tuple(d.name for d in accepted()), autotune=autotune,
+                cpu_threads=threads)

@@ -73,3 +73,14 @@ def test_info_names_dtypes_and_autotune(monkeypatch, tmp_path):
     assert gpuconv.info().autotune == f"on, choices kept in {tmp_path / 'a.json'}"
     monkeypatch.setenv("GPUCONV_AUTOTUNE", "perhaps")
     assert gpuconv.info().autotune.startswith("error (GPUCONV_AUTOTUNE must be")
+
+
+def test_info_names_the_cpu_threads(monkeypatch):
+    import gpuconv
+    monkeypatch.delenv("GPUCONV_CPU_THREADS", raising=False)
+    got = gpuconv.info()
+    assert got.cpu_threads == str(gpuconv.get_cpu_threads()) and "CPU threads" in str(got)
+    with gpuconv.cpu_threads(3):
+        assert gpuconv.info().cpu_threads == "3"
+    monkeypatch.setenv("GPUCONV_CPU_THREADS", "lots")
+    assert gpuconv.info().cpu_threads.startswith("error (GPUCONV_CPU_THREADS must be")
