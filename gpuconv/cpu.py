@@ -81,11 +81,14 @@ def _chunks(geom: ConvGeometry, itemsize: int, padded_copies: int,
     if per_n <= budget:
         return _balanced(geom.N, budget // per_n), O[0]
     rows = (budget - per_image) // per_row
-    if cap is not None:
-        # ``cap`` keeps a chunk near the cache. When an image's input copies alone come near
-        # it, the rows' own temporaries and the input rows they read are what can stay there:
-        # float64 mbv2_dw_3x3s2_c96 (20 MiB of phases an image) went in chunks of one output
-        # row, 26 ms against float32's 2.7; within the workspace always.
+    if cap is not None and rows * per_row < budget // 8:
+        # ``cap`` keeps a chunk near the cache. When an image's input copies alone fill it,
+        # what it leaves for rows makes chunks so small that each chunk's Python and call
+        # overheads dominate (float64 mbv2_dw_3x3s2_c96, 20 MiB of phases an image: one
+        # output row a chunk, 26 ms against float32's 2.7): then the rows' own temporaries
+        # and the input rows they read go by the cap, within the workspace always. Not
+        # sooner: vgg16_conv1_2's GEMM (5 rows, 3 MiB of columns, by the first rule) took
+        # 33.0 / 48.5 ms (min / median of 15) against 35.7 / 53.1 in 23-row chunks.
         rows = max(rows, min(budget // (per_row + per_image // O[0]),
                              (workspace - per_image) // per_row))
     return 1, _balanced(O[0], rows)

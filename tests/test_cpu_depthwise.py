@@ -136,3 +136,9 @@ def test_row_chunks_stay_long_when_an_image_fills_the_cache_cap():
             n, rows = cpu._chunks(geom, 8, 2, cap=cpu.DEPTHWISE_CHUNK_BYTES,
                                   per_position=per_position)
         assert n == 1 and phases + rows * 8 * 56 * per_position <= workspace
+    # not sooner: a GEMM chunk the first rule leaves >= 1/8 of the cap keeps it (vgg16_conv1_2:
+    # 5 rows, 3 MiB of columns; 23-row chunks ran ~10% slower)
+    vgg = gpuconv.plan_conv((1, 64, 224, 224), (64, 64, 3, 3), padding=1)
+    per_row = 4 * 224 * (64 * 9 + 2 * 64)
+    n, rows = cpu._chunks(vgg, 4, 1, cap=cpu.GEMM_CHUNK_BYTES)
+    assert rows == cpu._balanced(224, (cpu.GEMM_CHUNK_BYTES - 4 * 64 * 226 * 226) // per_row)
