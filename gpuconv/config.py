@@ -58,7 +58,8 @@ def _threads_env() -> int:
     try:
         parsed = int(value)
     except ValueError:
-        raise ValueError(f"GPUCONV_CPU_THREADS must be a number of threads, got {value!r}") from None
+        raise ValueError(f"GPUCONV_CPU_THREADS must be a number of threads, "
+                         f"got {value!r}") from None
     if parsed < 1:
         raise ValueError(f"GPUCONV_CPU_THREADS must be >= 1, got {parsed}")
     return parsed

@@ -433,9 +433,9 @@ def _depthwise_block(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     b: Optional[Array] = None if bias is None else np.asarray(bias, dtype=ct).reshape(C, Cog)
     tiles = None if flat else _depthwise_tiles(wt, geom)
     zeros = geom.padding_mode == "zeros"
-    # strided, the flat taps split each chunk's own input rows into phases (from the caller's
-    # array itself for zero padding): phases of whole images outgrow the cache
-    # (float64 2 x 96 x 112^2 stride 2: 20 MiB an image, 11.1 ms where float32 took 3.9)
+    # strided, the flat taps split each row chunk's own input rows into phases (from the
+    # caller's array itself for zero padding), so temporaries follow the row chunks: whole
+    # images' phases broke the workspace where one image's input alone exceeded it
     by_rows = flat and max(geom.stride) > 1
     copies = (0 if by_rows and zeros else 1 if zeros else 2) + (  # the rows' phase split
         not flat and geom.stride[-1] > 1)
@@ -504,15 +504,19 @@ def _depthwise_taps(xpad: Array, wt: Array, geom: ConvGeometry, r0: int, rows: T
                       writeable=True)
 
 
+def _last_axis_place(geom: ConvGeometry, j: int) -> Tuple[int, int]:
+    """Where :func:`_depthwise_rows` reads tap j of the last axis: (phase, offset). Unit
+    stride: one phase, the offset counted in taps (its step is the dilation). Stride s: the
+    tap reads phase (j*d) % s at position (j*d) // s within it."""
+    s, d = geom.stride[-1], geom.dilation[-1]
+    return (0, j) if s == 1 else (j * d % s, j * d // s)
+
+
 def _last_axis_taps(geom: ConvGeometry) -> Tuple[int, int]:
-    """The grid of :func:`_depthwise_rows`'s taps along the last axis: (phases, offsets).
-    Unit stride: one phase, a tap per offset (its step is the dilation). Stride s: tap j
-    reads phase (j*d) % s at offset (j*d) // s within it; points of the grid that are no tap
-    get zero weights."""
-    k, s, d = geom.kernel[-1], geom.stride[-1], geom.dilation[-1]
-    if s == 1:
-        return 1, k
-    return max(j * d % s for j in range(k)) + 1, max(j * d // s for j in range(k)) + 1
+    """The grid of :func:`_depthwise_rows`'s taps along the last axis: (phases, offsets);
+    points of the grid that are no tap get zero weights."""
+    places = [_last_axis_place(geom, j) for j in range(geom.kernel[-1])]
+    return max(p for p, _ in places) + 1, max(o for _, o in places) + 1
 
 
 def _tile_positions(geom: ConvGeometry, position_bytes: int) -> int:
@@ -529,9 +533,8 @@ def _depthwise_tiles(wt: Array, geom: ConvGeometry) -> Array:
     phases, offsets = _last_axis_taps(geom)
     grid = np.zeros(K[:-1] + (phases, offsets, Cog, C), wt.dtype)
     per_tap = np.moveaxis(wt.reshape((C, Cog) + K), (0, 1), (-1, -2))  # (*k, Cog, C)
-    s, d = geom.stride[-1], geom.dilation[-1]
     for j in range(K[-1]):
-        phase, offset = (0, j) if s == 1 else (j * d % s, j * d // s)
+        phase, offset = _last_axis_place(geom, j)
         grid[..., phase, offset, :, :] = per_tap[..., j, :, :]
     block = _tile_positions(geom, grid.nbytes)
     return np.ascontiguousarray(np.broadcast_to(grid[..., None, :], grid.shape[:-1] + (
@@ -574,8 +577,8 @@ def _depthwise_rows(xpad: Array, tiles: Array, geom: ConvGeometry, r0: int,
     for b0 in range(0, Q, block):
         size = min(block, Q - b0)
         start = xpad[(slice(None),) * (xpad.ndim - 2) + (slice(q0 + b0, None),)]
-        windows = as_strided(start, shape=(n,) + rows[:-1] + K[:-1] + (phases, offsets, size * C),
-                             strides=strides, writeable=False)
+        windows = as_strided(start, strides=strides, writeable=False,
+                             shape=(n,) + rows[:-1] + K[:-1] + (phases, offsets, size * C))
         np.einsum(spec, windows, tiles[..., :size * C], out=acc[..., b0 * C:(b0 + size) * C])
     return acc.reshape((n,) + rows[:-1] + (Cog, Q, C))
 
