@@ -10,18 +10,24 @@ _DEFAULT_CPU_WORKSPACE = 256 * 2**20
 _state = threading.local()
 
 
-def _env_default() -> int:
-    value = os.environ.get("GPUCONV_CPU_WORKSPACE", "").strip()
+def _positive_int_env(name: str, default: Callable[[], int], unit: str, least: str) -> int:
+    """The environment variable ``name`` as an int >= 1 (``default()`` when unset or empty);
+    ValueError naming it otherwise (``unit``: what it counts; ``least``: its minimum, in words)."""
+    value = os.environ.get(name, "").strip()
     if not value:
-        return _DEFAULT_CPU_WORKSPACE
+        return default()
     try:
         parsed = int(value)
     except ValueError:
-        raise ValueError(f"GPUCONV_CPU_WORKSPACE must be a number of bytes, "
-                         f"got {value!r}") from None
+        raise ValueError(f"{name} must be a number of {unit}, got {value!r}") from None
     if parsed < 1:
-        raise ValueError(f"GPUCONV_CPU_WORKSPACE must be >= 1 byte, got {parsed}")
+        raise ValueError(f"{name} must be >= {least}, got {parsed}")
     return parsed
+
+
+def _env_default() -> int:
+    return _positive_int_env("GPUCONV_CPU_WORKSPACE", lambda: _DEFAULT_CPU_WORKSPACE, "bytes",
+                             "1 byte")
 
 
 def get_cpu_workspace() -> int:
@@ -52,17 +58,7 @@ def _usable_cpus() -> int:
 
 
 def _threads_env() -> int:
-    value = os.environ.get("GPUCONV_CPU_THREADS", "").strip()
-    if not value:
-        return _usable_cpus()
-    try:
-        parsed = int(value)
-    except ValueError:
-        raise ValueError(f"GPUCONV_CPU_THREADS must be a number of threads, "
-                         f"got {value!r}") from None
-    if parsed < 1:
-        raise ValueError(f"GPUCONV_CPU_THREADS must be >= 1, got {parsed}")
-    return parsed
+    return _positive_int_env("GPUCONV_CPU_THREADS", _usable_cpus, "threads", "1")
 
 
 def get_cpu_threads() -> int:
