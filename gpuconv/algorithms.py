@@ -9,6 +9,10 @@ On the CPU:
   ``gemm``       windows unrolled into matrix columns (im2col) from a channels-first padded
                  chunk (strided layers: split into stride phases first), one BLAS matmul
                  ``filters @ cols`` per chunk, landing in channels-first order;
+  ``gemm_shifted`` stride 1 and a kernel wider than 1 along the last axis: windows unrolled
+                 along every axis but the last, whose taps are rows of the filter matrix instead (K[-1] x the filters);
+                 each tap's products are summed shifted by its offset (a K[-1]-th of the copy
+                 and a taller matrix product; ``auto`` for few filters a group);
   ``pointwise``  1x1 kernels without padding: one matmul over the input as it lies, no unrolling;
   ``depthwise``  one kernel per filter (C_in/groups == 1): a multiply-add per tap over views.
 On CUDA:
@@ -72,7 +76,7 @@ _GEMM = tuple(f"gemm_{t}" for t in kernels.GEMM_TILES)
 
 #: device kind -> the algorithms it has, in the order they are listed to users.
 ALGORITHMS: Dict[str, Tuple[str, ...]] = {
-    "cpu": ("gemm", "pointwise", "depthwise"),
+    "cpu": ("gemm", "gemm_shifted", "pointwise", "depthwise"),
     "cuda": ("direct", "few_filters", "gemm") + _GEMM + ("gemm_tc", "gemm_tc_cl", "gemm_tf32",
                                                          "im2col", "winograd", "pointwise",
                                                          "depthwise"),
@@ -98,6 +102,10 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
     shape = f"filters {(geom.C_out, geom.C_in_per_group) + geom.kernel}, groups={geom.groups}"
     if algorithm == "depthwise" and geom.C_in_per_group != 1:
         return (f"'depthwise' needs one kernel per filter (C_in/groups == 1); these are {shape}")
+    if algorithm == "gemm_shifted" and (geom.stride[-1] != 1 or geom.kernel[-1] == 1):
+        return (f"'gemm_shifted' sums each tap's products shifted along the last axis, which "
+                f"needs stride 1 and a kernel wider than 1 there; this call has stride "
+                f"{geom.stride} and {shape}")
     if algorithm == "pointwise" and (max(geom.kernel) != 1 or
                                      max(geom.pad_before + geom.pad_after) != 0):
         return (f"'pointwise' needs 1x1 kernels and no padding; these are {shape}, padding "
@@ -275,6 +283,17 @@ def _cuda_auto(geom: ConvGeometry, dtype: DTypeLike) -> str:
     return "direct"
 
 
+#: ``auto`` on the CPU takes ``gemm_shifted`` for layers of at most this many filters a group
+#: (where it applies: a kernel wider than 1 along the last axis, stride 1): there a product
+#: of C_out/groups rows is BLAS's slow shape (OpenBLAS sgemm on the 2-vCPU Xeon dev machine:
+#: 64 x 576 @ 576 x 6272 230 GFLOP/s, 192 x 192 @ 192 x 6272 300), and the copy it saves is
+#: large against the product. Float32, min of 10 calls, ms, gemm / gemm_shifted: r50_res2_3x3
+#: (64 filters) 3.5 / 3.2, r50_res3_3x3 (128) 3.0 / 2.8, vgg16_conv1_2 (64) 29 / 23, conv3d
+#: 3x3x3 c64 308 / 259; r50_res4_3x3 (256) 4.7 / 5.2, r50_res5_3x3 (512) 8.7 / 11.4,
+#: vgg16_conv4_2 (512) 15.6 / 20.3, conv1d_k3_c128to384 (384) 17.5 / 26.3.
+GEMM_SHIFTED_MAX_FILTERS = 128
+
+
 def choose(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> str:
     """The concrete algorithm a forward call on ``kind`` ("cpu" or "cuda") runs."""
     if algorithm == "auto":
@@ -283,6 +302,9 @@ def choose(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> s
                 return "depthwise"
             if not why_not(kind, "pointwise", geom, dtype):
                 return "pointwise"
+            if (geom.C_out_per_group <= GEMM_SHIFTED_MAX_FILTERS
+                    and not why_not(kind, "gemm_shifted", geom, dtype)):
+                return "gemm_shifted"
             return "gemm"
         return _cuda_auto(geom, dtype)
     if kind == "cuda" and algorithm == "gemm":

@@ -215,6 +215,8 @@ def conv_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry, activat
         return _depthwise_forward(x_cf, w, bias, geom, activation, out_cf, ct)
     if algorithm == "pointwise":
         return _pointwise_forward(x_cf, w, bias, geom, activation, out_cf, ct)
+    if algorithm == "gemm_shifted":
+        return _gemm_shifted_forward(x_cf, w, bias, geom, activation, out_cf, ct)
     return _gemm_forward(x_cf, w, bias, geom, activation, out_cf, ct)
 
 
@@ -293,6 +295,93 @@ def _gemm_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
             activate(np, res, activation)
             if direct is None:  # (G, Cog, (n, *rows)) -> (n, C_out, *rows)
                 block[...] = np.moveaxis(res.reshape((geom.C_out, n) + rows), 1, 0)
+
+
+#: Chunks of :func:`_gemm_shifted_forward` keep their unrolled rows and products near this
+#: size (or the workspace, if smaller). Measured on the 2-vCPU Xeon dev machine (float32, min of
+#: 20 calls, ms, caps of 1 / 2 / 4 / 8 / 16 / 32 MiB): r50_res2_3x3 6.4 / 3.9 / 3.6 / 3.0 / 3.2 /
+#: 3.1, vgg16_conv1_2 31.8 / 29.2 / 24.2 / 22.7 / 24.4 / 21.4; conv3d 266 at 8 and 16.
+GEMM_SHIFTED_CHUNK_BYTES = 8 * 2**20
+
+
+def _unroll_rows(xpad: Array, geom: ConvGeometry, r0: int, rows: Tuple[int, ...],
+                 ct: np.dtype, take: Take) -> Array:
+    """``cols[g, (c, *k[:-1]), (n, *rows[:-1], p)]`` for output rows r0:r0+rows[0] of the
+    channels-first padded chunk ``xpad`` ``(n, C, *padded)`` of a layer of stride 1 along its
+    last axis: :func:`_unroll_columns` for every kernel axis but the last, each copied run a
+    whole padded input row (p over the padded last axis). A 1-D layer unrolls nothing: its
+    rows are the chunk's own positions, one run per (image, channel)."""
+    G, Cg, D, K, S, Dl = (geom.groups, geom.C_in_per_group, geom.rank, geom.kernel,
+                          geom.stride, geom.dilation)
+    n = xpad.shape[0]
+    extent = rows[-1] + (K[-1] - 1) * Dl[-1]
+    s_n, s_c, s_sp = xpad.strides[0], xpad.strides[1], xpad.strides[2:]
+    shape = (G, Cg) + K[:-1] + (n,) + rows[:-1] + (extent,)
+    strides = ((Cg * s_c, s_c) + tuple(s_sp[i] * Dl[i] for i in range(D - 1)) + (s_n,)
+               + tuple(s_sp[i] * S[i] for i in range(D - 1)) + (s_sp[-1],))
+    start = xpad[:, :, r0 * S[0]:] if D > 1 else xpad[:, :, r0:]
+    cols = take(shape, ct)
+    np.copyto(cols, as_strided(start, shape=shape, strides=strides, writeable=False))
+    return cols.reshape(G, Cg * math.prod(K[:-1]), n * math.prod(rows[:-1]) * extent)
+
+
+def _shifted_filters(w: Array, geom: ConvGeometry, ct: np.dtype) -> Array:
+    """Filters for :func:`_gemm_shifted_forward`: ``(G, (j, f), (c, *k[:-1]))``, tap j of the
+    kernel's last axis of filter f a row of its own, columns matching :func:`_unroll_rows`."""
+    G, Cog, Cg, K = geom.groups, geom.C_out_per_group, geom.C_in_per_group, geom.kernel
+    wg = np.asarray(w, dtype=ct).reshape((G, Cog, Cg) + K)
+    wg = np.moveaxis(wg, -1, 1)  # (G, K[-1], Cog, Cg, *K[:-1])
+    return np.ascontiguousarray(wg).reshape(G, K[-1] * Cog, Cg * math.prod(K[:-1]))
+
+
+def _gemm_shifted_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
+                          activation: Optional[str], out_cf: Array, ct: np.dtype) -> None:
+    """Layers of stride 1 along the last axis: the windows unrolled along every kernel axis but
+    the last (:func:`_unroll_rows`, 1/K[-1] of :func:`_gemm_forward`'s copy), the last axis's
+    taps as K[-1] times the filters, ``(G, K[-1] * C_out/G, ...) @ cols`` taken at every padded
+    position of the last axis, and output q the sum over taps j of tap j's product at q + j *
+    dilation: K[-1] - 1 adds of shifted runs in place of tap 0's products, which are then
+    copied into the output."""
+    G, Cog, K, D, Dl = geom.groups, geom.C_out_per_group, geom.kernel, geom.rank, geom.dilation
+    wmat = _shifted_filters(w, geom, ct)
+    b = None if bias is None else np.asarray(bias, dtype=ct).reshape(G, Cog, 1)
+    copies = 1 if geom.padding_mode == "zeros" else 2
+    # per output position: its unrolled rows and products, taken at padded/out as many places
+    # along the last axis
+    widen = (geom.out_spatial[-1] + (K[-1] - 1) * Dl[-1]) / geom.out_spatial[-1]
+    per_position = math.ceil(widen * G * (geom.C_in_per_group * math.prod(K[:-1])
+                                          + K[-1] * Cog))
+    for n0, n, xpad, r0, rows in _chunk_plan(x_cf, geom, ct, copies, channels_last=False,
+                                             cap=GEMM_SHIFTED_CHUNK_BYTES,
+                                             per_position=per_position):
+        with scratch() as take:
+            cols = _unroll_rows(xpad, geom, r0, rows, ct, take)
+            del xpad
+            extent = rows[-1] + (K[-1] - 1) * Dl[-1]
+            prod = np.matmul(wmat, cols, out=take((G, K[-1] * Cog, cols.shape[-1]), ct))
+            del cols
+            # a group's products of tap j are one contiguous run over (filter, image, *rows,
+            # p): output q of a row is the sum over taps j of tap j's product at q + j *
+            # dilation, the same row's, so one add of the whole run shifted by j * dilation per
+            # tap (1-D and contiguous: NumPy needs no buffers) sums every row; what spills
+            # across a row's end lands only at positions past the output's (left out below).
+            # The sums are taken in place of tap 0's products
+            flat = prod.reshape(G, K[-1], -1)
+            size = flat.shape[-1]
+            for g in range(G):
+                acc = flat[g, 0]
+                for j in range(1, K[-1]):
+                    acc[:size - j * Dl[-1]] += flat[g, j, j * Dl[-1]:]
+                if b is not None:
+                    by_filter = acc.reshape(Cog, -1)
+                    by_filter += b[g]
+                activate(np, acc, activation)
+            del prod
+            sums = flat[:, 0].reshape((G, Cog, n) + rows[:-1] + (extent,))[..., :rows[-1]]
+            block = out_cf[n0:n0 + n, :, r0:r0 + rows[0]]
+            target = block.view()  # (n, C_out, *rows) as (n, G, Cog, *rows): never a copy
+            target.shape = (n, G, Cog) + rows
+            target[...] = np.moveaxis(sums, 2, 0)
 
 
 def _pointwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,

@@ -15,7 +15,7 @@ def _geom(x_shape, w_shape, **options):
 
 def test_names_are_listed_and_checked():
     assert algorithms.NAMES[0] == "auto"
-    assert set(algorithms.ALGORITHMS["cpu"]) == {"gemm", "pointwise", "depthwise"}
+    assert set(algorithms.ALGORITHMS["cpu"]) == {"gemm", "gemm_shifted", "pointwise", "depthwise"}
     assert set(algorithms.ALGORITHMS["cuda"]) == {
         "direct", "few_filters", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64",
         "gemm_128x32", "gemm_128x8", "gemm_tc", "gemm_tc_cl", "gemm_tf32", "im2col", "winograd",
@@ -32,7 +32,8 @@ def test_names_are_listed_and_checked():
 def test_cpu_refuses_a_cuda_kernel_and_says_what_it_has():
     x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
     with pytest.raises(ValueError, match=r"the cpu device has no 'direct' algorithm; it has "
-                                         r"\('auto', 'gemm', 'pointwise', 'depthwise'\)"):
+                                         r"\('auto', 'gemm', 'gemm_shifted', 'pointwise', "
+                                         r"'depthwise'\)"):
         gpuconv.conv(x, w, algorithm="direct", device="cpu")
 
 
@@ -44,6 +45,15 @@ def test_refusals_name_the_filters():
     with pytest.raises(ValueError, match=r"'pointwise' needs 1x1 kernels and no padding"):
         gpuconv.conv(x, w[:, :, :1, :1], groups=2, padding=1, algorithm="pointwise",
                      device="cpu")
+    for stride, kernel in (((1, 2), 3), ((1, 1), 1)):
+        with pytest.raises(ValueError, match=rf"'gemm_shifted' .* needs stride 1 and a kernel "
+                                             rf"wider than 1 there; this call has stride "
+                                             rf"\(1, {stride[1]}\) and filters "
+                                             rf"\(6, 2, 3, {kernel}\), groups=2"):
+            gpuconv.conv(x, w[..., :kernel], groups=2, stride=stride, algorithm="gemm_shifted",
+                         device="cpu")
+    assert gpuconv.conv(x, w, groups=2, stride=(2, 1), algorithm="gemm_shifted",
+                        device="cpu").shape == (1, 6, 2, 3)
 
 
 def test_auto_rule():
@@ -53,8 +63,21 @@ def test_auto_rule():
     assert algorithms.choose("cpu", "auto", g, np.float32) == "pointwise"
     g = _geom((2, 8, 9, 9), (4, 8, 1, 1), padding=1)
     assert algorithms.choose("cpu", "auto", g, np.float32) == "gemm"
+    # few filters a group (<= GEMM_SHIFTED_MAX_FILTERS), stride 1 along the last axis and a
+    # kernel wider than 1 there: the shifted GEMM; else the columns GEMM
+    few = algorithms.GEMM_SHIFTED_MAX_FILTERS
+    for w_shape, options, expected in [
+            ((few, 8, 3, 3), {}, "gemm_shifted"),
+            ((few + 1, 8, 3, 3), {}, "gemm"),
+            ((2 * few, 4, 3, 3), {"groups": 2}, "gemm_shifted"),
+            ((few, 8, 3, 3), {"stride": (2, 1)}, "gemm_shifted"),
+            ((few, 8, 3, 3), {"stride": (1, 2)}, "gemm"),
+            ((few, 8, 3, 1), {}, "gemm"),
+            ((few, 8, 1, 3), {}, "gemm_shifted")]:
+        geom = _geom((2, 8, 9, 9), w_shape, **options)
+        assert algorithms.choose("cpu", "auto", geom, np.float32) == expected, (w_shape, options)
     g = _geom((2, 8, 9, 9), (4, 8, 3, 3))
-    assert algorithms.choose("cpu", "auto", g, np.float32) == "gemm"
+    assert algorithms.choose("cpu", "auto", g, np.float32) == "gemm_shifted"
     # CUDA: the implicit GEMM for dense layers (its tile by shape), the tensor cores for 16-bit
     # dtypes (channels-last when C_in/groups is a multiple of 8), the depthwise kernel for one
     # kernel per filter, the few-filter kernel for <= 4 filters a group in any dtype; the

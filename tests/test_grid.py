@@ -49,7 +49,7 @@ def test_cpu_bfloat16_against_reference(case):
     _check(case, gpuconv.conv(case.x, case.filters, case.bias, device="cpu", **case.options),
            "cpu bfloat16")
     np.testing.assert_array_equal(case.x, x0)
-    for algorithm in ("gemm", "pointwise", "depthwise"):
+    for algorithm in ("gemm", "gemm_shifted", "pointwise", "depthwise"):
         got = _forced(case, "cpu", algorithm)
         if got is not None:
             _check(case, got, f"cpu bfloat16 {algorithm}")
@@ -125,7 +125,7 @@ def _forced(case, device, algorithm, xp=np):
     return gpuconv.conv(x, w, b, device=device, algorithm=algorithm, **o)
 
 
-@pytest.mark.parametrize("algorithm", ["gemm", "pointwise", "depthwise"])
+@pytest.mark.parametrize("algorithm", ["gemm", "gemm_shifted", "pointwise", "depthwise"])
 @pytest.mark.parametrize("case", CASES + FAST_PATH_CASES, ids=lambda c: c.name)
 def test_cpu_algorithms_against_reference(case, algorithm):
     """Every CPU algorithm forced on every case it applies to (auto picks one per case)."""

@@ -25,6 +25,8 @@ from reference import reference_conv
     # strided: the unrolling reads the input split into stride phases, in row chunks
     (1, (2, 6, 96, 96), (8, 6, 5, 5), dict(stride=2, padding=2)),
     (1, (2, 3, 40, 24, 30), (4, 3, 3, 2, 4), dict(stride=(2, 1, 3), padding=1)),
+    # few filters: the shifted GEMM (1-D: chunks of positions, the products K[-1] x filters)
+    (1, (4, 8, 6000), (16, 8, 5), dict(padding=6, dilation=3)),
 ])
 def test_peak_temporary_memory_stays_under_the_workspace(limit_mib, shape, wshape, kw):
     rng = np.random.default_rng(0)

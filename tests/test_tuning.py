@@ -96,14 +96,14 @@ def test_choice_on_disk_is_used_by_a_new_process(cache, clock, monkeypatch):
 
 
 def test_one_candidate_is_not_timed(cache, clock):
-    # a 3x3 layer: only "gemm" applies on the CPU
+    # a 3x3 layer of stride 2: only "gemm" applies on the CPU
     rng = np.random.default_rng(1)
     x, w = rng.standard_normal((1, 3, 6, 6)), rng.standard_normal((2, 3, 3, 3))
     with gpuconv.autotune():
-        got = gpuconv.conv(x, w, padding=1)
+        got = gpuconv.conv(x, w, padding=1, stride=2)
     assert clock[0] == []
     assert list(json.loads(cache.read_text()).values()) == ["gemm"]
-    _check(x, w, got, padding=1)
+    _check(x, w, got, padding=1, stride=2)
 
 
 def test_choices_are_per_layer_and_dtype(cache, clock):
@@ -214,7 +214,7 @@ def test_cuda_candidates_are_concrete_kernels():
     assert "depthwise" not in names
     dw = plan_conv((2, 16, 9, 9), (16, 1, 3, 3), groups=16)
     assert "depthwise" in tuning.candidates("cuda", dw, np.float32)
-    assert tuning.candidates("cpu", dw, np.float32) == ["gemm", "depthwise"]
+    assert tuning.candidates("cpu", dw, np.float32) == ["gemm", "gemm_shifted", "depthwise"]
 
 
 @pytest.mark.gpu

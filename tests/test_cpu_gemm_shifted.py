@@ -1,0 +1,113 @@
+"""The CPU's shifted GEMM (``algorithm="gemm_shifted"``): its chunks of images and of output
+rows, 1-D chunks of positions, groups, dilation along the shifted axis, dtypes whose sums are
+wider than their output, each against the float64 reference and against the columns GEMM.
+(The shape grid forces it on every case it applies to: tests/test_grid.py.)"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpuconv
+from gpuconv import cpu
+from reference import reference_conv
+
+CASES = [
+    # (x shape, filters shape, options)
+    ((3, 6, 21, 19), (8, 3, 3, 4), dict(groups=2, padding=(1, 2), dilation=(1, 2))),
+    ((2, 4, 17, 23), (5, 4, 2, 5), dict(stride=(3, 1), padding=2, padding_mode="reflect")),
+    ((2, 4, 9, 8, 11), (6, 4, 2, 3, 3), dict(stride=(2, 1, 1), padding=1, dilation=(1, 2, 2))),
+    ((3, 5, 301), (7, 5, 4), dict(padding=3, dilation=3, padding_mode="circular")),
+    ((2, 4, 13, 14), (6, 4, 3, 3), dict(padding=1, layout="channels_last")),
+]
+
+
+def _chunk_spy(monkeypatch):
+    """Record (images, output rows) of every chunk the shifted GEMM computes."""
+    seen = []
+    plan = cpu._chunk_plan
+
+    def spy(*args, **kwargs):
+        for item in plan(*args, **kwargs):
+            seen.append((item[1], item[4][0]))
+            yield item
+
+    monkeypatch.setattr(cpu, "_chunk_plan", spy)
+    return seen
+
+
+def _data(x_shape, w_shape, dtype=np.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    return x, w, b
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", CASES)
+@pytest.mark.parametrize("chunks", ["whole", "images", "rows"])
+def test_chunks_against_reference_and_columns_gemm(x_shape, w_shape, kw, chunks, monkeypatch):
+    """Every chunking (all images at once, several images a chunk, a few output rows or 1-D
+    positions a chunk) gives the reference's result and the columns GEMM's, to float64
+    rounding of sums of C_in/groups * taps terms."""
+    x, w, b = _data(x_shape, w_shape)
+    if kw.get("layout") == "channels_last":
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    x0 = x.copy()
+    seen = _chunk_spy(monkeypatch)
+    out_rows = None
+    if chunks == "images":  # two images a chunk, each whole
+        monkeypatch.setattr(cpu, "_chunks", lambda *a, **k: (2, out_rows))
+    elif chunks == "rows":  # 1-D: a few positions; else a few rows of one image
+        monkeypatch.setattr(cpu, "_chunks", lambda *a, **k: (1, 3 if len(x_shape) > 3 else 37))
+    geom = gpuconv.plan_conv(x.shape, w.shape, b.shape, **kw)
+    out_rows = geom.out_spatial[0]
+    got = gpuconv.conv(x, w, b, device="cpu", algorithm="gemm_shifted", activation="relu", **kw)
+    first = list(seen)  # the shifted GEMM's chunks (the columns GEMM below has its own)
+    expect = np.maximum(reference_conv(x, w, b, **kw), 0)
+    terms = w.shape[1] * np.prod(w.shape[2:])
+    np.testing.assert_allclose(got, expect, rtol=0, atol=terms * 4 * np.finfo(float).eps
+                               * np.abs(expect).max())
+    columns = gpuconv.conv(x, w, b, device="cpu", algorithm="gemm", activation="relu", **kw)
+    np.testing.assert_allclose(got, columns, rtol=0, atol=terms * 4 * np.finfo(float).eps
+                               * np.abs(expect).max())
+    np.testing.assert_array_equal(x, x0)
+    if chunks == "images":
+        assert first[0] == (2, out_rows) and len(first) == -(-x_shape[0] // 2)
+    elif chunks == "rows":
+        assert all(rows < out_rows for _, rows in first[:-1]) and len(first) > x_shape[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.complex64])
+def test_narrow_and_complex_dtypes(dtype):
+    """float16 sums in float32 and is rounded once into its output; complex64 multiplies
+    complex filters with no conjugation; both as the columns GEMM."""
+    x, w, b = _data((2, 6, 11, 12), (4, 6, 3, 3), np.float64, seed=1)
+    if np.dtype(dtype).kind == "c":
+        x, w, b = x + 0.5j * x[::-1], w - 0.25j * w, b + 1j
+    x, w, b = x.astype(dtype), w.astype(dtype), b.astype(dtype)
+    got = gpuconv.conv(x, w, b, device="cpu", algorithm="gemm_shifted", padding=1)
+    assert got.dtype == dtype
+    columns = gpuconv.conv(x, w, b, device="cpu", algorithm="gemm", padding=1)
+    expect = reference_conv(x, w, b, padding=1)
+    sums = np.float32 if dtype == np.float16 else dtype
+    tol = 54 * 4 * np.finfo(sums).eps * np.abs(expect).max()
+    if dtype == np.float16:  # plus one rounding to float16 of the result
+        tol += np.finfo(np.float16).eps * np.abs(expect).max()
+    np.testing.assert_allclose(got, expect, rtol=0, atol=tol)
+    np.testing.assert_allclose(got, columns, rtol=0, atol=tol)
+
+
+def test_auto_takes_it_for_few_filters(monkeypatch):
+    """``auto`` runs the shifted GEMM on a 3x3 layer of 64 filters, the columns GEMM on 256
+    (:data:`gpuconv.algorithms.GEMM_SHIFTED_MAX_FILTERS`)."""
+    ran = []
+    for name in ("_gemm_shifted_forward", "_gemm_forward"):
+        original = getattr(cpu, name)
+        monkeypatch.setattr(cpu, name, lambda *a, _o=original, _n=name: ran.append(_n) or _o(*a))
+    for filters, method in ((64, "_gemm_shifted_forward"), (256, "_gemm_forward")):
+        x, w, b = _data((1, 8, 10, 10), (filters, 8, 3, 3), np.float32)
+        ran.clear()
+        got = gpuconv.conv(x, w, b, padding=1)
+        assert ran == [method]
+        np.testing.assert_allclose(got, reference_conv(x, w, b, padding=1), rtol=0,
+                                   atol=72 * 4 * np.finfo(np.float32).eps * np.abs(got).max())
