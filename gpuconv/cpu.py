@@ -113,18 +113,28 @@ def _weight_matrices(w: Array, geom: ConvGeometry, ct: np.dtype) -> Array:
 
 def _chunk_plan(x_cf: Array, geom: ConvGeometry, ct: np.dtype, padded_copies: int,
                 channels_last: bool, cap: Optional[int] = None, phases: bool = False,
-                per_position: Optional[int] = None, unpadded: bool = False
-                ) -> Iterator[Tuple[int, int, Array, int, Tuple[int, ...]]]:
-    """Yield ``(n0, n, xpad, r0, rows)`` per chunk: batch elements n0:n0+n (padded and cast:
-    ``xpad``, channels-last when ``channels_last``, split into its stride phases
+                per_position: Optional[int] = None, unpadded: bool = False,
+                windows: bool = False
+                ) -> Iterator[Tuple[int, int, Array, int, Tuple[int, ...], int]]:
+    """Yield ``(n0, n, xpad, r0, rows, r_in)`` per chunk: batch elements n0:n0+n (padded and
+    cast: ``xpad``, channels-last when ``channels_last``, split into its stride phases
     (:func:`_phase_split`) when ``phases`` and the layer is strided; with ``unpadded`` and
     zero padding, the caller's channels-first view itself, uncopied) and first-axis output
-    rows r0:r0+rows[0]. ``cap`` lowers the workspace budget for this plan; ``per_position``:
-    see :func:`_chunks`. ``xpad`` is scratch memory (:mod:`gpuconv.scratch`): a caller must
-    not use it once it asks for the next chunk."""
+    rows r0:r0+rows[0], which are output rows r_in:r_in+rows[0] of ``xpad``. That is r0 when
+    ``xpad`` holds whole images; with ``windows``, where one image's padded input would take
+    more than half the workspace (zero padding, channels-first), ``xpad`` holds only the
+    padded input rows of its chunk's output rows (:func:`_window_rows`) and r_in is 0.
+    ``cap`` lowers the workspace budget for this plan; ``per_position``: see :func:`_chunks`.
+    ``xpad`` is scratch memory (:mod:`gpuconv.scratch`): a caller must not use it once it
+    asks for the next chunk."""
     O = geom.out_spatial
     split = phases and max(geom.stride) > 1
-    nb, rb = _chunks(geom, ct.itemsize, padded_copies + split, cap, per_position)
+    copies = padded_copies + split
+    if windows and geom.padding_mode == "zeros" and not channels_last and \
+            _image_bytes(geom, ct.itemsize, copies) > get_cpu_workspace() // 2:
+        yield from _window_plan(x_cf, geom, ct, copies, split, cap, per_position)
+        return
+    nb, rb = _chunks(geom, ct.itemsize, copies, cap, per_position)
     for n0 in range(0, geom.N, nb):
         with scratch() as take:
             if unpadded and geom.padding_mode == "zeros":
@@ -137,8 +147,59 @@ def _chunk_plan(x_cf: Array, geom: ConvGeometry, ct: np.dtype, padded_copies: in
                 if split:
                     xpad = _phase_split(xpad, geom, take)
             for r0 in range(0, O[0], rb):
-                yield n0, xpad.shape[0], xpad, r0, (min(O[0], r0 + rb) - r0,) + O[1:]
+                yield n0, xpad.shape[0], xpad, r0, (min(O[0], r0 + rb) - r0,) + O[1:], r0
             del xpad
+
+
+def _image_bytes(geom: ConvGeometry, itemsize: int, copies: int) -> int:
+    """Bytes of ``copies`` padded copies of one image (stride phases round each axis up to a
+    multiple of the stride)."""
+    padded = [-(-p // s) * s for p, s in zip(geom.padded_spatial, geom.stride)]
+    return itemsize * copies * geom.C_in * math.prod(padded)
+
+
+def _window_rows(geom: ConvGeometry, itemsize: int, copies: int, cap: Optional[int],
+                 per_position: Optional[int]) -> int:
+    """Output rows per chunk of :func:`_window_plan`: the chunk's padded input rows (stride
+    rows an output row, plus the kernel's reach), ``copies`` of them, and ``per_position``
+    (see :func:`_chunks`) for each of its output positions within the budget."""
+    O, S, K, Dl = geom.out_spatial, geom.stride, geom.kernel, geom.dilation
+    if per_position is None:
+        per_position = geom.groups * geom.terms_per_output + 2 * geom.C_out
+    per_row = itemsize * math.prod(O[1:]) * per_position
+    in_row = _image_bytes(geom, itemsize, copies) // (-(-geom.padded_spatial[0] // S[0]) * S[0])
+    reach = (K[0] - 1) * Dl[0] + 1 + S[0]  # beyond stride rows an output row; phase rounding
+    workspace = get_cpu_workspace()
+    budget = workspace if cap is None else min(cap, workspace)
+    rows = (budget - in_row * reach) // (in_row * S[0] + per_row)
+    if cap is not None and rows * (in_row * S[0] + per_row) < budget // 8:  # see _chunks
+        rows = (workspace - in_row * reach) // (in_row * S[0] + per_row)
+    return _balanced(O[0], rows)
+
+
+def _window_plan(x_cf: Array, geom: ConvGeometry, ct: np.dtype, copies: int, split: bool,
+                 cap: Optional[int], per_position: Optional[int]
+                 ) -> Iterator[Tuple[int, int, Array, int, Tuple[int, ...], int]]:
+    """:func:`_chunk_plan` by windows: one image and a few output rows a chunk, each with only
+    the padded input rows those rows read, zero-padded (and split into stride phases when
+    ``split``) straight from the caller's array."""
+    O, S, K, Dl = geom.out_spatial, geom.stride, geom.kernel, geom.dilation
+    rb = _window_rows(geom, ct.itemsize, copies, cap, per_position)
+    # the window is padded by itself; ``unit`` splits it into one phase when not ``split``
+    unit = geom if split else dataclasses.replace(geom, stride=(1,) * geom.rank)
+    for n0 in range(geom.N):
+        for r0 in range(0, O[0], rb):
+            rows = (min(O[0], r0 + rb) - r0,) + O[1:]
+            first = r0 * S[0]  # the window's first padded input row
+            extent = (rows[0] - 1) * S[0] + (K[0] - 1) * Dl[0] + 1
+            with scratch() as take:
+                xpad = _phase_split(x_cf[n0:n0 + 1], unit, take, ct,
+                                    (geom.pad_before[0] - first,) + geom.pad_before[1:],
+                                    (extent,) + geom.padded_spatial[1:])
+                if not split:  # one phase: (1, C, 1, ..., 1, *window) -> (1, C, *window)
+                    xpad = xpad.reshape(xpad.shape[:2] + xpad.shape[2 + geom.rank:])
+                yield n0, 1, xpad, r0, rows, 0
+                del xpad
 
 
 def _phased(geom: ConvGeometry) -> bool:
@@ -280,10 +341,11 @@ def _gemm_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     wmat = _weight_matrices(w, geom, ct)
     b = None if bias is None else np.asarray(bias, dtype=ct).reshape(G, Cog, 1)
     copies = 1 if geom.padding_mode == "zeros" else 2
-    for n0, n, xpad, r0, rows in _chunk_plan(x_cf, geom, ct, copies, channels_last=False,
-                                             cap=GEMM_CHUNK_BYTES, phases=_phased(geom)):
+    for n0, n, xpad, r0, rows, r_in in _chunk_plan(x_cf, geom, ct, copies, channels_last=False,
+                                                   cap=GEMM_CHUNK_BYTES, phases=_phased(geom),
+                                                   windows=True):
         with scratch() as take:
-            cols = _unroll_columns(xpad, geom, r0, rows, ct, take)
+            cols = _unroll_columns(xpad, geom, r_in, rows, ct, take)
             del xpad
             block = out_cf[n0:n0 + n, :, r0:r0 + rows[0]]
             direct = _as_matrices(block, geom) if n == 1 and block.dtype == ct else None
@@ -351,11 +413,11 @@ def _gemm_shifted_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry
     widen = (geom.out_spatial[-1] + (K[-1] - 1) * Dl[-1]) / geom.out_spatial[-1]
     per_position = math.ceil(widen * G * (geom.C_in_per_group * math.prod(K[:-1])
                                           + K[-1] * Cog))
-    for n0, n, xpad, r0, rows in _chunk_plan(x_cf, geom, ct, copies, channels_last=False,
-                                             cap=GEMM_SHIFTED_CHUNK_BYTES,
-                                             per_position=per_position):
+    for n0, n, xpad, r0, rows, r_in in _chunk_plan(x_cf, geom, ct, copies, channels_last=False,
+                                                   cap=GEMM_SHIFTED_CHUNK_BYTES,
+                                                   per_position=per_position, windows=True):
         with scratch() as take:
-            cols = _unroll_rows(xpad, geom, r0, rows, ct, take)
+            cols = _unroll_rows(xpad, geom, r_in, rows, ct, take)
             del xpad
             extent = rows[-1] + (K[-1] - 1) * Dl[-1]
             prod = np.matmul(wmat, cols, out=take((G, K[-1] * Cog, cols.shape[-1]), ct))
@@ -530,9 +592,9 @@ def _depthwise_block(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
         not flat and geom.stride[-1] > 1)
     per_position = 3 * geom.C_out + (geom.C_in * math.prod(geom.stride) if by_rows else 0)
     offset = geom.pad_before if by_rows and zeros else (0,) * D  # of x in the padded input
-    for n0, n, xpad, r0, rows in _chunk_plan(x_cf, geom, ct, copies, channels_last=not flat,
-                                             cap=DEPTHWISE_CHUNK_BYTES,
-                                             per_position=per_position, unpadded=by_rows):
+    for n0, n, xpad, r0, rows, _ in _chunk_plan(x_cf, geom, ct, copies, channels_last=not flat,
+                                                cap=DEPTHWISE_CHUNK_BYTES,
+                                                per_position=per_position, unpadded=by_rows):
         block = out_cf[n0:n0 + n, :, r0:r0 + rows[0]]
         with scratch() as take:
             if flat:  # (n, C, Cog, *rows)
@@ -680,10 +742,11 @@ def filter_grad(x_cf: Array, g_cf: Array, geom: ConvGeometry, out: Array) -> Non
     G, Cog = geom.groups, geom.C_out_per_group
     dw = np.zeros((G, Cog, geom.C_in_per_group * math.prod(geom.kernel)), dtype=ct)
     copies = 1 if geom.padding_mode == "zeros" else 2
-    for n0, n, xpad, r0, rows in _chunk_plan(x_cf, geom, ct, copies, channels_last=False,
-                                             cap=GEMM_CHUNK_BYTES, phases=_phased(geom)):
+    for n0, n, xpad, r0, rows, r_in in _chunk_plan(x_cf, geom, ct, copies, channels_last=False,
+                                                   cap=GEMM_CHUNK_BYTES, phases=_phased(geom),
+                                                   windows=True):
         with scratch() as take:
-            cols = _unroll_columns(xpad, geom, r0, rows, ct, take)
+            cols = _unroll_columns(xpad, geom, r_in, rows, ct, take)
             del xpad
             if ct.kind == "c":
                 np.conjugate(cols, out=cols)

@@ -103,3 +103,55 @@ def test_strided_filter_grad_in_row_chunks():
     mag = reference_filter_grad(np.abs(x), np.abs(g), (4, 3, 5, 5), stride=2).real
     n = 2 * 29 * 28
     assert np.all(np.abs(got - want) <= n * np.finfo(np.float64).eps * mag)
+
+
+@pytest.mark.parametrize("shape,wshape,kw,algorithm", [
+    ((1, 6, 260, 250), (8, 6, 3, 3), dict(padding=1), "gemm"),
+    ((1, 6, 260, 250), (8, 6, 3, 3), dict(padding=(1, 2), stride=(2, 1)), "gemm_shifted"),
+    ((1, 6, 260, 250), (8, 6, 5, 5), dict(padding=2, stride=2), "gemm"),   # stride phases
+    ((1, 6, 260, 250), (8, 6, 3, 3), dict(padding=2, stride=2, dilation=2), "gemm"),
+    ((2, 8, 40000), (16, 8, 5), dict(padding=6, dilation=3), "gemm_shifted"),
+    ((1, 4, 40, 50, 60), (8, 4, 3, 3, 3), dict(padding=1, stride=(3, 2, 2)), "gemm"),
+])
+def test_an_image_larger_than_the_workspace_is_padded_by_row_windows(shape, wshape, kw,
+                                                                      algorithm):
+    """Where one image's padded input alone is more than the workspace, each chunk pads (and
+    splits into stride phases) only the input rows its output rows read, from the caller's
+    array: the forward GEMMs and the filter gradient stay under the workspace and give the
+    whole-image results (the reference for the forward, one image)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(wshape).astype(np.float32)
+    limit = 2**20
+    assert x[:1].nbytes > limit
+    whole = gpuconv.conv(x, w, device="cpu", algorithm=algorithm, **kw)
+    g = rng.standard_normal(whole.shape).astype(np.float32)
+    dw_whole = gpuconv.conv_filter_grad(x, g, wshape, device="cpu", **kw)
+    with gpuconv.cpu_workspace(limit):
+        out, out_peak = _peak(lambda: gpuconv.conv(x, w, device="cpu", algorithm=algorithm, **kw))
+        dw, dw_peak = _peak(lambda: gpuconv.conv_filter_grad(x, g, wshape, device="cpu", **kw))
+    assert max(out_peak, dw_peak) <= limit + 64 * 2**10, (out_peak, dw_peak, limit)
+    # the same sums as with whole images, but for the order BLAS adds them in: within float32
+    # rounding of sums of C_in * taps (forward) or N * output positions (filters) terms
+    eps = np.finfo(np.float32).eps
+    terms = wshape[1] * np.prod(wshape[2:])
+    np.testing.assert_allclose(out, whole, rtol=0, atol=2 * terms * eps * np.abs(whole).max())
+    from reference import reference_filter_grad
+    mag = reference_filter_grad(np.abs(x).astype(np.float64), np.abs(g).astype(np.float64),
+                                wshape, **kw).real
+    n = whole.shape[0] * np.prod(whole.shape[2:])
+    assert np.all(np.abs(dw - dw_whole) <= 2 * n * eps * mag)
+    small = np.s_[:1]
+    np.testing.assert_allclose(out[small], reference_conv(x[small], w, **kw), rtol=1e-4,
+                               atol=1e-4)
+
+
+def _peak(call):
+    """``call()``'s result and the peak of the memory it allocated beyond that result, with
+    the scratch pools emptied first (a first call allocates every temporary)."""
+    gpuconv.release_cpu_scratch()
+    tracemalloc.start()
+    result = call()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return result, peak - result.nbytes
