@@ -316,16 +316,21 @@ def _as_matrices(block: Array, geom: ConvGeometry) -> Optional[Array]:
     """The output block ``(1, C_out, *rows)`` as a view ``(G, C_out/groups, positions)`` that
     matmul can write into, or None when its strides do not allow one (then a temporary is
     written and copied)."""
-    positions = math.prod(block.shape[2:])
+    return _matrix_view(block, (geom.groups, geom.C_out_per_group, math.prod(block.shape[2:])))
+
+
+def _matrix_view(block: Array, shape: Tuple[int, ...]) -> Optional[Array]:
+    """``block`` as a view of ``shape`` (a stack of matrices) that BLAS can write into, or
+    None."""
     view = block.view()
     try:  # assigning a shape never copies: it raises when no view has that shape
-        view.shape = (geom.groups, geom.C_out_per_group, positions)
+        view.shape = shape
     except AttributeError:
         return None
     # BLAS writes a matrix whose rows are contiguous and do not overlap; NumPy would run any
     # other output through its own loops, far slower than a copy
     step = view.itemsize
-    if view.strides[-1] != step or min(view.strides[:-1]) < positions * step:
+    if view.strides[-1] != step or min(view.strides[:-1]) < shape[-1] * step:
         return None
     return view
 
@@ -477,13 +482,15 @@ def _pointwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
                 direct = _as_rows(out_rows) if G == 1 and block.dtype == ct else None
                 res = np.matmul(xs, wm, out=direct if direct is not None else
                                 take((G, n * P, Cog), ct))                       # (G, n*P, Cog)
-            else:
+            else:  # straight into the output where its layout allows (a copy less)
                 xs = np.asarray(x_cf[n0:n0 + nb], dtype=ct).reshape(-1, G, Cg, P)
-                res = np.matmul(wm, xs, out=take((n, G, Cog, P), ct))
+                direct = _matrix_view(block, (n, G, Cog, P)) if block.dtype == ct else None
+                res = np.matmul(wm, xs, out=direct if direct is not None else
+                                take((n, G, Cog, P), ct))
             if b is not None:
                 res += b
             activate(np, res, activation)
-            if not rows:
+            if direct is None and not rows:
                 block[...] = res.reshape(block.shape)
             elif direct is None:
                 out_rows[...] = res.transpose(1, 0, 2).reshape(out_rows.shape)

@@ -155,3 +155,21 @@ def _peak(call):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return result, peak - result.nbytes
+
+
+def test_pointwise_multiplies_straight_into_a_channels_first_output():
+    """A 1x1 layer on channels-first float32 data needs no temporary of the product's size: it
+    goes straight into the output (a temporary the output's size, copied over, cost 1.7 -> 1.1
+    ms on r50_res2_1x1_64to256); float16 sums in float32, so there it goes through one."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 16, 30, 30)).astype(np.float32)
+    w = rng.standard_normal((64, 16, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(64).astype(np.float32)
+    out, temp = _peak(lambda: gpuconv.conv(x, w, b, device="cpu", activation="relu"))
+    assert temp < out.nbytes // 4, (temp, out.nbytes)  # NumPy's loop buffers, Python objects
+    want = np.maximum(reference_conv(x, w, b), 0)
+    np.testing.assert_allclose(out, want, rtol=0, atol=16 * 2 * np.finfo(np.float32).eps
+                               * np.abs(want).max())
+    half, temp = _peak(lambda: gpuconv.conv(x.astype(np.float16), w.astype(np.float16),
+                                            b.astype(np.float16), device="cpu"))
+    assert temp >= 4 * half.size  # the float32 product
