@@ -529,16 +529,27 @@ DEPTHWISE_PARALLEL_MIN_MACS = 2**22
 DEPTHWISE_TILE_BYTES = 2**20
 
 
+#: Channels from which a stride-1 depthwise layer takes :func:`_depthwise_rows` even when its
+#: output rows are long (see :func:`_depthwise_flat`).
+DEPTHWISE_ROWS_MIN_CHANNELS = 64
+
+
 def _depthwise_flat(geom: ConvGeometry) -> bool:
     """Which of the two depthwise methods runs a layer: :func:`_depthwise_taps` (channels-first,
     long flat rows, two passes per tap) for channels-first callers whose output rows are
-    long, else :func:`_depthwise_rows` (one einsum over a channels-last copy, runs of a row's
-    positions times channels). Single thread, float32, min of 15 calls (ms, taps / rows):
-    2 x 144 ch 56x56 2.5 / 2.4, 1 x 32 ch 112x112 0.85 / 1.29, 2 x 96 ch 112x112 stride 2
-    3.4 / 4.8, 1 x 16 ch 224x224 stride 2 0.76 / 1.22; 4 x 576 ch 14x14 5.9 / 1.1, 4 x 960 ch
-    7x7 2.3 / 0.41 (rows of 14-16 positions make the taps' passes short). A channels-last
-    caller's data needs no transposes for the second."""
-    return geom.layout == "channels_first" and geom.out_spatial[-1] >= 32
+    long, strided or with fewer than :data:`DEPTHWISE_ROWS_MIN_CHANNELS` channels; else
+    :func:`_depthwise_rows` (one einsum over a channels-last copy, runs of a row's positions
+    times channels). On the 2-vCPU EPYC, single thread, float32, min of 15 calls (ms, taps /
+    rows): 2 x 144 ch 56x56 2.5 / 2.4, 1 x 32 ch 112x112 0.85 / 1.29, 2 x 96 ch 112x112
+    stride 2 3.4 / 4.8, 1 x 16 ch 224x224 stride 2 0.76 / 1.22; 4 x 576 ch 14x14 5.9 / 1.1,
+    4 x 960 ch 7x7 2.3 / 0.41 (rows of 14-16 positions make the taps' passes short). On the
+    2-vCPU Xeon, two threads, min of 24: stride 1 the einsum wins everywhere (2 x 144 ch
+    56x56 2.56 / 1.91, 2 x 64 ch 56x56 2.38 / 1.39, 1 x 64 ch 112x112 2.91 / 1.82, 1 x 32 ch
+    112x112 2.31 / 1.44), strided it ties (2 x 96 ch 112x112 2.93 / 2.97, 1 x 16 ch 224x224
+    1.44 / 1.52). A channels-last caller's data needs no transposes for the second."""
+    S, C = geom.stride, geom.C_in
+    return geom.layout == "channels_first" and geom.out_spatial[-1] >= 32 and (
+        max(S) > 1 or C < DEPTHWISE_ROWS_MIN_CHANNELS)
 
 
 def _depthwise_parts(geom: ConvGeometry, threads: int) -> List[Tuple[slice, slice]]:

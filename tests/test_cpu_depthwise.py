@@ -142,3 +142,21 @@ def test_row_chunks_stay_long_when_an_image_fills_the_cache_cap():
     per_row = 4 * 224 * (64 * 9 + 2 * 64)
     n, rows = cpu._chunks(vgg, 4, 1, cap=cpu.GEMM_CHUNK_BYTES)
     assert rows == cpu._balanced(224, (cpu.GEMM_CHUNK_BYTES - 4 * 64 * 226 * 226) // per_row)
+
+
+@pytest.mark.parametrize("x_shape, stride, layout, taps", [
+    ((2, 144, 56, 56), 1, "channels_first", False),  # stride 1, >= 64 channels: the einsum
+    ((2, 63, 56, 56), 1, "channels_first", True),    # fewer channels, long rows: the taps
+    ((2, 144, 112, 112), 2, "channels_first", True),  # strided, long rows: the taps
+    ((2, 16, 56, 31), 1, "channels_first", False),   # rows of 31: the einsum
+    ((2, 16, 56, 56), 1, "channels_last", False),    # channels-last data: the einsum
+])
+def test_method_rule(x_shape, stride, layout, taps):
+    """Which depthwise method a layer takes (measurements: cpu._depthwise_flat)."""
+    C = x_shape[1]
+    if layout == "channels_last":
+        x_shape = (x_shape[0],) + x_shape[2:] + (C,)
+    geom = gpuconv.plan_conv(x_shape, (C, 1, 3, 3), stride=stride, padding=1, groups=C,
+                             layout=layout)
+    assert cpu._depthwise_flat(geom) is taps
+    assert cpu.DEPTHWISE_ROWS_MIN_CHANNELS == 64
