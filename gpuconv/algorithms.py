@@ -10,9 +10,10 @@ On the CPU:
                  chunk (strided layers: split into stride phases first), one BLAS matmul
                  ``filters @ cols`` per chunk, landing in channels-first order;
   ``gemm_shifted`` stride 1 and a kernel wider than 1 along the last axis: windows unrolled
-                 along every axis but the last, whose taps are rows of the filter matrix instead (K[-1] x the filters);
-                 each tap's products are summed shifted by its offset (a K[-1]-th of the copy
-                 and a taller matrix product; ``auto`` for few filters a group);
+                 along every axis but the last, whose taps are rows of the filter matrix
+                 instead (K[-1] x the filters); each tap's products are summed shifted by its
+                 offset (a K[-1]-th of the copy and a taller matrix product; ``auto`` for few
+                 filters a group);
   ``pointwise``  1x1 kernels without padding: one matmul over the input as it lies, no unrolling;
   ``depthwise``  one kernel per filter (C_in/groups == 1): a multiply-add per tap over views.
 On CUDA:

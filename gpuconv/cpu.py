@@ -6,7 +6,11 @@ strided view, so the only copy is the unrolling itself, in runs along the input'
 the filters ``(g, co, (c, *k))`` multiply it with one ``numpy.matmul``, which runs on BLAS and
 lands in the output's own channels-first order. No Python loop touches pixels, channels or
 single batch elements; the chunk loop only keeps the temporaries under
-:func:`gpuconv.config.get_cpu_workspace` (and near the cache's size).
+:func:`gpuconv.config.get_cpu_workspace` (and near the cache's size; an image too large for
+it is padded by windows of rows). For few filters the shifted GEMM (``gemm_shifted``) unrolls
+every kernel axis but the last and makes the last axis's taps rows of the filter matrix,
+summing each tap's products shifted by its offset. 1x1 layers multiply the input as it lies;
+depthwise layers run multiply-adds over views, on worker threads.
 """
 from __future__ import annotations
 
