@@ -74,17 +74,30 @@ def _chunks(geom: ConvGeometry, itemsize: int, padded_copies: int,
     default the GEMM's: its unrolled windows, its matmul result, and the result reordered into
     (C_out, ...) order)."""
     O = geom.out_spatial
-    row = math.prod(O[1:])
-    if per_position is None:
-        per_position = geom.groups * geom.terms_per_output + 2 * geom.C_out
-    per_row = itemsize * row * per_position
+    per_row = _row_bytes(geom, itemsize, per_position)
     per_image = itemsize * padded_copies * geom.C_in * math.prod(geom.padded_spatial)
     per_n = per_image + O[0] * per_row
     workspace = get_cpu_workspace()
     budget = workspace if cap is None else min(cap, workspace)
     if per_n <= budget:
         return _balanced(geom.N, budget // per_n), O[0]
-    rows = (budget - per_image) // per_row
+    return 1, _rows_per_chunk(O[0], per_image, per_row, cap)
+
+
+def _row_bytes(geom: ConvGeometry, itemsize: int, per_position: Optional[int]) -> int:
+    """Bytes of temporaries for one first-axis output row: ``per_position`` items (default:
+    the GEMM's, see :func:`_chunks`) for each of its output positions."""
+    if per_position is None:
+        per_position = geom.groups * geom.terms_per_output + 2 * geom.C_out
+    return itemsize * math.prod(geom.out_spatial[1:]) * per_position
+
+
+def _rows_per_chunk(total: int, fixed: int, per_row: int, cap: Optional[int]) -> int:
+    """Rows per chunk of ``total`` where a chunk takes ``fixed`` bytes and ``per_row`` a row,
+    within the workspace (and ``cap``, if given: the rule below)."""
+    workspace = get_cpu_workspace()
+    budget = workspace if cap is None else min(cap, workspace)
+    rows = (budget - fixed) // per_row
     if cap is not None and rows * per_row < budget // 8:
         # ``cap`` keeps a chunk near the cache. When an image's input copies alone fill it,
         # what it leaves for rows makes chunks so small that each chunk's Python and call
@@ -93,9 +106,9 @@ def _chunks(geom: ConvGeometry, itemsize: int, padded_copies: int,
         # and the input rows they read go by the cap, within the workspace always. Not
         # sooner: vgg16_conv1_2's GEMM (5 rows, 3 MiB of columns, by the first rule) took
         # 33.0 / 48.5 ms (min / median of 15) against 35.7 / 53.1 in 23-row chunks.
-        rows = max(rows, min(budget // (per_row + per_image // O[0]),
-                             (workspace - per_image) // per_row))
-    return 1, _balanced(O[0], rows)
+        rows = max(rows, min(budget // (per_row + fixed // total),
+                             (workspace - fixed) // per_row))
+    return _balanced(total, rows)
 
 
 def _balanced(total: int, most: int) -> int:
@@ -168,17 +181,10 @@ def _window_rows(geom: ConvGeometry, itemsize: int, copies: int, cap: Optional[i
     rows an output row, plus the kernel's reach), ``copies`` of them, and ``per_position``
     (see :func:`_chunks`) for each of its output positions within the budget."""
     O, S, K, Dl = geom.out_spatial, geom.stride, geom.kernel, geom.dilation
-    if per_position is None:
-        per_position = geom.groups * geom.terms_per_output + 2 * geom.C_out
-    per_row = itemsize * math.prod(O[1:]) * per_position
+    per_row = _row_bytes(geom, itemsize, per_position)
     in_row = _image_bytes(geom, itemsize, copies) // (-(-geom.padded_spatial[0] // S[0]) * S[0])
     reach = (K[0] - 1) * Dl[0] + 1 + S[0]  # beyond stride rows an output row; phase rounding
-    workspace = get_cpu_workspace()
-    budget = workspace if cap is None else min(cap, workspace)
-    rows = (budget - in_row * reach) // (in_row * S[0] + per_row)
-    if cap is not None and rows * (in_row * S[0] + per_row) < budget // 8:  # see _chunks
-        rows = (workspace - in_row * reach) // (in_row * S[0] + per_row)
-    return _balanced(O[0], rows)
+    return _rows_per_chunk(O[0], in_row * reach, in_row * S[0] + per_row, cap)
 
 
 def _window_plan(x_cf: Array, geom: ConvGeometry, ct: np.dtype, copies: int, split: bool,
