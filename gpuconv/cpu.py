@@ -68,11 +68,13 @@ def _padded(xs: Array, geom: ConvGeometry, dtype: DTypeLike, channels_last: bool
 
 
 def _chunks(geom: ConvGeometry, itemsize: int, padded_copies: int,
-            cap: Optional[int] = None, per_position: Optional[int] = None) -> Tuple[int, int]:
+            cap: Optional[int] = None, per_position: Optional[int] = None,
+            alone: Optional[int] = None) -> Tuple[int, int]:
     """(batch elements, first-axis output rows) per chunk so temporaries fit the workspace:
     ``padded_copies`` of the input, and ``per_position`` items for each output position (by
     default the GEMM's: its unrolled windows, its matmul result, and the result reordered into
-    (C_out, ...) order)."""
+    (C_out, ...) order); ``alone``, if given, replaces ``per_position`` for chunks of one image
+    (the GEMM's products then go straight into the output: its windows only)."""
     O = geom.out_spatial
     per_row = _row_bytes(geom, itemsize, per_position)
     per_image = itemsize * padded_copies * geom.C_in * math.prod(geom.padded_spatial)
@@ -81,6 +83,8 @@ def _chunks(geom: ConvGeometry, itemsize: int, padded_copies: int,
     budget = workspace if cap is None else min(cap, workspace)
     if per_n <= budget:
         return _balanced(geom.N, budget // per_n), O[0]
+    if alone is not None:
+        per_row = _row_bytes(geom, itemsize, alone)
     return 1, _rows_per_chunk(O[0], per_image, per_row, cap)
 
 
@@ -131,7 +135,7 @@ def _weight_matrices(w: Array, geom: ConvGeometry, ct: np.dtype) -> Array:
 def _chunk_plan(x_cf: Array, geom: ConvGeometry, ct: np.dtype, padded_copies: int,
                 channels_last: bool, cap: Optional[int] = None, phases: bool = False,
                 per_position: Optional[int] = None, unpadded: bool = False,
-                windows: bool = False
+                windows: bool = False, alone: Optional[int] = None
                 ) -> Iterator[Tuple[int, int, Array, int, Tuple[int, ...], int]]:
     """Yield ``(n0, n, xpad, r0, rows, r_in)`` per chunk: batch elements n0:n0+n (padded and
     cast: ``xpad``, channels-last when ``channels_last``, split into its stride phases
@@ -139,19 +143,21 @@ def _chunk_plan(x_cf: Array, geom: ConvGeometry, ct: np.dtype, padded_copies: in
     zero padding, the caller's channels-first view itself, uncopied) and first-axis output
     rows r0:r0+rows[0], which are output rows r_in:r_in+rows[0] of ``xpad``. That is r0 when
     ``xpad`` holds whole images; with ``windows``, where one image's padded input would take
-    more than half the workspace (zero padding, channels-first), ``xpad`` holds only the
-    padded input rows of its chunk's output rows (:func:`_window_rows`) and r_in is 0.
-    ``cap`` lowers the workspace budget for this plan; ``per_position``: see :func:`_chunks`.
+    more than half the workspace (zero padding), ``xpad`` holds only the padded input rows of
+    its chunk's output rows (:func:`_window_rows`) and r_in is 0.
+    ``cap`` lowers the workspace budget for this plan; ``per_position`` and ``alone``: see
+    :func:`_chunks`.
     ``xpad`` is scratch memory (:mod:`gpuconv.scratch`): a caller must not use it once it
     asks for the next chunk."""
     O = geom.out_spatial
     split = phases and max(geom.stride) > 1
     copies = padded_copies + split
-    if windows and geom.padding_mode == "zeros" and not channels_last and \
+    if windows and geom.padding_mode == "zeros" and not unpadded and \
             _image_bytes(geom, ct.itemsize, copies) > get_cpu_workspace() // 2:
-        yield from _window_plan(x_cf, geom, ct, copies, split, cap, per_position)
+        yield from _window_plan(x_cf, geom, ct, copies, split, cap,
+                                per_position if alone is None else alone, channels_last)
         return
-    nb, rb = _chunks(geom, ct.itemsize, copies, cap, per_position)
+    nb, rb = _chunks(geom, ct.itemsize, copies, cap, per_position, alone)
     for n0 in range(0, geom.N, nb):
         with scratch() as take:
             if unpadded and geom.padding_mode == "zeros":
@@ -188,11 +194,11 @@ def _window_rows(geom: ConvGeometry, itemsize: int, copies: int, cap: Optional[i
 
 
 def _window_plan(x_cf: Array, geom: ConvGeometry, ct: np.dtype, copies: int, split: bool,
-                 cap: Optional[int], per_position: Optional[int]
+                 cap: Optional[int], per_position: Optional[int], channels_last: bool = False
                  ) -> Iterator[Tuple[int, int, Array, int, Tuple[int, ...], int]]:
     """:func:`_chunk_plan` by windows: one image and a few output rows a chunk, each with only
     the padded input rows those rows read, zero-padded (and split into stride phases when
-    ``split``) straight from the caller's array."""
+    ``split``; or channels-last, never both) straight from the caller's array."""
     O, S, K, Dl = geom.out_spatial, geom.stride, geom.kernel, geom.dilation
     rb = _window_rows(geom, ct.itemsize, copies, cap, per_position)
     # the window is padded by itself; ``unit`` splits it into one phase when not ``split``
@@ -203,13 +209,32 @@ def _window_plan(x_cf: Array, geom: ConvGeometry, ct: np.dtype, copies: int, spl
             first = r0 * S[0]  # the window's first padded input row
             extent = (rows[0] - 1) * S[0] + (K[0] - 1) * Dl[0] + 1
             with scratch() as take:
-                xpad = _phase_split(x_cf[n0:n0 + 1], unit, take, ct,
-                                    (geom.pad_before[0] - first,) + geom.pad_before[1:],
-                                    (extent,) + geom.padded_spatial[1:])
-                if not split:  # one phase: (1, C, 1, ..., 1, *window) -> (1, C, *window)
+                if channels_last:
+                    xpad = _window_last(x_cf[n0], geom, first, extent, ct, take)
+                else:
+                    xpad = _phase_split(x_cf[n0:n0 + 1], unit, take, ct,
+                                        (geom.pad_before[0] - first,) + geom.pad_before[1:],
+                                        (extent,) + geom.padded_spatial[1:])
+                if not (split or channels_last):  # one phase: (1, C, 1, .., 1, *w) -> (1, C, *w)
                     xpad = xpad.reshape(xpad.shape[:2] + xpad.shape[2 + geom.rank:])
                 yield n0, 1, xpad, r0, rows, 0
                 del xpad
+
+
+def _window_last(image: Array, geom: ConvGeometry, first: int, extent: int, ct: np.dtype,
+                 take: Take) -> Array:
+    """Padded input rows first:first+extent of one channels-first ``image`` ``(C, *spatial)``
+    (zero padding), as a channels-last window ``(1, extent, *padded[1:], C)`` of dtype
+    ``ct``."""
+    pb, size = geom.pad_before, geom.in_spatial
+    window = take((1, extent) + geom.padded_spatial[1:] + (geom.C_in,), ct)
+    window[...] = 0
+    lo, hi = max(0, first - pb[0]), min(size[0], first - pb[0] + extent)
+    if hi > lo:
+        inner = tuple(slice(b, b + m) for b, m in zip(pb[1:], size[1:]))
+        rows = slice(lo + pb[0] - first, hi + pb[0] - first)
+        window[(0, rows) + inner] = np.moveaxis(image[:, lo:hi], 0, -1)
+    return window
 
 
 def _phased(geom: ConvGeometry) -> bool:
@@ -356,14 +381,20 @@ def _gemm_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     wmat = _weight_matrices(w, geom, ct)
     b = None if bias is None else np.asarray(bias, dtype=ct).reshape(G, Cog, 1)
     copies = 1 if geom.padding_mode == "zeros" else 2
+    # a chunk of one image multiplies straight into a channels-first output of dtype ct: its
+    # rows then cost only their unrolled windows (vgg16_conv4_2: whole-image products of 784
+    # columns, not two of 392 rows; sgemm 272 against 252 GFLOP/s there)
+    into_output = out_cf.dtype == ct and _as_matrices(out_cf[:1], geom) is not None
     for n0, n, xpad, r0, rows, r_in in _chunk_plan(x_cf, geom, ct, copies, channels_last=False,
                                                    cap=GEMM_CHUNK_BYTES, phases=_phased(geom),
-                                                   windows=True):
+                                                   windows=True,
+                                                   alone=geom.groups * geom.terms_per_output
+                                                   if into_output else None):
         with scratch() as take:
             cols = _unroll_columns(xpad, geom, r_in, rows, ct, take)
             del xpad
             block = out_cf[n0:n0 + n, :, r0:r0 + rows[0]]
-            direct = _as_matrices(block, geom) if n == 1 and block.dtype == ct else None
+            direct = _as_matrices(block, geom) if n == 1 and into_output else None
             res = np.matmul(wmat, cols, out=direct if direct is not None else
                             take((G, Cog, cols.shape[-1]), ct))
             del cols
@@ -528,10 +559,13 @@ DEPTHWISE_CHUNK_BYTES = 16 * 2**20
 
 #: Depthwise layers with fewer multiply-adds than this run on the calling thread alone, and a
 #: task of a split has at least half of it: below that, waking a worker (~0.1-0.3 ms on the
-#: 2-vCPU dev machine) costs about what it saves. There (float32, medians of 40 calls, one
-#: thread -> two): 1 x 32 x 112^2 (3.6 M) 1.2 -> 1.3 ms, 4 x 576 x 14^2 (4.1 M) 2.1 -> 2.2,
-#: 1 x 64 x 112^2 (7.2 M) 2.9 -> 2.0, 2 x 144 x 56^2 (8.1 M) 3.8 -> 2.3.
-DEPTHWISE_PARALLEL_MIN_MACS = 2**22
+#: 2-vCPU dev machines) costs about what it saves. On the EPYC (float32, medians of 40 calls,
+#: one thread -> two): 1 x 32 x 112^2 (3.6 M) 1.2 -> 1.3 ms, 4 x 576 x 14^2 (4.1 M) 2.1 ->
+#: 2.2, 1 x 64 x 112^2 (7.2 M) 2.9 -> 2.0, 2 x 144 x 56^2 (8.1 M) 3.8 -> 2.3. On the Xeon
+#: (min / median of 25, thresholds 2^22 -> 2^21): 4 x 576 x 14^2 2.09/2.33 -> 1.71/1.91,
+#: 1 x 32 x 112^2 2.68/3.13 -> 1.64/2.35, 1 x 96 x 56^2 (2.7 M) 1.43/2.05 -> 1.61/1.92;
+#: 2^20 gained nothing more (4 x 960 x 7^2, 1.7 M: 1.09/1.58 -> 1.40/1.65).
+DEPTHWISE_PARALLEL_MIN_MACS = 2**21
 
 #: Bytes of the weights that :func:`_depthwise_rows` tiles along a block of output positions
 #: (at most; a block is one position when a position's weights alone are more): they are read
@@ -620,34 +654,40 @@ def _depthwise_block(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
         not flat and geom.stride[-1] > 1)
     per_position = 3 * geom.C_out + (geom.C_in * math.prod(geom.stride) if by_rows else 0)
     offset = geom.pad_before if by_rows and zeros else (0,) * D  # of x in the padded input
-    for n0, n, xpad, r0, rows, _ in _chunk_plan(x_cf, geom, ct, copies, channels_last=not flat,
-                                                cap=DEPTHWISE_CHUNK_BYTES,
-                                                per_position=per_position, unpadded=by_rows):
-        block = out_cf[n0:n0 + n, :, r0:r0 + rows[0]]
-        with scratch() as take:
-            if flat:  # (n, C, Cog, *rows)
-                acc = _depthwise_taps(xpad, wt, geom, r0, rows, take, ct, offset)
+    # the tiled weights come out of the workspace too
+    with cpu_workspace(max(1, get_cpu_workspace() - (0 if tiles is None else tiles.nbytes))):
+        for n0, n, xpad, r0, rows, r_in in _chunk_plan(x_cf, geom, ct, copies,
+                                                       channels_last=not flat,
+                                                       cap=DEPTHWISE_CHUNK_BYTES,
+                                                       per_position=per_position,
+                                                       unpadded=by_rows, windows=True):
+            block = out_cf[n0:n0 + n, :, r0:r0 + rows[0]]
+            with scratch() as take:
+                # bias and activation go over the sums as computed (contiguous): over the
+                # strided views below, NumPy's loops would take buffers outside the workspace
+                if flat:  # (n, C, Cog, run) and its view (n, C, Cog, *rows)
+                    sums, acc = _depthwise_taps(xpad, wt, geom, r_in, rows, take, ct, offset)
+                    if b is not None:
+                        sums += b[..., None]
+                else:  # (n, *rows[:-1], Cog, rows[-1], C)
+                    sums = _depthwise_rows(xpad, tiles, geom, r_in, rows, ct, take)
+                    if b is not None:
+                        sums += b.T.reshape((Cog, 1, C))
+                    acc = np.moveaxis(sums, (-1, -3), (1, 2))
                 del xpad
-                if b is not None:
-                    acc += b.reshape(b.shape + (1,) * D)
-            else:  # (n, *rows[:-1], Cog, rows[-1], C)
-                acc = _depthwise_rows(xpad, tiles, geom, r0, rows, ct, take)
-                del xpad
-                if b is not None:
-                    acc += b.T.reshape((Cog, 1, C))
-                acc = np.moveaxis(acc, (-1, -3), (1, 2))
-            activate(np, acc, activation)
-            target = block.view()
-            target.shape = acc.shape  # (n, C_out, ...) as (n, C, Cog, ...): a view, never a copy
-            target[...] = acc
+                activate(np, sums, activation)
+                target = block.view()
+                target.shape = acc.shape  # (n, C_out, ...) as (n, C, Cog, ...): a view
+                target[...] = acc
 
 
 def _depthwise_taps(xpad: Array, wt: Array, geom: ConvGeometry, r0: int, rows: Tuple[int, ...],
-                    take: Take, ct: np.dtype, offset: Tuple[int, ...]) -> Array:
+                    take: Take, ct: np.dtype, offset: Tuple[int, ...]) -> Tuple[Array, Array]:
     """Output rows r0:r0+rows[0] of the depthwise layer from the channels-first chunk
     ``xpad``: padded, or (strided layers) the input with ``offset`` its place in the padded
     input, whose rows this chunk reads are split into their stride phases here
-    (:func:`_phase_split`). Returns a view ``(n, C, Cog, *rows)`` of scratch memory. Each
+    (:func:`_phase_split`). Returns the sums ``(n, C, Cog, run)`` (scratch memory) and their
+    view ``(n, C, Cog, *rows)`` at the output's positions. Each
     (image, channel) plane is flattened, so every tap is one contiguous run per plane, read
     from the tap's phase at the tap's offset; the sums are taken at every position of the
     plane's rows, the columns past the output's included (computed and left out of the
@@ -678,9 +718,9 @@ def _depthwise_taps(xpad: Array, wt: Array, geom: ConvGeometry, r0: int, rows: T
         else:
             np.multiply(window, wt[:, :, t, None], out=tmp)
             acc += tmp
-    return as_strided(acc, shape=(n, C, Cog) + rows,
-                      strides=acc.strides[:3] + tuple(s * acc.itemsize for s in step),
-                      writeable=True)
+    return acc, as_strided(acc, shape=(n, C, Cog) + rows,
+                           strides=acc.strides[:3] + tuple(s * acc.itemsize for s in step),
+                           writeable=True)
 
 
 def _last_axis_place(geom: ConvGeometry, j: int) -> Tuple[int, int]:
@@ -700,14 +740,16 @@ def _last_axis_taps(geom: ConvGeometry) -> Tuple[int, int]:
 
 def _tile_positions(geom: ConvGeometry, position_bytes: int) -> int:
     """Output positions per block of :func:`_depthwise_rows` (``position_bytes``: one
-    position's weights)."""
-    return max(1, min(geom.out_spatial[-1], DEPTHWISE_TILE_BYTES // max(1, position_bytes)))
+    position's weights): their weights at most :data:`DEPTHWISE_TILE_BYTES` and an eighth of
+    the workspace."""
+    most = min(DEPTHWISE_TILE_BYTES, get_cpu_workspace() // 8)
+    return max(1, min(geom.out_spatial[-1], most // max(1, position_bytes)))
 
 
 def _depthwise_tiles(wt: Array, geom: ConvGeometry) -> Array:
     """Weights ``wt`` ``(C, Cog, taps)`` laid out for :func:`_depthwise_rows`: ``(*k_outer,
     phases, offsets, Cog, block * C)``, each tap's weights repeated along a block of output
-    positions (at most :data:`DEPTHWISE_TILE_BYTES`, at least one position)."""
+    positions (:func:`_tile_positions`; at least one position)."""
     C, Cog, K = geom.C_in, geom.C_out_per_group, geom.kernel
     phases, offsets = _last_axis_taps(geom)
     grid = np.zeros(K[:-1] + (phases, offsets, Cog, C), wt.dtype)

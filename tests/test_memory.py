@@ -146,6 +146,42 @@ def test_an_image_larger_than_the_workspace_is_padded_by_row_windows(shape, wsha
                                atol=1e-4)
 
 
+
+@pytest.mark.parametrize("shape,wshape,kw,rows_method", [
+    ((1, 96, 120, 120), (96, 1, 3, 3), dict(padding=1), True),  # one einsum, channels-last
+    ((1, 120, 120, 96), (96, 1, 3, 3), dict(padding=1, layout="channels_last"), True),
+    ((1, 120, 120, 48), (96, 1, 3, 3), dict(padding=1, layout="channels_last"), True),
+    ((1, 96, 240, 60), (96, 1, 3, 3), dict(padding=1, stride=(1, 2)), True),  # phases of rows
+    ((1, 64, 30000), (64, 1, 5), dict(padding=2), True),  # 1-D: windows of positions
+    ((1, 32, 200, 200), (32, 1, 3, 3), dict(padding=1), False),  # flat taps, channels-first
+    ((1, 32, 200, 200), (32, 1, 3, 3), dict(padding=1, activation="relu"), False),
+    ((1, 96, 120, 120), (96, 1, 3, 3), dict(padding=1, activation="sigmoid"), True),
+])
+def test_a_depthwise_image_larger_than_the_workspace_is_padded_by_row_windows(shape, wshape,
+                                                                              kw, rows_method):
+    """Depthwise layers whose one image's padded input is more than the workspace: each chunk
+    pads only the input rows its output rows read (channels-last for the einsum over rows),
+    and the tiled weights count against the workspace; before, the whole image was padded
+    (1 x 96 x 120^2: 6.5 MB of temporaries against 1 MiB)."""
+    layout = kw.get("layout", "channels_first")
+    C = shape[-1] if layout == "channels_last" else shape[1]
+    geom = gpuconv.plan_conv(shape, wshape, groups=C,
+                             **{k: v for k, v in kw.items() if k != "activation"})
+    assert gpuconv.cpu._depthwise_flat(geom) is not rows_method
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(wshape).astype(np.float32)
+    b = rng.standard_normal(wshape[0]).astype(np.float32)
+    limit = 2**20
+    assert x.nbytes > limit
+    whole = gpuconv.conv(x, w, b, groups=C, device="cpu", **kw)
+    with gpuconv.cpu_workspace(limit):
+        out, peak = _peak(lambda: gpuconv.conv(x, w, b, groups=C, device="cpu", **kw))
+    assert peak <= limit + 64 * 2**10, (peak, limit)
+    np.testing.assert_array_equal(out, whole)  # the same sums, each in the same order
+    np.testing.assert_allclose(out, reference_conv(x, w, b, groups=C, **kw), rtol=1e-4,
+                               atol=1e-4)
+
 def _peak(call):
     """``call()``'s result and the peak of the memory it allocated beyond that result, with
     the scratch pools emptied first (a first call allocates every temporary)."""
@@ -173,3 +209,32 @@ def test_pointwise_multiplies_straight_into_a_channels_first_output():
     half, temp = _peak(lambda: gpuconv.conv(x.astype(np.float16), w.astype(np.float16),
                                             b.astype(np.float16), device="cpu"))
     assert temp >= 4 * half.size  # the float32 product
+
+
+@pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
+def test_gemm_chunk_of_one_image_counts_its_product_only_when_it_takes_one(layout):
+    """The columns GEMM multiplies a chunk of one image straight into a channels-first output,
+    so such a chunk's rows cost only their unrolled windows: here a whole image's windows fit
+    the workspace, its product (and the reordered copy a batch chunk takes) would not. A
+    channels-last output takes a temporary product, and its chunks must count it."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 8, 48, 48)).astype(np.float32)
+    w = rng.standard_normal((64, 8, 3, 3)).astype(np.float32)
+    limit = 2**20
+    geom = gpuconv.plan_conv(x.shape, w.shape, padding=1)
+    windows, padded = 4 * 72 * 48 * 48, 4 * 8 * 50 * 50
+    assert windows + padded <= limit < windows + padded + 4 * 2 * 64 * 48 * 48
+    with gpuconv.cpu_workspace(limit):
+        assert gpuconv.cpu._chunks(geom, 4, 1, alone=72) == (1, 48)
+        assert gpuconv.cpu._chunks(geom, 4, 1)[1] < 48
+    xl = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if layout == "channels_last" else x
+    with gpuconv.cpu_workspace(limit):
+        gpuconv.release_cpu_scratch()
+        tracemalloc.start()
+        out = gpuconv.conv(xl, w, padding=1, layout=layout, algorithm="gemm", device="cpu")
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak - out.nbytes <= limit + 64 * 2**10, (peak - out.nbytes, limit)
+    got = np.moveaxis(out, -1, 1) if layout == "channels_last" else out
+    np.testing.assert_allclose(got[:1], reference_conv(x[:1], w, padding=1), rtol=1e-4,
+                               atol=1e-4)
