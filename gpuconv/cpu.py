@@ -37,6 +37,14 @@ from ._typing import Array, DTypeLike
 #: smaller), so that the unrolling copy and the matmul that reads it stay in cache.
 GEMM_CHUNK_BYTES = 16 * 2**20
 
+#: Products of fewer columns run BLAS below its rate: OpenBLAS sgemm 512 x 4608 @ 4608 x N on
+#: the 2-vCPU Xeon, 249 / 252 / 272 GFLOP/s for N = 196 / 392 / 784. A GEMM chunk of one
+#: image whose rows would make them narrower counts only its windows against the cap (its
+#: products go into the output): vgg16_conv4_2 then multiplies whole images, 17.9 -> 16.8 ms
+#: (medians of 10). Wider products keep the cap: deepbench_speech's whole-image chunks (10.8
+#: MiB of windows, 26939 columns) ran 5.4 -> 6.0 ms against two of 13640 columns.
+GEMM_MIN_COLUMNS = 1024
+
 #: Kernels a filter from which a data adjoint runs as forward convs by stride phase
 #: (adjoint._by_phases): fewer make the GEMM a matrix-vector product over unrolled windows.
 DATA_ADJOINT_AS_CONV_MIN_CHANNELS = 16
@@ -73,8 +81,10 @@ def _chunks(geom: ConvGeometry, itemsize: int, padded_copies: int,
     """(batch elements, first-axis output rows) per chunk so temporaries fit the workspace:
     ``padded_copies`` of the input, and ``per_position`` items for each output position (by
     default the GEMM's: its unrolled windows, its matmul result, and the result reordered into
-    (C_out, ...) order); ``alone``, if given, replaces ``per_position`` for chunks of one image
-    (the GEMM's products then go straight into the output: its windows only)."""
+    (C_out, ...) order). ``alone``, if given, is what a position of a chunk of one image
+    takes instead (the GEMM's products then go straight into the output: its windows only),
+    used where row chunks by ``per_position`` would make products narrower than
+    :data:`GEMM_MIN_COLUMNS`."""
     O = geom.out_spatial
     per_row = _row_bytes(geom, itemsize, per_position)
     per_image = itemsize * padded_copies * geom.C_in * math.prod(geom.padded_spatial)
@@ -83,9 +93,10 @@ def _chunks(geom: ConvGeometry, itemsize: int, padded_copies: int,
     budget = workspace if cap is None else min(cap, workspace)
     if per_n <= budget:
         return _balanced(geom.N, budget // per_n), O[0]
-    if alone is not None:
-        per_row = _row_bytes(geom, itemsize, alone)
-    return 1, _rows_per_chunk(O[0], per_image, per_row, cap)
+    rows = _rows_per_chunk(O[0], per_image, per_row, cap)
+    if alone is not None and rows * math.prod(O[1:]) < GEMM_MIN_COLUMNS:
+        rows = _rows_per_chunk(O[0], per_image, _row_bytes(geom, itemsize, alone), cap)
+    return 1, rows
 
 
 def _row_bytes(geom: ConvGeometry, itemsize: int, per_position: Optional[int]) -> int:
@@ -382,8 +393,7 @@ def _gemm_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     b = None if bias is None else np.asarray(bias, dtype=ct).reshape(G, Cog, 1)
     copies = 1 if geom.padding_mode == "zeros" else 2
     # a chunk of one image multiplies straight into a channels-first output of dtype ct: its
-    # rows then cost only their unrolled windows (vgg16_conv4_2: whole-image products of 784
-    # columns, not two of 392 rows; sgemm 272 against 252 GFLOP/s there)
+    # rows then cost only their unrolled windows (see GEMM_MIN_COLUMNS)
     into_output = out_cf.dtype == ct and _as_matrices(out_cf[:1], geom) is not None
     for n0, n, xpad, r0, rows, r_in in _chunk_plan(x_cf, geom, ct, copies, channels_last=False,
                                                    cap=GEMM_CHUNK_BYTES, phases=_phased(geom),

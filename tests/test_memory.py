@@ -214,27 +214,30 @@ def test_pointwise_multiplies_straight_into_a_channels_first_output():
 @pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
 def test_gemm_chunk_of_one_image_counts_its_product_only_when_it_takes_one(layout):
     """The columns GEMM multiplies a chunk of one image straight into a channels-first output,
-    so such a chunk's rows cost only their unrolled windows: here a whole image's windows fit
-    the workspace, its product (and the reordered copy a batch chunk takes) would not. A
-    channels-last output takes a temporary product, and its chunks must count it."""
+    so where row chunks would make narrow products (< GEMM_MIN_COLUMNS) its rows count only
+    their unrolled windows: here a whole image's windows fit the workspace, its product (and
+    the reordered copy a batch chunk takes) would not. A channels-last output takes a
+    temporary product, and its chunks must count it. Wide products keep the cap (speech)."""
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((2, 8, 48, 48)).astype(np.float32)
-    w = rng.standard_normal((64, 8, 3, 3)).astype(np.float32)
+    x = rng.standard_normal((2, 32, 48, 16)).astype(np.float32)
+    w = rng.standard_normal((64, 32, 3, 3)).astype(np.float32)
     limit = 2**20
     geom = gpuconv.plan_conv(x.shape, w.shape, padding=1)
-    windows, padded = 4 * 72 * 48 * 48, 4 * 8 * 50 * 50
-    assert windows + padded <= limit < windows + padded + 4 * 2 * 64 * 48 * 48
+    windows, padded = 4 * 288 * 48 * 16, 4 * 32 * 50 * 18
+    assert windows + padded <= limit < windows + padded + 4 * 2 * 64 * 48 * 16
+    assert 48 * 16 < gpuconv.cpu.GEMM_MIN_COLUMNS
     with gpuconv.cpu_workspace(limit):
-        assert gpuconv.cpu._chunks(geom, 4, 1, alone=72) == (1, 48)
+        assert gpuconv.cpu._chunks(geom, 4, 1, alone=288) == (1, 48)
         assert gpuconv.cpu._chunks(geom, 4, 1)[1] < 48
+    speech = gpuconv.plan_conv((2, 1, 161, 700), (32, 1, 5, 20), stride=2)
+    cap = gpuconv.cpu.GEMM_CHUNK_BYTES
+    assert gpuconv.cpu._chunks(speech, 4, 1, cap, alone=100) == gpuconv.cpu._chunks(speech, 4,
+                                                                                   1, cap)
     xl = np.ascontiguousarray(np.moveaxis(x, 1, -1)) if layout == "channels_last" else x
     with gpuconv.cpu_workspace(limit):
-        gpuconv.release_cpu_scratch()
-        tracemalloc.start()
-        out = gpuconv.conv(xl, w, padding=1, layout=layout, algorithm="gemm", device="cpu")
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-    assert peak - out.nbytes <= limit + 64 * 2**10, (peak - out.nbytes, limit)
+        out, peak = _peak(lambda: gpuconv.conv(xl, w, padding=1, layout=layout,
+                                               algorithm="gemm", device="cpu"))
+    assert peak <= limit + 64 * 2**10, (peak, limit)
     got = np.moveaxis(out, -1, 1) if layout == "channels_last" else out
     np.testing.assert_allclose(got[:1], reference_conv(x[:1], w, padding=1), rtol=1e-4,
                                atol=1e-4)
