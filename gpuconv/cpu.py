@@ -530,7 +530,8 @@ def _pointwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
                 xs = np.asarray(np.moveaxis(x_cf[n0:n0 + nb], 1, -1), dtype=ct)  # (n, *out, C)
                 xs = xs.reshape(-1, G, Cg).transpose(1, 0, 2)                    # (G, n*P, Cg)
                 out_rows = np.moveaxis(block, 1, -1)                           # (n, *out, C_out)
-                direct = _as_rows(out_rows) if G == 1 and block.dtype == ct else None
+                direct = _matrix_view(out_rows, (1, n * P, Cog)) if G == 1 and \
+                    block.dtype == ct else None
                 res = np.matmul(xs, wm, out=direct if direct is not None else
                                 take((G, n * P, Cog), ct))                       # (G, n*P, Cog)
             else:  # straight into the output where its layout allows (a copy less)
@@ -545,19 +546,6 @@ def _pointwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
                 block[...] = res.reshape(block.shape)
             elif direct is None:
                 out_rows[...] = res.transpose(1, 0, 2).reshape(out_rows.shape)
-
-
-def _as_rows(block: Array) -> Optional[Array]:
-    """A channels-last output block ``(n, *out, C_out)`` as a view ``(1, positions, C_out)``
-    that BLAS can write (contiguous rows), or None."""
-    view = block.view()
-    try:
-        view.shape = (1, math.prod(block.shape[:-1]), block.shape[-1])
-    except AttributeError:
-        return None
-    step = view.itemsize
-    return view if view.strides[-1] == step and view.strides[-2] >= block.shape[-1] * step \
-        else None
 
 
 #: Depthwise chunks stay under this many bytes of temporaries (or the workspace, if smaller),
