@@ -154,6 +154,16 @@ def gpu_processes(query=("nvidia-smi", "--query-compute-apps=pid,process_name",
 _BENCH_KEYS = {"bench": "summary", "bench_adjoints": "summary_adjoints"}
 
 
+def sanitizer_errors(log: str) -> list:
+    """The error count of each sanitized process's summary in ``log``: memcheck, initcheck and
+    synccheck end with "ERROR SUMMARY: N errors", racecheck with "RACECHECK SUMMARY: H hazards
+    displayed (E errors, W warnings)" (its E counted; until session 16 it was missed, and a
+    clean racecheck run was recorded as printing no summary)."""
+    found = re.findall(r"ERROR SUMMARY: (\d+) error", log)
+    found += re.findall(r"RACECHECK SUMMARY: \d+ hazards? displayed \((\d+) errors?", log)
+    return found
+
+
 def merge(earlier: dict, record: dict) -> dict:
     """``record`` (this call's phases) added to ``earlier``, a record of the same commit and
     device; this call's phases replace earlier ones of the same name (sanitizer: per tool;
@@ -177,8 +187,19 @@ def merge(earlier: dict, record: dict) -> dict:
             rows = [r for r in earlier[key] if which(r) not in new] + list(record[key])
             merged[key] = rows
             from gpuconv.bench import summarize
-            merged[summary] = {**earlier.get(summary, {}), **record.get(summary, {}),
-                               **summarize(rows, ["torch"], "cuda")}
+            fresh = summarize(rows, ["torch"], "cuda")
+            merged[summary] = {k: v for k, v in {**earlier.get(summary, {}),
+                                                 **record.get(summary, {}), **fresh}.items()
+                               # one dtype's "dense" key means nothing once rows of two merge
+                               if not k.startswith("dense_vs_") or k in fresh}
+            # each bench phase measures the host overhead anew: keep every measurement
+            before, now = earlier.get(summary, {}), record.get(summary, {})
+            runs = list(before.get("host_overhead_runs_us") or (
+                [before["host_overhead_us"]["gpuconv"]] if before.get("host_overhead_us") else []))
+            if now.get("host_overhead_us"):
+                runs.append(now["host_overhead_us"]["gpuconv"])
+            if runs:
+                merged[summary]["host_overhead_runs_us"] = runs
     return merged
 
 
@@ -276,7 +297,7 @@ def main() -> int:
                 prefix=("compute-sanitizer", f"--tool={tool}", "--target-processes=all"),
                 time_limit=args.time_limit)
             (logs / f"sanitizer-{tool}.log").write_text(log[-4_000_000:])
-            found = re.findall(r"ERROR SUMMARY: (\d+) error", log)
+            found = sanitizer_errors(log)
             record["sanitizer"][tool] = {  # one summary a sanitized process
                 "errors": sum(map(int, found)) if found else None,  # None: none was printed
                 "processes": len(found), "tests": counts}

@@ -58,6 +58,44 @@ def test_bench_rows_split_over_calls_add_up():
     assert again["summary"]["float32_vs_cudnn"] == pytest.approx(2.0)
 
 
+def test_a_merge_of_two_dtypes_keeps_no_single_dtype_dense_key_and_every_overhead():
+    """dense_vs_<peer> is one dtype's key (a bench of one dtype): once rows of two dtypes merge
+    it is dropped, not left holding the last phase's dtype; each phase's host overhead is
+    kept in host_overhead_runs_us."""
+    merge = _module().merge
+
+    def row(layer, dtype, ratio):
+        return {"layer": layer, "dtype": dtype, "depthwise": False, "ratio": {"torch": ratio},
+                "peak_temp_mib": 1.0}
+    first = {"commit": "abc", "device": "H100", "bench": [row("a", "float32", 2.0)],
+             "summary": {"float32_vs_cudnn": 2.0, "dense_vs_cudnn": 2.0,
+                         "host_overhead_us": {"gpuconv": 30.0}}}
+    second = {"commit": "abc", "device": "H100", "bench": [row("a", "float16", 0.5)],
+              "summary": {"float16_vs_cudnn": 0.5, "dense_vs_cudnn": 0.5,
+                          "host_overhead_us": {"gpuconv": 50.0}}}
+    merged = merge(first, second)
+    assert "dense_vs_cudnn" not in merged["summary"]
+    assert merged["summary"]["float16_vs_cudnn"] == pytest.approx(0.5)
+    assert merged["summary"]["host_overhead_runs_us"] == [30.0, 50.0]
+    third = dict(second, bench=[row("a", "bfloat16", 0.25)],
+                 summary={"host_overhead_us": {"gpuconv": 40.0}})
+    assert merge(merged, third)["summary"]["host_overhead_runs_us"] == [30.0, 50.0, 40.0]
+
+
+def test_each_sanitizer_tool_summary_is_counted():
+    """memcheck/initcheck/synccheck print ERROR SUMMARY lines, racecheck a RACECHECK SUMMARY
+    of hazards (its errors counted): the form a clean H100 run printed in session 16."""
+    errors = _module().sanitizer_errors
+    assert errors("========= ERROR SUMMARY: 0 errors\n") == ["0"]
+    assert errors("========= ERROR SUMMARY: 3 errors\nx\n========= ERROR SUMMARY: 1 error") == [
+        "3", "1"]
+    assert errors("========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)"
+                  ) == ["0"]
+    assert errors("========= RACECHECK SUMMARY: 5 hazards displayed (2 errors, 3 warnings)"
+                  ) == ["2"]
+    assert errors("274 passed in 452.70s") == []
+
+
 def test_without_a_gpu_no_record_is_written(tmp_path):
     env_code = ("import sys, runpy; sys.modules['cupy'] = None; "
                 f"sys.argv = ['gpu_record.py', '--commit', 'abc', '--out', {str(tmp_path)!r}]; "
