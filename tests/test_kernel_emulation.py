@@ -32,7 +32,7 @@ from test_adjoint import (TRANSPOSE_CASES, _grad_out, _options, check_filter_gra
                           check_input_grad, check_transpose, depthwise_layer, transpose_call)
 from test_adjoint import route  # noqa: F401 (a fixture: pytest finds it by its name)
 from test_grid import POINTWISE_16BIT_CASES, _check, _forced, _geometry
-from reference import error_bound_tf32, error_bound_winograd
+from reference import error_bound_tf32, error_bound_winograd, finfo
 
 HERE = Path(__file__).resolve().parent / "host_emulation"
 
@@ -135,20 +135,28 @@ def emulated_gpu(emulator, monkeypatch):
     monkeypatch.setattr(gpuconv.forward, "run", run)
     monkeypatch.setattr(gpuconv.adjoint, "run", run)
     monkeypatch.setattr(cuda, "poison_outputs", True)
-    monkeypatch.setattr(cuda, "_matmul", cublas_matmul)
+    monkeypatch.setattr(cuda, "_library_matmul", cupy_matmul)
     return emulator
 
 
-def cublas_matmul(xp, a, b, out=None):
-    """CuPy's matmul as cuBLAS computes it: float16 and bfloat16 products summed in float32
-    (CUBLAS_COMPUTE_32F) and each result rounded once; NumPy's float16 matmul rounds every
-    partial sum, and NumPy's own result stands for the other dtypes. 16-bit products must be
-    2-D: CuPy 14.2's batched matmul fails on bfloat16 (cupy/cupy#10317)."""
+def cupy_matmul(xp, a, b, out=None):
+    """CuPy's matmul as it computes: float16 and bfloat16 products on cuBLAS, summed in float32
+    (CUBLAS_COMPUTE_32F) and each result rounded once, except a product of one element (1 x K
+    times K x 1), which CuPy's dot sums with a reduction kernel in the 16-bit type itself (each
+    product and partial sum rounded; here in order, as one thread would); NumPy's float16
+    matmul rounds every partial sum, and NumPy's own result stands for the other dtypes. 16-bit
+    products must be 2-D: CuPy 14.2's batched matmul fails on bfloat16 (cupy/cupy#10317)."""
     dtype = np.result_type(a, b)
     if dtype.itemsize != 2:
         return np.matmul(a, b, out=out)
     assert a.ndim == 2 and b.ndim == 2, f"a batched 16-bit product: {a.shape} @ {b.shape}"
-    wide = np.matmul(a.astype(np.float32), b.astype(np.float32))
+    if a.shape[0] == 1 and b.shape[1] == 1:
+        total = dtype.type(0)
+        for term in (a[0].astype(dtype) * b[:, 0].astype(dtype)).astype(dtype):
+            total = dtype.type(total + term)
+        wide = np.full((1, 1), total, dtype)
+    else:
+        wide = np.matmul(a.astype(np.float32), b.astype(np.float32))
     if out is None:
         return wide.astype(dtype)
     out[...] = wide
@@ -530,6 +538,32 @@ def test_pointwise(emulated_gpu):
             _check(case, got, "emulated pointwise")
             ran += 1
     assert ran >= 40 + len(POINTWISE_16BIT_CASES) and len(POINTWISE_16BIT_CASES) >= 40
+
+
+@pytest.mark.parametrize("dtype", [np.float16, "bfloat16"])
+def test_pointwise_16bit_product_of_one_element_sums_in_float32(dtype, emulated_gpu):
+    """A 16-bit pointwise layer with one filter a group and one output position makes each
+    group's product 1 x K times K x 1, which CuPy sums in the 16-bit type itself (cupy_matmul):
+    _matmul widens it, so each output is its float32 sum rounded once (session 16's H100 run:
+    a bfloat16 data adjoint whose phase was such a layer erred past its bound)."""
+    if dtype == "bfloat16":
+        if bfloat16() is None:
+            pytest.skip("ml_dtypes is not installed")
+        dtype = bfloat16()
+    rng = np.random.default_rng(16)
+    G, K = 4, 96
+    x = rng.uniform(-1, 1, (1, G * K, 1, 1)).astype(dtype)
+    w = rng.uniform(-1, 1, (G, K, 1, 1)).astype(dtype)
+    from gpuconv import algorithms
+    geom = gpuconv.plan_conv(x.shape, w.shape, groups=G)
+    assert algorithms.choose("cuda", "auto", geom, np.dtype(dtype)) == "pointwise"
+    got = gpuconv.conv(x, w, groups=G)
+    x64, w64 = x.astype(np.float64).reshape(G, K), w.astype(np.float64).reshape(G, K)
+    exact = (x64 * w64).sum(axis=1)
+    mag = np.abs(x64 * w64).sum(axis=1)
+    u32, u16 = np.finfo(np.float32).eps / 2, float(finfo(dtype).eps) / 2
+    bound = K * u32 / (1 - K * u32) * mag + u16 * np.abs(exact)
+    assert np.all(np.abs(got.astype(np.float64).ravel() - exact) <= bound)
 
 
 def test_pointwise_refusals_and_auto(emulated_gpu, monkeypatch):
