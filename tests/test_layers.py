@@ -17,8 +17,9 @@ def test_keras_example_layer():
     assert layer.built and layer.filters.shape == (2, 3, 3, 3) and layer.bias.shape == (2,)
     assert y.shape == (4, 26, 26, 2) and (y >= 0).all()
     np.testing.assert_array_equal(layer.kernel(1, 2), layer.filters[1, 2])
+    # on the layer's device ("auto": the GPU where there is one): the same kernels, bit-equal
     want = gpuconv.conv(x, layer.filters, layer.bias, layout="channels_last",
-                        activation="relu", device="cpu")
+                        activation="relu", device=layer.device)
     np.testing.assert_array_equal(y, want)
     assert "filters array (2, 3, 3, 3)" in repr(layer)
 
