@@ -24,7 +24,7 @@ from numpy.lib.stride_tricks import as_strided
 from . import algorithms, tuning, workers
 from .activation import activate
 from .config import cpu_workspace, get_autotune, get_cpu_threads, get_cpu_workspace
-from .scratch import Take, scratch
+from .scratch import Take, scratch, ufunc_buffers
 from .device import cpu_model
 from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
@@ -197,11 +197,20 @@ def _window_rows(geom: ConvGeometry, itemsize: int, copies: int, cap: Optional[i
     """Output rows per chunk of :func:`_window_plan`: the chunk's padded input rows (stride
     rows an output row, plus the kernel's reach), ``copies`` of them, and ``per_position``
     (see :func:`_chunks`) for each of its output positions within the budget."""
-    O, S, K, Dl = geom.out_spatial, geom.stride, geom.kernel, geom.dilation
+    fixed, per_row = _window_costs(geom, itemsize, copies, per_position)
+    return _rows_per_chunk(geom.out_spatial[0], fixed, per_row, cap)
+
+
+def _window_costs(geom: ConvGeometry, itemsize: int, copies: int,
+                  per_position: Optional[int]) -> Tuple[int, int]:
+    """(bytes a window chunk takes whatever its rows, bytes each of its output rows adds):
+    ``copies`` of the padded input rows the chunk reads (stride rows an output row, plus the
+    kernel's reach) and ``per_position`` (see :func:`_chunks`) for each output position."""
+    S, K, Dl = geom.stride, geom.kernel, geom.dilation
     per_row = _row_bytes(geom, itemsize, per_position)
     in_row = _image_bytes(geom, itemsize, copies) // (-(-geom.padded_spatial[0] // S[0]) * S[0])
     reach = (K[0] - 1) * Dl[0] + 1 + S[0]  # beyond stride rows an output row; phase rounding
-    return _rows_per_chunk(O[0], in_row * reach, in_row * S[0] + per_row, cap)
+    return in_row * reach, in_row * S[0] + per_row
 
 
 def _window_plan(x_cf: Array, geom: ConvGeometry, ct: np.dtype, copies: int, split: bool,
@@ -365,13 +374,26 @@ def _as_matrices(block: Array, geom: ConvGeometry) -> Optional[Array]:
     return _matrix_view(block, (geom.groups, geom.C_out_per_group, math.prod(block.shape[2:])))
 
 
+def _view_of_shape(a: Array, shape: Tuple[int, ...]) -> Optional[Array]:
+    """``a`` as a view of ``shape``, never a copy: None where no view has that shape."""
+    try:
+        return a.reshape(shape, copy=False)  # NumPy >= 2.1: raises where it would copy
+    except TypeError:  # an older NumPy: assigning a shape (deprecated in 2.5) never copies
+        view = a.view()
+        try:
+            view.shape = shape
+        except AttributeError:
+            return None
+        return view
+    except ValueError:
+        return None
+
+
 def _matrix_view(block: Array, shape: Tuple[int, ...]) -> Optional[Array]:
     """``block`` as a view of ``shape`` (a stack of matrices) that BLAS can write into, or
     None."""
-    view = block.view()
-    try:  # assigning a shape never copies: it raises when no view has that shape
-        view.shape = shape
-    except AttributeError:
+    view = _view_of_shape(block, shape)
+    if view is None:
         return None
     # BLAS writes a matrix whose rows are contiguous and do not overlap; NumPy would run any
     # other output through its own loops, far slower than a copy
@@ -497,8 +519,7 @@ def _gemm_shifted_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry
             del prod
             sums = flat[:, 0].reshape((G, Cog, n) + rows[:-1] + (extent,))[..., :rows[-1]]
             block = out_cf[n0:n0 + n, :, r0:r0 + rows[0]]
-            target = block.view()  # (n, C_out, *rows) as (n, G, Cog, *rows): never a copy
-            target.shape = (n, G, Cog) + rows
+            target = _view_of_shape(block, (n, G, Cog) + rows)  # (n, C_out, *rows) split
             target[...] = np.moveaxis(sums, 2, 0)
 
 
@@ -623,17 +644,56 @@ def _depthwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     parts = _depthwise_parts(geom, get_cpu_threads())
     budget = max(1, get_cpu_workspace() // len(parts))
     Cog = geom.C_out_per_group
+    # a chunk is at least one output row of an image's channels: where that is more than a
+    # task's budget, the task takes its channels a few at a time (16 threads sharing 1 MiB:
+    # 64 KiB each, less than one 200-wide row of 32 channels, so one row took 1.2 MiB in all)
+    usable = budget if flat else budget - budget // 8  # the einsum's tiles: an eighth at most
+    per_channel = _depthwise_row_bytes(geom, ct, flat)
+    tasks = [[(ns, cs) for cs in _cuts(cs, -(-(cs.stop - cs.start) * per_channel // usable))]
+             for ns, cs in parts]
 
-    def part(block: Tuple[slice, slice]) -> None:
-        ns, cs = block
-        C = cs.stop - cs.start
-        fs = slice(cs.start * Cog, cs.stop * Cog)  # the filters of those channels
-        sub = dataclasses.replace(geom, N=ns.stop - ns.start, C_in=C, C_out=C * Cog, groups=C)
-        with cpu_workspace(budget):
-            _depthwise_block(x_cf[ns, cs], w[fs], None if bias is None else bias[fs], sub,
-                             activation, out_cf[ns, fs], ct, flat)
+    def task(blocks: List[Tuple[slice, slice]]) -> None:
+        with ufunc_buffers():  # a worker thread's own setting (the caller's thread has it)
+            _task(blocks)
 
-    workers.run(part, parts)
+    def _task(blocks: List[Tuple[slice, slice]]) -> None:
+        for ns, cs in blocks:
+            C = cs.stop - cs.start
+            fs = slice(cs.start * Cog, cs.stop * Cog)  # the filters of those channels
+            sub = dataclasses.replace(geom, N=ns.stop - ns.start, C_in=C, C_out=C * Cog,
+                                      groups=C)
+            with cpu_workspace(budget):
+                _depthwise_block(x_cf[ns, cs], w[fs], None if bias is None else bias[fs], sub,
+                                 activation, out_cf[ns, fs], ct, flat)
+
+    workers.run(task, tasks)
+
+
+def _cuts(span: slice, count: int) -> List[slice]:
+    """``span`` cut into ``count`` (at least one, at most its length) slices as equal as they
+    can be."""
+    size = span.stop - span.start
+    count = max(1, min(size, count))
+    cuts = [span.start + size * i // count for i in range(count + 1)]
+    return [slice(a, b) for a, b in zip(cuts, cuts[1:])]
+
+
+def _depthwise_chunk_terms(geom: ConvGeometry, flat: bool) -> Tuple[int, int, bool]:
+    """(padded copies of the input, items per output position, whether strided flat taps
+    split each chunk's own rows) of :func:`_depthwise_block`'s chunks."""
+    by_rows = flat and max(geom.stride) > 1
+    copies = (0 if by_rows and geom.padding_mode == "zeros" else
+              1 if geom.padding_mode == "zeros" else 2) + (not flat and geom.stride[-1] > 1)
+    per_position = 3 * geom.C_out + (geom.C_in * math.prod(geom.stride) if by_rows else 0)
+    return copies, per_position, by_rows
+
+
+def _depthwise_row_bytes(geom: ConvGeometry, ct: np.dtype, flat: bool) -> int:
+    """Bytes of :func:`_depthwise_block`'s smallest chunk (one output row of one image, with
+    the padded input rows it reads) per input channel."""
+    one = dataclasses.replace(geom, N=1, C_in=1, C_out=geom.C_out_per_group, groups=1)
+    copies, per_position, _ = _depthwise_chunk_terms(one, flat)
+    return sum(_window_costs(one, ct.itemsize, copies, per_position))
 
 
 def _depthwise_block(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
@@ -647,10 +707,7 @@ def _depthwise_block(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     # strided, the flat taps split each row chunk's own input rows into phases (from the
     # caller's array itself for zero padding), so temporaries follow the row chunks: whole
     # images' phases broke the workspace where one image's input alone exceeded it
-    by_rows = flat and max(geom.stride) > 1
-    copies = (0 if by_rows and zeros else 1 if zeros else 2) + (  # the rows' phase split
-        not flat and geom.stride[-1] > 1)
-    per_position = 3 * geom.C_out + (geom.C_in * math.prod(geom.stride) if by_rows else 0)
+    copies, per_position, by_rows = _depthwise_chunk_terms(geom, flat)
     offset = geom.pad_before if by_rows and zeros else (0,) * D  # of x in the padded input
     # the tiled weights come out of the workspace too
     with cpu_workspace(max(1, get_cpu_workspace() - (0 if tiles is None else tiles.nbytes))):
@@ -674,8 +731,7 @@ def _depthwise_block(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
                     acc = np.moveaxis(sums, (-1, -3), (1, 2))
                 del xpad
                 activate(np, sums, activation)
-                target = block.view()
-                target.shape = acc.shape  # (n, C_out, ...) as (n, C, Cog, ...): a view
+                target = _view_of_shape(block, acc.shape)  # (n, C_out, ...) as (n, C, Cog, ...)
                 target[...] = acc
 
 

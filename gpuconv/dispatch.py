@@ -49,8 +49,10 @@ def run(device: str, caller_primary: Array, arrays: Sequence[Any],
     kind, device_id = _device.resolve(device, *[a for a in arrays if a is not None])
     if kind == "cpu":
         from . import cpu
-        return like(caller_primary,
-                    compute(np, cpu, *[None if a is None else _to_host(a) for a in arrays]))
+        from .scratch import ufunc_buffers
+        with ufunc_buffers():
+            out = compute(np, cpu, *[None if a is None else _to_host(a) for a in arrays])
+        return like(caller_primary, out)
     import cupy
     from . import cuda
     current = cupy.cuda.runtime.getDevice()

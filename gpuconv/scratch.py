@@ -98,6 +98,29 @@ def _trim(idle: List[np.ndarray], limit: int) -> None:
         total -= idle.pop(0).nbytes
 
 
+#: NumPy's ufunc buffer size (elements) during a CPU call (NumPy's default: 8192). NumPy's
+#: iterator buffers a pass over operands it cannot walk as one flat run (a strided window, a
+#: broadcast column) whose inner dimension is shorter than its buffer size, copying through
+#: buffers of that many elements per operand: float32 (144, 3136) * (144, 1) into a
+#: contiguous output took 242 us and 45 KB of buffers at 8192, 122 us and none at 2048 (the
+#: Xeon dev machine, NumPy 2.4). Those buffers are outside the workspace: 16 worker tasks on a
+#: 1 MiB workspace took 1.2 MB (the H100 machine's 16 CPUs, session 16). The CPU bench
+#: suite's times did not move either way (A/B, ten of its layers, within their noise).
+UFUNC_BUFFER_ELEMENTS = 2048
+
+
+@contextlib.contextmanager
+def ufunc_buffers() -> Iterator[None]:
+    """NumPy's ufunc buffer size at :data:`UFUNC_BUFFER_ELEMENTS` for the block, then the
+    caller's own again (the setting is the calling thread's: each worker task sets its own)."""
+    previous = np.getbufsize()
+    np.setbufsize(UFUNC_BUFFER_ELEMENTS)
+    try:
+        yield
+    finally:
+        np.setbufsize(previous)
+
+
 def retained_bytes() -> int:
     """Bytes of idle buffers this thread's pool holds now."""
     return sum(b.nbytes for b in _idle())

@@ -157,12 +157,18 @@ def test_an_image_larger_than_the_workspace_is_padded_by_row_windows(shape, wsha
     ((1, 32, 200, 200), (32, 1, 3, 3), dict(padding=1, activation="relu"), False),
     ((1, 96, 120, 120), (96, 1, 3, 3), dict(padding=1, activation="sigmoid"), True),
 ])
-def test_a_depthwise_image_larger_than_the_workspace_is_padded_by_row_windows(shape, wshape,
-                                                                              kw, rows_method):
+@pytest.mark.parametrize("threads", [None, 16])
+def test_a_depthwise_image_larger_than_the_workspace_is_padded_by_row_windows(
+        shape, wshape, kw, rows_method, threads, monkeypatch, request):
     """Depthwise layers whose one image's padded input is more than the workspace: each chunk
     pads only the input rows its output rows read (channels-last for the einsum over rows),
     and the tiled weights count against the workspace; before, the whole image was padded
-    (1 x 96 x 120^2: 6.5 MB of temporaries against 1 MiB)."""
+    (1 x 96 x 120^2: 6.5 MB of temporaries against 1 MiB). With 16 workers (the H100
+    machine's CPUs; here a pool of 16 threads) each task's share is 64 KiB, less than one
+    output row of all its channels: tasks then take their channels a few at a time (before,
+    1.3 MB in all there)."""
+    if threads is not None:
+        _many_workers(monkeypatch, request, threads)
     layout = kw.get("layout", "channels_first")
     C = shape[-1] if layout == "channels_last" else shape[1]
     geom = gpuconv.plan_conv(shape, wshape, groups=C,
@@ -175,12 +181,53 @@ def test_a_depthwise_image_larger_than_the_workspace_is_padded_by_row_windows(sh
     limit = 2**20
     assert x.nbytes > limit
     whole = gpuconv.conv(x, w, b, groups=C, device="cpu", **kw)
-    with gpuconv.cpu_workspace(limit):
+    with gpuconv.cpu_workspace(limit), gpuconv.cpu_threads(threads or gpuconv.get_cpu_threads()):
+        # a first chunked call grows the interpreter's own free lists (~120 KB for 800
+        # chunks), which are not the call's temporaries; _peak then empties the scratch pools
+        gpuconv.conv(x, w, b, groups=C, device="cpu", **kw)
         out, peak = _peak(lambda: gpuconv.conv(x, w, b, groups=C, device="cpu", **kw))
     assert peak <= limit + 64 * 2**10, (peak, limit)
     np.testing.assert_array_equal(out, whole)  # the same sums, each in the same order
     np.testing.assert_allclose(out, reference_conv(x, w, b, groups=C, **kw), rtol=1e-4,
                                atol=1e-4)
+
+@pytest.mark.parametrize("shape,wshape,kw", [
+    ((1, 32, 200, 200), (32, 1, 3, 3), dict(padding=1)),  # flat taps
+    ((1, 96, 120, 120), (96, 1, 3, 3), dict(padding=1)),  # the einsum over rows
+    ((1, 96, 240, 60), (96, 1, 3, 3), dict(padding=1, stride=(1, 2))),
+    ((2, 24, 100, 100), (48, 1, 3, 3), dict(padding=1, stride=2)),  # multiplier 2, strided
+])
+def test_a_depthwise_row_of_all_channels_over_the_workspace_takes_channels_a_few_at_a_time(
+        shape, wshape, kw):
+    """Where one output row of an image's channels (with the input rows it reads) is more than
+    a task's workspace, the task takes its channels a few at a time: 1 x 32 x 200^2 at 64 KiB
+    took 302 KB in one row of all 32 channels, within 64 KiB in rows of a few."""
+    C = shape[1]
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(wshape).astype(np.float32)
+    b = rng.standard_normal(wshape[0]).astype(np.float32)
+    limit = 64 * 2**10
+    whole = gpuconv.conv(x, w, b, groups=C, device="cpu", **kw)
+    with gpuconv.cpu_workspace(limit), gpuconv.cpu_threads(1):
+        gpuconv.conv(x, w, b, groups=C, device="cpu", **kw)  # the interpreter's free lists
+        out, peak = _peak(lambda: gpuconv.conv(x, w, b, groups=C, device="cpu", **kw))
+    assert peak <= limit + 64 * 2**10, (peak, limit)
+    np.testing.assert_array_equal(out, whole)
+
+
+def _many_workers(monkeypatch, request, count):
+    """gpuconv's worker pool as on a machine of ``count`` CPUs, for one test: a pool of that
+    many threads (workers past this machine's CPUs run unpinned), shut down after the test,
+    and the old pool back."""
+    from gpuconv import workers
+    monkeypatch.setattr(workers, "_cpus", lambda: list(range(count)))
+    monkeypatch.setattr(workers, "_pool", None)
+    monkeypatch.setattr(workers, "_pool_size", 0)
+    pool = workers._executor()
+    request.addfinalizer(pool.shutdown)
+    assert workers.pool_size() == count
+
 
 def _peak(call):
     """``call()``'s result and the peak of the memory it allocated beyond that result, with
@@ -191,6 +238,25 @@ def _peak(call):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return result, peak - result.nbytes
+
+
+def test_a_view_of_another_shape_is_never_a_copy():
+    """cpu._view_of_shape: a view where the strides allow one (it writes into the caller's
+    output), None where only a copy could have that shape; never the deprecated shape
+    assignment on NumPy >= 2.1 (NumPy 2.5 warns; the H100 machine's run printed it)."""
+    import warnings
+    from gpuconv.cpu import _view_of_shape
+    a = np.arange(24.0).reshape(4, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        v = _view_of_shape(a, (2, 2, 6))
+        assert v is not None and np.shares_memory(v, a) and v.shape == (2, 2, 6)
+        v[1, 0, 0] = -1
+        assert a[2, 0] == -1
+        assert _view_of_shape(a[:, :3], (12,)) is None  # only a copy is flat
+        assert _view_of_shape(a, (5, 5)) is None  # no shape of that size
+        split = _view_of_shape(a[:, 1:5], (4, 2, 2))  # a strided block's axis split
+        assert split is not None and np.shares_memory(split, a)
 
 
 def test_pointwise_multiplies_straight_into_a_channels_first_output():
