@@ -41,8 +41,8 @@ On CUDA:
                  bfloat16 on tensor cores with FP32 sums, a 2-D product a group, widened to
                  float32 before a sigmoid or tanh), the bias as one more term of the
                  sum (a row of ones), then the product copied into the output through the
-                 activation, rounded once; refused when CUPY_TF32 is set; not yet timed on a
-                 GPU, so only by name or by the autotuner;
+                 activation, rounded once; refused when CUPY_TF32 is set; "auto" takes it
+                 for float32 layers of many filters and terms (_im2col_auto);
   ``winograd``   F(2x2, 3x3) for 2-D 3x3 kernels of stride 1 in one group (real dtypes): input
                  and output transforms (kernels_cuda/conv_winograd.cu) around 16 batched
                  products done by CuPy's matmul (cuBLAS, FP32 unless CUPY_TF32 is set);
@@ -260,24 +260,59 @@ def _gemm_tile(geom: ConvGeometry, dtype: DTypeLike) -> str:
 FEW_FILTERS_AUTO = 4
 
 
+#: float32 on CUDA: ``auto`` takes ``im2col`` (cuBLAS's SGEMM over unrolled columns) for layers
+#: of at least this many filters a group and :data:`IM2COL_AUTO_MIN_TERMS` terms a filter, and
+#: 1x1 layers of at least this many filters with fewer than
+#: :data:`POINTWISE_AUTO_MIN_POSITIONS` output positions an image. H100, session 16 (record
+#: gpu-nvidia-h100-80gb-hbm3-2026-11-23-a9964c7), one run, medians, ms, implicit GEMM /
+#: im2col: r50_res3_3x3 (128 filters, 1152 terms) 0.431 / 0.387, r50_res5_3x3 0.385 / 0.295,
+#: vgg16_conv4_2 2.397 / 1.491, conv1d_k3_c128to384 8.297 / 5.628, r50_res4_1x1 (196 positions
+#: an image) 0.240 / 0.216 (pointwise 0.262), r50_down_1x1s2 0.367 / 0.316 (pointwise 0.396);
+#: but r50_res4_3x3 0.491 / 0.651, not understood yet. Fewer filters or terms: the implicit
+#: GEMM or pointwise won (r50_conv1 0.480 / 0.519, r50_res2_3x3 0.451 / 0.476, vgg16_conv1_2
+#: 2.648 / 2.894, conv3d 16.7 / 18.9, speech 0.276 / 0.441, r50_res2_1x1 (3136 positions)
+#: pointwise 0.284 / 0.322). Predicted from those rows: float32 geomean 0.58 -> 0.66x cuDNN.
+IM2COL_AUTO_MIN_FILTERS = 128
+IM2COL_AUTO_MIN_TERMS = 256
+POINTWISE_AUTO_MIN_POSITIONS = 1024
+
+
+def _im2col_auto(geom: ConvGeometry, dtype: DTypeLike) -> bool:
+    """Whether ``auto`` on CUDA runs ``geom`` by ``im2col`` (see IM2COL_AUTO_MIN_FILTERS)."""
+    if np.dtype(dtype) != np.float32 or geom.C_out_per_group < IM2COL_AUTO_MIN_FILTERS:
+        return False
+    if not why_not("cuda", "pointwise", geom, dtype):
+        wanted = math.prod(geom.out_spatial) < POINTWISE_AUTO_MIN_POSITIONS
+    else:
+        wanted = geom.terms_per_output >= IM2COL_AUTO_MIN_TERMS
+    return wanted and not why_not("cuda", "im2col", geom, dtype)
+
+
 def _cuda_auto(geom: ConvGeometry, dtype: DTypeLike) -> str:
-    """``algorithm="auto"`` on CUDA. Measured on an H100 (benchmarks/results/gpu-nvidia-h100-*,
-    float32): the implicit GEMM ran every dense layer of the suite 5-89x faster than the direct
-    kernel, and the depthwise kernel the depthwise layers 2.4-3.6x faster; float16 and bfloat16
-    go to the tensor cores. 1x1 layers without padding are a plain matrix product, which cuBLAS
-    runs (``pointwise``: not yet timed on a GPU; the implicit GEMM ran the suite's 1x1 layers
-    at 0.44-0.56x cuDNN, under 30% of the FP32 peak; float16 and bfloat16 on cuBLAS's tensor
-    cores, where gemm_tc_cl ran them at 0.18-0.27x cuDNN, perhaps slowed by leftover test
-    processes). The direct kernel is left for what the others refuse."""
+    """``algorithm="auto"`` on CUDA. Measured on an H100 (benchmarks/results/gpu-nvidia-h100-*):
+    the implicit GEMM ran every dense layer of the suite 5-89x faster than the direct kernel
+    (float32, session 8), and the depthwise kernel the depthwise layers 2.4-3.6x faster.
+    float32 layers of many filters and terms go to ``im2col`` (:func:`_im2col_auto`), 1x1
+    layers to ``pointwise`` (cuBLAS) otherwise. float16 and bfloat16 go to the tensor cores,
+    1x1 layers too where gemm_tc_cl takes them (session 16, ms, pointwise / gemm_tc_cl: float16
+    r50_res2_1x1 0.332 / 0.198, r50_res4_1x1 0.205 / 0.158, r50_down_1x1s2 0.160 / 0.127;
+    bfloat16 auto (pointwise) 0.313 / 0.199, 0.213 / 0.142, 0.201 / 0.137). The direct kernel is
+    left for what the others refuse."""
     if geom.C_in_per_group == 1 and geom.groups > 1 and not why_not("cuda", "depthwise", geom,
                                                                     dtype):
         return "depthwise"
-    if not why_not("cuda", "pointwise", geom, dtype):
+    tensor_cores = kernels.tensor_core_dtype(dtype)
+    pointwise = not why_not("cuda", "pointwise", geom, dtype)
+    if pointwise and tensor_cores and not why_not("cuda", "gemm_tc_cl", geom, dtype):
+        return "gemm_tc_cl"
+    if _im2col_auto(geom, dtype):
+        return "im2col"
+    if pointwise:
         return "pointwise"
     if geom.C_out_per_group <= FEW_FILTERS_AUTO and not why_not("cuda", "few_filters", geom,
                                                                  dtype):
         return "few_filters"
-    names = ["gemm_tc_cl", "gemm_tc"] if kernels.tensor_core_dtype(dtype) else []
+    names = ["gemm_tc_cl", "gemm_tc"] if tensor_cores else []
     for name in names + ["gemm_" + _gemm_tile(geom, dtype)]:
         if not why_not("cuda", name, geom, dtype):
             return name

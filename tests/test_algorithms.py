@@ -1,11 +1,14 @@
 """The algorithm= keyword: names, refusals with reasons, and the rule "auto" follows."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
 import gpuconv
 from gpuconv import algorithms
+from gpuconv.dtypes import bfloat16
 from gpuconv.geometry import plan_conv
 
 
@@ -94,6 +97,28 @@ def test_auto_rule():
                              np.float32) == "depthwise"
     huge = _geom((1, 1, 9, 2**30 + 8), (4, 1, 1, 1))  # spatial sizes past the GEMM's 32-bit ints
     assert algorithms.choose("cuda", "auto", huge, np.float32) == "direct"
+
+
+def test_cuda_auto_takes_im2col_for_many_filters_and_terms_and_tensor_cores_for_1x1():
+    """The rule measured on the H100 (algorithms.IM2COL_AUTO_MIN_FILTERS): float32 layers of
+    >= 128 filters a group and >= 256 terms a filter, and 1x1 layers of >= 128 filters with
+    fewer than 1024 positions an image, by im2col; other float32 1x1 layers by pointwise;
+    float16 and bfloat16 1x1 layers by gemm_tc_cl where it takes them (C_in/groups a multiple
+    of 8), else pointwise."""
+    f32 = np.float32
+    auto = functools.partial(algorithms.choose, "cuda", "auto")
+    assert auto(_geom((2, 128, 28, 28), (128, 128, 3, 3), padding=1), f32) == "im2col"
+    assert auto(_geom((2, 128, 28, 28), (127, 128, 3, 3), padding=1), f32) != "im2col"
+    assert auto(_geom((2, 28, 28, 28), (128, 28, 3, 3), padding=1), f32) != "im2col"  # 252
+    assert auto(_geom((2, 29, 28, 28), (128, 29, 3, 3), padding=1), f32) == "im2col"  # 261
+    assert auto(_geom((2, 128, 28, 28), (256, 128, 3, 3), padding=1), np.float64) != "im2col"
+    assert auto(_geom((2, 1024, 14, 14), (256, 1024, 1, 1)), f32) == "im2col"  # 196 positions
+    assert auto(_geom((2, 64, 56, 56), (256, 64, 1, 1)), f32) == "pointwise"  # 3136
+    assert auto(_geom((2, 64, 31, 33), (256, 64, 1, 1)), f32) == "im2col"  # 1023
+    assert auto(_geom((2, 1024, 14, 14), (64, 1024, 1, 1)), f32) == "pointwise"  # 64 filters
+    for dtype in (np.float16,) + ((bfloat16(),) if bfloat16() is not None else ()):
+        assert auto(_geom((2, 64, 56, 56), (256, 64, 1, 1)), dtype) == "gemm_tc_cl"
+        assert auto(_geom((2, 12, 56, 56), (256, 12, 1, 1)), dtype) == "pointwise"
 
 
 @pytest.mark.parametrize("c_out, n, dtype, tile, c_in", [
@@ -261,8 +286,8 @@ def test_forward_plans_are_decided_once_and_say_what_launches():
     few output tiles (then a second, summing launch), none for the depthwise kernel."""
     from gpuconv import cuda, kernels
     res5 = _geom((32, 512, 7, 7), (512, 512, 3, 3), padding=1)
-    plan = cuda.forward_plan(res5, np.float32, None, "auto", 132)
-    assert cuda.forward_plan(res5, np.dtype(np.float32), None, "auto", 132) is plan
+    plan = cuda.forward_plan(res5, np.float32, None, "gemm", 132)  # auto: im2col
+    assert cuda.forward_plan(res5, np.dtype(np.float32), None, "gemm", 132) is plan
     assert plan.algorithm == "gemm_128x128" and plan.splits == 5 and plan.per_split == 58
     assert plan.main.work.blocks == (13, 4, 5) and plan.main.work.threads == 256
     assert plan.finish.name == kernels.conv_gemm_sum_splits_name(np.float32, None)

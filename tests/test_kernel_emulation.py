@@ -554,10 +554,7 @@ def test_pointwise_16bit_product_of_one_element_sums_in_float32(dtype, emulated_
     G, K = 4, 96
     x = rng.uniform(-1, 1, (1, G * K, 1, 1)).astype(dtype)
     w = rng.uniform(-1, 1, (G, K, 1, 1)).astype(dtype)
-    from gpuconv import algorithms
-    geom = gpuconv.plan_conv(x.shape, w.shape, groups=G)
-    assert algorithms.choose("cuda", "auto", geom, np.dtype(dtype)) == "pointwise"
-    got = gpuconv.conv(x, w, groups=G)
+    got = gpuconv.conv(x, w, groups=G, algorithm="pointwise")
     x64, w64 = x.astype(np.float64).reshape(G, K), w.astype(np.float64).reshape(G, K)
     exact = (x64 * w64).sum(axis=1)
     mag = np.abs(x64 * w64).sum(axis=1)
@@ -572,8 +569,12 @@ def test_pointwise_refusals_and_auto(emulated_gpu, monkeypatch):
     from gpuconv.geometry import plan_conv
     geom = plan_conv((2, 8, 5, 5), (16, 8, 1, 1), stride=2)
     assert algorithms.choose("cuda", "auto", geom, np.float32) == "pointwise"
-    assert algorithms.choose("cuda", "auto", geom, np.float16) == "pointwise"
-    assert algorithms.choose("cuda", "auto", geom, bfloat16() or np.float16) == "pointwise"
+    # 16-bit 1x1 layers: gemm_tc_cl where it takes them (C_in/groups a multiple of 8)
+    assert algorithms.choose("cuda", "auto", geom, np.float16) == "gemm_tc_cl"
+    assert algorithms.choose("cuda", "auto", geom, bfloat16() or np.float16) == "gemm_tc_cl"
+    odd = plan_conv((2, 6, 5, 5), (16, 6, 1, 1), stride=2)
+    assert algorithms.choose("cuda", "auto", odd, np.float16) == "pointwise"
+    assert algorithms.choose("cuda", "auto", odd, bfloat16() or np.float16) == "pointwise"
     huge = plan_conv((1, 1, 9, 2**30 + 8), (4, 1, 1, 1))
     assert "32-bit ints; this call has 9663676488 output positions" in algorithms.why_not(
         "cuda", "pointwise", huge, np.float32)
