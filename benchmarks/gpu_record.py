@@ -21,14 +21,17 @@ call's phases to an earlier record of the same commit, ``--no-tests`` skips the 
 ``--tools memcheck,racecheck`` runs some sanitizer tools only, and ``--time-limit S`` stops any
 one phase after S seconds and records it as timed out instead of losing the call. ``--logs
 $OUT`` puts the logs where they come back from the device machine too. Calls, in order, with
-what they took on an H100 (session 8; a fresh machine compiles every kernel again):
+what they took on an H100 (sessions 8 and 16; a fresh machine compiles every kernel again):
 
-    # the whole suite on 14 processes: ~250 s
+    # the whole suite (13077 tests in session 16) alone on 13 processes: 333 s; beside
+    # sanitized processes it did not finish in 480 s
     python benchmarks/gpu_record.py --commit <sha> --out $OUT --logs $OUT --time-limit 500 \
-        --pytest-args "-n 14 -p xdist"
+        --pytest-args "-n 13 -p xdist"
     # copy the returned record into benchmarks/results/ (it travels with the working tree)
-    # compute-sanitizer, one tool a call or two, serially (sanitized xdist workers printed
-    # nothing in 90 s); memcheck ran ~200 tests of this selection in 130 s:
+    # compute-sanitizer, one tool a process (sanitized xdist workers printed nothing in 90 s);
+    # separate gpu_record processes with their own --out/--work may run side by side and their
+    # records merge later (merge()): session 16 ran the 274 tests of this selection under
+    # racecheck in 453 s and initcheck in 370 s side by side, memcheck beside the suite:
     python benchmarks/gpu_record.py --commit <sha> --record benchmarks/results/R.json \
         --no-tests --sanitizer --tools memcheck --time-limit 300 --out $OUT --logs $OUT \
         --sanitizer-k "test_gpu_against_cpu_and_reference or test_gpu_channels_last_tensor_cores \
