@@ -653,16 +653,13 @@ def _depthwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
              for ns, cs in parts]
 
     def task(blocks: List[Tuple[slice, slice]]) -> None:
-        with ufunc_buffers():  # a worker thread's own setting (the caller's thread has it)
-            _task(blocks)
-
-    def _task(blocks: List[Tuple[slice, slice]]) -> None:
-        for ns, cs in blocks:
-            C = cs.stop - cs.start
-            fs = slice(cs.start * Cog, cs.stop * Cog)  # the filters of those channels
-            sub = dataclasses.replace(geom, N=ns.stop - ns.start, C_in=C, C_out=C * Cog,
-                                      groups=C)
-            with cpu_workspace(budget):
+        # a worker thread has its own NumPy settings: the caller's thread set them already
+        with ufunc_buffers(), cpu_workspace(budget):
+            for ns, cs in blocks:
+                C = cs.stop - cs.start
+                fs = slice(cs.start * Cog, cs.stop * Cog)  # the filters of those channels
+                sub = dataclasses.replace(geom, N=ns.stop - ns.start, C_in=C, C_out=C * Cog,
+                                          groups=C)
                 _depthwise_block(x_cf[ns, cs], w[fs], None if bias is None else bias[fs], sub,
                                  activation, out_cf[ns, fs], ct, flat)
 

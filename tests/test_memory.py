@@ -240,6 +240,34 @@ def _peak(call):
     return result, peak - result.nbytes
 
 
+def test_a_cpu_call_leaves_the_callers_ufunc_buffer_size_as_it_was():
+    """A CPU call runs NumPy's passes with scratch.UFUNC_BUFFER_ELEMENTS-element buffers (its
+    own threads too) and gives the caller's setting back, also after an error."""
+    from gpuconv import scratch
+    seen = []
+    original = gpuconv.cpu._depthwise_block
+
+    def spy(*a):
+        seen.append(np.getbufsize())
+        return original(*a)
+    x = np.random.default_rng(0).standard_normal((2, 8, 40, 40)).astype(np.float32)
+    w = np.ones((8, 1, 3, 3), np.float32)
+    previous = np.setbufsize(4096)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(gpuconv.cpu, "_depthwise_block", spy)
+            gpuconv.conv(x, w, groups=8, device="cpu")
+        assert seen and set(seen) == {scratch.UFUNC_BUFFER_ELEMENTS}
+        assert np.getbufsize() == 4096
+        with pytest.MonkeyPatch.context() as mp, pytest.raises(RuntimeError, match="inside"):
+            mp.setattr(gpuconv.cpu, "_depthwise_block",
+                       lambda *a: (_ for _ in ()).throw(RuntimeError("inside the call")))
+            gpuconv.conv(x, w, groups=8, device="cpu")
+        assert np.getbufsize() == 4096
+    finally:
+        np.setbufsize(previous)
+
+
 def test_a_view_of_another_shape_is_never_a_copy():
     """cpu._view_of_shape: a view where the strides allow one (it writes into the caller's
     output), None where only a copy could have that shape; never the deprecated shape
