@@ -389,6 +389,13 @@ def _view_of_shape(a: Array, shape: Tuple[int, ...]) -> Optional[Array]:
         return None
 
 
+def _split_view(a: Array, shape: Tuple[int, ...]) -> Array:
+    """``a`` with an axis split (a view always has that shape): never a copy."""
+    view = _view_of_shape(a, shape)
+    assert view is not None, (a.shape, a.strides, shape)
+    return view
+
+
 def _matrix_view(block: Array, shape: Tuple[int, ...]) -> Optional[Array]:
     """``block`` as a view of ``shape`` (a stack of matrices) that BLAS can write into, or
     None."""
@@ -519,7 +526,7 @@ def _gemm_shifted_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry
             del prod
             sums = flat[:, 0].reshape((G, Cog, n) + rows[:-1] + (extent,))[..., :rows[-1]]
             block = out_cf[n0:n0 + n, :, r0:r0 + rows[0]]
-            target = _view_of_shape(block, (n, G, Cog) + rows)  # (n, C_out, *rows) split
+            target = _split_view(block, (n, G, Cog) + rows)  # (n, C_out, *rows): C_out split
             target[...] = np.moveaxis(sums, 2, 0)
 
 
@@ -728,7 +735,7 @@ def _depthwise_block(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
                     acc = np.moveaxis(sums, (-1, -3), (1, 2))
                 del xpad
                 activate(np, sums, activation)
-                target = _view_of_shape(block, acc.shape)  # (n, C_out, ...) as (n, C, Cog, ...)
+                target = _split_view(block, acc.shape)  # (n, C_out, ...) as (n, C, Cog, ...)
                 target[...] = acc
 
 
