@@ -382,7 +382,7 @@ def _view_of_shape(a: Array, shape: Tuple[int, ...]) -> Optional[Array]:
         view = a.view()
         try:
             view.shape = shape
-        except AttributeError:
+        except (AttributeError, ValueError):  # no view of that shape; no shape of that size
             return None
         return view
     except ValueError:
@@ -633,11 +633,8 @@ def _depthwise_parts(geom: ConvGeometry, threads: int) -> List[Tuple[slice, slic
     if threads <= 1 or macs < DEPTHWISE_PARALLEL_MIN_MACS:
         return everything
     by_n = math.gcd(geom.N, threads)
-    by_c = min(geom.C_in, threads // by_n)
-    n_cuts = [geom.N * i // by_n for i in range(by_n + 1)]
-    c_cuts = [geom.C_in * i // by_c for i in range(by_c + 1)]
-    return [(slice(n0, n1), slice(c0, c1)) for n0, n1 in zip(n_cuts, n_cuts[1:])
-            for c0, c1 in zip(c_cuts, c_cuts[1:])]
+    return [(ns, cs) for ns in _cuts(slice(0, geom.N), by_n)
+            for cs in _cuts(slice(0, geom.C_in), threads // by_n)]
 
 
 def _depthwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
