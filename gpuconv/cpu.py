@@ -163,10 +163,11 @@ def _chunk_plan(x_cf: Array, geom: ConvGeometry, ct: np.dtype, padded_copies: in
     O = geom.out_spatial
     split = phases and max(geom.stride) > 1
     copies = padded_copies + split
-    if windows and geom.padding_mode == "zeros" and not unpadded and \
+    if windows and geom.padding_mode == "zeros" and \
             _image_bytes(geom, ct.itemsize, copies) > get_cpu_workspace() // 2:
         yield from _window_plan(x_cf, geom, ct, copies, split, cap,
-                                per_position if alone is None else alone, channels_last)
+                                per_position if alone is None else alone, channels_last,
+                                unpadded)
         return
     nb, rb = _chunks(geom, ct.itemsize, copies, cap, per_position, alone)
     for n0 in range(0, geom.N, nb):
@@ -214,13 +215,21 @@ def _window_costs(geom: ConvGeometry, itemsize: int, copies: int,
 
 
 def _window_plan(x_cf: Array, geom: ConvGeometry, ct: np.dtype, copies: int, split: bool,
-                 cap: Optional[int], per_position: Optional[int], channels_last: bool = False
+                 cap: Optional[int], per_position: Optional[int], channels_last: bool = False,
+                 unpadded: bool = False
                  ) -> Iterator[Tuple[int, int, Array, int, Tuple[int, ...], int]]:
     """:func:`_chunk_plan` by windows: one image and a few output rows a chunk, each with only
     the padded input rows those rows read, zero-padded (and split into stride phases when
-    ``split``; or channels-last, never both) straight from the caller's array."""
+    ``split``; or channels-last, never both) straight from the caller's array; with
+    ``unpadded``, that image of the caller's array itself, its chunk's user copying only
+    those rows (``copies`` of them)."""
     O, S, K, Dl = geom.out_spatial, geom.stride, geom.kernel, geom.dilation
     rb = _window_rows(geom, ct.itemsize, copies, cap, per_position)
+    if unpadded:
+        for n0 in range(geom.N):
+            for r0 in range(0, O[0], rb):
+                yield n0, 1, x_cf[n0:n0 + 1], r0, (min(O[0], r0 + rb) - r0,) + O[1:], r0
+        return
     # the window is padded by itself; ``unit`` splits it into one phase when not ``split``
     unit = geom if split else dataclasses.replace(geom, stride=(1,) * geom.rank)
     for n0 in range(geom.N):
@@ -276,7 +285,7 @@ def _phase_split(src: Array, geom: ConvGeometry, take: Take, dtype: Optional[DTy
     in the window, per axis (the padding before it, less the window's start; default 0), so
     an unpadded input is split in one copy instead of two. Phases no tap reads (no tap k with
     k * dilation = a mod stride) are left out; a phase's positions outside ``src`` are zeros
-    (:func:`_depthwise_taps` reads them for the columns it computes and drops)."""
+    (the padding, and the positions that round an axis up to a multiple of the stride)."""
     S, K, Dl, D = geom.stride, geom.kernel, geom.dilation, geom.rank
     n, C, size = src.shape[0], src.shape[1], src.shape[2:]
     offset = (0,) * D if offset is None else offset
@@ -285,21 +294,28 @@ def _phase_split(src: Array, geom: ConvGeometry, take: Take, dtype: Optional[DTy
     ph = take((n, C) + S + E, src.dtype if dtype is None else dtype)
     used = [sorted({j * d % s for j in range(k)}) for k, d, s in zip(K, Dl, S)]
     for a in itertools.product(*used):
-        dst = ph[(slice(None), slice(None)) + a]
-        inside, taken = [], []  # per axis: phase positions, and src positions, of the input
-        for a_i, s, o, m, e in zip(a, S, offset, size, E):
-            i0 = max(0, -(-(o - a_i) // s))
-            first = i0 * s + a_i - o
-            count = max(0, min(e - i0, -(-(m - first) // s)))
-            inside.append(slice(i0, i0 + count))
-            taken.append(slice(first, first + (count - 1) * s + 1, s) if count else slice(0, 0))
-        dst[(slice(None), slice(None)) + tuple(inside)] = src[(slice(None), slice(None))
-                                                              + tuple(taken)]
-        for ax, (cut, e) in enumerate(zip(inside, E)):  # zero the borders around it
-            for border in (slice(0, cut.start), slice(cut.stop, e)):
-                if border.stop > border.start:
-                    dst[(slice(None),) * (2 + ax) + (border,)] = 0
+        _strided_fill(ph[(slice(None), slice(None)) + a], src,
+                      tuple(a_i - o for a_i, o in zip(a, offset)), S)
     return ph
+
+
+def _strided_fill(dst: Array, src: Array, firsts: Tuple[int, ...], steps: Tuple[int, ...]) -> None:
+    """``dst[:, :, *t] = src[:, :, *(firsts + steps * t)]`` for every position ``t`` of
+    ``dst`` ``(n, C, ...)``, zero where that falls outside ``src``: one strided copy of the
+    positions inside and a fill of the borders around them."""
+    inside, taken = [], []  # per axis: dst positions, and src positions, of the input
+    for f, s, m, e in zip(firsts, steps, src.shape[2:], dst.shape[2:]):
+        i0 = min(e, max(0, -(f // s)))  # the first t with f + s * t >= 0
+        first = f + i0 * s
+        count = max(0, min(e - i0, -(-(m - first) // s)))
+        inside.append(slice(i0, i0 + count))
+        taken.append(slice(first, first + (count - 1) * s + 1, s) if count else slice(0, 0))
+    dst[(slice(None), slice(None)) + tuple(inside)] = src[(slice(None), slice(None))
+                                                          + tuple(taken)]
+    for ax, (cut, e) in enumerate(zip(inside, dst.shape[2:])):  # zero the borders around it
+        for border in (slice(0, cut.start), slice(cut.stop, e)):
+            if border.stop > border.start:
+                dst[(slice(None),) * (2 + ax) + (border,)] = 0
 
 
 def _grouped_rows(y_block: Array, geom: ConvGeometry, ct: np.dtype, take: Take) -> Array:
@@ -599,27 +615,26 @@ DEPTHWISE_PARALLEL_MIN_MACS = 2**21
 DEPTHWISE_TILE_BYTES = 2**20
 
 
-#: Channels from which a stride-1 depthwise layer takes :func:`_depthwise_rows` even when its
-#: output rows are long (see :func:`_depthwise_flat`).
-DEPTHWISE_ROWS_MIN_CHANNELS = 64
+#: Output rows from this long on, channels-first depthwise layers take
+#: :func:`_depthwise_slots` (see :func:`_depthwise_flat`).
+DEPTHWISE_SLOTS_MIN_WIDTH = 24
 
 
 def _depthwise_flat(geom: ConvGeometry) -> bool:
-    """Which of the two depthwise methods runs a layer: :func:`_depthwise_taps` (channels-first,
-    long flat rows, two passes per tap) for channels-first callers whose output rows are
-    long, strided or with fewer than :data:`DEPTHWISE_ROWS_MIN_CHANNELS` channels; else
+    """Which of the two depthwise methods runs a layer: :func:`_depthwise_slots` (one einsum
+    over slots of the channels-first input, the output's rows as one run) for channels-first
+    callers whose output rows are at least :data:`DEPTHWISE_SLOTS_MIN_WIDTH` long; else
     :func:`_depthwise_rows` (one einsum over a channels-last copy, runs of a row's positions
-    times channels). On the 2-vCPU EPYC, single thread, float32, min of 15 calls (ms, taps /
-    rows): 2 x 144 ch 56x56 2.5 / 2.4, 1 x 32 ch 112x112 0.85 / 1.29, 2 x 96 ch 112x112
-    stride 2 3.4 / 4.8, 1 x 16 ch 224x224 stride 2 0.76 / 1.22; 4 x 576 ch 14x14 5.9 / 1.1,
-    4 x 960 ch 7x7 2.3 / 0.41 (rows of 14-16 positions make the taps' passes short). On the
-    2-vCPU Xeon, two threads, min of 24: stride 1 the einsum wins everywhere (2 x 144 ch
-    56x56 2.56 / 1.91, 2 x 64 ch 56x56 2.38 / 1.39, 1 x 64 ch 112x112 2.91 / 1.82, 1 x 32 ch
-    112x112 2.31 / 1.44), strided it ties (2 x 96 ch 112x112 2.93 / 2.97, 1 x 16 ch 224x224
-    1.44 / 1.52). A channels-last caller's data needs no transposes for the second."""
-    S, C = geom.stride, geom.C_in
-    return geom.layout == "channels_first" and geom.out_spatial[-1] >= 32 and (
-        max(S) > 1 or C < DEPTHWISE_ROWS_MIN_CHANNELS)
+    times channels), whose runs stay long for short rows and which needs no transposes for a
+    channels-last caller's data. On the 2-vCPU EPYC, two threads, float32, min / median of
+    15 calls in the bench's pattern (ms, slots / rows): 2 x 144 ch 56x56 1.45/1.73 /
+    1.64/2.06, 2 x 96 ch 112x112 stride 2 2.27/2.81 / 3.31/3.94, 1 x 16 ch 224x224 stride 2
+    0.99/1.27 / 1.99/2.31, 2 x 64 ch 56x56 0.86/0.99 / 1.07/1.16, 4 x 32 ch 40x40 0.68/0.80 /
+    0.90/0.99, 4 x 192 ch 28x28 0.92/1.08 / 1.02/1.16, 2 x 144 ch 56x56 stride 2 (rows of 28)
+    1.53/1.88 / 1.85/2.20; 4 x 256 ch 24x24 1.29/1.49 / 1.27/1.60; 4 x 576 ch 14x14
+    1.14/1.37 / 0.83/0.95, 8 x 384 ch 14x14 1.96/2.12 / 1.45/1.61, 4 x 960 ch 7x7 2.48/2.67 /
+    0.72/0.94 (short rows: the slots' runs are one plane of 196 or 49 positions)."""
+    return geom.layout == "channels_first" and geom.out_spatial[-1] >= DEPTHWISE_SLOTS_MIN_WIDTH
 
 
 def _depthwise_parts(geom: ConvGeometry, threads: int) -> List[Tuple[slice, slice]]:
@@ -680,13 +695,18 @@ def _cuts(span: slice, count: int) -> List[slice]:
 
 
 def _depthwise_chunk_terms(geom: ConvGeometry, flat: bool) -> Tuple[int, int, bool]:
-    """(padded copies of the input, items per output position, whether strided flat taps
-    split each chunk's own rows) of :func:`_depthwise_block`'s chunks."""
-    by_rows = flat and max(geom.stride) > 1
-    copies = (0 if by_rows and geom.padding_mode == "zeros" else
-              1 if geom.padding_mode == "zeros" else 2) + (not flat and geom.stride[-1] > 1)
-    per_position = 3 * geom.C_out + (geom.C_in * math.prod(geom.stride) if by_rows else 0)
-    return copies, per_position, by_rows
+    """(padded copies of the input, items per output position, whether the chunks read the
+    caller's unpadded array) of :func:`_depthwise_block`'s chunks. The slots of
+    :func:`_depthwise_slots` count as copies of the input: along the last axis a slot holds
+    an output row's positions, at most the padded row, once per tap (at least the taps per
+    stride, for the 1-D chunks of positions); along the others, phases of the input's rows."""
+    if not flat:
+        return (1 if geom.padding_mode == "zeros" else 2) + (geom.stride[-1] > 1), \
+            3 * geom.C_out, False
+    K, S, Q, P = geom.kernel[-1], geom.stride[-1], geom.out_spatial[-1], geom.padded_spatial[-1]
+    zeros = geom.padding_mode == "zeros"
+    slots = max(-(-K * Q // P), -(-K // S))
+    return slots + (not zeros), geom.C_out, zeros
 
 
 def _depthwise_row_bytes(geom: ConvGeometry, ct: np.dtype, flat: bool) -> int:
@@ -703,79 +723,119 @@ def _depthwise_block(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     C, Cog, K, D = geom.C_in, geom.C_out_per_group, geom.kernel, geom.rank
     wt: Array = np.asarray(w, dtype=ct).reshape(C, Cog, math.prod(K))  # filter c*Cog+j, tap t
     b: Optional[Array] = None if bias is None else np.asarray(bias, dtype=ct).reshape(C, Cog)
-    tiles = None if flat else _depthwise_tiles(wt, geom)
-    zeros = geom.padding_mode == "zeros"
-    # strided, the flat taps split each row chunk's own input rows into phases (from the
-    # caller's array itself for zero padding), so temporaries follow the row chunks: whole
-    # images' phases broke the workspace where one image's input alone exceeded it
-    copies, per_position, by_rows = _depthwise_chunk_terms(geom, flat)
-    offset = geom.pad_before if by_rows and zeros else (0,) * D  # of x in the padded input
-    # the tiled weights come out of the workspace too
-    with cpu_workspace(max(1, get_cpu_workspace() - (0 if tiles is None else tiles.nbytes))):
+    weights = _slot_weights(wt, geom) if flat else _depthwise_tiles(wt, geom)
+    # flat, zero padding: the slots are copied from the caller's array itself, which sits at
+    # ``offset`` in the padded input
+    copies, per_position, unpadded = _depthwise_chunk_terms(geom, flat)
+    offset = geom.pad_before if unpadded else (0,) * D
+    # the weights (the einsum's tiles: at most an eighth) come out of the workspace too
+    with cpu_workspace(max(1, get_cpu_workspace() - weights.nbytes)):
         for n0, n, xpad, r0, rows, r_in in _chunk_plan(x_cf, geom, ct, copies,
                                                        channels_last=not flat,
                                                        cap=DEPTHWISE_CHUNK_BYTES,
                                                        per_position=per_position,
-                                                       unpadded=by_rows, windows=True):
+                                                       unpadded=unpadded, windows=True):
             block = out_cf[n0:n0 + n, :, r0:r0 + rows[0]]
+            into: Optional[Array] = None
             with scratch() as take:
                 # bias and activation go over the sums as computed (contiguous): over the
                 # strided views below, NumPy's loops would take buffers outside the workspace
                 if flat:  # (n, C, Cog, run) and its view (n, C, Cog, *rows)
-                    sums, acc = _depthwise_taps(xpad, wt, geom, r_in, rows, take, ct, offset)
+                    # 1-D and 2-D: the run is the block's own rows, summed into it directly
+                    into = _view_of_shape(block, (n, C, Cog, math.prod(rows))) if (
+                        D <= 2 and block.dtype == ct) else None
+                    sums, acc = _depthwise_slots(xpad, weights, geom, r_in, rows, take, ct,
+                                                 offset, into)
                     if b is not None:
                         sums += b[..., None]
                 else:  # (n, *rows[:-1], Cog, rows[-1], C)
-                    sums = _depthwise_rows(xpad, tiles, geom, r_in, rows, ct, take)
+                    sums = _depthwise_rows(xpad, weights, geom, r_in, rows, ct, take)
                     if b is not None:
                         sums += b.T.reshape((Cog, 1, C))
                     acc = np.moveaxis(sums, (-1, -3), (1, 2))
                 del xpad
                 activate(np, sums, activation)
-                target = _split_view(block, acc.shape)  # (n, C_out, ...) as (n, C, Cog, ...)
-                target[...] = acc
+                if sums is not into:
+                    target = _split_view(block, acc.shape)  # (n, C_out, ...) as (n, C, Cog, ...)
+                    target[...] = acc
 
 
-def _depthwise_taps(xpad: Array, wt: Array, geom: ConvGeometry, r0: int, rows: Tuple[int, ...],
-                    take: Take, ct: np.dtype, offset: Tuple[int, ...]) -> Tuple[Array, Array]:
-    """Output rows r0:r0+rows[0] of the depthwise layer from the channels-first chunk
-    ``xpad``: padded, or (strided layers) the input with ``offset`` its place in the padded
-    input, whose rows this chunk reads are split into their stride phases here
-    (:func:`_phase_split`). Returns the sums ``(n, C, Cog, run)`` (scratch memory) and their
-    view ``(n, C, Cog, *rows)`` at the output's positions. Each
-    (image, channel) plane is flattened, so every tap is one contiguous run per plane, read
-    from the tap's phase at the tap's offset; the sums are taken at every position of the
-    plane's rows, the columns past the output's included (computed and left out of the
-    view), in one multiply and one add per tap."""
-    n, C, Cog, K, S, Dl, D = (xpad.shape[0], geom.C_in, geom.C_out_per_group, geom.kernel,
+def _slot_axes(geom: ConvGeometry) -> List[Tuple[List[int], int, int]]:
+    """The taps of :func:`_depthwise_slots` along each axis but the last: (the stride phases
+    some tap reads, the unit of the taps' offsets within a phase, offsets). Tap k reads
+    phase ``(k * d) % s`` at ``(k * d) // s`` rows into it: grid point (that phase's index,
+    those rows / unit); points no tap reads get zero weights (none at stride 1)."""
+    axes = []
+    for k, d, s in zip(geom.kernel[:-1], geom.dilation[:-1], geom.stride[:-1]):
+        used = sorted({t * d % s for t in range(k)})
+        unit = math.gcd(*[t * d // s for t in range(k)]) or 1
+        axes.append((used, unit, (k - 1) * d // s // unit + 1))
+    return axes
+
+
+def _slot_weights(wt: Array, geom: ConvGeometry) -> Array:
+    """Weights ``wt`` ``(C, Cog, taps)`` on the grid of :func:`_depthwise_slots`: ``(C, Cog,
+    *(phases, offsets) per axis but the last, last-axis taps)``, zero off the taps."""
+    C, Cog, K, Dl, S = (geom.C_in, geom.C_out_per_group, geom.kernel, geom.dilation,
+                        geom.stride)
+    axes = _slot_axes(geom)
+    grid = np.zeros((C, Cog) + sum(((len(u), o) for u, _, o in axes), ()) + K[-1:], wt.dtype)
+    taps = wt.reshape((C, Cog) + K)
+    for tap in itertools.product(*[range(k) for k in K[:-1]]):
+        place: Tuple[int, ...] = ()
+        for t, d, s, (used, unit, _) in zip(tap, Dl, S, axes):
+            place += (used.index(t * d % s), t * d // s // unit)
+        grid[(slice(None), slice(None)) + place] = taps[(slice(None), slice(None)) + tap]
+    return grid
+
+
+def _depthwise_slots(src: Array, grid: Array, geom: ConvGeometry, r0: int,
+                     rows: Tuple[int, ...], take: Take, ct: np.dtype,
+                     offset: Tuple[int, ...], into: Optional[Array]) -> Tuple[Array, Array]:
+    """Output rows r0:r0+rows[0] of the depthwise layer from the channels-first ``src``: the
+    padded input, or the caller's unpadded one with ``offset`` its place in the padded input
+    (zero padding). Returns the sums ``(n, C, Cog, run)`` (``into`` if given, else scratch
+    memory) and their view ``(n, C, Cog, *rows)`` at the output's positions.
+
+    The chunk's input is copied once per tap of the last axis into a *slot*: slot j holds,
+    along the last axis, the positions tap j reads for the output's (j * dilation + stride *
+    q), and along every other axis the input's rows split into their stride phases (none at
+    stride 1). Every tap then reads its slot (and phase) at a whole number of rows' offset,
+    the output's rows flattened into one run, so one einsum over ``grid``
+    (:func:`_slot_weights`) sums all taps with that run as its inner loop: a fused
+    multiply-add per tap over contiguous memory. (The taps of the last axis as offsets into
+    one copy would have the run's own stride, and NumPy's iterator would then make them the
+    inner loop.) At stride 1 along the first axes the run is the output rows themselves;
+    along a middle axis of a 3-D layer it also crosses rows past the output's, which are
+    computed and left out of the view."""
+    n, C, Cog, K, S, Dl, D = (src.shape[0], geom.C_in, geom.C_out_per_group, geom.kernel,
                               geom.stride, geom.dilation, geom.rank)
-    start = r0 * S[0]  # the chunk's first padded input row
-    if max(S) > 1:
-        stop = (r0 + rows[0] - 1) * S[0] + (K[0] - 1) * Dl[0] + 1
-        xpad = _phase_split(xpad, geom, take, ct, (offset[0] - start,) + offset[1:],
-                            (stop - start,) + geom.padded_spatial[1:])
-        start = 0
-    plane = xpad.shape[-D:]  # the phases' shape, or the padded one
-    planes = xpad.reshape(n, C, -1, math.prod(plane))  # (n, C, phases, positions)
-    step = tuple(math.prod(plane[i + 1:]) for i in range(D))  # a position's stride per axis
-    start *= step[0]
-    run = sum((r - 1) * s for r, s in zip(rows, step)) + 1
-    acc = take((n, C, Cog, run), wt.dtype)
-    tmp = take((n, C, Cog, run), wt.dtype)
-    phase_grid = S if max(S) > 1 else (1,) * D
-    for t, tap in enumerate(itertools.product(*[range(k) for k in K])):
-        reach = [k * d for k, d in zip(tap, Dl)]
-        phase = np.ravel_multi_index(tuple(r % s for r, s in zip(reach, S)), phase_grid)
-        offset = start + sum((r // s) * st for r, s, st in zip(reach, S, step))
-        window = planes[:, :, None, phase, offset:offset + run]
-        if t == 0:
-            np.multiply(window, wt[:, :, t, None], out=acc)
-        else:
-            np.multiply(window, wt[:, :, t, None], out=tmp)
-            acc += tmp
-    return acc, as_strided(acc, shape=(n, C, Cog) + rows,
-                           strides=acc.strides[:3] + tuple(s * acc.itemsize for s in step),
-                           writeable=True)
+    axes = _slot_axes(geom)
+    start = (r0 * S[0],) + (0,) * (D - 1)  # the chunk's first position, padded coordinates
+    extents = [(r - 1) * s + (k - 1) * d + 1 for r, s, k, d in zip(rows, S, K, Dl)][:D - 1]
+    E = tuple(-(-e // s) for e, s in zip(extents, S))  # rows of a phase, per axis
+    Q = rows[-1]
+    slots = take((n, C) + tuple(len(u) for u, _, _ in axes) + (K[-1],) + E + (Q,), ct)
+    for phase in itertools.product(*[enumerate(u) for u, _, _ in axes]):
+        index = tuple(i for i, _ in phase)
+        firsts = tuple(b + a - o for b, (_, a), o in zip(start, phase, offset))
+        for j in range(K[-1]):
+            _strided_fill(slots[(slice(None), slice(None)) + index + (j,)], src,
+                          firsts + (start[-1] + j * Dl[-1] - offset[-1],), S)
+    step = tuple(math.prod(E[a + 1:]) * Q for a in range(D - 1))  # a row's flat stride
+    run = sum((r - 1) * st for r, st in zip(rows, step)) + Q
+    item = slots.itemsize
+    phase_steps = slots.strides[2:1 + D]  # then the slot axis, then the rows
+    windows = as_strided(slots, writeable=False, shape=(n, C) + grid.shape[2:] + (run,),
+                         strides=slots.strides[:2] + sum(
+                             ((ps, unit * st * item) for ps, (_, unit, _), st in
+                              zip(phase_steps, axes, step)), ()) + (slots.strides[1 + D], item))
+    sums = take((n, C, Cog, run), ct) if into is None else into
+    letters = "pqrstu"[:2 * (D - 1)]
+    np.einsum(f"nc{letters}jx,cm{letters}j->ncmx", windows, grid, out=sums)
+    return sums, as_strided(sums, shape=(n, C, Cog) + rows, writeable=True,
+                            strides=sums.strides[:3] + tuple(st * sums.itemsize
+                                                             for st in step + (1,)))
 
 
 def _last_axis_place(geom: ConvGeometry, j: int) -> Tuple[int, int]:

@@ -31,13 +31,13 @@ def test_the_cases_reach_every_branch():
     assert {o["padding_mode"] for o in opts} == {"zeros", "reflect", "replicate", "circular"}
 
 
-@pytest.mark.parametrize("method", ["taps", "rows", "rows_by_2"])
+@pytest.mark.parametrize("method", ["slots", "rows", "rows_by_2"])
 @pytest.mark.parametrize("case", DEPTHWISE, ids=lambda c: c.name)
 def test_each_method_against_reference(case, method, monkeypatch):
-    """Flat per-tap passes and the tiled einsum over rows, each forced on every depthwise case
-    whatever the caller's layout (the rows method also in blocks of 2 output positions, so
-    that odd rows end in a shorter block)."""
-    monkeypatch.setattr(cpu, "_depthwise_flat", lambda geom: method == "taps")
+    """The einsum over slots and the tiled einsum over rows, each forced on every depthwise
+    case whatever the caller's layout (the rows method also in blocks of 2 output positions,
+    so that odd rows end in a shorter block)."""
+    monkeypatch.setattr(cpu, "_depthwise_flat", lambda geom: method == "slots")
     if method == "rows_by_2":
         monkeypatch.setattr(cpu, "_tile_positions", lambda geom, nbytes: 2)
     x0 = case.x.copy()
@@ -57,15 +57,16 @@ def _spy_tasks(monkeypatch):
     return counts
 
 
-@pytest.mark.parametrize("method", ["taps", "rows"])
+@pytest.mark.parametrize("method", ["slots", "rows"])
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("case", DEPTHWISE[::3], ids=lambda c: c.name)
 def test_threads_against_reference_and_one_thread(case, threads, method, monkeypatch):
-    """Split over workers by images (when the batch divides) or channels. The taps method sums
-    every output in the same order whatever the split: bit for bit the one-thread result.
+    """Split over workers by images (when the batch divides) or channels. The slots method
+    sums every output in the same order whatever the split (its einsum's loop order follows
+    the taps' strides, which a split leaves as they are): bit for bit the one-thread result.
     The rows method's einsum may order a sum differently for a block of fewer channels
     (NumPy picks its loop order by shape): within the bound of the reference."""
-    monkeypatch.setattr(cpu, "_depthwise_flat", lambda geom: method == "taps")
+    monkeypatch.setattr(cpu, "_depthwise_flat", lambda geom: method == "slots")
     with gpuconv.cpu_threads(1):
         want = _conv(case)
     monkeypatch.setattr(cpu, "DEPTHWISE_PARALLEL_MIN_MACS", 0)
@@ -74,7 +75,7 @@ def test_threads_against_reference_and_one_thread(case, threads, method, monkeyp
         got = _conv(case)
     assert counts == [len(cpu._depthwise_parts(_geometry(case), threads))]
     _check(case, got, f"cpu depthwise {method}, {threads} threads")
-    if method == "taps":
+    if method == "slots":
         np.testing.assert_array_equal(got, want)
 
 
@@ -102,14 +103,14 @@ def test_parts_cover_the_layer_once():
     assert len(cpu._depthwise_parts(c144, 64)) == 2 * macs // cpu.DEPTHWISE_PARALLEL_MIN_MACS
 
 
-@pytest.mark.parametrize("method", ["taps", "rows"])
+@pytest.mark.parametrize("method", ["slots", "rows"])
 @pytest.mark.parametrize("kw", [dict(padding=1), dict(stride=2, padding=1),
                                 dict(stride=(1, 3), dilation=(2, 2), padding=2,
                                      padding_mode="circular")])
 def test_row_chunks_give_the_whole_result(method, kw, monkeypatch):
     """A workspace too small for one image: chunks of output rows, each reading its own input
     rows (and, for the rows method with a strided last axis, splitting only those)."""
-    monkeypatch.setattr(cpu, "_depthwise_flat", lambda geom: method == "taps")
+    monkeypatch.setattr(cpu, "_depthwise_flat", lambda geom: method == "slots")
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 12, 70, 67))
     w = rng.standard_normal((24, 1, 3, 3))
@@ -144,19 +145,38 @@ def test_row_chunks_stay_long_when_an_image_fills_the_cache_cap():
     assert rows == cpu._balanced(224, (cpu.GEMM_CHUNK_BYTES - 4 * 64 * 226 * 226) // per_row)
 
 
-@pytest.mark.parametrize("x_shape, stride, layout, taps", [
-    ((2, 144, 56, 56), 1, "channels_first", False),  # stride 1, >= 64 channels: the einsum
-    ((2, 63, 56, 56), 1, "channels_first", True),    # fewer channels, long rows: the taps
-    ((2, 144, 112, 112), 2, "channels_first", True),  # strided, long rows: the taps
-    ((2, 16, 56, 31), 1, "channels_first", False),   # rows of 31: the einsum
-    ((2, 16, 56, 56), 1, "channels_last", False),    # channels-last data: the einsum
+@pytest.mark.parametrize("x_shape, stride, layout, slots", [
+    ((2, 144, 56, 56), 1, "channels_first", True),   # long rows, any channel count: slots
+    ((2, 16, 112, 112), 2, "channels_first", True),  # strided, rows of 56: slots
+    ((2, 144, 56, 56), 2, "channels_first", True),   # rows of 28
+    ((2, 16, 56, 45), 2, "channels_first", False),   # rows of 23: the einsum over rows
+    ((4, 576, 14, 14), 1, "channels_first", False),  # short rows
+    ((2, 16, 56, 56), 1, "channels_last", False),    # channels-last data: the einsum over rows
 ])
-def test_method_rule(x_shape, stride, layout, taps):
+def test_method_rule(x_shape, stride, layout, slots):
     """Which depthwise method a layer takes (measurements: cpu._depthwise_flat)."""
     C = x_shape[1]
     if layout == "channels_last":
         x_shape = (x_shape[0],) + x_shape[2:] + (C,)
     geom = gpuconv.plan_conv(x_shape, (C, 1, 3, 3), stride=stride, padding=1, groups=C,
                              layout=layout)
-    assert cpu._depthwise_flat(geom) is taps
-    assert cpu.DEPTHWISE_ROWS_MIN_CHANNELS == 64
+    assert cpu._depthwise_flat(geom) is slots
+    assert cpu.DEPTHWISE_SLOTS_MIN_WIDTH == 24
+
+
+def test_slot_weights_put_every_tap_once_and_zeros_elsewhere():
+    """The grid of the slots einsum, by hand: stride 2, dilation 1 along the first axis puts
+    taps 0 and 2 in phase 0 (offsets 0 and 1) and tap 1 in phase 1, offset 1 of that grid
+    left zero; stride 1, dilation 2 along the middle axis makes the offsets' unit 2 (taps at
+    offsets 0, 1, 2 of that unit, none left out); the last axis's taps stay as they are."""
+    geom = gpuconv.plan_conv((1, 2, 20, 20, 20), (2, 1, 3, 3, 2), stride=(2, 1, 3),
+                             dilation=(1, 2, 1), groups=2)
+    assert cpu._slot_axes(geom) == [([0, 1], 1, 2), ([0], 2, 3)]
+    wt = np.arange(1, 2 * 18 + 1, dtype=np.float64).reshape(2, 1, 18)
+    grid = cpu._slot_weights(wt, geom)
+    assert grid.shape == (2, 1, 2, 2, 1, 3, 2)
+    taps = wt.reshape(2, 1, 3, 3, 2)
+    for k0, (phase, offset) in enumerate([(0, 0), (1, 0), (0, 1)]):
+        np.testing.assert_array_equal(grid[:, :, phase, offset, 0], taps[:, :, k0])
+    assert np.all(grid[:, :, 1, 1] == 0)
+    assert np.count_nonzero(grid) == wt.size

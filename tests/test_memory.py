@@ -148,21 +148,25 @@ def test_an_image_larger_than_the_workspace_is_padded_by_row_windows(shape, wsha
 
 
 @pytest.mark.parametrize("shape,wshape,kw,rows_method", [
-    ((1, 96, 120, 120), (96, 1, 3, 3), dict(padding=1), True),  # one einsum, channels-last
+    ((1, 96, 120, 120), (96, 1, 3, 3), dict(padding=1), False),  # slots of the caller's rows
     ((1, 120, 120, 96), (96, 1, 3, 3), dict(padding=1, layout="channels_last"), True),
     ((1, 120, 120, 48), (96, 1, 3, 3), dict(padding=1, layout="channels_last"), True),
-    ((1, 96, 240, 60), (96, 1, 3, 3), dict(padding=1, stride=(1, 2)), True),  # phases of rows
-    ((1, 64, 30000), (64, 1, 5), dict(padding=2), True),  # 1-D: windows of positions
-    ((1, 32, 200, 200), (32, 1, 3, 3), dict(padding=1), False),  # flat taps, channels-first
+    ((1, 96, 240, 60), (96, 1, 3, 3), dict(padding=1, stride=(1, 2)), False),  # strided slots
+    ((1, 96, 480, 40), (96, 1, 3, 3), dict(padding=1, stride=(2, 2)), True),  # phases of rows
+    ((1, 64, 30000), (64, 1, 5), dict(padding=2), False),  # 1-D: windows of positions
+    ((1, 64, 30000), (64, 1, 5), dict(padding=2, stride=3, dilation=2), False),
+    ((1, 64, 400, 12), (64, 1, 3, 3), dict(padding=1), True),  # short rows, channels-first
     ((1, 32, 200, 200), (32, 1, 3, 3), dict(padding=1, activation="relu"), False),
-    ((1, 96, 120, 120), (96, 1, 3, 3), dict(padding=1, activation="sigmoid"), True),
+    ((1, 96, 120, 120), (96, 1, 3, 3), dict(padding=1, activation="sigmoid"), False),
+    ((1, 120, 120, 96), (96, 1, 3, 3), dict(padding=1, activation="sigmoid",
+                                            layout="channels_last"), True),
 ])
 @pytest.mark.parametrize("threads", [None, 16])
 def test_a_depthwise_image_larger_than_the_workspace_is_padded_by_row_windows(
         shape, wshape, kw, rows_method, threads, monkeypatch, request):
     """Depthwise layers whose one image's padded input is more than the workspace: each chunk
-    pads only the input rows its output rows read (channels-last for the einsum over rows),
-    and the tiled weights count against the workspace; before, the whole image was padded
+    copies only the input rows its output rows read (into its slots, or channels-last for the
+    einsum over rows), and the tiled weights count against the workspace; before, the whole image was padded
     (1 x 96 x 120^2: 6.5 MB of temporaries against 1 MiB). With 16 workers (the H100
     machine's CPUs; here a pool of 16 threads) each task's share is 64 KiB, less than one
     output row of all its channels: tasks then take their channels a few at a time (before,
@@ -192,8 +196,8 @@ def test_a_depthwise_image_larger_than_the_workspace_is_padded_by_row_windows(
                                atol=1e-4)
 
 @pytest.mark.parametrize("shape,wshape,kw", [
-    ((1, 32, 200, 200), (32, 1, 3, 3), dict(padding=1)),  # flat taps
-    ((1, 96, 120, 120), (96, 1, 3, 3), dict(padding=1)),  # the einsum over rows
+    ((1, 32, 200, 200), (32, 1, 3, 3), dict(padding=1)),  # slots
+    ((1, 96, 120, 20), (96, 1, 3, 3), dict(padding=1)),  # the einsum over rows
     ((1, 96, 240, 60), (96, 1, 3, 3), dict(padding=1, stride=(1, 2))),
     ((2, 24, 100, 100), (48, 1, 3, 3), dict(padding=1, stride=2)),  # multiplier 2, strided
 ])
