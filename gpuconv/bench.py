@@ -37,6 +37,7 @@ import numpy as np
 
 from . import algorithms, conv, conv_filter_grad, conv_input_grad, tuning, __version__
 from .config import get_autotune, get_cpu_threads, set_autotune, set_cpu_threads
+from .blas import blas_info, cpu_flags
 from .device import cpu_model, cuda_device_name, cuda_status
 from .dtypes import bfloat16, is_bfloat16, result_dtype
 from .geometry import plan_conv
@@ -719,6 +720,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "threads": threads, "gpuconv_cpu_threads": get_cpu_threads(),
             "blas_threads_env": {k: os.environ.get(k) for k in
                                  ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+            # the kernels NumPy's OpenBLAS runs (OPENBLAS_CORETYPE, if set, chose them)
+            "blas": blas_info(), "cpu_avx512": "avx512f" in cpu_flags(),
             "versions": versions, "shapes": str(shapes_path), "set": args.set or args.device,
             "dtype": args.dtype, "ops": ops, "algorithms": algorithm_names,
             "autotune": args.autotune,

@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from . import device as _device
+from .blas import blas_info
 from .config import get_autotune, get_cpu_threads
 from .dtypes import accepted
 from .kernels import kernel_dir
@@ -29,6 +30,8 @@ class Info:
     dtypes: Tuple[str, ...]     # what arrays this installation can convolve
     autotune: str               # "off", or "on" and where its choices are kept
     cpu_threads: str            # how many tasks a CPU call may split into (gpuconv.workers)
+    blas: str                   # the kernels NumPy's OpenBLAS runs, and advice where they
+                                # leave the CPU's AVX-512 unused (gpuconv.blas)
 
     def __str__(self) -> str:
         rows = [
@@ -45,6 +48,7 @@ class Info:
                                                   " (bfloat16: pip install gpuconv[bfloat16])")),
             ("autotune", self.autotune),
             ("CPU threads", self.cpu_threads),
+            ("BLAS", self.blas),
         ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -87,4 +91,15 @@ def info() -> Info:
                 cuda_driver_version=_version_str(status.driver_version),
                 gpus=status.device_names, auto_device=kind, auto_reason=reason,
                 kernel_dir=kdir, dtypes=tuple(d.name for d in accepted()), autotune=autotune,
-                cpu_threads=threads)
+                cpu_threads=threads, blas=_blas_line())
+
+
+def _blas_line() -> str:
+    """NumPy's BLAS kernels in words, with :func:`gpuconv.blas.blas_info`'s advice if any."""
+    got = blas_info()
+    if got["core"] is None:
+        return "not a loaded OpenBLAS (its kernels unknown)"
+    line = f"OpenBLAS, {got['core']} kernels"
+    if got["advice"]:
+        return f"{line}: {got['advice']}"
+    return line + (f" (OPENBLAS_CORETYPE={got['coretype_env']})" if got["coretype_env"] else "")

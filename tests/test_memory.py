@@ -166,8 +166,8 @@ def test_a_depthwise_image_larger_than_the_workspace_is_padded_by_row_windows(
         shape, wshape, kw, rows_method, threads, monkeypatch, request):
     """Depthwise layers whose one image's padded input is more than the workspace: each chunk
     copies only the input rows its output rows read (into its slots, or channels-last for the
-    einsum over rows), and the tiled weights count against the workspace; before, the whole image was padded
-    (1 x 96 x 120^2: 6.5 MB of temporaries against 1 MiB). With 16 workers (the H100
+    einsum over rows), and the tiled weights count against the workspace; before, the whole
+    image was padded (1 x 96 x 120^2: 6.5 MB of temporaries against 1 MiB). With 16 workers (the H100
     machine's CPUs; here a pool of 16 threads) each task's share is 64 KiB, less than one
     output row of all its channels: tasks then take their channels a few at a time (before,
     1.3 MB in all there)."""
