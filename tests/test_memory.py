@@ -15,12 +15,12 @@ from reference import reference_conv
     (1, (4, 8, 40, 40), (16, 8, 3, 3), dict(padding=1)),
     (1, (3, 6, 30, 30), (6, 1, 5, 5), dict(padding="same", groups=6, padding_mode="reflect")),
     (1, (2, 4, 12, 12, 12), (8, 4, 3, 3, 3), dict(padding=1)),
-    # depthwise with 64-wide output rows: the channels-first depthwise path, in row chunks
+    # depthwise with 64-wide output rows: the einsum over slots, in row chunks
     (1, (4, 16, 64, 64), (32, 1, 3, 3), dict(padding=1, groups=16)),
-    # depthwise with many channels: one einsum over a channels-last copy, in chunks
-    (1, (2, 96, 40, 40), (96, 1, 3, 3), dict(padding=1, groups=96)),
-    # strided depthwise, an image's input alone 3 x the workspace: the flat taps split only
-    # the input rows of each row chunk into stride phases, from the caller's array itself
+    # depthwise with short rows: one einsum over a channels-last copy, in chunks
+    (1, (2, 96, 40, 20), (96, 1, 3, 3), dict(padding=1, groups=96)),
+    # strided depthwise, an image's input alone 3 x the workspace: the slots copy only the
+    # input rows of each row chunk, split into stride phases, from the caller's array itself
     (1, (1, 8, 300, 300), (8, 1, 3, 3), dict(stride=2, padding=1, groups=8)),
     # strided: the unrolling reads the input split into stride phases, in row chunks
     (1, (2, 6, 96, 96), (8, 6, 5, 5), dict(stride=2, padding=2)),
