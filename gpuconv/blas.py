@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Dict, Iterable, Optional
 
+from .device import cpuinfo_field
+
 #: OpenBLAS core names (``openblas_get_corename``) whose kernels use AVX-512.
 AVX512_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 
@@ -36,7 +38,8 @@ def _loaded_openblas(maps: Path = Path("/proc/self/maps")) -> Optional[str]:
     except OSError:
         return None
     for line in lines:
-        path = line.split()[-1] if line.split() else ""
+        fields = line.split()
+        path = fields[-1] if fields else ""
         if "openblas" in os.path.basename(path).lower() and ".so" in path:
             return path
     return None
@@ -45,8 +48,7 @@ def _loaded_openblas(maps: Path = Path("/proc/self/maps")) -> Optional[str]:
 def openblas_core(path: Optional[str] = None) -> Optional[str]:
     """The kernels OpenBLAS chose at load, e.g. ``"Haswell"`` (None where NumPy's BLAS is not a
     loaded OpenBLAS, or it does not say)."""
-    import numpy  # noqa: F401  (loads NumPy's BLAS)
-    path = path or _loaded_openblas()
+    path = path or _loaded_openblas()  # NumPy, imported with gpuconv, has loaded its BLAS
     if path is None:
         return None
     try:
@@ -64,13 +66,7 @@ def openblas_core(path: Optional[str] = None) -> Optional[str]:
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset:
     """The CPU's feature flags (Linux's /proc/cpuinfo; empty elsewhere)."""
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    return frozenset((cpuinfo_field("flags", cpuinfo) or "").split())
 
 
 def coretype_advice(core: Optional[str], flags: Iterable[str],

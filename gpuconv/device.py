@@ -154,15 +154,22 @@ def resolve(device: str, *arrays: Any) -> Tuple[str, Optional[int]]:
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_model() -> str:
-    """The CPU's model name (Linux's /proc/cpuinfo, else what the platform module knows)."""
+def cpuinfo_field(key: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> Optional[str]:
+    """The value of the first ``key`` line of Linux's /proc/cpuinfo, or None (no such line,
+    or no such file)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        for line in cpuinfo.read_text().splitlines():
+            name, sep, value = line.partition(":")
+            if sep and name.strip() == key:
+                return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo, else what the platform module knows)."""
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 @functools.lru_cache(maxsize=None)
