@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import sys
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -310,12 +311,49 @@ def _strided_fill(dst: Array, src: Array, firsts: Tuple[int, ...], steps: Tuple[
         count = max(0, min(e - i0, -(-(m - first) // s)))
         inside.append(slice(i0, i0 + count))
         taken.append(slice(first, first + (count - 1) * s + 1, s) if count else slice(0, 0))
-    dst[(slice(None), slice(None)) + tuple(inside)] = src[(slice(None), slice(None))
-                                                          + tuple(taken)]
+    lead = (slice(None), slice(None))
+    into = dst[lead + tuple(inside)]
+    # every other element along the last axis: as pairs (see _gather_pairs), those whose
+    # partner lies inside src; a last one without a partner is copied on its own
+    count, first = inside[-1].stop - inside[-1].start, taken[-1].start
+    paired = min(count, (src.shape[-1] - first) // 2) if steps[-1] == 2 else 0
+    runs = src[lead + tuple(taken[:-1]) + (slice(first, first + 2 * paired),)]
+    if paired and _gather_pairs(into[..., :paired], runs):
+        into[..., paired:] = src[lead + tuple(taken)][..., paired:]
+    else:
+        into[...] = src[lead + tuple(taken)]
     for ax, (cut, e) in enumerate(zip(inside, dst.shape[2:])):  # zero the borders around it
         for border in (slice(0, cut.start), slice(cut.stop, e)):
             if border.stop > border.start:
                 dst[(slice(None),) * (2 + ax) + (border,)] = 0
+
+
+#: Unsigned integers twice an element's width and its own, by element size (bytes): see
+#: :func:`_gather_pairs`.
+_PAIR_INTEGERS = {2: (np.uint32, np.uint16), 4: (np.uint64, np.uint32)}
+
+
+def _gather_pairs(dst: Array, src: Array) -> bool:
+    """``dst[...] = src[..., ::2]`` where ``src``'s last axis is contiguous and twice
+    ``dst``'s, as a cast: each pair of elements read as one unsigned integer of twice their
+    width, of which the cast keeps the low half, the pair's first element on a little-endian
+    machine. NumPy runs a cast with contiguous reads and a strided copy element by element:
+    float32, 2 x 96 x 112 rows of 112 to their 56 even elements, 0.26 -> 0.15 ms (1.7x); with
+    every other row as well 0.16 -> 0.11. Bits are copied unchanged (no float conversion, NaN
+    payloads kept). Returns False, having done nothing, where it does not apply (other
+    element sizes, a byte-swapped or cast copy, a NumPy that cannot view such an array)."""
+    kinds = _PAIR_INTEGERS.get(src.dtype.itemsize)
+    if (kinds is None or sys.byteorder != "little" or dst.dtype != src.dtype
+            or not src.dtype.isnative or src.dtype.hasobject or src.dtype.fields is not None
+            or src.strides[-1] != src.itemsize or src.shape[-1] != 2 * dst.shape[-1]):
+        return False
+    wide, narrow = kinds
+    try:
+        pairs, low = src.view(wide), dst.view(narrow)
+    except ValueError:  # NumPy < 1.23 views only C-contiguous arrays as a wider type
+        return False
+    np.copyto(low, pairs, casting="unsafe")
+    return True
 
 
 def _grouped_rows(y_block: Array, geom: ConvGeometry, ct: np.dtype, take: Take) -> Array:
