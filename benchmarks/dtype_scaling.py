@@ -27,6 +27,7 @@ import numpy as np
 
 from gpuconv import __version__
 from gpuconv.bench import _git_commit, _kw, _layer_arrays, cpu_model, find_shapes, geomean
+from gpuconv.blas import blas_info, cpu_flags
 from gpuconv.forward import conv
 
 SHARES = {"float32": 1.0, "float64": 2.0, "complex64": 4.0, "complex128": 8.0}
@@ -100,6 +101,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   "date": datetime.date.today().isoformat(), "gpuconv": __version__,
                   "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
                   "threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
+                  # the BLAS kernels in use (OPENBLAS_CORETYPE) set float64's and complex's
+                  # products as much as float32's: see gpuconv.blas
+                  "blas": blas_info(), "cpu_avx512": "avx512f" in cpu_flags(),
                   "versions": {"numpy": np.__version__, "python": platform.python_version()},
                   "repeat": args.repeat, "shares": SHARES, "rows": rows, "summary": summary}
         with open(args.json, "w") as f:
