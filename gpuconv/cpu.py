@@ -312,16 +312,16 @@ def _strided_fill(dst: Array, src: Array, firsts: Tuple[int, ...], steps: Tuple[
         inside.append(slice(i0, i0 + count))
         taken.append(slice(first, first + (count - 1) * s + 1, s) if count else slice(0, 0))
     lead = (slice(None), slice(None))
-    into = dst[lead + tuple(inside)]
+    into, values = dst[lead + tuple(inside)], src[lead + tuple(taken)]
     # every other element along the last axis: as pairs (see _gather_pairs), those whose
     # partner lies inside src; a last one without a partner is copied on its own
     count, first = inside[-1].stop - inside[-1].start, taken[-1].start
     paired = min(count, (src.shape[-1] - first) // 2) if steps[-1] == 2 else 0
-    runs = src[lead + tuple(taken[:-1]) + (slice(first, first + 2 * paired),)]
-    if paired and _gather_pairs(into[..., :paired], runs):
-        into[..., paired:] = src[lead + tuple(taken)][..., paired:]
+    if paired and _gather_pairs(into[..., :paired], src[lead + tuple(taken[:-1])][
+            ..., first:first + 2 * paired]):
+        into[..., paired:] = values[..., paired:]
     else:
-        into[...] = src[lead + tuple(taken)]
+        into[...] = values
     for ax, (cut, e) in enumerate(zip(inside, dst.shape[2:])):  # zero the borders around it
         for border in (slice(0, cut.start), slice(cut.stop, e)):
             if border.stop > border.start:
