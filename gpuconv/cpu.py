@@ -732,26 +732,29 @@ def _cuts(span: slice, count: int) -> List[slice]:
     return [slice(a, b) for a, b in zip(cuts, cuts[1:])]
 
 
-def _depthwise_chunk_terms(geom: ConvGeometry, flat: bool) -> Tuple[int, int, bool]:
+def _depthwise_chunk_terms(geom: ConvGeometry, flat: bool,
+                           ct: np.dtype) -> Tuple[int, int, bool]:
     """(padded copies of the input, items per output position, whether the chunks read the
-    caller's unpadded array) of :func:`_depthwise_block`'s chunks. The slots of
-    :func:`_depthwise_slots` count as copies of the input: along the last axis a slot holds
-    an output row's positions, at most the padded row, once per tap (at least the taps per
-    stride, for the 1-D chunks of positions); along the others, phases of the input's rows."""
+    caller's unpadded array) of :func:`_depthwise_block`'s chunks in accumulator dtype
+    ``ct``. The slots of :func:`_depthwise_slots` count as copies of the input: along the
+    last axis a slot holds an output row's positions, at most the padded row, once per tap (at
+    least the taps per stride, for the 1-D chunks of positions); along the others, phases of
+    the input's rows. Complex sums of the slots are made as real ones first: twice the
+    items."""
     if not flat:
         return (1 if geom.padding_mode == "zeros" else 2) + (geom.stride[-1] > 1), \
             3 * geom.C_out, False
     K, S, Q, P = geom.kernel[-1], geom.stride[-1], geom.out_spatial[-1], geom.padded_spatial[-1]
     zeros = geom.padding_mode == "zeros"
     slots = max(-(-K * Q // P), -(-K // S))
-    return slots + (not zeros), geom.C_out, zeros
+    return slots + (not zeros), geom.C_out * (1 + (ct.kind == "c")), zeros
 
 
 def _depthwise_row_bytes(geom: ConvGeometry, ct: np.dtype, flat: bool) -> int:
     """Bytes of :func:`_depthwise_block`'s smallest chunk (one output row of one image, with
     the padded input rows it reads) per input channel."""
     one = dataclasses.replace(geom, N=1, C_in=1, C_out=geom.C_out_per_group, groups=1)
-    copies, per_position, _ = _depthwise_chunk_terms(one, flat)
+    copies, per_position, _ = _depthwise_chunk_terms(one, flat, ct)
     return sum(_window_costs(one, ct.itemsize, copies, per_position))
 
 
@@ -762,9 +765,11 @@ def _depthwise_block(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     wt: Array = np.asarray(w, dtype=ct).reshape(C, Cog, math.prod(K))  # filter c*Cog+j, tap t
     b: Optional[Array] = None if bias is None else np.asarray(bias, dtype=ct).reshape(C, Cog)
     weights = _slot_weights(wt, geom) if flat else _depthwise_tiles(wt, geom)
+    if flat and ct.kind == "c":  # real einsums over the real and imaginary parts' slots
+        weights = _plane_weights(weights, 1 + (x_cf.dtype.kind == "c"))
     # flat, zero padding: the slots are copied from the caller's array itself, which sits at
     # ``offset`` in the padded input
-    copies, per_position, unpadded = _depthwise_chunk_terms(geom, flat)
+    copies, per_position, unpadded = _depthwise_chunk_terms(geom, flat, ct)
     offset = geom.pad_before if unpadded else (0,) * D
     # the weights (the einsum's tiles: at most an eighth) come out of the workspace too
     with cpu_workspace(max(1, get_cpu_workspace() - weights.nbytes)):
@@ -827,6 +832,36 @@ def _slot_weights(wt: Array, geom: ConvGeometry) -> Array:
     return grid
 
 
+def _plane_weights(grid: Array, parts: int) -> Array:
+    """The complex weights ``grid`` ``(C, Cog, ...)`` of :func:`_slot_weights` as real ones
+    ``(C, Cog, 2, parts, ...)`` over the real and imaginary parts of the input (``parts``: 1
+    for a real input) to the real and imaginary parts of the sums: (a + ib)(x + iy) = (ax -
+    by) + i(bx + ay)."""
+    real = np.zeros(grid.shape[:2] + (2, parts) + grid.shape[2:], np.finfo(grid.dtype).dtype)
+    real[:, :, 0, 0], real[:, :, 1, 0] = grid.real, grid.imag
+    if parts == 2:
+        real[:, :, 0, 1], real[:, :, 1, 1] = -grid.imag, grid.real
+    return real
+
+
+def _planes(src: Array) -> List[Tuple[Array, int, int]]:
+    """``src``'s real and imaginary parts (its only part, if real) as (array, scale, shift):
+    part ``p`` has element ``i`` of the last axis at ``scale * i + shift`` of that array. A
+    complex array whose last axis is contiguous is viewed as its real dtype, both parts in one
+    array (its even and odd elements), whose gathers read contiguous pairs
+    (:func:`_gather_pairs`) where NumPy's ``.real`` and ``.imag`` would be read element by
+    element."""
+    if src.dtype.kind != "c":
+        return [(src, 1, 0)]
+    if src.dtype.isnative and src.ndim and src.strides[-1] == src.itemsize:
+        try:
+            flat = src.view(np.finfo(src.dtype).dtype)
+            return [(flat, 2, 0), (flat, 2, 1)]
+        except ValueError:  # NumPy < 1.23 views only C-contiguous arrays as a narrower type
+            pass
+    return [(src.real, 1, 0), (src.imag, 1, 0)]
+
+
 def _depthwise_slots(src: Array, grid: Array, geom: ConvGeometry, r0: int,
                      rows: Tuple[int, ...], take: Take, ct: np.dtype,
                      offset: Tuple[int, ...], into: Optional[Array]) -> Tuple[Array, Array]:
@@ -845,7 +880,16 @@ def _depthwise_slots(src: Array, grid: Array, geom: ConvGeometry, r0: int,
     one copy would have the run's own stride, and NumPy's iterator would then make them the
     inner loop.) At stride 1 along the first axes the run is the output rows themselves;
     along a middle axis of a 3-D layer it also crosses rows past the output's, which are
-    computed and left out of the view."""
+    computed and left out of the view.
+
+    Complex sums (``grid`` real, from :func:`_plane_weights`) are real einsums over slots of
+    the input's real and imaginary parts, into the real and imaginary parts of the sums, then
+    interleaved: NumPy's complex einsum runs far below its real one's rate (one thread, 2 x
+    144 x 56^2, ms: float32 0.8, complex64 11.5, the same over float32 planes 4.3-5.9). Whole
+    calls, two threads, the bench's pattern, min / median of 15, planes / complex einsum:
+    complex64 2 x 144 x 56^2 4.33/5.01 / 7.37/7.89, 2 x 96 x 112^2 stride 2 5.84/6.36 /
+    8.41/8.89, 1 x 32 x 112^2 1.62/1.88 / 3.37/3.57; complex128 2 x 144 x 56^2 8.17/8.87 /
+    9.30/9.85, 2 x 96 x 112^2 stride 2 10.06/10.76 / 10.36/10.72."""
     n, C, Cog, K, S, Dl, D = (src.shape[0], geom.C_in, geom.C_out_per_group, geom.kernel,
                               geom.stride, geom.dilation, geom.rank)
     axes = _slot_axes(geom)
@@ -853,24 +897,36 @@ def _depthwise_slots(src: Array, grid: Array, geom: ConvGeometry, r0: int,
     extents = [(r - 1) * s + (k - 1) * d + 1 for r, s, k, d in zip(rows, S, K, Dl)][:D - 1]
     E = tuple(-(-e // s) for e, s in zip(extents, S))  # rows of a phase, per axis
     Q = rows[-1]
-    slots = take((n, C) + tuple(len(u) for u, _, _ in axes) + (K[-1],) + E + (Q,), ct)
-    for phase in itertools.product(*[enumerate(u) for u, _, _ in axes]):
-        index = tuple(i for i, _ in phase)
-        firsts = tuple(b + a - o for b, (_, a), o in zip(start, phase, offset))
-        for j in range(K[-1]):
-            _strided_fill(slots[(slice(None), slice(None)) + index + (j,)], src,
-                          firsts + (start[-1] + j * Dl[-1] - offset[-1],), S)
+    planes = grid.dtype != ct  # complex sums over real planes: (n, C, part, ...) slots
+    parts = _planes(src) if planes else [(src, 1, 0)]
+    lead = (n, C) + ((len(parts),) if planes else ())
+    slots = take(lead + tuple(len(u) for u, _, _ in axes) + (K[-1],) + E + (Q,), grid.dtype)
+    for p, (part, scale, shift) in enumerate(parts):
+        plane = slots[:, :, p] if planes else slots
+        for phase in itertools.product(*[enumerate(u) for u, _, _ in axes]):
+            index = tuple(i for i, _ in phase)
+            firsts = tuple(b + a - o for b, (_, a), o in zip(start, phase, offset))
+            for j in range(K[-1]):
+                last = scale * (start[-1] + j * Dl[-1] - offset[-1]) + shift
+                _strided_fill(plane[(slice(None), slice(None)) + index + (j,)], part,
+                              firsts + (last,), S[:-1] + (scale * S[-1],))
     step = tuple(math.prod(E[a + 1:]) * Q for a in range(D - 1))  # a row's flat stride
     run = sum((r - 1) * st for r, st in zip(rows, step)) + Q
     item = slots.itemsize
-    phase_steps = slots.strides[2:1 + D]  # then the slot axis, then the rows
-    windows = as_strided(slots, writeable=False, shape=(n, C) + grid.shape[2:] + (run,),
-                         strides=slots.strides[:2] + sum(
-                             ((ps, unit * st * item) for ps, (_, unit, _), st in
-                              zip(phase_steps, axes, step)), ()) + (slots.strides[1 + D], item))
+    L = len(lead)
+    phase_steps = slots.strides[L:L + D - 1]  # then the slot axis, then the rows
+    windows = as_strided(slots, writeable=False, shape=lead + grid.shape[2 + 2 * planes:] + (
+        run,), strides=slots.strides[:L] + sum(
+            ((ps, unit * st * item) for ps, (_, unit, _), st in
+             zip(phase_steps, axes, step)), ()) + (slots.strides[L + D - 1], item))
     sums = take((n, C, Cog, run), ct) if into is None else into
     letters = "pqrstu"[:2 * (D - 1)]
-    np.einsum(f"nc{letters}jx,cm{letters}j->ncmx", windows, grid, out=sums)
+    if planes:  # parts of the sums (n, C, Cog, 2, run), then interleaved into the complex sums
+        real = take((n, C, Cog, 2, run), grid.dtype)
+        np.einsum(f"ncy{letters}jx,cmzy{letters}j->ncmzx", windows, grid, out=real)
+        sums.real, sums.imag = real[:, :, :, 0], real[:, :, :, 1]
+    else:
+        np.einsum(f"nc{letters}jx,cm{letters}j->ncmx", windows, grid, out=sums)
     return sums, as_strided(sums, shape=(n, C, Cog) + rows, writeable=True,
                             strides=sums.strides[:3] + tuple(st * sums.itemsize
                                                              for st in step + (1,)))

@@ -132,10 +132,12 @@ def error_bound(x, filters, bias, out_dtype, activation, **options):
 
     A sum of n products carried in a type with unit roundoff u is off by at most
     gamma_n * sum|products| (gamma_n = n u / (1 - n u); Higham, Accuracy and Stability, 3.1),
-    sqrt(2) gamma_{n+2} for complex products; the bias adds one term. The sum |products| is the
-    reference run on |x|, |filters|, |bias|. The activation passes that error on scaled by its
-    Lipschitz constant and adds a few units of its own rounding; the final store into the output
-    dtype adds u_out |y| (and half the smallest subnormal, for underflow).
+    sqrt(2) gamma_m for complex ones, m the larger of n + 2 (complex products) and the 2 real
+    products per tap that each part sums when computed as real sums; the bias adds one term
+    (one per part). The sum |products| is the reference run on |x|, |filters|, |bias|. The
+    activation passes that error on scaled by its Lipschitz constant and adds a few units of its
+    own rounding; the final store into the output dtype adds u_out |y| (and half the smallest
+    subnormal, for underflow).
     """
     out_dtype = np.dtype(out_dtype)
     real = np.dtype(out_dtype.char.lower()) if out_dtype.kind == "c" else out_dtype
@@ -143,9 +145,13 @@ def error_bound(x, filters, bias, out_dtype, activation, **options):
     u_acc = np.finfo(acc).eps / 2
     u_out = finfo(real).eps / 2
     w = np.asarray(filters)
-    n = int(np.prod(w.shape[1:])) + (0 if bias is None else 1)
+    taps = int(np.prod(w.shape[1:]))
+    n = taps + (0 if bias is None else 1)
     if out_dtype.kind == "c":
-        n += 2
+        # each part of a complex sum as a sum of real products (ax - by, bx + ay), as complex
+        # BLAS kernels and the CPU's depthwise planes compute it: 2 per tap, |ax| + |by| <=
+        # |a + ib| |x + iy|; that covers the complex products' own rounding (n + 2 terms) too
+        n = max(n + 2, 2 * taps + (0 if bias is None else 1))
     gamma = n * u_acc / (1 - n * u_acc)
     if out_dtype.kind == "c":
         gamma *= np.sqrt(2)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gpuconv
-from cases import fast_path_cases, grid_cases
+from cases import Case, fast_path_cases, grid_cases
 from gpuconv import cpu, workers
 from test_grid import _check, _geometry
 
@@ -180,3 +180,65 @@ def test_slot_weights_put_every_tap_once_and_zeros_elsewhere():
         np.testing.assert_array_equal(grid[:, :, phase, offset, 0], taps[:, :, k0])
     assert np.all(grid[:, :, 1, 1] == 0)
     assert np.count_nonzero(grid) == wt.size
+
+
+def _complex(rng, shape, dtype):
+    dtype = np.dtype(dtype)
+    a = rng.standard_normal(shape)
+    return (a + 1j * rng.standard_normal(shape) if dtype.kind == "c" else a).astype(dtype)
+
+
+@pytest.mark.parametrize("xd, wd", [("complex64", "complex64"), ("float32", "complex64"),
+                                    ("complex64", "float32"), ("complex128", "complex128"),
+                                    ("complex64", "complex128"), ("float16", "complex64")])
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(stride=2, padding=1, bias=True),
+                                dict(stride=(2, 3), dilation=(1, 2), padding=2,
+                                     padding_mode="reflect"),
+                                dict(padding=1, view=True)])
+def test_complex_slots_as_real_planes(xd, wd, kw, monkeypatch):
+    """Complex depthwise sums over slots are real einsums over the real and imaginary parts'
+    planes (one plane for a real input): every mix of real and complex inputs, strides, a
+    padded copy (reflect), and an input whose last axis is strided (its parts read as .real
+    and .imag, not as one real view), against the reference; the real einsum is what ran."""
+    monkeypatch.setattr(cpu, "_depthwise_flat", lambda geom: True)
+    kw = dict(kw)
+    rng = np.random.default_rng(11)
+    x = _complex(rng, (2, 6, 30, 61 if kw.pop("view", False) else 31), xd)
+    if x.shape[-1] == 61:
+        x = x[..., ::2]  # (2, 6, 30, 31), last axis strided
+    w = _complex(rng, (12, 1, 3, 3), wd)
+    b = _complex(rng, (12,), wd) if kw.pop("bias", False) else None
+    views = []
+    planes = cpu._planes
+    monkeypatch.setattr(cpu, "_planes", lambda src: views.append(planes(src)) or views[-1])
+    einsums = []
+    einsum = np.einsum
+    monkeypatch.setattr(np, "einsum", lambda *a, **k: einsums.append(a[1].dtype) or einsum(
+        *a, **k))
+    case = Case("planes", x, w, b, dict(groups=6, activation=None, **kw))
+    x0 = x.copy()
+    _check(case, _conv(case), f"cpu depthwise planes {xd} {wd} {kw}")
+    np.testing.assert_array_equal(x, x0)
+    assert einsums and all(d.kind == "f" for d in einsums)
+    zeros = kw.get("padding_mode", "zeros") == "zeros"  # else a padded copy, complex
+    parts = 2 if np.dtype(xd).kind == "c" or not zeros else 1
+    assert views and all(len(v) == parts for v in views)
+    if np.dtype(xd).kind == "c" and zeros:  # the slots are filled from the caller's array
+        as_one = x.strides[-1] == x.itemsize
+        assert all((v[0][0] is v[1][0]) == as_one and v[0][1] == 1 + as_one for v in views)
+
+
+def test_planes_of_a_complex_array():
+    """cpu._planes: element i of part p at scale * i + shift of the part's array; one real
+    view of both parts where the last axis is contiguous, .real and .imag where not."""
+    rng = np.random.default_rng(5)
+    x = _complex(rng, (2, 3, 4, 10), np.complex64)
+    for src in (x, x[..., ::2], x[:, ::2, 1:]):
+        parts = cpu._planes(src)
+        assert len(parts) == 2
+        for (a, scale, shift), want in zip(parts, (src.real, src.imag)):
+            np.testing.assert_array_equal(a[..., shift::scale], want)
+            assert np.shares_memory(a, src)
+        assert (scale == 2) == (src.strides[-1] == src.itemsize)
+    real = x.real.copy()
+    assert cpu._planes(real) == [(real, 1, 0)]
