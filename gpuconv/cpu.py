@@ -43,7 +43,9 @@ GEMM_CHUNK_BYTES = 16 * 2**20
 #: image whose rows would make them narrower counts only its windows against the cap (its
 #: products go into the output): vgg16_conv4_2 then multiplies whole images, 17.9 -> 16.8 ms
 #: (medians of 10). Wider products keep the cap: deepbench_speech's whole-image chunks (10.8
-#: MiB of windows, 26939 columns) ran 5.4 -> 6.0 ms against two of 13640 columns.
+#: MiB of windows, 26939 columns) ran 5.4 -> 6.0 ms against two of 13640 columns. The cap then
+#: counts float32 items, so that wider dtypes keep float32's products: vgg16_conv4_2 in float64
+#: had three chunks of 280 columns, 35.6 -> 32.5 ms whole (complex128 131 -> 120) on the Zen 5.
 GEMM_MIN_COLUMNS = 1024
 
 #: Kernels a filter from which a data adjoint runs as forward convs by stride phase
@@ -96,7 +98,9 @@ def _chunks(geom: ConvGeometry, itemsize: int, padded_copies: int,
         return _balanced(geom.N, budget // per_n), O[0]
     rows = _rows_per_chunk(O[0], per_image, per_row, cap)
     if alone is not None and rows * math.prod(O[1:]) < GEMM_MIN_COLUMNS:
-        rows = _rows_per_chunk(O[0], per_image, _row_bytes(geom, itemsize, alone), cap)
+        # the cap counts float32 items here: wider dtypes keep float32's columns a product
+        wide = None if cap is None else cap * max(1, itemsize // 4)
+        rows = _rows_per_chunk(O[0], per_image, _row_bytes(geom, itemsize, alone), wide)
     return 1, rows
 
 
