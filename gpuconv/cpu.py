@@ -769,11 +769,13 @@ def _depthwise_block(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     wt: Array = np.asarray(w, dtype=ct).reshape(C, Cog, math.prod(K))  # filter c*Cog+j, tap t
     b: Optional[Array] = None if bias is None else np.asarray(bias, dtype=ct).reshape(C, Cog)
     weights = _slot_weights(wt, geom) if flat else _depthwise_tiles(wt, geom)
-    if flat and ct.kind == "c":  # real einsums over the real and imaginary parts' slots
-        weights = _plane_weights(weights, 1 + (x_cf.dtype.kind == "c"))
     # flat, zero padding: the slots are copied from the caller's array itself, which sits at
     # ``offset`` in the padded input
     copies, per_position, unpadded = _depthwise_chunk_terms(geom, flat, ct)
+    if flat and ct.kind == "c":  # real einsums over the parts of the slots' source: the
+        # caller's array, or a padded copy in ct (complex)
+        complex_source = x_cf.dtype.kind == "c" or not unpadded
+        weights = _plane_weights(weights, 1 + complex_source)
     offset = geom.pad_before if unpadded else (0,) * D
     # the weights (the einsum's tiles: at most an eighth) come out of the workspace too
     with cpu_workspace(max(1, get_cpu_workspace() - weights.nbytes)):
@@ -903,6 +905,7 @@ def _depthwise_slots(src: Array, grid: Array, geom: ConvGeometry, r0: int,
     Q = rows[-1]
     planes = grid.dtype != ct  # complex sums over real planes: (n, C, part, ...) slots
     parts = _planes(src) if planes else [(src, 1, 0)]
+    assert not planes or grid.shape[3] == len(parts), (grid.shape, src.dtype)
     lead = (n, C) + ((len(parts),) if planes else ())
     slots = take(lead + tuple(len(u) for u, _, _ in axes) + (K[-1],) + E + (Q,), grid.dtype)
     for p, (part, scale, shift) in enumerate(parts):
