@@ -57,7 +57,12 @@ On CUDA:
                  view;
   ``depthwise``  one kernel per filter: 32-bit indexing, 3x3/5x5/7x7 and 1-D 3/5/7 taps
                  unrolled (kernels_cuda/conv_depthwise.cu); for channels-first outputs of
-                 those sizes each thread computes 4 outputs of a row (conv_depthwise_rows).
+                 those sizes each thread computes 4 outputs of a row (conv_depthwise_rows);
+  ``depthwise_tile`` the same sizes through shared memory: a block copies the input of a
+                 tile of outputs (whole rows, or whole planes, several a block, where planes
+                 are small) once, coalesced, then sums the taps from it
+                 (conv_depthwise_tile); only when asked for by name or by the autotuner
+                 (not yet timed on a GPU).
 """
 from __future__ import annotations
 
@@ -80,7 +85,7 @@ ALGORITHMS: Dict[str, Tuple[str, ...]] = {
     "cpu": ("gemm", "gemm_shifted", "pointwise", "depthwise"),
     "cuda": ("direct", "few_filters", "gemm") + _GEMM + ("gemm_tc", "gemm_tc_cl", "gemm_tf32",
                                                          "im2col", "winograd", "pointwise",
-                                                         "depthwise"),
+                                                         "depthwise", "depthwise_tile"),
 }
 NAMES = ("auto",) + tuple(dict.fromkeys(n for names in ALGORITHMS.values() for n in names))
 
@@ -101,8 +106,14 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
         return (f"the {kind} device has no {algorithm!r} algorithm; it has "
                 f"{('auto',) + ALGORITHMS[kind]}")
     shape = f"filters {(geom.C_out, geom.C_in_per_group) + geom.kernel}, groups={geom.groups}"
-    if algorithm == "depthwise" and geom.C_in_per_group != 1:
-        return (f"'depthwise' needs one kernel per filter (C_in/groups == 1); these are {shape}")
+    if algorithm in ("depthwise", "depthwise_tile") and geom.C_in_per_group != 1:
+        return (f"{algorithm!r} needs one kernel per filter (C_in/groups == 1); these are "
+                f"{shape}")
+    if algorithm == "depthwise_tile" and kernels.depthwise_tile(geom, dtype) is None:
+        sizes = tuple(k for k in kernels.DEPTHWISE_SIZES if k != (0, 0))
+        return (f"'depthwise_tile' is built for kernels of (height, width) {sizes} (depth 1) "
+                f"whose window of one output row fits its {kernels.DEPTHWISE_TILE_BYTES}-byte "
+                f"tile; these are {shape}, dilation {geom.dilation}")
     if algorithm == "gemm_shifted" and (geom.stride[-1] != 1 or geom.kernel[-1] == 1):
         return (f"'gemm_shifted' sums each tap's products shifted along the last axis, which "
                 f"needs stride 1 and a kernel wider than 1 there; this call has stride "
@@ -140,7 +151,7 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
             geom.C_out_per_group > kernels.FEW_FILTERS_WIDTHS[-1]:
         return (f"'few_filters' computes every filter of a group in one thread: it takes at "
                 f"most {kernels.FEW_FILTERS_WIDTHS[-1]} filters a group; these are {shape}")
-    if kind == "cuda" and algorithm in ("depthwise", "few_filters"):
+    if kind == "cuda" and algorithm in ("depthwise", "depthwise_tile", "few_filters"):
         x_elems = geom.N * geom.C_in * math.prod(geom.padded_spatial)
         y_elems = geom.positions * geom.C_out
         if max(x_elems, y_elems) >= kernels.DEPTHWISE_MAX_ELEMENTS:

@@ -238,10 +238,12 @@ def gemm_splits(geom: ConvGeometry, tile: Tuple[int, int, int], sms: int, per_sm
 
 
 class _Launch(NamedTuple):
-    """One kernel launch of a call: ``run(file, name, dtype, work, args)``."""
+    """One kernel launch of a call: ``run(file, name, dtype, work, args)``; ``extra``: the
+    kernel's arguments after the call's own (conv_depthwise_tile's tile)."""
     file: str
     name: str
     work: Union[int, Grid]
+    extra: Tuple[Any, ...] = ()
 
 
 class ForwardPlan(NamedTuple):
@@ -285,6 +287,17 @@ def _forward_plan(geom: ConvGeometry, dtype: np.dtype, activation: Optional[str]
             "conv_direct.cu", kernels.conv_few_filters_name(
                 dtype, activation, kernels.few_filters_width(geom.C_out_per_group)),
             geom.N * geom.groups * math.prod(geom.out_spatial[:-1]) * runs))
+    if algorithm == "depthwise_tile":
+        size = kernels.depthwise_size(geom.kernel)
+        tile = kernels.depthwise_tile(geom, dtype)
+        assert tile is not None  # algorithms.why_not refuses the layer otherwise
+        planes, rows, columns = tile
+        OH, OW = ((1,) + geom.out_spatial)[-2:]
+        tiles = (-(-geom.N * geom.C_out * math.prod(geom.out_spatial[:-2]) // planes)
+                 * -(-OH // rows) * -(-OW // columns))  # one block each
+        return ForwardPlan(algorithm, _Launch(
+            "conv_depthwise.cu", kernels.conv_depthwise_tile_name(dtype, activation, size),
+            Grid((tiles, 1, 1), kernels.DEPTHWISE_TILE_THREADS), tuple(map(_int64, tile))))
     if algorithm == "depthwise":
         size = kernels.depthwise_size(geom.kernel)
         if size != (0, 0) and geom.layout == "channels_first":  # runs of a row a thread
@@ -362,7 +375,8 @@ def _forward(xp: Any, run: Callable[..., None], sms: int, x_cf: Array, w: Array,
         _im2col(xp, run, plan, x_cf, w, b, out_cf, record, geom)
         return
     if not plan.splits:
-        run(main.file, main.name, dtype, main.work, (x_cf, w, bias_arg, out_cf, record))
+        run(main.file, main.name, dtype, main.work,
+            (x_cf, w, bias_arg, out_cf, record) + main.extra)
         return
     # Split-K: the kernel's splits' sums go to `partial`, which conv_gemm_sum_splits adds in
     # order, adding the bias, applying the activation and writing y. Without splits the kernel

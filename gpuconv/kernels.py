@@ -12,6 +12,7 @@ compiles exactly that list with plain NVRTC for sm_80 and sm_90 on machines with
 from __future__ import annotations
 
 import functools
+import math
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -302,6 +303,58 @@ def conv_depthwise_rows_name(dtype: DTypeLike, activation: Optional[str],
 DEPTHWISE_ROW_RUN = 4
 
 
+def conv_depthwise_tile_name(dtype: DTypeLike, activation: Optional[str],
+                             size: Tuple[int, int]) -> str:
+    """conv_depthwise.cu's kernel through a shared-memory tile of the input (algorithm
+    "depthwise_tile"); ``size`` one of DEPTHWISE_SIZES other than (0, 0)."""
+    return (f"conv_depthwise_tile<{ctype(dtype)}, {ACTIVATIONS[activation]}, "
+            f"{size[0]}, {size[1]}>")
+
+
+#: conv_depthwise_tile's threads a block, the bytes of its input tile (accumulator values in
+#: shared memory) and the most planes a block takes: GC_DW_TILE_THREADS, GC_DW_TILE_BYTES and
+#: GC_DW_TILE_PLANES in conv_depthwise.cu. A block aims at DEPTHWISE_TILE_OUTPUTS outputs
+#: (4 a thread): whole output rows where the tile's input fits, and whole planes, several a
+#: block, where a plane has fewer outputs.
+DEPTHWISE_TILE_THREADS = 256
+DEPTHWISE_TILE_BYTES = 16384
+DEPTHWISE_TILE_PLANES = 32
+DEPTHWISE_TILE_OUTPUTS = 1024
+
+
+def depthwise_tile(geom: ConvGeometry, dtype: DTypeLike) -> Optional[Tuple[int, int, int]]:
+    """(planes, rows, columns) of the outputs each conv_depthwise_tile block computes for this
+    depthwise layer, or None where no tile fits: a kernel size without an unrolled
+    instantiation, or one row of windows of the kernel's reach (dilation included) that is
+    more than DEPTHWISE_TILE_BYTES of input. A plane is an (image, filter, output depth)."""
+    size = depthwise_size(geom.kernel)
+    if size == (0, 0):
+        return None
+    KH, KW = size
+    cap = DEPTHWISE_TILE_BYTES // accumulator_dtype(dtype).itemsize
+    OH, OW = ((1,) + geom.out_spatial)[-2:]  # 1-D: one row
+    SH, SW = ((1,) + geom.stride)[-2:]
+    DH, DW = ((1,) + geom.dilation)[-2:]
+    reach_h, reach_w = (KH - 1) * DH + 1, (KW - 1) * DW + 1  # input rows and columns of a window
+
+    def most(room: int, reach: int, step: int) -> int:  # outputs whose windows span <= room
+        return (room - reach) // step + 1 if room >= reach else 0
+
+    widest = most(cap // reach_h, reach_w, SW)
+    if widest < 1:
+        return None
+    bw = min(OW, widest, DEPTHWISE_TILE_OUTPUTS)
+    bh = min(OH, max(1, DEPTHWISE_TILE_OUTPUTS // bw),
+             most(cap // ((bw - 1) * SW + reach_w), reach_h, SH))
+    planes = 1
+    if bh == OH and bw == OW:
+        tile_in = ((bh - 1) * SH + reach_h) * ((bw - 1) * SW + reach_w)
+        planes = max(1, min(DEPTHWISE_TILE_PLANES, DEPTHWISE_TILE_OUTPUTS // (bh * bw),
+                            cap // tile_in, geom.N * geom.C_out * math.prod(
+                                geom.out_spatial[:-2])))
+    return planes, bh, bw
+
+
 #: Threads of a conv_depthwise_filter_grad block (GC_DW_FG_THREADS in conv_depthwise.cu).
 DEPTHWISE_FILTER_GRAD_THREADS = 256
 
@@ -438,6 +491,8 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
         return tuple(conv_depthwise_name(dtype, a, k) for a in activation_names(dtype)
                      for k in DEPTHWISE_SIZES) + \
             tuple(conv_depthwise_rows_name(dtype, a, k) for a in activation_names(dtype)
+                  for k in DEPTHWISE_SIZES if k != (0, 0)) + \
+            tuple(conv_depthwise_tile_name(dtype, a, k) for a in activation_names(dtype)
                   for k in DEPTHWISE_SIZES if k != (0, 0)) + \
             tuple(conv_depthwise_filter_grad_name(dtype, k) for k in DEPTHWISE_SIZES
                   if k != (0, 0))

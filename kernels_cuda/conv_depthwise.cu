@@ -135,6 +135,113 @@ __global__ void conv_depthwise_rows(const T* __restrict__ x, const T* __restrict
     }
 }
 
+// Threads of a conv_depthwise_tile block and the bytes of its input tile, and the most planes
+// a block takes (kernels.DEPTHWISE_TILE_THREADS, DEPTHWISE_TILE_BYTES, DEPTHWISE_TILE_PLANES).
+#define GC_DW_TILE_THREADS 256
+#define GC_DW_TILE_BYTES 16384
+#define GC_DW_TILE_PLANES 32
+
+// The same convolution through a shared-memory tile (algorithm "depthwise_tile"), for a fixed
+// kernel size (KH_ x KW_, depth 1). A block computes a tile of `tile_h` x `tile_w` outputs of
+// `planes` consecutive planes (n, co, od) (several planes only where a tile is a whole plane):
+// its threads first copy the input the tile reads, tile_h rows by tile_w columns of windows
+// with their stride, dilation and zero padding, into shared memory as accumulator values
+// (consecutive threads consecutive elements of an input row: each input element crosses
+// global memory once, but for the KH_ - 1 rows a tile shares with the next), then each thread
+// takes outputs tid, tid + THREADS, ... of the tile in the output's order (consecutive threads
+// consecutive outputs of a row: stores coalesce) and sums its KH_ x KW_ taps from shared
+// memory in the order kh, kw. Taps over the padding read zeros from the tile, so every output
+// sums all taps; a product with a zero adds nothing to the sum. The host (kernels.depthwise_
+// tile) chooses the tile so that planes x rows x columns of input fit GC_DW_TILE_BYTES.
+// Coordinates are 32-bit (inputs and outputs of fewer than 2^30 elements), addresses 64-bit.
+template <typename T, int ACT, int KH_, int KW_>
+__global__ void __launch_bounds__(GC_DW_TILE_THREADS)
+conv_depthwise_tile(const T* __restrict__ x, const T* __restrict__ w,
+                    const T* __restrict__ bias, T* __restrict__ y, const gc_conv p,
+                    long long planes_a_block, long long tile_h, long long tile_w) {
+    typedef gc_num<T> num;
+    typedef typename num::acc acc_t;
+    static_assert(KH_ > 0 && KW_ > 0, "a fixed kernel size");
+    constexpr int THREADS = GC_DW_TILE_THREADS, TAPS = KH_ * KW_;
+    __shared__ __align__(16) unsigned char raw[GC_DW_TILE_BYTES];
+    __shared__ long long x_at[GC_DW_TILE_PLANES], y_at[GC_DW_TILE_PLANES];  // plane offsets
+    __shared__ int tap_at[GC_DW_TILE_PLANES];  // the plane's filter's first tap, -1: no plane
+    __shared__ int x_in[GC_DW_TILE_PLANES];    // 0: the plane reads only zeros (x_at unset)
+    acc_t* tile = reinterpret_cast<acc_t*>(raw);
+
+    const int PT = int(planes_a_block), BH = int(tile_h), BW = int(tile_w);
+    const int SH = int(p.SH), SW = int(p.SW), DH = int(p.DH), DW = int(p.DW);
+    const int TH = (BH - 1) * SH + (KH_ - 1) * DH + 1;  // input rows and columns of the tile
+    const int TW = (BW - 1) * SW + (KW_ - 1) * DW + 1;
+    if (PT > GC_DW_TILE_PLANES || (long long)PT * TH * TW * (long long)sizeof(acc_t) >
+        GC_DW_TILE_BYTES)
+        return;  // the host never asks for this: the output stays as it was (poisoned in tests)
+    const int OD = int(p.OD), OH = int(p.OH), OW = int(p.OW), C = int(p.C_out);
+    const int planes = int(p.N) * C * OD;
+    const int tiles_w = (OW + BW - 1) / BW, tiles_h = (OH + BH - 1) / BH;
+    int b = blockIdx.x;  // (plane group, tile row, tile column)
+    const int tw_i = b % tiles_w;
+    b /= tiles_w;
+    const int th_i = b % tiles_h;
+    const int plane0 = (b / tiles_h) * PT;
+    const int oh0 = th_i * BH, ow0 = tw_i * BW;
+    const int ih0 = oh0 * SH - int(p.PH), iw0 = ow0 * SW - int(p.PW);
+
+    const int tid = threadIdx.x;
+    if (tid < PT) {
+        const int plane = plane0 + tid;
+        const int od = plane % OD, nc = plane / OD;
+        const int co = nc % C, n = nc / C;
+        const int id = od * int(p.SD) - int(p.PD);
+        const bool real = plane < planes;
+        tap_at[tid] = real ? co * TAPS : -1;
+        // past the last plane, or a depth row of padding: zeros (offsets may be negative:
+        // strides of views may be)
+        x_in[tid] = real && (unsigned)id < (unsigned)p.ID;
+        x_at[tid] = n * p.xs_n + (co / int(p.Cog)) * p.xs_c + id * p.xs_d;
+        y_at[tid] = n * p.ys_n + co * p.ys_c + od * p.ys_d;
+    }
+    __syncthreads();
+
+    // the input tile: tile[pt][r][c] = x[plane0 + pt][ih0 + r][iw0 + c], zero outside x
+    const int IH = int(p.IH), IW = int(p.IW);
+    const int fill = PT * TH * TW;
+    gc_mixed_place in;  // (pt, -, r, c), stepped by THREADS
+    in.start<int>(tid, THREADS, 1, TH, TW);
+#pragma unroll 4
+    for (int e = tid; e < fill; e += THREADS) {
+        const int ih = ih0 + in.h, iw = iw0 + in.w;
+        acc_t v = num::zero();
+        if (x_in[in.hi] && (unsigned)ih < (unsigned)IH && (unsigned)iw < (unsigned)IW)
+            v = num::load(x[x_at[in.hi] + ih * p.xs_h + iw * p.xs_w]);
+        tile[e] = v;
+        in.advance(1, TH, TW);
+    }
+    __syncthreads();
+
+    const int outs = PT * BH * BW;
+    gc_mixed_place out;  // (pt, -, r, q), stepped by THREADS
+    out.start<int>(tid, THREADS, 1, BH, BW);
+    for (int o = tid; o < outs; o += THREADS) {
+        const int pt = out.hi, r = out.h, q = out.w;
+        const int oh = oh0 + r, ow = ow0 + q;
+        const int first_tap = tap_at[pt];
+        if (first_tap >= 0 && oh < OH && ow < OW) {
+            const acc_t* src = tile + (pt * TH + r * SH) * TW + q * SW;
+            const T* wk = w + first_tap;
+            acc_t sum = num::zero();
+#pragma unroll
+            for (int kh = 0; kh < KH_; ++kh)
+#pragma unroll
+                for (int kw = 0; kw < KW_; ++kw)
+                    sum = gc_madd(sum, src[kh * DH * TW + kw * DW], num::load(wk[kh * KW_ + kw]));
+            if (p.has_bias) sum = sum + num::load(bias[first_tap / TAPS]);
+            y[y_at[pt] + oh * p.ys_h + ow * p.ys_w] = num::store(gc_activate<ACT>(sum));
+        }
+        out.advance(1, BH, BW);
+    }
+}
+
 // Threads of a conv_depthwise_filter_grad block (kernels.DEPTHWISE_FILTER_GRAD_THREADS).
 #define GC_DW_FG_THREADS 256
 

@@ -22,7 +22,7 @@ def test_names_are_listed_and_checked():
     assert set(algorithms.ALGORITHMS["cuda"]) == {
         "direct", "few_filters", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64",
         "gemm_128x32", "gemm_128x8", "gemm_tc", "gemm_tc_cl", "gemm_tf32", "im2col", "winograd",
-        "pointwise", "depthwise"}
+        "pointwise", "depthwise", "depthwise_tile"}
     x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
     with pytest.raises(ValueError, match="algorithm must be one of .*'winograd'.*, got 'fft'"):
         gpuconv.conv(x, w, algorithm="fft", device="cpu")
@@ -300,6 +300,68 @@ def test_forward_plans_are_decided_once_and_say_what_launches():
     assert dw.algorithm == "depthwise" and dw.splits == 0 and dw.finish is None
     with pytest.raises(ValueError, match="'depthwise' needs one kernel per filter"):
         cuda.forward_plan(res5, np.float32, None, "depthwise", 132)
+
+
+def test_depthwise_tile_fits_its_shared_memory():
+    """kernels.depthwise_tile: the host's constants are conv_depthwise_tile's; every tile it
+    picks reads at most DEPTHWISE_TILE_BYTES of input in the accumulator dtype, takes several
+    planes only as whole planes, and aims at DEPTHWISE_TILE_OUTPUTS outputs; a window too
+    wide for the tile, or a kernel size without an unrolled instantiation, is refused by
+    name. The plan launches one block a tile."""
+    import re
+    from gpuconv import cuda, kernels
+    source = kernels.kernel_source("conv_depthwise.cu")
+    for macro, value in (("GC_DW_TILE_THREADS", kernels.DEPTHWISE_TILE_THREADS),
+                         ("GC_DW_TILE_BYTES", kernels.DEPTHWISE_TILE_BYTES),
+                         ("GC_DW_TILE_PLANES", kernels.DEPTHWISE_TILE_PLANES)):
+        assert re.search(rf"#define {macro} {value}\b", source), macro
+    checked = 0
+    for size in [k for k in kernels.DEPTHWISE_SIZES if k != (0, 0)]:
+        for stride, dilation, out in ((1, 1, 56), (2, 1, 7), (3, 2, 300), (1, 3, 2000)):
+            kernel = size if size[0] > 1 else size[1:]
+            reach = [(k - 1) * dilation + 1 for k in kernel]
+            spatial = tuple((out - 1) * stride + r for r in reach)
+            geom = _geom((3, 4) + spatial, (8, 1) + kernel, groups=4, stride=stride,
+                         dilation=dilation)
+            for dtype in (np.float16, np.float32, np.float64, np.complex128):
+                tile = kernels.depthwise_tile(geom, dtype)
+                acc = np.dtype(np.float32 if dtype == np.float16 else dtype).itemsize
+                if tile is None:
+                    assert reach[-1] * (reach[0] if len(kernel) == 2 else 1) * acc > \
+                        kernels.DEPTHWISE_TILE_BYTES
+                    assert "'depthwise_tile' is built for kernels" in algorithms.why_not(
+                        "cuda", "depthwise_tile", geom, dtype)
+                    continue
+                planes, rows, columns = tile
+                OH, OW = ((1,) + geom.out_spatial)[-2:]
+                S = ((1,) + geom.stride)[-2:]
+                D = ((1,) + geom.dilation)[-2:]
+                K = ((1,) + kernel)[-2:]
+                tile_in = planes * ((rows - 1) * S[0] + (K[0] - 1) * D[0] + 1) * \
+                    ((columns - 1) * S[1] + (K[1] - 1) * D[1] + 1)
+                assert tile_in * acc <= kernels.DEPTHWISE_TILE_BYTES
+                assert 1 <= rows <= OH and 1 <= columns <= OW
+                assert 1 <= planes <= kernels.DEPTHWISE_TILE_PLANES
+                assert planes == 1 or (rows, columns) == (OH, OW)
+                assert planes * rows * columns <= max(kernels.DEPTHWISE_TILE_OUTPUTS, OW)
+                plan = cuda.forward_plan(geom, dtype, None, "depthwise_tile", 132)
+                assert plan.main.work.blocks == (
+                    -(-3 * 8 // planes) * -(-OH // rows) * -(-OW // columns), 1, 1)
+                assert plan.main.extra == tile
+                checked += 1
+    assert checked == 96  # every layer above fits, in every dtype
+    # the suite's layers: whole rows, 18 of 56 a block; whole 14 x 14 planes, 5 a block
+    c144 = _geom((32, 144, 56, 56), (144, 1, 3, 3), groups=144, padding=1)
+    assert kernels.depthwise_tile(c144, np.float32) == (1, 18, 56)
+    c576 = _geom((32, 576, 14, 14), (576, 1, 3, 3), groups=576, padding=1)
+    assert kernels.depthwise_tile(c576, np.float32) == (5, 14, 14)
+    wide = _geom((1, 2, 400, 400), (2, 1, 7, 7), groups=2, dilation=60)
+    assert kernels.depthwise_tile(wide, np.float32) is None
+    assert "dilation (60, 60)" in algorithms.why_not("cuda", "depthwise_tile", wide, np.float32)
+    runtime = _geom((1, 2, 9, 9), (2, 1, 4, 4), groups=2)
+    assert "'depthwise_tile' is built for kernels of (height, width) ((3, 3)" in \
+        algorithms.why_not("cuda", "depthwise_tile", runtime, np.float32)
+    assert algorithms.choose("cuda", "auto", c144, np.float32) == "depthwise"  # not yet timed
 
 
 def test_depthwise_filter_grad_offsets_must_fit_32_bits():

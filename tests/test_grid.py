@@ -146,7 +146,7 @@ def test_cpu_pointwise_16bit(case):
 
 GPU_ALGORITHMS = ["direct", "few_filters", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64",
                   "gemm_128x32", "gemm_128x8", "gemm_tc", "gemm_tc_cl", "im2col", "pointwise",
-                  "depthwise"]
+                  "depthwise", "depthwise_tile"]
 
 
 def _check_gpu_algorithm(case, algorithm, cp):
@@ -175,6 +175,26 @@ def test_gpu_algorithms_tile_cases(case, algorithm, gpu):
     """The same on the cases that need several tiles along every axis (and some wide depthwise
     ones): the set compute-sanitizer runs every kernel over (benchmarks/gpu_record.py)."""
     _check_gpu_algorithm(case, algorithm, gpu)
+
+
+DEPTHWISE_GRID = [c for c in CASES + FAST_PATH_CASES if c.filters.shape[1] == 1]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("outputs", [4, 1024])
+def test_gpu_depthwise_tile(outputs, gpu, monkeypatch):
+    """conv_depthwise_tile (its input tile in shared memory) on every depthwise case of the
+    grid, with blocks of its own size and of 4 outputs (several tiles a row, halos between
+    them): in compute-sanitizer's selection (benchmarks/gpu_record.py), which runs the forced
+    algorithms of test_gpu_algorithms_against_reference on no case."""
+    from gpuconv import cuda
+    monkeypatch.setattr(kernels, "DEPTHWISE_TILE_OUTPUTS", outputs)
+    cuda._forward_plan.cache_clear()
+    try:
+        for case in DEPTHWISE_GRID:
+            _check_gpu_algorithm(case, "depthwise_tile", gpu)
+    finally:
+        cuda._forward_plan.cache_clear()
 
 
 @pytest.mark.gpu

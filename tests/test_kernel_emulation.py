@@ -670,12 +670,14 @@ def test_bfloat16_kernels(case, emulated_gpu):
         _check(case, got, f"emulated {algorithm} bfloat16")
 
 
+@pytest.mark.parametrize("algorithm", ["depthwise", "depthwise_tile"])
 @pytest.mark.parametrize("case", DEPTHWISE_CASES, ids=lambda c: c.name)
-def test_depthwise_kernel(case, emulated_gpu):
-    """The depthwise kernel (unrolled and runtime-size instantiations) on every case with one
-    kernel per filter."""
-    got = gpuconv.conv(case.x, case.filters, case.bias, algorithm="depthwise", **case.options)
-    _check(case, got, "emulated depthwise")
+def test_depthwise_kernel(case, algorithm, emulated_gpu):
+    """The depthwise kernels (unrolled and runtime-size instantiations; the shared-memory tile
+    where its sizes apply) on every case with one kernel per filter."""
+    got = _forced(case, "cuda", algorithm)
+    if got is not None:
+        _check(case, got, f"emulated {algorithm}")
 
 
 ROW_CASES = [  # (kernel size, stride, dilation, padding, input width, layout)
@@ -687,8 +689,9 @@ ROW_CASES = [  # (kernel size, stride, dilation, padding, input width, layout)
                           ((9 + i % 7, "channels_first"), (10, "channels_last")))]
 
 
+@pytest.mark.parametrize("algorithm", ["depthwise", "depthwise_tile"])
 @pytest.mark.parametrize("k, stride, dilation, padding, width, layout", ROW_CASES)
-def test_depthwise_kernel_unrolled_sizes(k, stride, dilation, padding, width, layout,
+def test_depthwise_kernel_unrolled_sizes(k, stride, dilation, padding, width, layout, algorithm,
                                          emulated_gpu):
     """The unrolled depthwise kernels (conv_depthwise_rows for channels-first outputs, 4 of a
     row a thread; conv_depthwise for channels-last): every unrolled size, stride and dilation
@@ -707,8 +710,8 @@ def test_depthwise_kernel_unrolled_sizes(k, stride, dilation, padding, width, la
         w = rng.standard_normal((6, 1) + kernel).astype(np.float32)
         b = rng.standard_normal(6).astype(np.float32)
         case = types.SimpleNamespace(x=x, filters=w, bias=b, options=options)
-        got = gpuconv.conv(x, w, b, algorithm="depthwise", **options)
-        _check(case, got, f"emulated depthwise {kernel} {options}")
+        got = gpuconv.conv(x, w, b, algorithm=algorithm, **options)
+        _check(case, got, f"emulated {algorithm} {kernel} {options}")
 
 
 @pytest.mark.parametrize("case", CASES + bfloat16_cases(), ids=lambda c: c.name)
@@ -850,3 +853,46 @@ def test_argument_mismatch_is_detected(emulator):
     assert _launch_status(lib, (a, a, a, a, short)) == -104
     assert _launch_status(lib, (a, np.int64(0), a, a, record)) == -201
     assert _launch_status(lib, (a, a, np.zeros(9, np.uint8)[1:], a, record)) == -302
+
+
+TILE_LAYERS = [  # (x shape, kernel, stride, dilation, padding): 1-D, 2-D, 3-D depth-1 kernels
+    ((2, 3, 7, 9), (3, 3), 1, 1, 1), ((1, 2, 8, 11), (3, 3), 2, 1, "same"),
+    ((1, 2, 9, 10), (5, 5), 1, 2, 2), ((1, 1, 9, 13), (7, 7), 2, 1, 3),
+    ((2, 3, 23), (5,), 1, 1, 2), ((1, 2, 30), (7,), 3, 2, 0), ((1, 2, 3, 7, 8), (1, 3, 3), 2, 1, 1),
+    ((1, 2, 5, 13), (1, 5), 1, 1, (0, 2))]
+
+
+@pytest.mark.parametrize("outputs", [4, 24, 400])
+def test_depthwise_tile_blocks(outputs, emulated_gpu, monkeypatch):
+    """conv_depthwise_tile with blocks aimed at few outputs, so that the layers above split
+    into several tiles a row, several rows a plane, or several planes a block with a last
+    block of fewer: every block's tile copied with its halo and zero padding, and every output
+    of it written once (the output is poisoned with NaN before the launch)."""
+    monkeypatch.setattr(kernels, "DEPTHWISE_TILE_OUTPUTS", outputs)
+    cuda._forward_plan.cache_clear()
+    seen = set()
+    try:
+        for i, (shape, kernel, stride, dilation, padding) in enumerate(TILE_LAYERS):
+            rng = np.random.default_rng(100 + i)
+            C = shape[1]
+            x = rng.standard_normal(shape).astype(np.float32)
+            w = rng.standard_normal((2 * C, 1) + kernel).astype(np.float32)
+            b = rng.standard_normal(2 * C).astype(np.float32)
+            options = dict(groups=C, padding=padding, stride=stride, dilation=dilation,
+                           padding_mode="zeros", layout="channels_first", flip=False,
+                           activation=None)
+            case = types.SimpleNamespace(x=x, filters=w, bias=b, options=options)
+            planes, rows, columns = kernels.depthwise_tile(_geometry(case), np.float32)
+            out = _geometry(case).out_spatial
+            seen.add((planes > 1, rows < ((1,) + out)[-2], columns < out[-1]))
+            got = gpuconv.conv(x, w, b, algorithm="depthwise_tile", **options)
+            _check(case, got, f"emulated depthwise_tile {kernel} {options} tile "
+                              f"{(planes, rows, columns)}")
+    finally:
+        cuda._forward_plan.cache_clear()
+    if outputs == 4:  # several tiles a row, one row a tile
+        assert any(s[2] for s in seen)
+    if outputs == 24:  # whole rows, several tiles a plane
+        assert any(s[1] and not s[2] for s in seen)
+    if outputs == 400:
+        assert any(s[0] for s in seen)
