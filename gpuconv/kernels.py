@@ -315,7 +315,8 @@ def conv_depthwise_tile_name(dtype: DTypeLike, activation: Optional[str],
 #: shared memory) and the most planes a block takes: GC_DW_TILE_THREADS, GC_DW_TILE_BYTES and
 #: GC_DW_TILE_PLANES in conv_depthwise.cu. A block aims at DEPTHWISE_TILE_OUTPUTS outputs
 #: (4 a thread): whole output rows where the tile's input fits, and whole planes, several a
-#: block, where a plane has fewer outputs.
+#: block, where a plane has fewer outputs; a plane's tiles are of equal size (c144: 4 tiles of
+#: 14 rows, where 18 rows would leave a last tile of 2).
 DEPTHWISE_TILE_THREADS = 256
 DEPTHWISE_TILE_BYTES = 16384
 DEPTHWISE_TILE_PLANES = 32
@@ -344,8 +345,10 @@ def depthwise_tile(geom: ConvGeometry, dtype: DTypeLike) -> Optional[Tuple[int, 
     if widest < 1:
         return None
     bw = min(OW, widest, DEPTHWISE_TILE_OUTPUTS)
+    bw = -(-OW // -(-OW // bw))  # as many tiles a row, of equal widths
     bh = min(OH, max(1, DEPTHWISE_TILE_OUTPUTS // bw),
              most(cap // ((bw - 1) * SW + reach_w), reach_h, SH))
+    bh = -(-OH // -(-OH // bh))
     planes = 1
     if bh == OH and bw == OW:
         tile_in = ((bh - 1) * SH + reach_h) * ((bw - 1) * SW + reach_w)
