@@ -43,6 +43,8 @@ what they took on an H100 (sessions 8 and 16; a fresh machine compiles every ker
         --no-tests --bench --time-limit 200 --out $OUT --logs $OUT --bench-args "--dtype float32"
     python benchmarks/gpu_record.py --commit <sha> --record benchmarks/results/R.json \
         --no-tests --bench-adjoints --time-limit 540 --out $OUT --logs $OUT
+    # Nsight Compute on one kernel of one layer (benchmarks/profile_layer.py prints the
+    # kernels a call launches; its docstring has the ncu command)
 """
 from __future__ import annotations
 
