@@ -141,19 +141,28 @@ __global__ void conv_depthwise_rows(const T* __restrict__ x, const T* __restrict
 #define GC_DW_TILE_BYTES 16384
 #define GC_DW_TILE_PLANES 32
 
+// A compile-time flag for the specialised loops of conv_depthwise_tile.
+template <bool B>
+struct gc_flag {
+    static constexpr bool value = B;
+};
+
 // The same convolution through a shared-memory tile (algorithm "depthwise_tile"), for a fixed
 // kernel size (KH_ x KW_, depth 1). A block computes a tile of `tile_h` x `tile_w` outputs of
-// `planes` consecutive planes (n, co, od) (several planes only where a tile is a whole plane):
-// its threads first copy the input the tile reads, tile_h rows by tile_w columns of windows
-// with their stride, dilation and zero padding, into shared memory as accumulator values
-// (consecutive threads consecutive elements of an input row: each input element crosses
-// global memory once, but for the KH_ - 1 rows a tile shares with the next), then each thread
-// takes outputs tid, tid + THREADS, ... of the tile in the output's order (consecutive threads
-// consecutive outputs of a row: stores coalesce) and sums its KH_ x KW_ taps from shared
-// memory in the order kh, kw. Taps over the padding read zeros from the tile, so every output
-// sums all taps; a product with a zero adds nothing to the sum. The host (kernels.depthwise_
-// tile) chooses the tile so that planes x rows x columns of input fit GC_DW_TILE_BYTES.
-// Coordinates are 32-bit (inputs and outputs of fewer than 2^30 elements), addresses 64-bit.
+// `planes` consecutive planes (n, co, od) (several planes only where a tile is a whole plane).
+// Its warps first copy the input the tile reads (tile_h rows by tile_w columns of windows with
+// their stride, dilation and zero padding) into shared memory as accumulator values, a warp a
+// row, its lanes consecutive elements of the row: each input element crosses global memory
+// once, but for the KH_ - 1 rows a tile shares with the next. Then each thread takes outputs
+// tid, tid + THREADS, ... of the tile in the output's order (consecutive threads consecutive
+// outputs of a row: the stores coalesce, the shared-memory reads have no bank conflicts at
+// stride 1) and sums its KH_ x KW_ taps from shared memory in the order kh, kw. Taps over the
+// padding read zeros from the tile, so every output sums all taps; a product with a zero adds
+// nothing (0 x inf is NaN, as in the CPU path's zero-padded copies). A block of one plane holds its filter's taps in registers, one of several planes
+// reads them from shared memory; stride and dilation 1 get their own loop (the taps' offsets
+// in the tile are then constants but for the row pitch). The host (kernels.depthwise_tile)
+// chooses tiles whose input fits GC_DW_TILE_BYTES. Coordinates are 32-bit (inputs and outputs
+// of fewer than 2^30 elements), addresses 64-bit.
 template <typename T, int ACT, int KH_, int KW_>
 __global__ void __launch_bounds__(GC_DW_TILE_THREADS)
 conv_depthwise_tile(const T* __restrict__ x, const T* __restrict__ w,
@@ -162,12 +171,14 @@ conv_depthwise_tile(const T* __restrict__ x, const T* __restrict__ w,
     typedef gc_num<T> num;
     typedef typename num::acc acc_t;
     static_assert(KH_ > 0 && KW_ > 0, "a fixed kernel size");
-    constexpr int THREADS = GC_DW_TILE_THREADS, TAPS = KH_ * KW_;
+    constexpr int THREADS = GC_DW_TILE_THREADS, WARPS = THREADS / 32, TAPS = KH_ * KW_;
     __shared__ __align__(16) unsigned char raw[GC_DW_TILE_BYTES];
+    __shared__ __align__(16) unsigned char raw_taps[GC_DW_TILE_PLANES * TAPS * sizeof(acc_t)];
     __shared__ long long x_at[GC_DW_TILE_PLANES], y_at[GC_DW_TILE_PLANES];  // plane offsets
     __shared__ int tap_at[GC_DW_TILE_PLANES];  // the plane's filter's first tap, -1: no plane
     __shared__ int x_in[GC_DW_TILE_PLANES];    // 0: the plane reads only zeros (x_at unset)
     acc_t* tile = reinterpret_cast<acc_t*>(raw);
+    acc_t* taps = reinterpret_cast<acc_t*>(raw_taps);  // [plane][tap], for several planes
 
     const int PT = int(planes_a_block), BH = int(tile_h), BW = int(tile_w);
     const int SH = int(p.SH), SW = int(p.SW), DH = int(p.DH), DW = int(p.DW);
@@ -203,42 +214,95 @@ conv_depthwise_tile(const T* __restrict__ x, const T* __restrict__ w,
     }
     __syncthreads();
 
-    // the input tile: tile[pt][r][c] = x[plane0 + pt][ih0 + r][iw0 + c], zero outside x
+    // the input tile: tile[pt][r][c] = x[plane0 + pt][ih0 + r][iw0 + c], zero outside x; warp
+    // `warp` copies rows warp, warp + WARPS, ... of the PT * TH
     const int IH = int(p.IH), IW = int(p.IW);
-    const int fill = PT * TH * TW;
-    gc_mixed_place in;  // (pt, -, r, c), stepped by THREADS
-    in.start<int>(tid, THREADS, 1, TH, TW);
-#pragma unroll 4
-    for (int e = tid; e < fill; e += THREADS) {
-        const int ih = ih0 + in.h, iw = iw0 + in.w;
-        acc_t v = num::zero();
-        if (x_in[in.hi] && (unsigned)ih < (unsigned)IH && (unsigned)iw < (unsigned)IW)
-            v = num::load(x[x_at[in.hi] + ih * p.xs_h + iw * p.xs_w]);
-        tile[e] = v;
-        in.advance(1, TH, TW);
+    const int lane = tid % 32, warp = tid / 32;
+    int pt = 0, r = warp;
+    while (r >= TH) { r -= TH; ++pt; }
+    for (int row = warp; row < PT * TH; row += WARPS) {
+        const int ih = ih0 + r;
+        const bool row_in = x_in[pt] && (unsigned)ih < (unsigned)IH;
+        const long long at = x_at[pt] + ih * p.xs_h;
+        acc_t* dst = tile + row * TW;
+        for (int c = lane; c < TW; c += 32) {
+            const int iw = iw0 + c;
+            dst[c] = row_in && (unsigned)iw < (unsigned)IW ? num::load(x[at + iw * p.xs_w])
+                                                           : num::zero();
+        }
+        r += WARPS;
+        while (r >= TH) { r -= TH; ++pt; }
+    }
+    if (PT > 1) {  // the planes' taps, for the loop over several planes
+        for (int i = tid; i < PT * TAPS; i += THREADS) {
+            const int first = tap_at[i / TAPS];
+            taps[i] = first >= 0 ? num::load(w[first + i % TAPS]) : num::zero();
+        }
     }
     __syncthreads();
 
+    // outputs tid, tid + THREADS, ... of the tile: (pt, r, q) in the radix (PT, BH, BW)
+    const bool has_bias = p.has_bias != 0;
     const int outs = PT * BH * BW;
-    gc_mixed_place out;  // (pt, -, r, q), stepped by THREADS
-    out.start<int>(tid, THREADS, 1, BH, BW);
+    const int rows_ok = OH - oh0 < BH ? OH - oh0 : BH;  // of the tile, inside the output
+    const int cols_ok = OW - ow0 < BW ? OW - ow0 : BW;
+    auto sums = [&](auto unit) {  // one plane: its taps in registers, pointers stepped
+        constexpr bool UNIT = decltype(unit)::value;
+        const int sh = UNIT ? 1 : SH, sw = UNIT ? 1 : SW, dh = UNIT ? 1 : DH, dw = UNIT ? 1 : DW;
+        const int first = tap_at[0];
+        acc_t mine[TAPS];
+#pragma unroll
+        for (int t = 0; t < TAPS; ++t) mine[t] = num::load(w[first + t]);
+        const acc_t b0 = has_bias ? num::load(bias[first / TAPS]) : num::zero();
+        const long long ys_h = p.ys_h, ys_w = p.ys_w;
+        int q = tid % BW, r = tid / BW;
+        const int s_q = THREADS % BW, s_r = THREADS / BW;  // the step, and its carry below
+        const acc_t* src = tile + r * sh * TW + q * sw;
+        long long at = y_at[0] + (oh0 + r) * ys_h + (ow0 + q) * ys_w;
+        const int src_step = s_r * sh * TW + s_q * sw, src_carry = sh * TW - BW * sw;
+        const long long y_step = s_r * ys_h + s_q * ys_w, y_carry = ys_h - BW * ys_w;
+        for (int o = tid; o < outs; o += THREADS) {
+            if (r < rows_ok && q < cols_ok) {
+                acc_t sum = num::zero();
+#pragma unroll
+                for (int kh = 0; kh < KH_; ++kh)
+#pragma unroll
+                    for (int kw = 0; kw < KW_; ++kw)
+                        sum = gc_madd(sum, src[kh * dh * TW + kw * dw], mine[kh * KW_ + kw]);
+                if (has_bias) sum = sum + b0;
+                y[at] = num::store(gc_activate<ACT>(sum));
+            }
+            q += s_q, r += s_r, src += src_step, at += y_step;
+            if (q >= BW) q -= BW, ++r, src += src_carry, at += y_carry;
+        }
+    };
+    if (PT == 1) {
+        if (tap_at[0] < 0) return;  // no plane (the host never launches such a block)
+        if (SH == 1 && SW == 1 && DH == 1 && DW == 1)
+            sums(gc_flag<true>{});
+        else
+            sums(gc_flag<false>{});
+        return;
+    }
+    // several whole planes (rows_ok == BH, cols_ok == BW): each output's taps from shared memory
+    gc_mixed_place at;  // (pt, -, r, q), stepped by THREADS
+    at.start<int>(tid, THREADS, 1, BH, BW);
     for (int o = tid; o < outs; o += THREADS) {
-        const int pt = out.hi, r = out.h, q = out.w;
-        const int oh = oh0 + r, ow = ow0 + q;
-        const int first_tap = tap_at[pt];
-        if (first_tap >= 0 && oh < OH && ow < OW) {
-            const acc_t* src = tile + (pt * TH + r * SH) * TW + q * SW;
-            const T* wk = w + first_tap;
+        const int first = tap_at[at.hi];
+        if (first >= 0) {
+            const acc_t* src = tile + (at.hi * TH + at.h * SH) * TW + at.w * SW;
+            const acc_t* wt = taps + at.hi * TAPS;
             acc_t sum = num::zero();
 #pragma unroll
             for (int kh = 0; kh < KH_; ++kh)
 #pragma unroll
                 for (int kw = 0; kw < KW_; ++kw)
-                    sum = gc_madd(sum, src[kh * DH * TW + kw * DW], num::load(wk[kh * KW_ + kw]));
-            if (p.has_bias) sum = sum + num::load(bias[first_tap / TAPS]);
-            y[y_at[pt] + oh * p.ys_h + ow * p.ys_w] = num::store(gc_activate<ACT>(sum));
+                    sum = gc_madd(sum, src[kh * DH * TW + kw * DW], wt[kh * KW_ + kw]);
+            if (has_bias) sum = sum + num::load(bias[first / TAPS]);
+            y[y_at[at.hi] + (oh0 + at.h) * p.ys_h + (ow0 + at.w) * p.ys_w] =
+                num::store(gc_activate<ACT>(sum));
         }
-        out.advance(1, BH, BW);
+        at.advance(1, BH, BW);
     }
 }
 

@@ -860,19 +860,27 @@ TILE_LAYERS = [  # (x shape, kernel, stride, dilation, padding): 1-D, 2-D, 3-D d
     ((1, 2, 9, 10), (5, 5), 1, 2, 2), ((1, 1, 9, 13), (7, 7), 2, 1, 3),
     ((2, 3, 23), (5,), 1, 1, 2), ((1, 2, 30), (7,), 3, 2, 0), ((1, 2, 3, 7, 8), (1, 3, 3), 2, 1, 1),
     ((1, 2, 5, 13), (1, 5), 1, 1, (0, 2))]
+# planes of more outputs than a block has threads: one plane a block, each thread several
+# outputs, stepping its place by 256 with carries into the next row (at blocks of 400 and
+# 1024 outputs; of 4 or 24, the host emulation's thread per CUDA thread takes too long)
+TILE_LAYERS_LARGE = [
+    ((1, 2, 20, 30), (3, 3), 1, 1, 1), ((1, 1, 41, 61), (3, 3), 2, 1, 1),
+    ((1, 1, 17, 45), (5, 5), 1, 2, 4), ((1, 2, 700), (5,), 1, 1, 2)]
 
 
-@pytest.mark.parametrize("outputs", [4, 24, 400])
+@pytest.mark.parametrize("outputs", [4, 24, 400, 1024])
 def test_depthwise_tile_blocks(outputs, emulated_gpu, monkeypatch):
     """conv_depthwise_tile with blocks aimed at few outputs, so that the layers above split
     into several tiles a row, several rows a plane, or several planes a block with a last
     block of fewer: every block's tile copied with its halo and zero padding, and every output
-    of it written once (the output is poisoned with NaN before the launch)."""
+    of it written once (the output is poisoned with NaN before the launch); at the default
+    size, whole planes of more outputs than threads."""
     monkeypatch.setattr(kernels, "DEPTHWISE_TILE_OUTPUTS", outputs)
     cuda._forward_plan.cache_clear()
     seen = set()
     try:
-        for i, (shape, kernel, stride, dilation, padding) in enumerate(TILE_LAYERS):
+        layers = TILE_LAYERS + (TILE_LAYERS_LARGE if outputs >= 400 else [])
+        for i, (shape, kernel, stride, dilation, padding) in enumerate(layers):
             rng = np.random.default_rng(100 + i)
             C = shape[1]
             x = rng.standard_normal(shape).astype(np.float32)
@@ -896,3 +904,5 @@ def test_depthwise_tile_blocks(outputs, emulated_gpu, monkeypatch):
         assert any(s[1] and not s[2] for s in seen)
     if outputs == 400:
         assert any(s[0] for s in seen)
+    if outputs == 1024:  # one plane a block: the last four layers
+        assert (False, False, False) in seen
