@@ -70,12 +70,12 @@ _DOC = """{summary}
       device: "auto" (GPUCONV_DEVICE if set; else CuPy arrays stay on their GPU and NumPy arrays
             use the GPU when one is usable, coming back as NumPy), "cpu", "cuda" or "cuda:N".
       algorithm: "auto" (a rule on the shape), or one of the device's algorithms to force it:
-            CPU "gemm", "pointwise", "depthwise"; CUDA "direct", "few_filters", "gemm",
-            "gemm_64x64", "gemm_128x128", "gemm_128x64", "gemm_128x32", "gemm_128x8",
-            "gemm_tc", "gemm_tc_cl", "gemm_tf32", "im2col", "winograd", "pointwise",
-            "depthwise" (see gpuconv.algorithms). Same result (gemm_tf32: TF32-rounded
-            products; winograd: the rounding of its transforms), other speed; ValueError if the
-            device lacks it or it does not apply to the layer.
+            CPU "gemm", "gemm_shifted", "pointwise", "depthwise"; CUDA "direct",
+            "few_filters", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64", "gemm_128x32",
+            "gemm_128x8", "gemm_tc", "gemm_tc_cl", "gemm_tf32", "im2col", "winograd",
+            "pointwise", "depthwise", "depthwise_tile" (see gpuconv.algorithms). Same result
+            (gemm_tf32: TF32-rounded products; winograd: the rounding of its transforms), other
+            speed; ValueError if the device lacks it or it does not apply to the layer.
 
     dtypes: float16 and bfloat16 (ml_dtypes; both accumulated in float32), float32, float64,
     complex64, complex128.

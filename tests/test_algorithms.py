@@ -302,6 +302,18 @@ def test_forward_plans_are_decided_once_and_say_what_launches():
         cuda.forward_plan(res5, np.float32, None, "depthwise", 132)
 
 
+def test_every_algorithm_is_named_in_the_docstrings():
+    """conv's docstring (and conv1d/2d/3d's) and the algorithms module's list every algorithm
+    a device has: a user reading help(gpuconv.conv) sees them all."""
+    import re
+    for f in (gpuconv.conv, gpuconv.conv1d, gpuconv.conv2d, gpuconv.conv3d):
+        quoted = set(re.findall(r'"(\w+)"', f.__doc__))
+        missing = [n for n in algorithms.NAMES if n not in quoted]
+        assert not missing, (f.__name__, missing)
+    listed = set(re.findall(r"``(\w+)``", algorithms.__doc__))
+    assert [n for n in algorithms.NAMES[1:] if n not in listed] == []
+
+
 def test_depthwise_tile_fits_its_shared_memory():
     """kernels.depthwise_tile: the host's constants are conv_depthwise_tile's; every tile it
     picks reads at most DEPTHWISE_TILE_BYTES of input in the accumulator dtype, takes several
