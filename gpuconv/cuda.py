@@ -291,13 +291,10 @@ def _forward_plan(geom: ConvGeometry, dtype: np.dtype, activation: Optional[str]
         size = kernels.depthwise_size(geom.kernel)
         tile = kernels.depthwise_tile(geom, dtype)
         assert tile is not None  # algorithms.why_not refuses the layer otherwise
-        planes, rows, columns = tile
-        OH, OW = ((1,) + geom.out_spatial)[-2:]
-        tiles = (-(-geom.N * geom.C_out * math.prod(geom.out_spatial[:-2]) // planes)
-                 * -(-OH // rows) * -(-OW // columns))  # one block each
         return ForwardPlan(algorithm, _Launch(
             "conv_depthwise.cu", kernels.conv_depthwise_tile_name(dtype, activation, size),
-            Grid((tiles, 1, 1), kernels.DEPTHWISE_TILE_THREADS), tuple(map(_int64, tile))))
+            Grid((kernels.depthwise_tile_blocks(geom, tile), 1, 1),
+                 kernels.DEPTHWISE_TILE_THREADS), tuple(map(_int64, tile))))
     if algorithm == "depthwise":
         size = kernels.depthwise_size(geom.kernel)
         if size != (0, 0) and geom.layout == "channels_first":  # runs of a row a thread

@@ -353,9 +353,20 @@ def depthwise_tile(geom: ConvGeometry, dtype: DTypeLike) -> Optional[Tuple[int, 
     if bh == OH and bw == OW:
         tile_in = ((bh - 1) * SH + reach_h) * ((bw - 1) * SW + reach_w)
         planes = max(1, min(DEPTHWISE_TILE_PLANES, DEPTHWISE_TILE_OUTPUTS // (bh * bw),
-                            cap // tile_in, geom.N * geom.C_out * math.prod(
-                                geom.out_spatial[:-2])))
+                            cap // tile_in, _depthwise_planes(geom)))
     return planes, bh, bw
+
+
+def _depthwise_planes(geom: ConvGeometry) -> int:
+    """The planes (image, filter, output depth) of a depthwise layer's output."""
+    return geom.N * geom.C_out * math.prod(geom.out_spatial[:-2])
+
+
+def depthwise_tile_blocks(geom: ConvGeometry, tile: Tuple[int, int, int]) -> int:
+    """conv_depthwise_tile's blocks for ``tile`` (from :func:`depthwise_tile`): one a tile."""
+    planes, rows, columns = tile
+    OH, OW = ((1,) + geom.out_spatial)[-2:]
+    return -(-_depthwise_planes(geom) // planes) * -(-OH // rows) * -(-OW // columns)
 
 
 #: Threads of a conv_depthwise_filter_grad block (GC_DW_FG_THREADS in conv_depthwise.cu).
