@@ -211,9 +211,11 @@ def test_cuda_candidates_are_concrete_kernels():
     assert {"gemm_tc", "gemm_tc_cl"} <= set(tuning.candidates("cuda", geom, np.float16))
     odd = plan_conv((2, 12, 9, 9), (32, 12, 3, 3))  # 12 kernels a filter: not 8-channel blocks
     assert "gemm_tc_cl" not in tuning.candidates("cuda", odd, np.float16)
-    assert "depthwise" not in names
+    assert "depthwise" not in names and "depthwise_tile" not in names
     dw = plan_conv((2, 16, 9, 9), (16, 1, 3, 3), groups=16)
-    assert "depthwise" in tuning.candidates("cuda", dw, np.float32)
+    assert {"depthwise", "depthwise_tile"} <= set(tuning.candidates("cuda", dw, np.float32))
+    dw4 = plan_conv((2, 16, 9, 9), (16, 1, 4, 4), groups=16)  # no unrolled instantiation
+    assert "depthwise_tile" not in tuning.candidates("cuda", dw4, np.float32)
     assert tuning.candidates("cpu", dw, np.float32) == ["gemm", "gemm_shifted", "depthwise"]
 
 
