@@ -147,6 +147,20 @@ struct gc_flag {
     static constexpr bool value = B;
 };
 
+// The sum over a KH_ x KW_ window of conv_depthwise_tile's shared tile, in the order kh, kw:
+// tap (kh, kw) at src[kh * row + kw * col] times taps[kh * KW_ + kw] (registers or shared
+// memory; inlined and unrolled, a register array stays in registers).
+template <int KH_, int KW_, typename A>
+__device__ __forceinline__ A gc_window_sum(const A* src, int row, int col, const A* taps) {
+    A sum = gc_num<A>::zero();
+#pragma unroll
+    for (int kh = 0; kh < KH_; ++kh)
+#pragma unroll
+        for (int kw = 0; kw < KW_; ++kw)
+            sum = gc_madd(sum, src[kh * row + kw * col], taps[kh * KW_ + kw]);
+    return sum;
+}
+
 // The same convolution through a shared-memory tile (algorithm "depthwise_tile"), for a fixed
 // kernel size (KH_ x KW_, depth 1). A block computes a tile of `tile_h` x `tile_w` outputs of
 // `planes` consecutive planes (n, co, od) (several planes only where a tile is a whole plane).
@@ -263,12 +277,7 @@ conv_depthwise_tile(const T* __restrict__ x, const T* __restrict__ w,
         const long long y_step = s_r * ys_h + s_q * ys_w, y_carry = ys_h - BW * ys_w;
         for (int o = tid; o < outs; o += THREADS) {
             if (r < rows_ok && q < cols_ok) {
-                acc_t sum = num::zero();
-#pragma unroll
-                for (int kh = 0; kh < KH_; ++kh)
-#pragma unroll
-                    for (int kw = 0; kw < KW_; ++kw)
-                        sum = gc_madd(sum, src[kh * dh * TW + kw * dw], mine[kh * KW_ + kw]);
+                acc_t sum = gc_window_sum<KH_, KW_>(src, dh * TW, dw, mine);
                 if (has_bias) sum = sum + b0;
                 y[at] = num::store(gc_activate<ACT>(sum));
             }
@@ -291,13 +300,7 @@ conv_depthwise_tile(const T* __restrict__ x, const T* __restrict__ w,
         const int first = tap_at[at.hi];
         if (first >= 0) {
             const acc_t* src = tile + (at.hi * TH + at.h * SH) * TW + at.w * SW;
-            const acc_t* wt = taps + at.hi * TAPS;
-            acc_t sum = num::zero();
-#pragma unroll
-            for (int kh = 0; kh < KH_; ++kh)
-#pragma unroll
-                for (int kw = 0; kw < KW_; ++kw)
-                    sum = gc_madd(sum, src[kh * DH * TW + kw * DW], wt[kh * KW_ + kw]);
+            acc_t sum = gc_window_sum<KH_, KW_>(src, DH * TW, DW, taps + at.hi * TAPS);
             if (has_bias) sum = sum + num::load(bias[first / TAPS]);
             y[y_at[at.hi] + (oh0 + at.h) * p.ys_h + (ow0 + at.w) * p.ys_w] =
                 num::store(gc_activate<ACT>(sum));
