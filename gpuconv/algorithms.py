@@ -31,6 +31,10 @@ On CUDA:
                  (cp.async), fragments by ldmatrix, blocks of 128 positions x 64 or 128 filters
                  (kernels.gemm_tc_cl_filters); a channels-first x is copied channels-last
                  first, and the filters are reordered (a small copy);
+  ``gemm_cl``    ``gemm_tc_cl``'s kernel for float32 with C_in/groups a multiple of 4, the
+                 products by FFMA (exact FP32 sums, as ``gemm``): 16-byte copies of 4 channels
+                 into the same ring, 16-byte shared loads of a chunk of 4 terms a row; only
+                 when asked for by name or by the autotuner (not yet timed on a GPU);
   ``gemm_tf32``  ``gemm_tc`` for float32 with its operands rounded to TF32 (10 mantissa bits),
                  as PyTorch's allow_tf32 does: faster, less exact; only when asked for by name
                  (never chosen by "auto" or the autotuner);
@@ -83,9 +87,10 @@ _GEMM = tuple(f"gemm_{t}" for t in kernels.GEMM_TILES)
 #: device kind -> the algorithms it has, in the order they are listed to users.
 ALGORITHMS: Dict[str, Tuple[str, ...]] = {
     "cpu": ("gemm", "gemm_shifted", "pointwise", "depthwise"),
-    "cuda": ("direct", "few_filters", "gemm") + _GEMM + ("gemm_tc", "gemm_tc_cl", "gemm_tf32",
-                                                         "im2col", "winograd", "pointwise",
-                                                         "depthwise", "depthwise_tile"),
+    "cuda": ("direct", "few_filters", "gemm") + _GEMM + ("gemm_cl", "gemm_tc", "gemm_tc_cl",
+                                                         "gemm_tf32", "im2col", "winograd",
+                                                         "pointwise", "depthwise",
+                                                         "depthwise_tile"),
 }
 NAMES = ("auto",) + tuple(dict.fromkeys(n for names in ALGORITHMS.values() for n in names))
 
@@ -161,6 +166,20 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
         reason = gemm_index_problem(geom)
         if reason:
             return f"{algorithm!r}: {reason}"
+    if kind == "cuda" and algorithm == "gemm_cl":
+        if np.dtype(dtype) != np.float32:
+            return (f"'gemm_cl' multiplies float32 by FFMA; this call is "
+                    f"{np.dtype(dtype).name} (16-bit dtypes: 'gemm_tc_cl')")
+        block = kernels.GEMM_CL_CHANNELS
+        if geom.C_in_per_group % block:
+            return (f"'gemm_cl' reads {block} channels at a time: it needs C_in/groups to be a "
+                    f"multiple of {block}; these are {shape}")
+        narrow = kernels.GEMM_TC_CL_FILTERS[0]
+        if geom.groups > _CUDA_GRID_LIMIT or -(-geom.C_out_per_group // narrow) > \
+                _CUDA_GRID_LIMIT:
+            return (f"'gemm_cl' launches one block row per group and {narrow} filters: {shape} "
+                    f"exceeds CUDA's {_CUDA_GRID_LIMIT} blocks per grid axis")
+        return ""
     if kind == "cuda" and algorithm in ("gemm_tc", "gemm_tc_cl", "gemm_tf32"):
         if algorithm != "gemm_tf32" and not kernels.tensor_core_dtype(dtype):
             return (f"{algorithm!r} multiplies float16 or bfloat16 on tensor cores; this call is "

@@ -128,11 +128,11 @@ def _axes_to_last(ndim: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
 
 def _channels_last(xp: Any, run: Callable[..., None], x_cf: Array) -> Array:
     """``x_cf`` (N, C, *spatial) as a channels-first view of a C-contiguous channels-last array
-    starting on 16 bytes (conv_gemm_tc_cl's input): ``x_cf`` itself where it already is one (a
-    channels-last caller's x), else a copy made by layout.cu's to_channels_last, whose tiles
-    read and write whole sectors where an elementwise copy of the transposed view reads one
-    element a sector (or by the array library where the spatial axes do not merge into one
-    stride, which views of views can do)."""
+    starting on 16 bytes (conv_gemm_tc_cl's and conv_gemm_cl's input): ``x_cf`` itself where it
+    already is one (a channels-last caller's x), else a copy made by layout.cu's
+    to_channels_last, whose tiles read and write whole sectors where an elementwise copy of the
+    transposed view reads one element a sector (or by the array library where the spatial axes
+    do not merge into one stride, which views of views can do)."""
     to_last, to_first = _axes_to_last(x_cf.ndim)
     cl = x_cf.transpose(to_last)
     if cl.flags.c_contiguous and _pointer(cl) % 16 == 0:
@@ -319,6 +319,12 @@ def _forward_plan(geom: ConvGeometry, dtype: np.dtype, activation: Optional[str]
         tile = (kernels.GEMM_TC_CL_POSITIONS, BN, kernels.GEMM_TC_CL_TERMS)
         per_sm = kernels.gemm_tc_cl_blocks_per_sm(BN)
         threads = kernels.gemm_tc_cl_threads(BN)
+    elif algorithm == "gemm_cl":  # gemm_tc_cl's blocks and ring, FFMA products (float32)
+        BN = kernels.gemm_tc_cl_filters(geom)
+        file, name = "conv_gemm_tc.cu", kernels.conv_gemm_cl_name(dtype, activation, BN)
+        tile = (kernels.GEMM_TC_CL_POSITIONS, BN, kernels.GEMM_CL_TERMS)
+        per_sm = kernels.gemm_cl_blocks_per_sm(BN)
+        threads = kernels.gemm_tc_cl_threads(BN)
     else:
         ffma = algorithm[len("gemm_"):]
         file, name = "conv_gemm.cu", kernels.conv_gemm_name(dtype, activation, ffma)
@@ -357,8 +363,9 @@ def _forward(xp: Any, run: Callable[..., None], sms: int, x_cf: Array, w: Array,
     # reversed view contiguous, so one kernel serves correlation and convolution).
     w, b = _contiguous(xp, w, dtype), None if bias is None else _contiguous(xp, bias, dtype)
     _poison(out_cf)
-    if plan.algorithm == "gemm_tc_cl":  # terms tap-major: filters (C_out, *kernel, C_in/groups),
-        # and x as a channels-first view of a channels-last array (a channels-last caller's own)
+    if plan.algorithm in ("gemm_tc_cl", "gemm_cl"):  # terms tap-major: filters (C_out,
+        # *kernel, C_in/groups), and x as a channels-first view of a channels-last array (a
+        # channels-last caller's own)
         x_cf = _channels_last(xp, run, x_cf)
         w = _contiguous_16(xp, w.transpose(_axes_to_last(w.ndim)[0]))
     record = params.conv_params(geom, x_cf, out_cf, b is not None)

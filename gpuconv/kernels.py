@@ -227,6 +227,25 @@ def conv_gemm_tc_cl_name(dtype: DTypeLike, activation: Optional[str], filters: i
     return f"conv_gemm_tc_cl<{ctype(dtype)}, {ACTIVATIONS[activation]}, {filters}>"
 
 
+def conv_gemm_cl_name(dtype: DTypeLike, activation: Optional[str], filters: int) -> str:
+    """conv_gemm_tc_cl's FFMA variant for float32 (conv_gemm_tc.cu's conv_gemm_cl; filters of a
+    multiple of GEMM_CL_CHANNELS kernels), blocks as conv_gemm_tc_cl's."""
+    return f"conv_gemm_cl<{ctype(dtype)}, {ACTIVATIONS[activation]}, {filters}>"
+
+
+#: conv_gemm_cl reads 16 bytes (4 channels of a float32 input element) at a time.
+GEMM_CL_CHANNELS = 4
+
+#: Terms a step of conv_gemm_cl (four 16-byte chunks of floats).
+GEMM_CL_TERMS = 16
+
+
+def gemm_cl_blocks_per_sm(filters: int) -> int:
+    """conv_gemm_cl blocks an SM holds at once, by registers (its __launch_bounds__: 2 of 128
+    threads, 1 of 256; the shared stages, 24 or 48 KiB, allow as many)."""
+    return 2 if filters == 64 else 1
+
+
 def gemm_tc_cl_threads(filters: int) -> int:
     """Threads a conv_gemm_tc_cl block of ``filters`` runs: warps of 64 positions x 32 filters."""
     return (GEMM_TC_CL_POSITIONS // 64) * (filters // 32) * 32
@@ -421,7 +440,8 @@ LAYOUT_MAX_GRID_Z = 65535
 
 
 def to_channels_last_name(dtype: DTypeLike) -> str:
-    """layout.cu's copy of (N, C, S) into a contiguous (N, S, C), for conv_gemm_tc_cl's input."""
+    """layout.cu's copy of (N, C, S) into a contiguous (N, S, C), for conv_gemm_tc_cl's and
+    conv_gemm_cl's input."""
     return f"to_channels_last<{ctype(dtype)}>"
 
 
@@ -498,8 +518,10 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
             return tuple(conv_gemm_tc_name(dtype, a) for a in activation_names(dtype)) + \
                 tuple(conv_gemm_tc_cl_name(dtype, a, f) for a in activation_names(dtype)
                       for f in GEMM_TC_CL_FILTERS)
-        if np.dtype(dtype) == np.float32:  # as TF32, by the general kernel only
-            return tuple(conv_gemm_tc_name(dtype, a) for a in activation_names(dtype))
+        if np.dtype(dtype) == np.float32:  # as TF32 by the general kernel; FFMA channels-last
+            return tuple(conv_gemm_tc_name(dtype, a) for a in activation_names(dtype)) + \
+                tuple(conv_gemm_cl_name(dtype, a, f) for a in activation_names(dtype)
+                      for f in GEMM_TC_CL_FILTERS)
         return ()
     if filename == "conv_depthwise.cu":
         return tuple(conv_depthwise_name(dtype, a, k) for a in activation_names(dtype)
@@ -515,8 +537,9 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
             return ()
         return (winograd_names(dtype, None)[0],) + tuple(
             winograd_names(dtype, a)[1] for a in activation_names(dtype))
-    if filename == "layout.cu":  # feeds conv_gemm_tc_cl: its 16-bit dtypes only
-        return (to_channels_last_name(dtype),) if tensor_core_dtype(dtype) else ()
+    if filename == "layout.cu":  # feeds conv_gemm_tc_cl (16-bit dtypes) and conv_gemm_cl
+        return (to_channels_last_name(dtype),) if (
+            tensor_core_dtype(dtype) or np.dtype(dtype) == np.float32) else ()
     if filename == "im2col.cu":
         pairs = [im2col_names(dtype, a) for a in activation_names(dtype)]
         return tuple(dict.fromkeys([u for u, _ in pairs] + [s for _, s in pairs]))

@@ -1,7 +1,8 @@
 // Implicit-GEMM convolution on tensor cores, for float16 or bfloat16 data (and float32 rounded to
 // TF32, opt-in) with float accumulation: the same product as conv_gemm.cu (see there for A, B, M,
 // Kg and the term tables), with the multiply done by the warp-level instruction mma.sync
-// (m16n8k16 for 16-bit operands, m16n8k8 for TF32; sm_80 and later).
+// (m16n8k16 for 16-bit operands, m16n8k8 for TF32; sm_80 and later). At the end, the
+// channels-last kernel conv_gemm_tc_cl, and conv_gemm_cl, its FFMA variant for float32.
 //
 // A block of 256 threads (8 warps) computes a 128 x 64 tile of Y (output positions x filters)
 // in steps of 32 terms (16 for TF32). Each step's A tile (windows gathered from x on the fly)
@@ -319,26 +320,30 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w, const T* __restri
 
 // ---------------------------------------------------------------------------------------------
 // conv_gemm_tc_cl: the same product for channels-last data whose filters have a multiple of 8
-// kernels (C_in / groups % 8 == 0), 16-bit operands only, fed the way the tensor cores want:
+// kernels (C_in / groups % 8 == 0), 16-bit operands only, fed the way the tensor cores want;
+// conv_gemm_cl: the same kernel for float32 (a multiple of 4 kernels), multiplied by FFMA:
 //
-// - terms run tap-major, k = ((kd * KH + kh) * KW + kw) * Cg + c, so 8 neighbouring terms are 8
-//   neighbouring channels of one input element: one 16-byte load (x channels-last: p.xs_c == 1,
-//   every other stride of x a multiple of 8 elements, x 16-byte aligned), and 8 neighbouring
-//   elements of a filter laid out (C_out, KD, KH, KW, Cg) (w here is that copy, contiguous);
+// - terms run tap-major, k = ((kd * KH + kh) * KW + kw) * Cg + c, so the E neighbouring terms of
+//   a 16-byte chunk (E = 8 halves or 4 floats) are E neighbouring channels of one input element:
+//   one 16-byte load (x channels-last: p.xs_c == 1, every other stride of x a multiple of E
+//   elements, x 16-byte aligned), and E neighbouring elements of a filter laid out (C_out, KD,
+//   KH, KW, Cg) (w here is that copy, contiguous);
 // - those loads go from global to shared memory with cp.async (no registers on the way; a tap
 //   outside the input, a term past Kg or a filter past the group's is written as zeros by the
 //   copy's zero fill), into a 3-stage ring, so two steps are in flight while one is multiplied;
-// - fragments are read with ldmatrix (one instruction for a warp's 4 8x8 matrices).
+// - 16-bit fragments are read with ldmatrix (one instruction for a warp's 4 8x8 matrices);
+//   float32 ones with one 16-byte load a row and chunk (gc_cl_ffma).
 //
 // A block of 2 * BN threads computes a 128 x BN tile of Y (BN = 64 or 128 filters; the host
-// picks, kernels.gemm_tc_cl_filters) in steps of 32 terms. Warps own 64 x 32 of the tile (2
-// along M; 4 x 4 mma tiles, 64 float accumulators a thread), so a warp's step is 32 mma and 12
-// ldmatrix.x4. Everything else a step costs is kept to what a scheduler can issue beside the
-// tensor cores (about 3 instructions an mma): a thread's copies of a step all read one chunk
-// column, so one term counter (c, kd, kh, kw, stepped by BK, no division) and one x offset serve
-// them all; bounds checks compare 32-bit coordinates; the ring's stage indices rotate.
+// picks, kernels.gemm_tc_cl_filters) in steps of 4 chunks of terms (32 halves, 16 floats).
+// Warps own 64 x 32 of the tile (2 along M; 64 float accumulators a thread, in the layout of
+// 4 x 4 mma tiles), so a warp's 16-bit step is 32 mma and 12 ldmatrix.x4, and a float32 one
+// 1024 FFMA and 64 16-byte shared loads a thread. Everything else a step costs is kept small:
+// a thread's copies of a step all read one chunk column, so one term counter (c, kd, kh, kw,
+// stepped by BK, no division) and one x offset serve them all; bounds checks compare 32-bit
+// coordinates; the ring's stage indices rotate.
 //
-// Shared tiles are rows of 32 halves (64 bytes) without padding, chunk c of row r stored at chunk
+// Shared tiles are rows of 4 chunks (64 bytes) without padding, chunk c of row r stored at chunk
 // c ^ ((r / 2) % 4) of its row (an XOR swizzle): the 8 consecutive rows an ldmatrix reads at one
 // chunk column fall in 8 distinct 16-byte bank groups, and 3 stages of a 128 x 128 tile take
 // 3 x 256 rows x 64 bytes = 49152 bytes, the most static shared memory a block may have.
@@ -383,21 +388,123 @@ __device__ __forceinline__ void gc_ldmatrix_x4(unsigned (&r)[4], const void* row
 #endif
 }
 
-// Where chunk `chunk` (8 halves) of tile row `row` (4 chunks a row) lies, in chunks from the
+// Where chunk `chunk` (16 bytes) of tile row `row` (4 chunks a row) lies, in chunks from the
 // tile's start, under the XOR swizzle above. Rows 8 apart swizzle alike.
 __device__ __forceinline__ int gc_swizzled(int row, int chunk) {
     return row * 4 + (chunk ^ ((row >> 1) & 3));
 }
 
-template <typename T, int ACT, int BN>
-__global__ void __launch_bounds__(2 * BN, 256 / BN)  // 4 blocks an SM of 64 filters, 2 of 128
-conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
-                T* __restrict__ y, float* __restrict__ partial, long long splits,
-                long long per_split, const gc_conv p) {
-    typedef gc_tc_ops<T> ops;
-    typedef typename ops::raw_t raw_t;
-    static_assert(sizeof(raw_t) == 2, "16-bit operands only");
-    constexpr int BM = 128, BK = 32, STAGES = 3, CHUNKS = BK / 8;  // 16-byte chunks a row
+// How the channels-last kernels multiply one stage, by element type: what shared memory holds
+// (raw_t), the elements E of a 16-byte chunk (a step is 4 chunks of terms: BK = 4 * E), and
+// the stage's product into a thread's accumulators, which both keep in mma.m16n8k16's layout
+// (gc_tc_each: rows group + 8 * h + 16 * i, filters 8 * j + 2 * t + e of the warp's tile).
+
+// 16-bit types: fragments by ldmatrix, products by mma.sync.
+template <typename T>
+struct gc_cl_mma {
+    typedef typename gc_tc_ops<T>::raw_t raw_t;
+    static constexpr int E = 8;
+    // the stage places this lane's ldmatrix rows start at, for the step's two halves of 16
+    // terms: A, row lane % 16 of each 16-row slice at chunk lane / 16 (matrices: rows 0-7 /
+    // 8-15 x terms 0-7 / 8-15); B, filter lane % 8 + (lane / 16) * 8 of each pair of 8-filter
+    // slices at chunk (lane / 8) % 2 (matrices: filters j*8.. x terms 0-7 / 8-15, then
+    // (j+1)*8.. alike). Slices are 16 or 8 rows apart, so one swizzled place serves them all.
+    int a_src[2], b_src[2];
+    __device__ __forceinline__ explicit gc_cl_mma(const gc_tc_place& me) {
+        const int lane = me.lane;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            a_src[h] = gc_swizzled(me.wm + lane % 16, 2 * h + lane / 16) * E;
+            b_src[h] = gc_swizzled(me.wn + lane % 8 + (lane / 16) * 8, 2 * h + (lane / 8) % 2) * E;
+        }
+    }
+    template <int MT, int NT, int BK>
+    __device__ __forceinline__ void step(float (&acc)[MT][NT][4], const raw_t* As,
+                                         const raw_t* Bs) const {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            unsigned a[MT][4], b[NT][2];
+#pragma unroll
+            for (int i = 0; i < MT; ++i) gc_ldmatrix_x4(a[i], &As[a_src[h] + i * 16 * BK]);
+#pragma unroll
+            for (int j = 0; j < NT; j += 2) {
+                unsigned q[4];
+                gc_ldmatrix_x4(q, &Bs[b_src[h] + j * 8 * BK]);
+                b[j][0] = q[0];
+                b[j][1] = q[1];
+                b[j + 1][0] = q[2];
+                b[j + 1][1] = q[3];
+            }
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < NT; ++j) gc_tc_ops<T>::mma(acc[i][j], a[i], b[j]);
+        }
+    }
+};
+
+// Four floats read from shared memory as one 16-byte load.
+struct __align__(16) gc_float4 {
+    float v[4];
+};
+
+// float32: each chunk (4 terms) of a thread's 8 A rows and 8 B rows read as one 16-byte load
+// a row, then 4 FFMA an accumulator, in term order (the sums are exact FP32, as conv_gemm.cu's).
+// A warp's 8 A rows at one chunk (groups 0-7, rows 8 apart swizzling alike) fall in 8 distinct
+// 16-byte bank groups and its 4 B rows (t = 0-3) in 4: one shared-memory wavefront a load.
+// Per chunk a thread issues 16 loads for 256 FFMA.
+struct gc_cl_ffma {
+    typedef float raw_t;
+    static constexpr int E = 4;
+    int a_row, b_row, a_sw, b_sw;  // first rows (A: wm + group, B: wn + 2t) and their swizzles
+    __device__ __forceinline__ explicit gc_cl_ffma(const gc_tc_place& me)
+        : a_row(me.wm + me.group), b_row(me.wn + 2 * me.t),
+          a_sw(((me.wm + me.group) >> 1) & 3), b_sw(((me.wn + 2 * me.t) >> 1) & 3) {}
+    template <int MT, int NT, int BK>
+    __device__ __forceinline__ void step(float (&acc)[MT][NT][4], const raw_t* As,
+                                         const raw_t* Bs) const {
+        static_assert(BK == 4 * E, "four chunks a row");
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            gc_float4 a[MT][2], b[NT][2];
+            // rows a_row + 16 i + 8 h and b_row + 8 j + e swizzle as a_row and b_row do (rows 8
+            // apart alike, and b_row + 1 as b_row: it is even)
+            const raw_t* a_at = As + (a_row * 4 + (c ^ a_sw)) * E;
+            const raw_t* b_at = Bs + (b_row * 4 + (c ^ b_sw)) * E;
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int h = 0; h < 2; ++h)
+                    a[i][h] = *reinterpret_cast<const gc_float4*>(a_at + (16 * i + 8 * h) * BK);
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int e = 0; e < 2; ++e)
+                    b[j][e] = *reinterpret_cast<const gc_float4*>(b_at + (8 * j + e) * BK);
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+                for (int i = 0; i < MT; ++i)
+#pragma unroll
+                    for (int j = 0; j < NT; ++j)
+#pragma unroll
+                        for (int q = 0; q < 4; ++q)
+                            acc[i][j][q] = gc_madd(acc[i][j][q], a[i][q / 2].v[kk],
+                                                   b[j][q % 2].v[kk]);
+        }
+    }
+};
+
+// The channels-last implicit GEMM (conv_gemm_tc_cl, conv_gemm_cl), multiplying by Mul.
+template <typename Mul, typename T, int ACT, int BN>
+__device__ __forceinline__ void gc_gemm_cl(const T* __restrict__ x, const T* __restrict__ w,
+                                           const T* __restrict__ bias, T* __restrict__ y,
+                                           float* __restrict__ partial, long long splits,
+                                           long long per_split, const gc_conv& p) {
+    typedef typename Mul::raw_t raw_t;
+    constexpr int E = Mul::E;  // elements a 16-byte chunk
+    static_assert(E * sizeof(raw_t) == 16 && sizeof(raw_t) == sizeof(T), "16-byte chunks");
+    constexpr int BM = 128, BK = 4 * E, STAGES = 3, CHUNKS = BK / E;  // 16-byte chunks a row
     constexpr int WARP_M = 64, WARP_N = 32, MT = WARP_M / 16, NT = WARP_N / 8;
     constexpr int THREADS = (BM / WARP_M) * (BN / WARP_N) * 32;
     constexpr int ROWS = THREADS / CHUNKS;  // tile rows one round of copies covers
@@ -408,7 +515,7 @@ conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __res
     __shared__ __align__(128) raw_t Bs[STAGES][BN * BK];
 
     const int tid = threadIdx.x;
-    const int Kg = int(p.Cg * p.KD * p.KH * p.KW);  // a multiple of 8, below 2^30 (host)
+    const int Kg = int(p.Cg * p.KD * p.KH * p.KW);  // a multiple of E, below 2^30 (host)
     const long long M = p.N * p.OD * p.OH * p.OW;
     // split-K (splits > 1): this block sums steps first ... first + steps - 1 of the terms;
     // the host keeps splits (at most 65535 / groups) and per_split (steps) in ints
@@ -423,7 +530,7 @@ conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __res
     // this thread's copies: A rows (output positions) and B rows (filters) r + i * ROWS, all at
     // chunk column `col` of a step's terms, into stage place `dst` (+ i * ROWS rows)
     const int col = tid % CHUNKS, r = tid / CHUNKS;
-    const int dst = gc_swizzled(r, col) * 8;
+    const int dst = gc_swizzled(r, col) * E;
     const T* a_at[A_COPIES];  // each A row's window corner in x
     int a_d0[A_COPIES], a_h0[A_COPIES], a_w0[A_COPIES];
 #pragma unroll
@@ -440,12 +547,12 @@ conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __res
     for (int i = 0; i < B_COPIES; ++i) {
         const long long f = f0 + r + i * ROWS;
         b_ok[i] = f < p.Cog;
-        b_at[i] = w + (g * p.Cog + (b_ok[i] ? f : 0)) * Kg + first * BK + col * 8;
+        b_at[i] = w + (g * p.Cog + (b_ok[i] ? f : 0)) * Kg + first * BK + col * E;
     }
 
     // the first term of this thread's chunk of the next step: k, as (channel c, tap kd, kh, kw),
     // the tap's place (td, th, tw) = (kd * DD, kh * DH, kw * DW), and its x offset from a corner
-    int k = first * BK + col * 8, c = k, kd = 0, kh = 0, kw = 0, td = 0, th = 0, tw = 0;
+    int k = first * BK + col * E, c = k, kd = 0, kh = 0, kw = 0, td = 0, th = 0, tw = 0;
     long long offset = 0;
     const int Cg = int(p.Cg), KH = int(p.KH), KW = int(p.KW);
     auto settle = [&]() {  // carry c past Cg into the taps; the tap's place and offset anew
@@ -488,19 +595,8 @@ conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __res
         if (c >= Cg) settle();
     };
 
-    // the stage places this lane's ldmatrix rows start at, for the step's two halves of 16 terms:
-    // A, row lane % 16 of each 16-row slice at chunk lane / 16 (matrices: rows 0-7 / 8-15 x
-    // terms 0-7 / 8-15); B, filter lane % 8 + (lane / 16) * 8 of each pair of 8-filter slices at
-    // chunk (lane / 8) % 2 (matrices: filters j*8.. x terms 0-7 / 8-15, then (j+1)*8.. alike).
-    // Slices are 16 or 8 rows apart, so one swizzled place serves them all.
     const gc_tc_place me = gc_tc_place_of<BM, WARP_M, WARP_N>(tid);
-    const int lane = me.lane;
-    int a_src[2], b_src[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        a_src[h] = gc_swizzled(me.wm + lane % 16, 2 * h + lane / 16) * 8;
-        b_src[h] = gc_swizzled(me.wn + lane % 8 + (lane / 16) * 8, 2 * h + (lane / 8) % 2) * 8;
-    }
+    const Mul mul(me);
     float acc[MT][NT][4];
     gc_tc_zero(acc);
 
@@ -515,25 +611,7 @@ conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __res
         __syncthreads();  // ... and everyone's; everyone is done with step s - 1's stage
         if (s + STAGES - 1 < steps) load(next);
         gc_cp_async_commit();
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            unsigned a[MT][4], b[NT][2];
-#pragma unroll
-            for (int i = 0; i < MT; ++i) gc_ldmatrix_x4(a[i], &As[cur][a_src[h] + i * 16 * BK]);
-#pragma unroll
-            for (int j = 0; j < NT; j += 2) {
-                unsigned q[4];
-                gc_ldmatrix_x4(q, &Bs[cur][b_src[h] + j * 8 * BK]);
-                b[j][0] = q[0];
-                b[j][1] = q[1];
-                b[j + 1][0] = q[2];
-                b[j + 1][1] = q[3];
-            }
-#pragma unroll
-            for (int i = 0; i < MT; ++i)
-#pragma unroll
-                for (int j = 0; j < NT; ++j) ops::mma(acc[i][j], a[i], b[j]);
-        }
+        mul.template step<MT, NT, BK>(acc, As[cur], Bs[cur]);
         cur = cur == STAGES - 1 ? 0 : cur + 1;
         next = next == STAGES - 1 ? 0 : next + 1;
     }
@@ -548,4 +626,24 @@ conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __res
                                     m_out, f_out, me.group, me.t);
     else
         gc_tc_store<T, ACT, MT, NT>(acc, y, bias, p, M, g_out, m_out, f_out, me.group, me.t);
+}
+
+template <typename T, int ACT, int BN>
+__global__ void __launch_bounds__(2 * BN, 256 / BN)  // 4 blocks an SM of 64 filters, 2 of 128
+conv_gemm_tc_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+                T* __restrict__ y, float* __restrict__ partial, long long splits,
+                long long per_split, const gc_conv p) {
+    gc_gemm_cl<gc_cl_mma<T>, T, ACT, BN>(x, w, bias, y, partial, splits, per_split, p);
+}
+
+// conv_gemm_cl: the channels-last kernel for float32, multiplied by FFMA (exact FP32 sums;
+// filters of a multiple of 4 kernels). 64 accumulators and two 8-row fragments a thread take
+// most of the registers: 2 blocks an SM of 64 filters, 1 of 128.
+template <typename T, int ACT, int BN>
+__global__ void __launch_bounds__(2 * BN, 128 / BN)
+conv_gemm_cl(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
+             T* __restrict__ y, float* __restrict__ partial, long long splits,
+             long long per_split, const gc_conv p) {
+    static_assert(sizeof(T) == sizeof(float), "float32 only");
+    gc_gemm_cl<gc_cl_ffma, T, ACT, BN>(x, w, bias, y, partial, splits, per_split, p);
 }

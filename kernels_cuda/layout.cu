@@ -2,10 +2,10 @@
 //
 // to_channels_last: y (N, S, C), contiguous, from x (N, C, S) at element strides (xs_n, xs_c,
 // xs_s), where S is x's spatial axes flattened (the host checks they merge into one axis of
-// stride xs_s). conv_gemm_tc_cl reads channels-last input; a channels-first caller's x is
-// copied with this first. A plain elementwise copy walks y in order and so reads x with a
-// stride of S elements between neighbouring threads: every 32-byte sector it fetches serves
-// one 2-byte element. Here a block moves a tile of TILE channels x TILE positions through
+// stride xs_s). conv_gemm_tc_cl and conv_gemm_cl read channels-last input; a channels-first
+// caller's x is copied with this first. A plain elementwise copy walks y in order and so reads
+// x with a stride of S elements between neighbouring threads: every 32-byte sector it fetches
+// serves one element. Here a block moves a tile of TILE channels x TILE positions through
 // shared memory: it reads TILE positions of a channel (neighbouring threads, neighbouring
 // addresses of x), then writes TILE channels of a position (neighbouring addresses of y).
 //

@@ -21,8 +21,8 @@ def test_names_are_listed_and_checked():
     assert set(algorithms.ALGORITHMS["cpu"]) == {"gemm", "gemm_shifted", "pointwise", "depthwise"}
     assert set(algorithms.ALGORITHMS["cuda"]) == {
         "direct", "few_filters", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64",
-        "gemm_128x32", "gemm_128x8", "gemm_tc", "gemm_tc_cl", "gemm_tf32", "im2col", "winograd",
-        "pointwise", "depthwise", "depthwise_tile"}
+        "gemm_128x32", "gemm_128x8", "gemm_cl", "gemm_tc", "gemm_tc_cl", "gemm_tf32", "im2col",
+        "winograd", "pointwise", "depthwise", "depthwise_tile"}
     x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
     with pytest.raises(ValueError, match="algorithm must be one of .*'winograd'.*, got 'fft'"):
         gpuconv.conv(x, w, algorithm="fft", device="cpu")
@@ -196,7 +196,7 @@ def test_tensor_core_kernel_needs_compute_capability_8(monkeypatch):
 
 @pytest.mark.parametrize("algorithm", ["gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64",
                                        "gemm_128x32", "gemm_128x8",
-                                       "gemm_tc", "gemm_tc_cl", "gemm_tf32"])
+                                       "gemm_cl", "gemm_tc", "gemm_tc_cl", "gemm_tf32"])
 def test_gemm_kernels_count_in_32_bit_ints_and_say_where_that_ends(algorithm):
     dtype = np.float16 if algorithm in ("gemm_tc", "gemm_tc_cl") else np.float32
     ok = _geom((1, 8, 2**20), (8, 8, 3))

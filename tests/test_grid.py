@@ -18,6 +18,8 @@ BFLOAT16_CASES = bfloat16_cases()
 CHANNEL_BLOCK_CASES = channel_block_cases()
 CHANNEL_BLOCK_CASES += [as_dtype(c, bfloat16()) for c in CHANNEL_BLOCK_CASES[:4]
                         if bfloat16() is not None]
+# float32 for gemm_cl (FFMA, 4 channels a chunk): filters of 4 to 36 kernels
+FFMA_CL_CASES = channel_block_cases("float32", (4, 12, 20, 36, 16))
 
 
 def _check(case, got, what):
@@ -145,8 +147,8 @@ def test_cpu_pointwise_16bit(case):
 
 
 GPU_ALGORITHMS = ["direct", "few_filters", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64",
-                  "gemm_128x32", "gemm_128x8", "gemm_tc", "gemm_tc_cl", "im2col", "pointwise",
-                  "depthwise", "depthwise_tile"]
+                  "gemm_128x32", "gemm_128x8", "gemm_cl", "gemm_tc", "gemm_tc_cl", "im2col",
+                  "pointwise", "depthwise", "depthwise_tile"]
 
 
 def _check_gpu_algorithm(case, algorithm, cp):
@@ -247,6 +249,17 @@ def test_gpu_channels_last_tensor_cores(case, filters, gpu, monkeypatch):
     the reference and the CPU; compute-sanitizer runs these too."""
     monkeypatch.setattr(kernels, "gemm_tc_cl_filters", lambda geom: filters)
     _check_gpu_algorithm(case, "gemm_tc_cl", gpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("filters", kernels.GEMM_TC_CL_FILTERS)
+@pytest.mark.parametrize("case", FFMA_CL_CASES, ids=lambda c: c.name)
+def test_gpu_channels_last_ffma(case, filters, gpu, monkeypatch):
+    """conv_gemm_cl (the channels-last kernel's FFMA variant, float32) with blocks of each
+    width on filters of 4 to 36 kernels, against the reference and the CPU; compute-sanitizer
+    runs these too."""
+    monkeypatch.setattr(kernels, "gemm_tc_cl_filters", lambda geom: filters)
+    _check_gpu_algorithm(case, "gemm_cl", gpu)
 
 
 @pytest.mark.gpu

@@ -403,6 +403,50 @@ def test_gemm_tc_cl_split_k(i, case, emulated_gpu, monkeypatch):
     _check(case, got, "emulated gemm_tc_cl split-K")
 
 
+# float32 for gemm_cl (FFMA): filters of 4 to 36 kernels (its 16-term steps are 4 chunks of 4:
+# below a step, not a multiple of 8, across taps, many steps), each block width in turn
+FFMA_CL_CASES = [(c, kernels.GEMM_TC_CL_FILTERS[i % 2]) for i, c in
+                 enumerate(channel_block_cases("float32", (4, 12, 20, 36, 16)))]
+
+
+@pytest.mark.parametrize("case, filters", FFMA_CL_CASES, ids=lambda v: getattr(v, "name", str(v)))
+def test_gemm_cl_kernel(case, filters, emulated_gpu, monkeypatch):
+    """conv_gemm_cl, the channels-last kernel's FFMA variant for float32 (the same cp.async
+    ring, its own 16-byte shared loads and sums), with blocks of 64 or 128 filters: every rank,
+    layout, padding mode, stride and dilation form, several tiles along every axis; exact FP32
+    sums, so within the float32 bound of the reference."""
+    monkeypatch.setattr(kernels, "gemm_tc_cl_filters", lambda geom: filters)
+    x0, w0 = case.x.copy(), case.filters.copy()
+    got = gpuconv.conv(case.x, case.filters, case.bias, algorithm="gemm_cl", **case.options)
+    _check(case, got, "emulated gemm_cl")
+    np.testing.assert_array_equal(case.x, x0)
+    np.testing.assert_array_equal(case.filters, w0)
+
+
+@pytest.mark.parametrize("i, case", list(enumerate(channel_block_cases(
+    "float32", (4, 12, 20, 36, 16))[1::3])), ids=lambda v: getattr(v, "name", str(v)))
+def test_gemm_cl_split_k(i, case, emulated_gpu, monkeypatch):
+    """Split-K forced on conv_gemm_cl: its 16-term steps in three splits plus an empty one,
+    then conv_gemm_sum_splits; both block widths in turn."""
+    monkeypatch.setattr(kernels, "gemm_tc_cl_filters",
+                        lambda geom: kernels.GEMM_TC_CL_FILTERS[i % 2])
+    forced = _force_splits(monkeypatch)
+    got = gpuconv.conv(case.x, case.filters, case.bias, algorithm="gemm_cl", **case.options)
+    assert forced and min(forced) >= 2
+    _check(case, got, "emulated gemm_cl split-K")
+
+
+def test_gemm_cl_refuses_other_channel_counts_and_dtypes(emulated_gpu):
+    x = np.ones((1, 12, 5, 5), np.float32)
+    with pytest.raises(ValueError, match=r"'gemm_cl' reads 4 channels at a time: it needs "
+                                         r"C_in/groups to be a multiple of 4; these are filters "
+                                         r"\(4, 6, 3, 3\), groups=2"):
+        gpuconv.conv2d(x, np.ones((4, 6, 3, 3), np.float32), groups=2, algorithm="gemm_cl")
+    for dtype in (np.float16, np.float64, np.complex64):
+        with pytest.raises(ValueError, match="'gemm_cl' multiplies float32 by FFMA"):
+            gpuconv.conv2d(x.astype(dtype), np.ones((4, 12, 3, 3), dtype), algorithm="gemm_cl")
+
+
 def test_gemm_tc_cl_reads_a_channels_last_caller_in_place_only_when_aligned(emulated_gpu,
                                                                            monkeypatch):
     """A contiguous channels-last x on 16 bytes is read as it lies; one starting 8 bytes in (each

@@ -211,6 +211,11 @@ def test_cuda_candidates_are_concrete_kernels():
     assert {"gemm_tc", "gemm_tc_cl"} <= set(tuning.candidates("cuda", geom, np.float16))
     odd = plan_conv((2, 12, 9, 9), (32, 12, 3, 3))  # 12 kernels a filter: not 8-channel blocks
     assert "gemm_tc_cl" not in tuning.candidates("cuda", odd, np.float16)
+    # gemm_cl (float32 FFMA, 4-channel blocks) for float32 only
+    assert "gemm_cl" in names and "gemm_cl" in tuning.candidates("cuda", odd, np.float32)
+    assert "gemm_cl" not in tuning.candidates("cuda", geom, np.float16)
+    assert "gemm_cl" not in tuning.candidates("cuda", plan_conv((2, 6, 9, 9), (8, 6, 3, 3)),
+                                              np.float32)
     assert "depthwise" not in names and "depthwise_tile" not in names
     dw = plan_conv((2, 16, 9, 9), (16, 1, 3, 3), groups=16)
     assert {"depthwise", "depthwise_tile"} <= set(tuning.candidates("cuda", dw, np.float32))
