@@ -368,72 +368,51 @@ def test_gemm_tc_kernel(case, emulated_gpu):
     np.testing.assert_array_equal(case.x, x0)
 
 
-# float16 cases with blocks of each width; bfloat16 (another mma, the same copies) with one, on
-# the first cases of ranks 1 and 2 (the 3-D one, case 3, is the slowest to emulate)
-CL_CASES = [(c, f) for c in channel_block_cases() for f in kernels.GEMM_TC_CL_FILTERS]
-CL_CASES += [(as_dtype(c, bfloat16()), kernels.GEMM_TC_CL_FILTERS[i % 2])
+# gemm_tc_cl: float16 cases with blocks of each width; bfloat16 (another mma, the same copies)
+# with one, on the first cases of ranks 1 and 2 (the 3-D one, case 3, is the slowest to
+# emulate). gemm_cl (FFMA): float32, filters of 4 to 36 kernels (its 16-term steps are 4 chunks
+# of 4: below a step, not a multiple of 8, across taps, many steps), each width in turn.
+FFMA_CL_SIZES = (4, 12, 20, 36, 16)
+CL_CASES = [(c, f, "gemm_tc_cl") for c in channel_block_cases()
+            for f in kernels.GEMM_TC_CL_FILTERS]
+CL_CASES += [(as_dtype(c, bfloat16()), kernels.GEMM_TC_CL_FILTERS[i % 2], "gemm_tc_cl")
              for i, c in enumerate(channel_block_cases()[:3]) if bfloat16() is not None]
+CL_CASES += [(c, kernels.GEMM_TC_CL_FILTERS[i % 2], "gemm_cl")
+             for i, c in enumerate(channel_block_cases("float32", FFMA_CL_SIZES))]
 
 
-@pytest.mark.parametrize("case, filters", CL_CASES, ids=lambda v: getattr(v, "name", str(v)))
-def test_gemm_tc_cl_kernel(case, filters, emulated_gpu, monkeypatch):
-    """The channels-last tensor-core kernel (cp.async ring, ldmatrix and mma emulated from
-    PTX's descriptions) with blocks of 64 or 128 filters, on filters of 8 to 72 kernels: every
-    rank, layout, padding mode, stride and dilation form, several tiles along every axis;
-    float16 and bfloat16."""
+@pytest.mark.parametrize("case, filters, algorithm", CL_CASES,
+                         ids=lambda v: getattr(v, "name", str(v)))
+def test_channels_last_kernels(case, filters, algorithm, emulated_gpu, monkeypatch):
+    """The channels-last kernels (cp.async ring; ldmatrix and mma emulated from PTX's
+    descriptions for gemm_tc_cl, 16-byte shared loads and FFMA for gemm_cl) with blocks of 64
+    or 128 filters: every rank, layout, padding mode, stride and dilation form, several tiles
+    along every axis; float16 and bfloat16 (gemm_tc_cl), float32 (gemm_cl, exact FP32 sums)."""
     monkeypatch.setattr(kernels, "gemm_tc_cl_filters", lambda geom: filters)
     x0, w0 = case.x.copy(), case.filters.copy()
-    got = gpuconv.conv(case.x, case.filters, case.bias, algorithm="gemm_tc_cl", **case.options)
-    _check(case, got, "emulated gemm_tc_cl")
+    got = gpuconv.conv(case.x, case.filters, case.bias, algorithm=algorithm, **case.options)
+    _check(case, got, f"emulated {algorithm}")
     np.testing.assert_array_equal(case.x, x0)
     np.testing.assert_array_equal(case.filters, w0)
 
 
-@pytest.mark.parametrize("i, case", list(enumerate(channel_block_cases()[::2])),
+CL_SPLIT_CASES = [(i, c, "gemm_tc_cl") for i, c in enumerate(channel_block_cases()[::2])]
+CL_SPLIT_CASES += [(i, c, "gemm_cl") for i, c in
+                   enumerate(channel_block_cases("float32", FFMA_CL_SIZES)[1::3])]
+
+
+@pytest.mark.parametrize("i, case, algorithm", CL_SPLIT_CASES,
                          ids=lambda v: getattr(v, "name", str(v)))
-def test_gemm_tc_cl_split_k(i, case, emulated_gpu, monkeypatch):
-    """Split-K forced on the channels-last tensor-core kernel: its 32-term steps in three
+def test_channels_last_split_k(i, case, algorithm, emulated_gpu, monkeypatch):
+    """Split-K forced on the channels-last kernels: their steps (32 halves, 16 floats) in three
     splits plus an empty one (each split's terms counted from its first, filter reads offset
     by it), then conv_gemm_sum_splits; both block widths in turn."""
     monkeypatch.setattr(kernels, "gemm_tc_cl_filters",
                         lambda geom: kernels.GEMM_TC_CL_FILTERS[i % 2])
     forced = _force_splits(monkeypatch)
-    got = gpuconv.conv(case.x, case.filters, case.bias, algorithm="gemm_tc_cl", **case.options)
+    got = gpuconv.conv(case.x, case.filters, case.bias, algorithm=algorithm, **case.options)
     assert forced and min(forced) >= 2
-    _check(case, got, "emulated gemm_tc_cl split-K")
-
-
-# float32 for gemm_cl (FFMA): filters of 4 to 36 kernels (its 16-term steps are 4 chunks of 4:
-# below a step, not a multiple of 8, across taps, many steps), each block width in turn
-FFMA_CL_CASES = [(c, kernels.GEMM_TC_CL_FILTERS[i % 2]) for i, c in
-                 enumerate(channel_block_cases("float32", (4, 12, 20, 36, 16)))]
-
-
-@pytest.mark.parametrize("case, filters", FFMA_CL_CASES, ids=lambda v: getattr(v, "name", str(v)))
-def test_gemm_cl_kernel(case, filters, emulated_gpu, monkeypatch):
-    """conv_gemm_cl, the channels-last kernel's FFMA variant for float32 (the same cp.async
-    ring, its own 16-byte shared loads and sums), with blocks of 64 or 128 filters: every rank,
-    layout, padding mode, stride and dilation form, several tiles along every axis; exact FP32
-    sums, so within the float32 bound of the reference."""
-    monkeypatch.setattr(kernels, "gemm_tc_cl_filters", lambda geom: filters)
-    x0, w0 = case.x.copy(), case.filters.copy()
-    got = gpuconv.conv(case.x, case.filters, case.bias, algorithm="gemm_cl", **case.options)
-    _check(case, got, "emulated gemm_cl")
-    np.testing.assert_array_equal(case.x, x0)
-    np.testing.assert_array_equal(case.filters, w0)
-
-
-@pytest.mark.parametrize("i, case", list(enumerate(channel_block_cases(
-    "float32", (4, 12, 20, 36, 16))[1::3])), ids=lambda v: getattr(v, "name", str(v)))
-def test_gemm_cl_split_k(i, case, emulated_gpu, monkeypatch):
-    """Split-K forced on conv_gemm_cl: its 16-term steps in three splits plus an empty one,
-    then conv_gemm_sum_splits; both block widths in turn."""
-    monkeypatch.setattr(kernels, "gemm_tc_cl_filters",
-                        lambda geom: kernels.GEMM_TC_CL_FILTERS[i % 2])
-    forced = _force_splits(monkeypatch)
-    got = gpuconv.conv(case.x, case.filters, case.bias, algorithm="gemm_cl", **case.options)
-    assert forced and min(forced) >= 2
-    _check(case, got, "emulated gemm_cl split-K")
+    _check(case, got, f"emulated {algorithm} split-K")
 
 
 def test_gemm_cl_refuses_other_channel_counts_and_dtypes(emulated_gpu):
