@@ -371,14 +371,16 @@ def test_gemm_tc_kernel(case, emulated_gpu):
 # gemm_tc_cl: float16 cases with blocks of each width; bfloat16 (another mma, the same copies)
 # with one, on the first cases of ranks 1 and 2 (the 3-D one, case 3, is the slowest to
 # emulate). gemm_cl (FFMA): float32, filters of 4 to 36 kernels (its 16-term steps are 4 chunks
-# of 4: below a step, not a multiple of 8, across taps, many steps), each width in turn.
+# of 4: below a step, not a multiple of 8, across taps, many steps), each width in turn, on two
+# draws of the options (the grid's own cases seldom have a multiple of 4 kernels a filter).
 FFMA_CL_SIZES = (4, 12, 20, 36, 16)
 CL_CASES = [(c, f, "gemm_tc_cl") for c in channel_block_cases()
             for f in kernels.GEMM_TC_CL_FILTERS]
 CL_CASES += [(as_dtype(c, bfloat16()), kernels.GEMM_TC_CL_FILTERS[i % 2], "gemm_tc_cl")
              for i, c in enumerate(channel_block_cases()[:3]) if bfloat16() is not None]
 CL_CASES += [(c, kernels.GEMM_TC_CL_FILTERS[i % 2], "gemm_cl")
-             for i, c in enumerate(channel_block_cases("float32", FFMA_CL_SIZES))]
+             for i, c in enumerate(channel_block_cases("float32", FFMA_CL_SIZES)
+                                   + channel_block_cases("float32", FFMA_CL_SIZES, seed=16))]
 
 
 @pytest.mark.parametrize("case, filters, algorithm", CL_CASES,
