@@ -6,11 +6,22 @@ arithmetic, padding, strides, layouts, bias and activation give the reference's 
 stride kernels without shared memory or barriers give the same result run one thread at a time.
 It is no substitute for the GPU tests (test_grid.py's gpu cases): NVRTC's code generation, CuPy's
 argument passing and real concurrency are only exercised there.
+
+GPUCONV_EMULATION_CFLAGS adds compiler flags to the kernels' host builds. With AddressSanitizer,
+every kernel's reads and writes of the arrays it is given (global memory) are checked, as
+compute-sanitizer's memcheck checks them on a GPU (not shared memory: the shim's __shared__
+arrays are template statics, which GCC leaves uninstrumented). A finding stops the test
+process; its report goes to the log_path file (pytest's capture hides the process's stderr)::
+
+    ASAN_OPTIONS=detect_leaks=0:log_path=/tmp/asan LD_PRELOAD=$(g++ -print-file-name=libasan.so) \
+    GPUCONV_EMULATION_CFLAGS="-fsanitize=address -fno-omit-frame-pointer" \
+        python -m pytest -n 2 tests/test_kernel_emulation.py
 """
 from __future__ import annotations
 
 import ctypes
 import itertools
+import os
 import shutil
 import subprocess
 import types
@@ -53,6 +64,7 @@ class Emulator:
             out = self.workdir / f"emu{len(self.libs)}.so"
             build = subprocess.run(
                 ["g++", "-O1", "-shared", "-fPIC", "-pthread", "-std=c++17", f"-I{HERE}",
+                 *os.environ.get("GPUCONV_EMULATION_CFLAGS", "").split(),
                  f'-DGC_SOURCE="{source}"', f"-DGC_KERNEL={name_expression}",
                  str(HERE / "launch.cpp"), "-o", str(out)], capture_output=True, text=True)
             assert build.returncode == 0, build.stderr
