@@ -23,7 +23,7 @@ import numpy as np
 from . import algorithms, kernels, params, tuning
 from .activation import activate, commutes_with_rounding
 from .config import get_autotune
-from .device import cuda_device_name
+from .device import cuda_device_name, cupy_module
 from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
 from .layout import merged_stride, pad_spatial, pointwise_view, unpad_adjoint
@@ -65,8 +65,8 @@ def _launch_args(args: Sequence[Any]) -> Tuple[Any, ...]:
     record's 36 named fields spells out its dtype anew on every call (78 us a call under the
     profiler of bench --overhead on the H100 machine; untraced, the whole call went from 113 to
     104 us); for a bytes view it is about 1 us."""
-    return tuple(a.view(_bytes_dtype(a.itemsize)) if isinstance(a, np.ndarray) else a
-                 for a in args)
+    return tuple([a.view(_bytes_dtype(a.itemsize)) if type(a) is np.ndarray else a
+                  for a in args])
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,8 +76,7 @@ def _bytes_dtype(itemsize: int) -> np.dtype:
 
 def _gpu_run(file: str, name: str, dtype: DTypeLike, work: Union[int, Grid],
              args: Sequence[Any]) -> None:
-    import cupy
-    device_id = cupy.cuda.runtime.getDevice()
+    device_id = cupy_module().cuda.runtime.getDevice()
     args = _launch_args(args)
     if isinstance(work, Grid):
         if min(work.blocks) > 0:
@@ -89,13 +88,11 @@ def _gpu_run(file: str, name: str, dtype: DTypeLike, work: Union[int, Grid],
 
 
 def _gpu_threads() -> int:
-    import cupy
-    return _max_blocks(cupy.cuda.runtime.getDevice()) * _THREADS
+    return _max_blocks(cupy_module().cuda.runtime.getDevice()) * _THREADS
 
 
 def _gpu_sms() -> int:
-    import cupy
-    return _sm_count(cupy.cuda.runtime.getDevice())
+    return _sm_count(cupy_module().cuda.runtime.getDevice())
 
 
 def _pointer(a: Array) -> int:
@@ -865,7 +862,7 @@ def _pointwise_filter_grad(xp: Any, x_cf: Array, g_cf: Array, geom: ConvGeometry
 def conv_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry, activation: Optional[str],
                  out_cf: Array, algorithm: str = "auto") -> None:
     """Fill the CuPy view ``out_cf`` ``(N, C_out, *out_spatial)``; see cpu.conv_forward."""
-    import cupy
+    cupy = cupy_module()
     if algorithm == "auto" and get_autotune():
         algorithm = tuning.pick(
             "cuda", cuda_device_name(cupy.cuda.runtime.getDevice()), geom, out_cf.dtype,

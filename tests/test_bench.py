@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -116,6 +117,25 @@ def test_bench_gpu_options_need_cuda(tmp_path):
                           "--algorithms", "fastest"], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 2 and "algorithm must be one of" in run.stderr
+
+
+@pytest.mark.parametrize("path", [[], ["--cupy-path"]])
+def test_host_overhead_script_runs_the_cuda_path_without_a_gpu(path):
+    """benchmarks/host_overhead.py, both ways: from gpuconv.cuda._forward on, and the whole call
+    on stand-in CuPy arrays (dispatch, device resolution, launcher); a run of the stand-in path
+    whose call took any other route (the CPU's, say) would not reach the launcher it counts."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, str(root / "benchmarks" / "host_overhead.py"),
+                          "--calls", "50", "--profile"] + path,
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert run.returncode == 0, run.stderr
+    rec = json.loads(run.stdout)
+    assert rec["python_us_per_call"] > 0 and rec["profile_us"]
+    assert rec["path"] == ("cupy" if path else "cuda._forward")
+    if path:  # one kernel (the implicit GEMM's tile), launched through gpuconv's launcher
+        assert rec["launches_per_call"] == 1
 
 
 def test_summary_and_peak_arithmetic():

@@ -1,6 +1,7 @@
 """Device selection, GPUCONV_DEVICE, the reasons given when the GPU cannot be used, and info()."""
 from __future__ import annotations
 
+import os
 import sys
 import types
 
@@ -30,6 +31,22 @@ def test_env_var_sets_the_default(monkeypatch):
         gpuconv.conv(X, W)
     # an explicit device other than "auto" wins over the environment
     assert dev.resolve("cpu", X) == ("cpu", None)
+
+
+@pytest.mark.parametrize("value", ["cpu", " cuda:1 ", "", "caf\u00e9"])
+def test_environ_reads_what_os_environ_holds(monkeypatch, value):
+    """config.environ (the settings' fast read of os.environ's own dictionary) gives what
+    os.environ.get gives, as variables are set, changed and removed at run time."""
+    from gpuconv.config import environ
+    name = "GPUCONV_TEST_ENVIRON"
+    monkeypatch.delenv(name, raising=False)
+    assert environ(name) == "" == os.environ.get(name, "")
+    monkeypatch.setenv(name, value)
+    assert environ(name) == value == os.environ[name]
+    monkeypatch.setenv(name, value + "x")
+    assert environ(name) == value + "x"
+    monkeypatch.delenv(name)
+    assert environ(name) == ""
 
 
 def test_device_strings():

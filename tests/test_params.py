@@ -73,3 +73,7 @@ def test_launch_args_pass_the_record_as_its_own_bytes():
     view = got[2]
     assert view.dtype.names is None and view.dtype.itemsize == record.dtype.itemsize
     assert view.ctypes.data == record.ctypes.data and view.tobytes() == record.tobytes()
+    # only NumPy arrays themselves are records: an array of a subclass (as a CuPy stand-in
+    # would be) passes as it is
+    sub = x.view(type("Sub", (np.ndarray,), {}))
+    assert cuda._launch_args((sub, record))[0] is sub
