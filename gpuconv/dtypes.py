@@ -1,6 +1,8 @@
 """Which dtypes gpuconv accepts, how mixed inputs promote, and what each accumulates in."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from ._typing import Array, DTypeLike
 from typing import Optional, Tuple
@@ -46,7 +48,20 @@ def check_dtype(array: Array, name: str) -> np.dtype:
 
 def result_dtype(*dtypes: Optional[DTypeLike]) -> np.dtype:
     """NumPy promotion of the inputs' dtypes (float16 with float32 gives float32, and so on);
-    bfloat16 with float16, which NumPy cannot promote, gives float32 (as in PyTorch)."""
+    bfloat16 with float16, which NumPy cannot promote, gives float32 (as in PyTorch). Cached
+    by the dtypes given (every call asks; dtype objects hash and compare cheaply)."""
+    try:
+        return _result_dtype(dtypes)
+    except TypeError:  # an unhashable dtype-like (a list of fields, say): worked out anew
+        return _promote(dtypes)
+
+
+@functools.lru_cache(maxsize=256)
+def _result_dtype(dtypes: Tuple[Optional[DTypeLike], ...]) -> np.dtype:
+    return _promote(dtypes)
+
+
+def _promote(dtypes: Tuple[Optional[DTypeLike], ...]) -> np.dtype:
     given = [np.dtype(d) for d in dtypes if d is not None]
     if all(d == given[0] for d in given) and given[0] in ACCEPTED:  # the usual call: one dtype
         return given[0]

@@ -14,6 +14,7 @@ import functools
 import itertools
 import math
 import numbers
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union, cast
 
@@ -174,6 +175,21 @@ class ConvGeometry:
         else:
             shape = (self.N,) + self.out_spatial + (self.C_out,)
         return shape if self.batched else shape[1:]
+
+    def __hash__(self) -> int:
+        """The fields' hash, worked out once: geometries key the plan and record caches, which
+        every call looks up (the generated hash rebuilt and hashed a tuple of all fields each
+        time). Not carried across pickling (string hashes differ between processes)."""
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_hash", None)
+        return state
 
     def with_zero_padding(self) -> "ConvGeometry":
         """The geometry of the same call on an input already padded by its padding_mode."""

@@ -77,3 +77,20 @@ def test_launch_args_pass_the_record_as_its_own_bytes():
     # would be) passes as it is
     sub = x.view(type("Sub", (np.ndarray,), {}))
     assert cuda._launch_args((sub, record))[0] is sub
+
+
+def test_geometry_hash_is_kept_but_not_pickled():
+    """A geometry's hash (the key of the plan and record caches) is worked out once and kept;
+    equal geometries hash alike, a changed one is a new key, and a pickled copy works its
+    hash out anew (string hashes differ between processes)."""
+    import dataclasses
+    import pickle
+    g = plan_conv((1, 8, 16, 16), (8, 8, 3, 3), padding=1)
+    same = plan_conv((1, 8, 16, 16), (8, 8, 3, 3), padding=1)
+    assert g == same and hash(g) == hash(same) and g.__dict__["_hash"] == hash(g)
+    other = dataclasses.replace(g, N=2)
+    assert other != g and "_hash" not in other.__dict__ and {g: 1}.get(other) is None
+    state = pickle.dumps(g)
+    assert b"_hash" not in state
+    back = pickle.loads(state)
+    assert back == g and hash(back) == hash(g) and {g: 1}[back] == 1
