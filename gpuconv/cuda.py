@@ -60,11 +60,11 @@ class Grid(NamedTuple):
 
 
 def _launch_args(args: Sequence[Any]) -> Tuple[Any, ...]:
-    """``args`` with each NumPy array (the ``gc_conv`` record, passed by value) viewed as plain
-    bytes. CuPy takes such an argument's address from its ``__array_interface__``, which for the
-    record's 36 named fields spells out its dtype anew on every call (78 us a call under the
-    profiler of bench --overhead on the H100 machine; untraced, the whole call went from 113 to
-    104 us); for a bytes view it is about 1 us."""
+    """``args`` with each NumPy array (exactly ``numpy.ndarray``: the ``gc_conv`` record, passed
+    by value) viewed as plain bytes. CuPy takes such an argument's address from its
+    ``__array_interface__``, which for the record's 36 named fields spells out its dtype anew on
+    every call (78 us a call under the profiler of bench --overhead on the H100 machine;
+    untraced, the whole call went from 113 to 104 us); for a bytes view it is about 1 us."""
     return tuple([a.view(_bytes_dtype(a.itemsize)) if type(a) is np.ndarray else a
                   for a in args])
 
