@@ -21,8 +21,8 @@ def environ(name: str) -> str:
     """``os.environ.get(name, "")``, read from os.environ's own dictionary where it has one (the
     same variables: os.environ's assignments and deletions change that dictionary). Each call
     reads GPUCONV_DEVICE, and GPUCONV_AUTOTUNE or the CPU settings; through the mapping a
-    lookup encodes the name every time (0.54 us on the 2-vCPU dev machine against 0.03), and
-    the GPU machine of session 16 ran this Python ~5x slower."""
+    lookup encodes the name every time (0.54 us on the 2-vCPU dev machine against 0.03; the
+    GPU machine of session 16 ran this Python about twice as slowly)."""
     if not (isinstance(_ENV_DATA, dict) and _ENV_KEY and _ENV_VALUE):
         return os.environ.get(name, "")
     key = _env_keys.get(name)

@@ -102,8 +102,9 @@ def is_cupy_array(a: Array) -> bool:
 
 def cupy_module() -> Any:
     """The cupy module, imported on first use: a call's hot paths take it from sys.modules (an
-    import statement for a module already imported costs ~0.3 us a call, ~5x that on the GPU
-    machine of session 16; a stand-in put into sys.modules is honoured the same way)."""
+    import statement for a module already imported costs ~0.3 us a call on the dev machine,
+    about twice that on the GPU machine of session 16; a stand-in put into sys.modules is
+    honoured the same way)."""
     module = sys.modules.get("cupy")
     if module is None:
         import cupy

@@ -42,8 +42,8 @@ _BACKENDS: Dict[str, Any] = {}
 
 def _backend(name: str) -> Any:
     """gpuconv's module ``name`` (cpu, cuda, scratch), imported on first use and kept: an
-    import statement inside a call costs ~0.3-0.5 us each time (~5x that on the GPU machine of
-    session 16), and cuda imports CuPy, which a CPU-only process need not have."""
+    import statement inside a call costs ~0.3-0.5 us each time (about twice that on the GPU
+    machine of session 16), and cuda imports CuPy, which a CPU-only process need not have."""
     module = _BACKENDS.get(name)
     if module is None:
         module = _BACKENDS[name] = importlib.import_module(f"{__package__}.{name}")
