@@ -429,17 +429,6 @@ def test_channels_last_split_k(i, case, algorithm, emulated_gpu, monkeypatch):
     _check(case, got, f"emulated {algorithm} split-K")
 
 
-def test_gemm_cl_refuses_other_channel_counts_and_dtypes(emulated_gpu):
-    x = np.ones((1, 12, 5, 5), np.float32)
-    with pytest.raises(ValueError, match=r"'gemm_cl' reads 4 channels at a time: it needs "
-                                         r"C_in/groups to be a multiple of 4; these are filters "
-                                         r"\(4, 6, 3, 3\), groups=2"):
-        gpuconv.conv2d(x, np.ones((4, 6, 3, 3), np.float32), groups=2, algorithm="gemm_cl")
-    for dtype in (np.float16, np.float64, np.complex64):
-        with pytest.raises(ValueError, match="'gemm_cl' multiplies float32 by FFMA"):
-            gpuconv.conv2d(x.astype(dtype), np.ones((4, 12, 3, 3), dtype), algorithm="gemm_cl")
-
-
 def test_gemm_tc_cl_reads_a_channels_last_caller_in_place_only_when_aligned(emulated_gpu,
                                                                            monkeypatch):
     """A contiguous channels-last x on 16 bytes is read as it lies; one starting 8 bytes in (each
@@ -507,15 +496,21 @@ def test_channels_last_copy(view, emulator, monkeypatch):
     np.testing.assert_array_equal(x, x0)
 
 
-def test_gemm_tc_cl_refuses_other_channel_counts(emulated_gpu):
-    x = np.ones((1, 12, 5, 5), np.float16)
-    with pytest.raises(ValueError, match=r"'gemm_tc_cl' reads 8 channels at a time: it needs "
-                                         r"C_in/groups to be a multiple of 8; these are filters "
-                                         r"\(4, 6, 3, 3\), groups=2"):
-        gpuconv.conv2d(x, np.ones((4, 6, 3, 3), np.float16), groups=2, algorithm="gemm_tc_cl")
-    with pytest.raises(ValueError, match="'gemm_tc_cl' multiplies float16 or bfloat16"):
-        gpuconv.conv2d(x.astype(np.float32), np.ones((4, 12, 3, 3), np.float32),
-                       algorithm="gemm_tc_cl")
+@pytest.mark.parametrize("algorithm, dtype, block, others, says", [
+    ("gemm_tc_cl", np.float16, 8, (np.float32,), "multiplies float16 or bfloat16"),
+    ("gemm_cl", np.float32, 4, (np.float16, np.float64, np.complex64),
+     "multiplies float32 by FFMA")])
+def test_channels_last_kernels_refuse_other_channel_counts_and_dtypes(algorithm, dtype, block,
+                                                                      others, says,
+                                                                      emulated_gpu):
+    x = np.ones((1, 12, 5, 5), dtype)
+    with pytest.raises(ValueError, match=rf"'{algorithm}' reads {block} channels at a time: it "
+                                         rf"needs C_in/groups to be a multiple of {block}; these "
+                                         r"are filters \(4, 6, 3, 3\), groups=2"):
+        gpuconv.conv2d(x, np.ones((4, 6, 3, 3), dtype), groups=2, algorithm=algorithm)
+    for other in others:
+        with pytest.raises(ValueError, match=f"'{algorithm}' {says}"):
+            gpuconv.conv2d(x.astype(other), np.ones((4, 12, 3, 3), other), algorithm=algorithm)
 
 
 TF32_CASES = [c for c in CASES + TILE_CASES if np.result_type(c.x, c.filters) == np.float32]
