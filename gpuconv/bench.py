@@ -418,7 +418,9 @@ def host_overhead_us(device: str, calls: int = 2000) -> Dict[str, Any]:
     """Host time of one gpuconv call with compiled kernels, on a layer too small for the GPU to
     be the limit (1x8x16x16 input, 8 3x3 filters): the wall time of many back-to-back calls
     divided by their count, before one synchronization, and the same for PyTorch where
-    installed; ``gpuconv_profile`` says where gpuconv's time goes (see profile_us), and
+    installed. These calls repeat one another, so all but the first are replayed
+    (gpuconv.repeat); ``gpuconv_full_path`` is the call as one that is not replayed runs.
+    ``gpuconv_profile`` says where gpuconv's time goes (see profile_us), and
     ``gpuconv_without_launch`` is the call's time with its kernel launch skipped."""
     import cupy
     x = cupy.ones((1, 8, 16, 16), dtype=cupy.float32)
@@ -440,13 +442,21 @@ def host_overhead_us(device: str, calls: int = 2000) -> Dict[str, Any]:
     out["gpuconv_profile"] = profile_us(lambda: conv(x, w, padding=1, device="cuda"))
     # the same call with the kernel launch left out: gpuconv's Python on CuPy arrays plus
     # CuPy's allocation and array queries, the share a faster launch path would not touch
-    from . import cuda
-    launch = cuda._gpu_run
-    cuda._gpu_run = lambda *args: None
+    from . import cuda, repeat
+    launch = cuda._launch
+    cuda._launch = lambda *args: None
     try:
         out["gpuconv_without_launch"] = per_call(lambda: conv(x, w, padding=1, device="cuda"))
     finally:
-        cuda._gpu_run = launch
+        cuda._launch = launch
+    # the call as one that is not replayed runs (its key looked up, then the checks, the
+    # planning and the lookups of the full path), every time (gpuconv.repeat)
+    lookup = repeat.lookup
+    repeat.lookup = lambda key: None
+    try:
+        out["gpuconv_full_path"] = per_call(lambda: conv(x, w, padding=1, device="cuda"))
+    finally:
+        repeat.lookup = lookup
     try:  # a breakdown only: the figures above stand without it
         out["cupy_steps"] = _cupy_steps_us(cupy, x, w, per_call)
     except Exception as exc:

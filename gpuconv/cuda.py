@@ -26,7 +26,8 @@ from .config import get_autotune
 from .device import cuda_device_name, cupy_module
 from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
-from .layout import merged_stride, pad_spatial, pointwise_view, unpad_adjoint
+from .layout import (alloc_output, merged_stride, pad_spatial, pointwise_view,
+                     to_channels_first, unpad_adjoint)
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
 from ._typing import Array, DTypeLike
 
@@ -74,17 +75,31 @@ def _bytes_dtype(itemsize: int) -> np.dtype:
     return np.dtype(("V", itemsize))
 
 
+def _launch_shape(work: Union[int, Grid], device_id: int
+                  ) -> Optional[Tuple[Tuple[int, ...], Tuple[int]]]:
+    """(grid, block) of a launch of ``work`` on GPU ``device_id``, or None when it has no
+    blocks: a tiled kernel's Grid as it is; a grid-stride kernel's threads in blocks of
+    _THREADS, at most _max_blocks of them."""
+    if isinstance(work, Grid):
+        return (work.blocks, (work.threads,)) if min(work.blocks) > 0 else None
+    blocks = min(-(-work // _THREADS), _max_blocks(device_id))
+    return ((blocks,), (_THREADS,)) if blocks > 0 else None
+
+
+def _launch(function: Any, grid: Tuple[int, ...], block: Tuple[int], args: Tuple[Any, ...]
+            ) -> None:
+    """The one place a compiled kernel is called (CuPy's RawKernel call: the current stream);
+    ``args`` as _launch_args gives them. bench --overhead replaces it to time a call without
+    its launches."""
+    function(grid, block, args)
+
+
 def _gpu_run(file: str, name: str, dtype: DTypeLike, work: Union[int, Grid],
              args: Sequence[Any]) -> None:
     device_id = cupy_module().cuda.runtime.getDevice()
-    args = _launch_args(args)
-    if isinstance(work, Grid):
-        if min(work.blocks) > 0:
-            kernels.get_function(file, name, dtype, device_id)(work.blocks, (work.threads,), args)
-        return
-    blocks = min(-(-work // _THREADS), _max_blocks(device_id))
-    if blocks > 0:
-        kernels.get_function(file, name, dtype, device_id)((blocks,), (_THREADS,), args)
+    shape = _launch_shape(work, device_id)
+    if shape is not None:
+        _launch(kernels.get_function(file, name, dtype, device_id), *shape, _launch_args(args))
 
 
 def _gpu_threads() -> int:
@@ -163,21 +178,31 @@ def _channels_last_copy(shape: Tuple[int, ...], strides: Tuple[int, ...], itemsi
     return grid, tuple(np.int64(v) for v in (N, C, S, steps[0], steps[1], s_stride))
 
 
+def _is_contiguous(a: Array, dtype: DTypeLike) -> bool:
+    return a.dtype == dtype and a.flags.c_contiguous
+
+
 def _contiguous(xp: Any, a: Array, dtype: DTypeLike) -> Array:
     """``a`` as a contiguous, aligned array of ``dtype`` (filters and bias; small): ``a``
     itself where it already is one (the usual call, checked without an array function)."""
-    if a.dtype != dtype or not a.flags.c_contiguous:
+    if not _is_contiguous(a, dtype):
         a = xp.ascontiguousarray(a, dtype=dtype)
     return _aligned(xp, a)
 
 
+def _pads_first(geom: ConvGeometry) -> bool:
+    """Whether x is padded by an array pass before the kernels (a padding_mode other than
+    zeros, with padding); zero padding stays in the kernels."""
+    return geom.padding_mode != "zeros" and max(geom.pad_before + geom.pad_after) > 0
+
+
 def _prepare_x(xp: Any, x_cf: Array, geom: ConvGeometry, dtype: DTypeLike) -> Tuple[Array,
                ConvGeometry]:
-    """x cast to ``dtype`` and, for a padding_mode other than zeros, pre-padded (the returned
-    geometry then has zero padding); zero padding stays in the kernels."""
+    """x cast to ``dtype`` and, where _pads_first, pre-padded (the returned geometry then has
+    zero padding)."""
     if x_cf.dtype != dtype:
         x_cf = x_cf.astype(dtype)
-    if geom.padding_mode != "zeros" and max(geom.pad_before + geom.pad_after) > 0:
+    if _pads_first(geom):
         x_cf = pad_spatial(xp, x_cf, geom)
         geom = geom.with_zero_padding()
     return _aligned(xp, x_cf), geom
@@ -368,31 +393,108 @@ def _forward(xp: Any, run: Callable[..., None], sms: int, x_cf: Array, w: Array,
     record = params.conv_params(geom, x_cf, out_cf, b is not None)
     # without a bias the kernel never reads its pointer; pass the filters as a valid one
     bias_arg = w if b is None else b
-    main = plan.main
     if plan.algorithm == "winograd":
         _winograd(xp, run, plan, x_cf, w, bias_arg, out_cf, record, geom)
         return
     if plan.algorithm == "im2col":
         _im2col(xp, run, plan, x_cf, w, b, out_cf, record, geom)
         return
+    partial = _partial_sums(xp, plan, geom, out_cf)
+    for launch, args in _kernel_args(plan, x_cf, w, bias_arg, out_cf, partial, record):
+        run(launch.file, launch.name, dtype, launch.work, args)
+
+
+def _partial_sums(xp: Any, plan: ForwardPlan, geom: ConvGeometry, out: Array) -> Array:
+    """Split-K's buffer of partial sums, (splits, C_out * positions) in plan.partial_dtype,
+    which conv_gemm_sum_splits adds in order, adding the bias, applying the activation and
+    writing y; ``out`` itself for a plan of one split or none (its kernel never reads the
+    partial sums' pointer)."""
+    if plan.splits <= 1:
+        return out
+    partial = xp.empty((plan.splits, geom.C_out * geom.positions), dtype=plan.partial_dtype)
+    _poison(partial)
+    return partial
+
+
+def _kernel_args(plan: ForwardPlan, x: Array, w: Array, bias_arg: Array, out: Array,
+                 partial: Array, record: np.ndarray
+                 ) -> Tuple[Tuple[_Launch, Tuple[Any, ...]], ...]:
+    """(launch, its arguments) for each kernel, in order, of a plan that launches one kernel
+    of ours and perhaps split-K's sum: _forward's launches and a Replay's. Arrays pass as
+    their data pointers, so views of the same memory serve."""
+    main = plan.main
     if not plan.splits:
-        run(main.file, main.name, dtype, main.work,
-            (x_cf, w, bias_arg, out_cf, record) + main.extra)
-        return
-    # Split-K: the kernel's splits' sums go to `partial`, which conv_gemm_sum_splits adds in
-    # order, adding the bias, applying the activation and writing y. Without splits the kernel
-    # never reads the partial sums' pointer: it gets the output's.
-    if plan.splits > 1:
-        partial = xp.empty((plan.splits, geom.C_out * geom.positions), dtype=plan.partial_dtype)
-        _poison(partial)
-    else:
-        partial = out_cf
-    run(main.file, main.name, dtype, main.work,
-        (x_cf, w, bias_arg, out_cf, partial, _int64(plan.splits), _int64(plan.per_split),
-         record))
-    if plan.finish is not None:
-        run(plan.finish.file, plan.finish.name, dtype, plan.finish.work,
-            (partial, bias_arg, out_cf, _int64(plan.splits), record))
+        return ((main, (x, w, bias_arg, out, record) + main.extra),)
+    splits = _int64(plan.splits)
+    launches = ((main, (x, w, bias_arg, out, partial, splits, _int64(plan.per_split), record)),)
+    if plan.finish is None:
+        return launches
+    return launches + ((plan.finish, (partial, bias_arg, out, splits, record)),)
+
+
+#: Algorithms whose calls are not replayed: their launches go around copies and cuBLAS's
+#: products (_pointwise, _winograd, _im2col) or a copy of x and of the filters (the
+#: channels-last GEMMs), none of which a Replay makes.
+_NOT_REPLAYED = ("pointwise", "winograd", "im2col", "gemm_tc_cl", "gemm_cl")
+
+
+class Replay:
+    """A forward call's kernels, launched again for a call that repeats it (gpuconv.repeat:
+    same array types, shapes, strides, dtypes, devices and options): the output's
+    allocation, split-K's buffer and the launches of a plan that uses the caller's arrays as
+    they are (no cast, pre-padding or copy), with the kernel functions, grids and the record
+    as the first call worked them out. Returns None for arrays whose data pointers are not
+    aligned to a whole element (the full path copies those)."""
+
+    __slots__ = ("cupy", "shape", "dtype", "geom", "plan", "record", "kernels")
+
+    def __init__(self, cupy: Any, shape: Tuple[int, ...], dtype: np.dtype, geom: ConvGeometry,
+                 plan: ForwardPlan, record: np.ndarray,
+                 kernels: Tuple[Tuple[Any, Tuple[int, ...], Tuple[int]], ...]):
+        self.cupy, self.shape, self.dtype, self.geom = cupy, shape, dtype, geom
+        self.plan, self.record, self.kernels = plan, record, kernels
+
+    def __call__(self, x: Array, w: Array, b: Optional[Array]) -> Optional[Array]:
+        size = self.dtype.itemsize
+        if x.data.ptr % size or w.data.ptr % size or (b is not None and b.data.ptr % size):
+            return None
+        out = self.cupy.empty(self.shape, dtype=self.dtype)
+        _poison(out)
+        partial = _partial_sums(self.cupy, self.plan, self.geom, out)
+        launches = _kernel_args(self.plan, x, w, w if b is None else b, out, partial,
+                                self.record)
+        for (function, grid, block), (_, args) in zip(self.kernels, launches):
+            _launch(function, grid, block, args)
+        return out
+
+
+def forward_replay(x: Array, w: Array, bias: Optional[Array], geom: ConvGeometry,
+                   dtype: DTypeLike, activation: Optional[str], algorithm: str
+                   ) -> Optional[Replay]:
+    """The Replay of a forward call that has just run on the current GPU with these CuPy
+    arrays (as the caller gave them: x in its layout, the filters unflipped) and no
+    autotuning, or None where the call's plan is not one a Replay makes: an algorithm of
+    _NOT_REPLAYED, or arrays _forward would convert first (x of another dtype or pre-padded,
+    filters or bias not contiguous in the result's dtype, as flip's reversed view is not)."""
+    cupy = cupy_module()
+    device_id = cupy.cuda.runtime.getDevice()
+    dtype = np.dtype(dtype)
+    plan = forward_plan(geom, dtype, activation, algorithm, _sm_count(device_id))
+    if (plan.algorithm in _NOT_REPLAYED or x.dtype != dtype or _pads_first(geom)
+            or not _is_contiguous(w, dtype)
+            or (bias is not None and not _is_contiguous(bias, dtype))):
+        return None
+    out, out_cf = alloc_output(cupy, geom, dtype)
+    x_cf = to_channels_first(cupy, x, geom)
+    record = _launch_args((params.conv_params(geom, x_cf, out_cf, bias is not None),))[0]
+    functions = []
+    for launch, _ in _kernel_args(plan, x_cf, w, w, out_cf, out_cf, record):
+        shape = _launch_shape(launch.work, device_id)
+        if shape is None:  # nothing to launch (an empty output): nothing to gain either
+            return None
+        functions.append((kernels.get_function(launch.file, launch.name, dtype, device_id),)
+                         + shape)
+    return Replay(cupy, tuple(out.shape), dtype, geom, plan, record, tuple(functions))
 
 
 def _matmul(xp: Any, a: Array, b: Array, out: Optional[Array] = None) -> Array:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from . import repeat
 from .algorithms import check_name
 from .dispatch import as_array, check_flip, flipped, run
 from .dtypes import result_dtype
@@ -16,6 +17,14 @@ def _conv(fname: str, rank: Optional[int], x: Array, filters: Array, bias: Array
           stride: IntOrTuple, padding: PaddingArg, dilation: IntOrTuple, groups: int,
           padding_mode: str, layout: str, flip: bool, activation: Optional[str],
           device: str, algorithm: str) -> Array:
+    options = (rank, stride, padding, dilation, groups, padding_mode, layout, activation, device,
+               algorithm)
+    key = repeat.key(x, filters, bias, flip, options)
+    known: Any = False if key is None else repeat.lookup(key)
+    if known:  # a Replay: the call repeats one whose launches it holds
+        out = known(x, filters, bias)
+        if out is not None:
+            return out
     x_in = x
     x, filters = as_array(x, "x"), as_array(filters, "filters")
     if bias is not None:
@@ -40,7 +49,10 @@ def _conv(fname: str, rank: Optional[int], x: Array, filters: Array, bias: Array
                              b, geom, activation, out_cf, algorithm)
         return out
 
-    return run(device, x_in, (x, filters, bias), compute)
+    result = run(device, x_in, (x, filters, bias), compute)
+    if key is not None and known is False:  # a call not seen before
+        repeat.remember(key, x, filters, bias, flip, geom, dtype, activation, device, algorithm)
+    return result
 
 
 _DOC = """{summary}

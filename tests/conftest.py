@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -42,14 +43,27 @@ def _no_device_env(monkeypatch):
 def _fresh_launch_plans():
     # CUDA launch plans are cached by their arguments; tests that monkeypatch a rule
     # (gemm_splits, gemm_tc_cl_filters, LAYOUT_MAX_GRID_Z, ...) must not find another test's plan
+    # (and so are the repeated calls' replays of them)
     import gpuconv.cuda
+    import gpuconv.repeat
     caches = (gpuconv.cuda._forward_plan, gpuconv.cuda._filter_grad_plan,
               gpuconv.cuda._channels_last_copy)
     for cache in caches:
         cache.cache_clear()
+    gpuconv.repeat.clear()
     yield
     for cache in caches:
         cache.cache_clear()
+    gpuconv.repeat.clear()
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    """The host emulation of the CUDA kernels (tests/emulation.py), one a test process."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not installed")
+    from emulation import Emulator
+    return Emulator(tmp_path_factory.mktemp("emulation"))
 
 
 def pytest_report_header(config):

@@ -119,11 +119,12 @@ def test_bench_gpu_options_need_cuda(tmp_path):
     assert run.returncode == 2 and "algorithm must be one of" in run.stderr
 
 
-@pytest.mark.parametrize("path", [[], ["--cupy-path"]])
+@pytest.mark.parametrize("path", [[], ["--cupy-path"], ["--cupy-path", "--full-path"]])
 def test_host_overhead_script_runs_the_cuda_path_without_a_gpu(path):
-    """benchmarks/host_overhead.py, both ways: from gpuconv.cuda._forward on, and the whole call
-    on stand-in CuPy arrays (dispatch, device resolution, launcher); a run of the stand-in path
-    whose call took any other route (the CPU's, say) would not reach the launcher it counts."""
+    """benchmarks/host_overhead.py, every way: from gpuconv.cuda._forward on, and the whole call
+    on stand-in CuPy arrays (dispatch, device resolution, launcher), replayed or not; a run of
+    the stand-in path whose call took any other route (the CPU's, say) would not reach the
+    launcher it counts."""
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
     run = subprocess.run([sys.executable, str(root / "benchmarks" / "host_overhead.py"),
@@ -133,7 +134,7 @@ def test_host_overhead_script_runs_the_cuda_path_without_a_gpu(path):
     assert run.returncode == 0, run.stderr
     rec = json.loads(run.stdout)
     assert rec["python_us_per_call"] > 0 and rec["profile_us"]
-    assert rec["path"] == ("cupy" if path else "cuda._forward")
+    assert rec["path"] == {0: "cuda._forward", 1: "cupy", 2: "cupy, full path"}[len(path)]
     if path:  # one kernel (the implicit GEMM's tile), launched through gpuconv's launcher
         assert rec["launches_per_call"] == 1
 

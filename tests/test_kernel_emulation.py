@@ -19,14 +19,9 @@ process; its report goes to the log_path file (pytest's capture hides the proces
 """
 from __future__ import annotations
 
-import ctypes
 import itertools
-import os
-import shutil
-import subprocess
 import types
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,89 +38,8 @@ from test_adjoint import (TRANSPOSE_CASES, _grad_out, _options, check_filter_gra
                           check_input_grad, check_transpose, depthwise_layer, transpose_call)
 from test_adjoint import route  # noqa: F401 (a fixture: pytest finds it by its name)
 from test_grid import POINTWISE_16BIT_CASES, _check, _forced, _geometry
+from emulation import Packed
 from reference import error_bound_tf32, error_bound_winograd, finfo
-
-HERE = Path(__file__).resolve().parent / "host_emulation"
-
-
-class Emulator:
-    """Compiles one kernel instantiation at a time as host C++ and launches it serially."""
-
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.libs = {}
-
-    def library(self, filename: str, name_expression: str):
-        key = (filename, name_expression)
-        if key not in self.libs:
-            source = self.workdir / f"{filename}.expanded"
-            if not source.exists():
-                source.write_text(kernels.kernel_source(filename))
-            out = self.workdir / f"emu{len(self.libs)}.so"
-            build = subprocess.run(
-                ["g++", "-O1", "-shared", "-fPIC", "-pthread", "-std=c++17", f"-I{HERE}",
-                 *os.environ.get("GPUCONV_EMULATION_CFLAGS", "").split(),
-                 f'-DGC_SOURCE="{source}"', f"-DGC_KERNEL={name_expression}",
-                 str(HERE / "launch.cpp"), "-o", str(out)], capture_output=True, text=True)
-            assert build.returncode == 0, build.stderr
-            lib = ctypes.CDLL(str(out))
-            lib.gc_emulate.restype = ctypes.c_int
-            lib.gc_emulate_tiled.restype = ctypes.c_int
-            self.libs[key] = lib
-        return self.libs[key]
-
-    def run(self, filename, name, dtype, work, args):
-        """gpuconv.cuda's launcher interface, on the host. Grid-stride kernels (``work`` an int):
-        64 threads a block, at most 3 blocks, so that the loops run several rounds. Tiled
-        kernels (a ``cuda.Grid``): the grid as given, each block on its own host threads."""
-        packed = _Packed(args)
-        lib = self.library(filename, name)
-        if isinstance(work, cuda.Grid):
-            if min(work.blocks) == 0:
-                return
-            status = lib.gc_emulate_tiled(*packed.arguments, *work.blocks, work.threads)
-        else:
-            blocks = min(-(-work // 64), 3)
-            if blocks == 0:
-                return
-            status = lib.gc_emulate(*packed.arguments, blocks, 64)
-        assert status == 0, (f"{name}: arguments do not fit the kernel signature, or a pointer "
-                             f"or copy is misaligned (code {status}: see launch.cpp)")
-
-
-class _Packed:
-    """Kernel arguments as CuPy passes them: an array (a device array here: ndim > 0) as its data
-    pointer; a NumPy scalar, or a 0-d array (a record such as gpuconv.params'), as the bytes of
-    its value. ``arguments`` is (addresses of the bytes, byte sizes, pointer flags, count), the
-    first four parameters of launch.cpp's gc_emulate functions."""
-
-    def __init__(self, args):
-        self.held = []  # keeps every argument's bytes alive while the kernel runs
-        sizes, is_pointer = [], []
-        for a in args:
-            if isinstance(a, np.ndarray) and a.ndim > 0:
-                self.held.append(ctypes.c_void_p(a.ctypes.data))
-                sizes.append(ctypes.sizeof(ctypes.c_void_p))
-                is_pointer.append(1)
-            else:
-                assert isinstance(a, (np.generic, np.ndarray)), f"unsupported argument {a!r}"
-                value = np.ascontiguousarray(a)
-                self.held.append(value)
-                sizes.append(value.itemsize)
-                is_pointer.append(0)
-        n = len(args)
-        addresses = [ctypes.addressof(v) if isinstance(v, ctypes.c_void_p) else v.ctypes.data
-                     for v in self.held]
-        self.arguments = ((ctypes.c_void_p * n)(*addresses), (ctypes.c_int * n)(*sizes),
-                          (ctypes.c_int * n)(*is_pointer), n)
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    if shutil.which("g++") is None:
-        pytest.skip("g++ is not installed")
-    return Emulator(tmp_path_factory.mktemp("emulation"))
-
 
 @pytest.fixture
 def emulated_gpu(emulator, monkeypatch):
@@ -869,7 +783,7 @@ def test_transpose_kernel(case, emulated_gpu, route):
 
 
 def _launch_status(lib, args):
-    return lib.gc_emulate(*_Packed(args).arguments, 0, 1)
+    return lib.gc_emulate(*Packed(args).arguments, 0, 1)
 
 
 def test_argument_mismatch_is_detected(emulator):

@@ -1,0 +1,259 @@
+"""Repeated forward calls on CuPy arrays launch what their first call planned (gpuconv.repeat,
+gpuconv.cuda.Replay), and give the full path's results.
+
+Without a GPU, the whole GPU code path (dispatch, device resolution, allocation, launcher) runs
+on the stand-in CuPy of benchmarks/stand_in_cupy.py, each kernel emulated on the host as CuPy
+would call it (tests/emulation.py); the gpu test makes the same checks with CuPy on a GPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import sys
+
+import numpy as np
+import pytest
+
+import gpuconv
+from cases import grid_cases, tile_cases
+from conftest import load_script
+from gpuconv import algorithms, cuda, device, kernels, repeat
+from reference import error_bound
+from test_grid import _check, _geometry
+from test_kernel_emulation import _force_splits
+
+stand_in = load_script("stand_in_cupy")
+
+#: the algorithms a Replay launches (besides auto's choices among them)
+REPLAYED = ("direct", "few_filters", "gemm", "depthwise", "depthwise_tile")
+NOT_REPLAYED = {"pointwise", "winograd", "im2col", "gemm_tc_cl", "gemm_cl"}
+
+def _plain(case):
+    """The case without flip and with zero padding: a call whose arrays reach the kernels as
+    the caller gave them (where its dtypes agree), which a Replay can repeat."""
+    return dataclasses.replace(case, name=f"{case.name}-plain",
+                               options=dict(case.options, flip=False, padding_mode="zeros"))
+
+
+CASES = grid_cases()
+DEPTHWISE_CASES = [c for c in CASES if c.filters.shape[1] == 1 and c.options["groups"] > 1]
+#: every fourth grid case under auto, as drawn (most of them not replayed: flip, padding
+#: modes, mixed dtypes); each forced algorithm on a spread of plain cases; split-K (forced, as
+#: test_kernel_emulation does) on plain grid and tile cases
+REPEAT_CASES = ([(c, "auto") for c in CASES[::4]]
+                + [(_plain(c), a) for a in REPLAYED[:3] for c in CASES[1::9]]
+                + [(_plain(c), "gemm split-K") for c in CASES[2::9] + tile_cases()]
+                + [(_plain(c), a) for a in REPLAYED[3:] for c in DEPTHWISE_CASES[::2]])
+
+
+@pytest.fixture
+def stand_in_gpu(emulator, monkeypatch):
+    """CuPy is the stand-in (one GPU of 3 SMs, so split-K happens), its kernels emulated;
+    outputs poisoned with NaN before each launch. Returns the stand-in module."""
+    fake = stand_in.module(sms=3)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(cuda, "_sm_count", lambda device_id: 3)
+    monkeypatch.setattr(kernels, "get_function", lambda file, name, dtype, device_id:
+                        functools.partial(emulator.launch, file, name))
+    monkeypatch.setattr(cuda, "poison_outputs", True)
+    yield fake
+    device.cuda_status.cache_clear()  # a probe made while the stand-in was CuPy is no real one
+
+
+@pytest.fixture
+def replays(monkeypatch):
+    """Each Replay call's outcome: True where it launched, False where it handed the call back
+    to the full path."""
+    taken = []
+    replay = cuda.Replay.__call__
+
+    def counted(self, x, w, b):
+        out = replay(self, x, w, b)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(cuda.Replay, "__call__", counted)
+    return taken
+
+
+def _replayable(case, algorithm, sms):
+    """Whether the case's calls replay, by the rule gpuconv.repeat states: a plan of one of our
+    kernels (split-K's sum aside) that takes the caller's arrays as they are."""
+    dtype = np.result_type(*[a for a in (case.x, case.filters, case.bias) if a is not None])
+    geom = _geometry(case)
+    plan = cuda.forward_plan(geom, dtype, case.activation, algorithm, sms)
+    o = case.options
+    padded = o["padding_mode"] != "zeros" and max(geom.pad_before + geom.pad_after) > 0
+    same_dtype = all(a.dtype == dtype for a in (case.x, case.filters, case.bias)
+                     if a is not None)
+    return (plan.algorithm not in NOT_REPLAYED and same_dtype and not padded and not o["flip"]
+            and math.prod(geom.out_shape()) > 0)
+
+
+def _changed(case):
+    """The case with other values in arrays of the same shapes and dtypes (x negated, the
+    filters halved, the bias negated: exact in every dtype)."""
+    return dataclasses.replace(case, x=-case.x, filters=case.filters / 2,
+                               bias=None if case.bias is None else -case.bias)
+
+
+def _check_repeats(case, algorithm, xp, to_host, sms, taken, monkeypatch):
+    forced = _force_splits(monkeypatch) if algorithm == "gemm split-K" else None
+    algorithm = algorithm.split()[0]
+    geom = _geometry(case)
+    dtype = np.result_type(case.x, case.filters)
+    concrete = "gemm_" + algorithms._gemm_tile(geom, dtype) if algorithm == "gemm" else algorithm
+    if algorithm != "auto" and algorithms.why_not("cuda", concrete, geom, dtype):
+        pytest.skip(f"{concrete} does not apply (test_grid checks its refusal)")
+    x, w, b = (None if a is None else xp.array(a) for a in (case.x, case.filters, case.bias))
+
+    def call(x, w, b):
+        return gpuconv.conv(x, w, b, algorithm=algorithm, **case.options)
+
+    first = call(x, w, b)
+    _check(case, to_host(first), f"{algorithm}: first call")
+    # the same arrays holding other values: launched again, they are read anew
+    changed = _changed(case)
+    for a, new in ((x, changed.x), (w, changed.filters), (b, changed.bias)):
+        if a is not None:
+            a[...] = xp.asarray(new)
+    second = call(x, w, b)
+    _check(changed, to_host(second), f"{algorithm}: second call, other values")
+    _check(case, to_host(first), f"{algorithm}: the first result after the second call")
+    # other arrays of the same shapes, strides and dtypes (other memory)
+    third = call(*(None if a is None else xp.array(a)
+                   for a in (case.x, case.filters, case.bias)))
+    _check(case, to_host(third), f"{algorithm}: third call, other arrays")
+    expected = [True, True] if _replayable(case, algorithm, sms) else []
+    if forced is not None:  # the plan split its terms
+        assert forced and min(forced) >= 2
+    assert taken == expected, f"{algorithm}: replays {taken}, expected {expected}"
+
+
+@pytest.mark.parametrize("case, algorithm", REPEAT_CASES,
+                         ids=lambda v: getattr(v, "name", str(v)))
+def test_repeated_calls_replay_with_the_full_paths_results(case, algorithm, stand_in_gpu,
+                                                           replays, monkeypatch):
+    """A call's second and third runs (the same arrays with other values; other arrays of the
+    same kind) replay where the rule says so, and every result is the reference's."""
+    _check_repeats(case, algorithm, stand_in_gpu, np.asarray, 3, replays, monkeypatch)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case, algorithm", REPEAT_CASES,
+                         ids=lambda v: getattr(v, "name", str(v)))
+def test_gpu_repeated_calls_replay_with_the_full_paths_results(case, algorithm, gpu,
+                                                               replays, monkeypatch):
+    _check_repeats(case, algorithm, gpu, gpu.asnumpy, cuda._gpu_sms(), replays, monkeypatch)
+
+
+def _layer(xp, seed=0, shape=(2, 3, 9, 8)):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, shape).astype(np.float32)
+    w = rng.uniform(-1, 1, (4, shape[1], 3, 3)).astype(np.float32)
+    b = rng.uniform(-1, 1, 4).astype(np.float32)
+    return x, w, b, [xp.array(a) for a in (x, w, b)]
+
+
+def _close(got, x, w, b, **options):
+    """``got`` within the float32 error bound of the reference conv2d of x, w, b."""
+    exact, bound = error_bound(x, w, b, np.float32, None, **options)
+    err = np.abs(np.asarray(got).astype(np.float64) - exact)
+    assert got.shape == exact.shape and np.all(err <= bound), float(np.max(err - bound))
+
+
+def test_options_equal_to_a_remembered_calls_are_checked_as_given(stand_in_gpu, replays):
+    """True, 1.0 and np.int64(1) compare equal to 1: a call with one of them is not the call
+    with 1 that ran before (True and 1.0 are refused; np.int64(1) runs the full path)."""
+    x, w, b, (gx, gw, gb) = _layer(stand_in_gpu)
+    for _ in range(2):
+        _close(gpuconv.conv2d(gx, gw, gb, stride=1, padding=1), x, w, b, padding=1)
+    assert replays == [True]
+    with pytest.raises(TypeError, match="stride"):
+        gpuconv.conv2d(gx, gw, gb, stride=True, padding=1)
+    with pytest.raises(TypeError, match="stride"):
+        gpuconv.conv2d(gx, gw, gb, stride=1.0, padding=1)
+    with pytest.raises(TypeError, match="padding"):
+        gpuconv.conv2d(gx, gw, gb, stride=1, padding=1.0)
+    with pytest.raises(TypeError, match="flip"):
+        gpuconv.conv2d(gx, gw, gb, stride=1, padding=1, flip=0)
+    _close(gpuconv.conv2d(gx, gw, gb, stride=np.int64(1), padding=1), x, w, b, padding=1)
+    assert replays == [True]
+
+
+def test_arrays_of_other_strides_or_layouts_are_other_calls(stand_in_gpu, replays):
+    """The key holds the arrays' byte strides: a strided view of the same shape, or the same
+    memory read as channels-last, is planned anew (its record differs)."""
+    x, w, b, (gx, gw, gb) = _layer(stand_in_gpu)
+    _close(gpuconv.conv2d(gx, gw, gb, padding=1), x, w, b, padding=1)
+    wide = np.zeros((2, 3, 9, 16), np.float32)
+    wide[..., ::2] = x
+    view = stand_in_gpu.array(wide)[..., ::2]
+    assert view.shape == gx.shape and view.strides != gx.strides
+    for _ in range(2):
+        _close(gpuconv.conv2d(view, gw, gb, padding=1), x, w, b, padding=1)
+    # x's memory read as (N, H, W, C): another layout, another call
+    last = stand_in.view(x.reshape(2, 9, 8, 3))
+    _close(gpuconv.conv2d(last, gw, gb, padding=1, layout="channels_last"),
+           x.reshape(2, 9, 8, 3), w, b, padding=1, layout="channels_last")
+    assert replays == [True]  # the strided view's second call only
+
+
+def test_misaligned_arrays_go_the_full_way(stand_in_gpu, replays):
+    """A Replay checks the pointers per call: arrays that start inside an element (a GPU would
+    fault) are handed to the full path, which copies them."""
+    x, w, b, (gx, gw, gb) = _layer(stand_in_gpu)
+    _close(gpuconv.conv2d(gx, gw, gb, padding=1), x, w, b, padding=1)
+    raw = np.zeros(x.nbytes + 2, np.uint8)
+    shifted = stand_in.view(raw[2:].view(np.float32).reshape(x.shape))
+    shifted[...] = x
+    assert shifted.data.ptr % 4 and shifted.strides == gx.strides
+    _close(gpuconv.conv2d(shifted, gw, gb, padding=1), x, w, b, padding=1)
+    assert replays == [False]
+
+
+def test_device_environment_and_autotuning_are_part_of_a_call(stand_in_gpu, replays,
+                                                               monkeypatch):
+    """GPUCONV_DEVICE=cpu set after a call was remembered sends the next one to the CPU; under
+    autotuning, "auto" calls have no key (the tuner chooses), forced algorithms keep theirs."""
+    x, w, b, (gx, gw, gb) = _layer(stand_in_gpu)
+    for _ in range(2):
+        _close(gpuconv.conv2d(gx, gw, gb, padding=1), x, w, b, padding=1)
+    assert replays == [True]
+    monkeypatch.setenv("GPUCONV_DEVICE", "cpu")
+    got = gpuconv.conv2d(gx, gw, gb, padding=1)
+    assert type(got) is np.ndarray  # the CPU's result, not a stand-in GPU array
+    _close(got, x, w, b, padding=1)
+    assert replays == [True]
+    monkeypatch.delenv("GPUCONV_DEVICE")
+    options = (2, 1, 1, 1, 1, "zeros", "channels_first", None, "auto", "auto")
+    assert repeat.key(gx, gw, gb, False, options) is not None
+    with gpuconv.autotune():
+        assert repeat.key(gx, gw, gb, False, options) is None
+        assert repeat.key(gx, gw, gb, False, options[:-1] + ("gemm",)) is not None
+
+
+def test_calls_that_convert_their_arrays_are_remembered_as_not_replayed(stand_in_gpu,
+                                                                        replays, monkeypatch):
+    """x of another dtype than the result (cast first), reflect padding (padded first) and
+    flipped filters (copied first) run the full path every time, found not replayable once."""
+    x, w, b, (gx, gw, gb) = _layer(stand_in_gpu)
+    asked = []
+    build = cuda.forward_replay
+    monkeypatch.setattr(cuda, "forward_replay", lambda *a: asked.append(a) or build(*a))
+    x16 = x.astype(np.float16)
+    calls = [
+        (lambda: gpuconv.conv2d(stand_in_gpu.array(x16), gw, gb, padding=1),
+         (x16, w, b), dict(padding=1)),
+        (lambda: gpuconv.conv2d(gx, gw, gb, padding=1, padding_mode="reflect"),
+         (x, w, b), dict(padding=1, padding_mode="reflect")),
+        (lambda: gpuconv.conv2d(gx, gw, gb, padding=1, flip=True),
+         (x, w, b), dict(padding=1, flip=True)),
+    ]
+    for call, arrays, options in calls:
+        for _ in range(2):
+            _close(call(), *arrays, **options)
+    assert replays == []
+    assert sum(v is None for v in repeat._REPLAYS.values()) == len(calls)
+    assert len(asked) == 2  # flip is refused before a Replay is asked for
