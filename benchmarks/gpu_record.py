@@ -37,7 +37,8 @@ what they took on an H100 (sessions 8 and 16; a fresh machine compiles every ker
         --sanitizer-k "test_gpu_against_cpu_and_reference or test_gpu_channels_last_tensor_cores \
                        or test_gpu_tensor_core_tile_cases or test_gpu_channels_last_copy \
                        or test_gpu_im2col_chunks or test_gpu_depthwise_tile \
-                       or test_gpu_channels_last_ffma or test_examples"
+                       or test_gpu_channels_last_ffma or test_gpu_repeated_calls \
+                       or test_examples"
     # forward benchmark, one dtype a phase (all three with every algorithm did not finish in
     # 200 s): float32 ~100 s; float16 with auto,gemm_tc,gemm_tc_cl ~75 s
     python benchmarks/gpu_record.py --commit <sha> --record benchmarks/results/R.json \
@@ -64,7 +65,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SANITIZER_TOOLS = ("memcheck", "racecheck", "initcheck", "synccheck")
 SANITIZER_TESTS = ("-m", "gpu", "tests/test_grid.py", "tests/test_examples.py",
-                   "-k", "not test_gpu_algorithms_against_reference")
+                   "tests/test_repeat.py", "-k", "not test_gpu_algorithms_against_reference")
 #: the direct kernel is left out: measured in session 8 (0.017x cuDNN), never auto's choice
 #: for these layers, and its rows took minutes of the bench's time (conv3d: 0.74 s a call)
 BENCH_ARGS = ("--device", "cuda", "--peers", "torch", "--algorithms",

@@ -7,9 +7,10 @@ call as it runs on CuPy arrays against a stand-in for CuPy (stand_in_cupy.py) wh
 NumPy arrays and whose kernels do nothing: the calls repeat one another, so all but the first
 replay the first one's launches (gpuconv.repeat); ``--full-path`` runs every call as one that
 is not replayed (its key looked up, then dispatch, device resolution, checks, planning, the
-output's allocation, the launcher with its argument packing). What either leaves out is CuPy's own share:
-allocating GPU memory, its array methods and the launch itself; ``python -m gpuconv.bench
---device cuda --overhead`` measures the whole call on a GPU, with a profile of where it goes.
+output's allocation, the launcher with its argument packing). What either leaves out is
+CuPy's own share: allocating GPU memory, its array methods and the launch itself; ``python -m
+gpuconv.bench --device cuda --overhead`` measures the whole call on a GPU, with a profile of
+where it goes.
 
     PYTHONPATH=$PWD python benchmarks/host_overhead.py [--profile] [--dtype float16] \
         [--cupy-path [--full-path]]

@@ -122,14 +122,6 @@ def _aligned(xp: Any, a: Array) -> Array:
     return a if a.data.ptr % a.itemsize == 0 else xp.array(a, copy=True)
 
 
-def _contiguous_16(xp: Any, a: Array) -> Array:
-    """``a`` if it is C-contiguous and its data starts on 16 bytes (what conv_gemm_tc_cl's
-    16-byte copies need), else such a copy (fresh: CuPy allocations start on 256 bytes)."""
-    if a.flags.c_contiguous and _pointer(a) % 16 == 0:
-        return a
-    return xp.array(a, order="C", copy=True)
-
-
 @functools.lru_cache(maxsize=None)
 def _axes_to_last(ndim: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     """(axis 1 moved last, the last axis moved to 1) as transpose orders for ``ndim`` axes: what
@@ -140,8 +132,9 @@ def _axes_to_last(ndim: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
 
 def _channels_last(xp: Any, run: Callable[..., None], x_cf: Array) -> Array:
     """``x_cf`` (N, C, *spatial) as a channels-first view of a C-contiguous channels-last array
-    starting on 16 bytes (conv_gemm_tc_cl's and conv_gemm_cl's input): ``x_cf`` itself where it
-    already is one (a channels-last caller's x), else a copy made by layout.cu's
+    starting on 16 bytes (conv_gemm_tc_cl's and conv_gemm_cl's x, and their filters: (C_out,
+    C_in/groups, *kernel) read as (C_out, *kernel, C_in/groups)): ``x_cf`` itself where it
+    already is one (a channels-last caller's x, 1x1 filters), else a copy made by layout.cu's
     to_channels_last, whose tiles read and write whole sectors where an elementwise copy of the
     transposed view reads one element a sector (or by the array library where the spatial axes
     do not merge into one stride, which views of views can do)."""
@@ -388,8 +381,8 @@ def _forward(xp: Any, run: Callable[..., None], sms: int, x_cf: Array, w: Array,
     if plan.algorithm in ("gemm_tc_cl", "gemm_cl"):  # terms tap-major: filters (C_out,
         # *kernel, C_in/groups), and x as a channels-first view of a channels-last array (a
         # channels-last caller's own)
-        x_cf = _channels_last(xp, run, x_cf)
-        w = _contiguous_16(xp, w.transpose(_axes_to_last(w.ndim)[0]))
+        # (the filters (C_out, C_in/groups, *kernel) are such an x: the same copy)
+        x_cf, w = _channels_last(xp, run, x_cf), _channels_last(xp, run, w)
     record = params.conv_params(geom, x_cf, out_cf, b is not None)
     # without a bias the kernel never reads its pointer; pass the filters as a valid one
     bias_arg = w if b is None else b
@@ -432,35 +425,55 @@ def _kernel_args(plan: ForwardPlan, x: Array, w: Array, bias_arg: Array, out: Ar
     return launches + ((plan.finish, (partial, bias_arg, out, splits, record)),)
 
 
-#: Algorithms whose calls are not replayed: their launches go around copies and cuBLAS's
-#: products (_pointwise, _winograd, _im2col) or a copy of x and of the filters (the
-#: channels-last GEMMs), none of which a Replay makes.
-_NOT_REPLAYED = ("pointwise", "winograd", "im2col", "gemm_tc_cl", "gemm_cl")
+#: Algorithms whose calls are not replayed: their launches go around array passes and
+#: cuBLAS's products (_pointwise, _winograd, _im2col), which a Replay does not make.
+_NOT_REPLAYED = ("pointwise", "winograd", "im2col")
+#: Algorithms that read x and the filters channels-last (_channels_last)
+_CHANNELS_LAST = ("gemm_tc_cl", "gemm_cl")
+
+
+#: a compiled kernel and its launch shape: (function, grid, block)
+_Kernel = Tuple[Any, Tuple[int, ...], Tuple[int]]
+#: a Replay's to_channels_last copy: (the kernel, its size arguments, the copy's shape)
+_Copy = Tuple[_Kernel, Tuple[np.int64, ...], Tuple[int, ...]]
 
 
 class Replay:
     """A forward call's kernels, launched again for a call that repeats it (gpuconv.repeat:
     same array types, shapes, strides, dtypes, devices and options): the output's
-    allocation, split-K's buffer and the launches of a plan that uses the caller's arrays as
-    they are (no cast, pre-padding or copy), with the kernel functions, grids and the record
-    as the first call worked them out. Returns None for arrays whose data pointers are not
-    aligned to a whole element (the full path copies those)."""
+    allocation, split-K's buffer and the launches of a plan that takes the caller's arrays
+    as they are (no cast or pre-padding; for the channels-last GEMMs, x and the filters read
+    in place or copied by to_channels_last as the first call did), with the kernel
+    functions, grids and the gc_conv record as the first call worked them out. Returns None
+    for arrays whose data pointers lack the alignment the first call's kernels read them with
+    (a whole element; 16 bytes for an array a channels-last GEMM reads in place): the full
+    path copies those."""
 
-    __slots__ = ("cupy", "shape", "dtype", "geom", "plan", "record", "kernels")
+    __slots__ = ("cupy", "shape", "dtype", "geom", "plan", "record", "kernels", "copies",
+                 "align")
 
     def __init__(self, cupy: Any, shape: Tuple[int, ...], dtype: np.dtype, geom: ConvGeometry,
-                 plan: ForwardPlan, record: np.ndarray,
-                 kernels: Tuple[Tuple[Any, Tuple[int, ...], Tuple[int]], ...]):
+                 plan: ForwardPlan, record: np.ndarray, kernels: Tuple[_Kernel, ...],
+                 copies: Tuple[Optional[_Copy], Optional[_Copy]], align: Tuple[int, int]):
         self.cupy, self.shape, self.dtype, self.geom = cupy, shape, dtype, geom
         self.plan, self.record, self.kernels = plan, record, kernels
+        self.copies, self.align = copies, align
 
     def __call__(self, x: Array, w: Array, b: Optional[Array]) -> Optional[Array]:
         size = self.dtype.itemsize
-        if x.data.ptr % size or w.data.ptr % size or (b is not None and b.data.ptr % size):
+        x_align, w_align = self.align
+        if x.data.ptr % x_align or w.data.ptr % w_align or (b is not None and
+                                                             b.data.ptr % size):
             return None
-        out = self.cupy.empty(self.shape, dtype=self.dtype)
+        cupy = self.cupy
+        copy_x, copy_w = self.copies
+        if copy_x is not None:
+            x = _copy_channels_last(cupy, copy_x, x, self.dtype)
+        if copy_w is not None:
+            w = _copy_channels_last(cupy, copy_w, w, self.dtype)
+        out = cupy.empty(self.shape, dtype=self.dtype)
         _poison(out)
-        partial = _partial_sums(self.cupy, self.plan, self.geom, out)
+        partial = _partial_sums(cupy, self.plan, self.geom, out)
         launches = _kernel_args(self.plan, x, w, w if b is None else b, out, partial,
                                 self.record)
         for (function, grid, block), (_, args) in zip(self.kernels, launches):
@@ -468,14 +481,25 @@ class Replay:
         return out
 
 
+def _copy_channels_last(cupy: Any, copy: _Copy, a: Array, dtype: np.dtype) -> Array:
+    """``a`` (the caller's x or filters, read through the strides in the copy's size
+    arguments) copied channels-last by to_channels_last, as _channels_last copies it."""
+    (function, grid, block), sizes, shape = copy
+    out = cupy.empty(shape, dtype=dtype)
+    _poison(out)
+    _launch(function, grid, block, (a, out) + sizes)
+    return out
+
+
 def forward_replay(x: Array, w: Array, bias: Optional[Array], geom: ConvGeometry,
                    dtype: DTypeLike, activation: Optional[str], algorithm: str
                    ) -> Optional[Replay]:
     """The Replay of a forward call that has just run on the current GPU with these CuPy
     arrays (as the caller gave them: x in its layout, the filters unflipped) and no
-    autotuning, or None where the call's plan is not one a Replay makes: an algorithm of
-    _NOT_REPLAYED, or arrays _forward would convert first (x of another dtype or pre-padded,
-    filters or bias not contiguous in the result's dtype, as flip's reversed view is not)."""
+    autotuning, or None where _forward does what a Replay does not: an algorithm of
+    _NOT_REPLAYED, arrays converted first (x of another dtype or pre-padded, filters or bias
+    not contiguous in the result's dtype, as flip's reversed view is not), or a channels-last
+    copy made by the array library (views whose spatial axes do not merge)."""
     cupy = cupy_module()
     device_id = cupy.cuda.runtime.getDevice()
     dtype = np.dtype(dtype)
@@ -486,6 +510,19 @@ def forward_replay(x: Array, w: Array, bias: Optional[Array], geom: ConvGeometry
         return None
     out, out_cf = alloc_output(cupy, geom, dtype)
     x_cf = to_channels_first(cupy, x, geom)
+    copies: Tuple[Optional[_Copy], Optional[_Copy]] = (None, None)
+    align = (dtype.itemsize, dtype.itemsize)
+    if plan.algorithm in _CHANNELS_LAST:
+        operands = []
+        for a in (x_cf, w):
+            copy = _channels_last_replay(cupy, a, device_id)
+            if copy is False:
+                return None
+            operands.append(copy)
+        copies = (operands[0], operands[1])
+        align = (dtype.itemsize if copies[0] else 16, dtype.itemsize if copies[1] else 16)
+        if copies[0] is not None:  # the record describes the copy the kernel reads
+            x_cf = cupy.empty(copies[0][2], dtype=dtype).transpose(_axes_to_last(x_cf.ndim)[1])
     record = _launch_args((params.conv_params(geom, x_cf, out_cf, bias is not None),))[0]
     functions = []
     for launch, _ in _kernel_args(plan, x_cf, w, w, out_cf, out_cf, record):
@@ -494,7 +531,28 @@ def forward_replay(x: Array, w: Array, bias: Optional[Array], geom: ConvGeometry
             return None
         functions.append((kernels.get_function(launch.file, launch.name, dtype, device_id),)
                          + shape)
-    return Replay(cupy, tuple(out.shape), dtype, geom, plan, record, tuple(functions))
+    return Replay(cupy, tuple(out.shape), dtype, geom, plan, record, tuple(functions), copies,
+                  align)
+
+
+def _channels_last_replay(cupy: Any, a_cf: Array, device_id: int) -> Any:
+    """How a Replay gets ``a_cf`` (N, C, *spatial) channels-last, as _channels_last does: None
+    to read it in place (its channels-last transpose is C-contiguous; the Replay checks the
+    16-byte start per call), a _Copy by to_channels_last, or False where the full path's
+    copy is the array library's."""
+    to_last, _ = _axes_to_last(a_cf.ndim)
+    cl = a_cf.transpose(to_last)
+    if cl.flags.c_contiguous:
+        return None
+    copy = _channels_last_copy(a_cf.shape, a_cf.strides, a_cf.itemsize)
+    if copy is None:
+        return False
+    grid, sizes = copy
+    shape = _launch_shape(grid, device_id)
+    assert shape is not None  # _channels_last_copy has no grid without elements
+    function = kernels.get_function("layout.cu", kernels.to_channels_last_name(a_cf.dtype),
+                                    a_cf.dtype, device_id)
+    return (function,) + shape, sizes, tuple(cl.shape)
 
 
 def _matmul(xp: Any, a: Array, b: Array, out: Optional[Array] = None) -> Array:

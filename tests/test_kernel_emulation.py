@@ -368,12 +368,12 @@ def test_gemm_tc_cl_reads_a_channels_last_caller_in_place_only_when_aligned(emul
     monkeypatch.setattr(cuda, "_channels_last", spy)
     case = Case("cl16", x, w, None, dict(padding=1, layout="channels_last", activation=None))
     got = gpuconv.conv2d(on16, w, padding=1, layout="channels_last", algorithm="gemm_tc_cl")
-    assert copies == [False]  # x read in place
+    assert copies == [False, True]  # x read in place; the 3x3 filters reordered (copied)
     _check(case, got, "gemm_tc_cl on a channels-last caller's array")
     off8[...] = off8_copy
     copies.clear()
     got8 = gpuconv.conv2d(off8, w, padding=1, layout="channels_last", algorithm="gemm_tc_cl")
-    assert copies == [True]  # copied by layout.cu (strided input: channels 1, positions 16)
+    assert copies == [True, True]  # x copied by layout.cu (strided: channels 1, positions 16)
     np.testing.assert_array_equal(got8, got)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import gpuconv
-from cases import grid_cases, tile_cases
+from cases import channel_block_cases, grid_cases, tile_cases
 from conftest import load_script
 from gpuconv import algorithms, cuda, device, kernels, repeat
 from reference import error_bound
@@ -27,7 +27,7 @@ stand_in = load_script("stand_in_cupy")
 
 #: the algorithms a Replay launches (besides auto's choices among them)
 REPLAYED = ("direct", "few_filters", "gemm", "depthwise", "depthwise_tile")
-NOT_REPLAYED = {"pointwise", "winograd", "im2col", "gemm_tc_cl", "gemm_cl"}
+NOT_REPLAYED = {"pointwise", "winograd", "im2col"}
 
 def _plain(case):
     """The case without flip and with zero padding: a call whose arrays reach the kernels as
@@ -45,6 +45,14 @@ REPEAT_CASES = ([(c, "auto") for c in CASES[::4]]
                 + [(_plain(c), a) for a in REPLAYED[:3] for c in CASES[1::9]]
                 + [(_plain(c), "gemm split-K") for c in CASES[2::9] + tile_cases()]
                 + [(_plain(c), a) for a in REPLAYED[3:] for c in DEPTHWISE_CASES[::2]])
+#: the channels-last GEMMs (x read in place or copied, the filters reordered), as drawn and
+#: plain, with and without split-K; auto's float16 choice
+CHANNEL_BLOCK_CASES = {"gemm_tc_cl": channel_block_cases(),
+                       "gemm_cl": channel_block_cases("float32", (4, 12, 20, 36, 16), 16)}
+REPEAT_CASES += [(case, f"{a}{split}") for a, cases in CHANNEL_BLOCK_CASES.items()
+                 for i, c in enumerate(cases[::3])
+                 for case, split in ((c, ""), (_plain(c), " split-K" if i % 2 else ""))]
+REPEAT_CASES += [(_plain(c), "auto") for c in CHANNEL_BLOCK_CASES["gemm_tc_cl"][1::4]]
 
 
 @pytest.fixture
@@ -99,7 +107,7 @@ def _changed(case):
 
 
 def _check_repeats(case, algorithm, xp, to_host, sms, taken, monkeypatch):
-    forced = _force_splits(monkeypatch) if algorithm == "gemm split-K" else None
+    forced = _force_splits(monkeypatch) if algorithm.endswith(" split-K") else None
     algorithm = algorithm.split()[0]
     geom = _geometry(case)
     dtype = np.result_type(case.x, case.filters)
@@ -257,3 +265,27 @@ def test_calls_that_convert_their_arrays_are_remembered_as_not_replayed(stand_in
     assert replays == []
     assert sum(v is None for v in repeat._REPLAYS.values()) == len(calls)
     assert len(asked) == 2  # flip is refused before a Replay is asked for
+
+
+def test_a_channels_last_x_read_in_place_must_start_on_16_bytes(stand_in_gpu, replays):
+    """gemm_tc_cl reads a contiguous channels-last x as it lies, with 16-byte copies: a
+    repeated call whose x starts 8 bytes off (each element still aligned) is handed to the
+    full path, which copies x (the emulated cp.async reports a misaligned copy)."""
+    rng = np.random.default_rng(9)
+    x = rng.uniform(-1, 1, (2, 6, 7, 16)).astype(np.float16)
+    w = stand_in_gpu.array(rng.uniform(-1, 1, (24, 16, 3, 3)).astype(np.float16))
+    raw = np.zeros(x.nbytes + 64, np.uint8)
+    start = (-raw.ctypes.data) % 16
+    on16, off8 = (stand_in.view(raw[s:s + x.nbytes].view(np.float16).reshape(x.shape))
+                  for s in (start, start + 8))
+    case = dataclasses.replace(CASES[0], name="cl16", x=x, filters=np.asarray(w), bias=None,
+                               options=dict(padding=1, layout="channels_last", activation=None))
+    for _ in range(2):
+        on16[...] = x
+        got = gpuconv.conv2d(on16, w, padding=1, layout="channels_last",
+                             algorithm="gemm_tc_cl")
+        _check(case, np.asarray(got), "gemm_tc_cl on an x on 16 bytes")
+    off8[...] = x
+    got = gpuconv.conv2d(off8, w, padding=1, layout="channels_last", algorithm="gemm_tc_cl")
+    _check(case, np.asarray(got), "gemm_tc_cl on an x 8 bytes off")
+    assert replays == [True, False]
