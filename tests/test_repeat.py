@@ -25,11 +25,13 @@ from test_kernel_emulation import _force_splits
 
 stand_in = load_script("stand_in_cupy")
 
-#: the algorithms a Replay launches (besides auto's choices among them)
+#: the algorithms a Replay launches (with the channels-last GEMMs, CHANNEL_BLOCK_CASES below;
+#: besides auto's choices among them), and those it does not
 REPLAYED = ("direct", "few_filters", "gemm", "depthwise", "depthwise_tile")
 NOT_REPLAYED = {"pointwise", "winograd", "im2col"}
 
-def _plain(case):
+
+def _plain_case(case):
     """The case without flip and with zero padding: a call whose arrays reach the kernels as
     the caller gave them (where its dtypes agree), which a Replay can repeat."""
     return dataclasses.replace(case, name=f"{case.name}-plain",
@@ -42,17 +44,17 @@ DEPTHWISE_CASES = [c for c in CASES if c.filters.shape[1] == 1 and c.options["gr
 #: modes, mixed dtypes); each forced algorithm on a spread of plain cases; split-K (forced, as
 #: test_kernel_emulation does) on plain grid and tile cases
 REPEAT_CASES = ([(c, "auto") for c in CASES[::4]]
-                + [(_plain(c), a) for a in REPLAYED[:3] for c in CASES[1::9]]
-                + [(_plain(c), "gemm split-K") for c in CASES[2::9] + tile_cases()]
-                + [(_plain(c), a) for a in REPLAYED[3:] for c in DEPTHWISE_CASES[::2]])
+                + [(_plain_case(c), a) for a in REPLAYED[:3] for c in CASES[1::9]]
+                + [(_plain_case(c), "gemm split-K") for c in CASES[2::9] + tile_cases()]
+                + [(_plain_case(c), a) for a in REPLAYED[3:] for c in DEPTHWISE_CASES[::2]])
 #: the channels-last GEMMs (x read in place or copied, the filters reordered), as drawn and
 #: plain, with and without split-K; auto's float16 choice
 CHANNEL_BLOCK_CASES = {"gemm_tc_cl": channel_block_cases(),
                        "gemm_cl": channel_block_cases("float32", (4, 12, 20, 36, 16), 16)}
 REPEAT_CASES += [(case, f"{a}{split}") for a, cases in CHANNEL_BLOCK_CASES.items()
                  for i, c in enumerate(cases[::3])
-                 for case, split in ((c, ""), (_plain(c), " split-K" if i % 2 else ""))]
-REPEAT_CASES += [(_plain(c), "auto") for c in CHANNEL_BLOCK_CASES["gemm_tc_cl"][1::4]]
+                 for case, split in ((c, ""), (_plain_case(c), " split-K" if i % 2 else ""))]
+REPEAT_CASES += [(_plain_case(c), "auto") for c in CHANNEL_BLOCK_CASES["gemm_tc_cl"][1::4]]
 
 
 @pytest.fixture
