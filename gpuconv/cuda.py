@@ -378,10 +378,9 @@ def _forward(xp: Any, run: Callable[..., None], sms: int, x_cf: Array, w: Array,
     # reversed view contiguous, so one kernel serves correlation and convolution).
     w, b = _contiguous(xp, w, dtype), None if bias is None else _contiguous(xp, bias, dtype)
     _poison(out_cf)
-    if plan.algorithm in ("gemm_tc_cl", "gemm_cl"):  # terms tap-major: filters (C_out,
-        # *kernel, C_in/groups), and x as a channels-first view of a channels-last array (a
-        # channels-last caller's own)
-        # (the filters (C_out, C_in/groups, *kernel) are such an x: the same copy)
+    if plan.algorithm in _CHANNELS_LAST:  # terms tap-major: x as a channels-first view of a
+        # channels-last array (a channels-last caller's own), and the filters (C_out,
+        # C_in/groups, *kernel) as such an x, laid out (C_out, *kernel, C_in/groups)
         x_cf, w = _channels_last(xp, run, x_cf), _channels_last(xp, run, w)
     record = params.conv_params(geom, x_cf, out_cf, b is not None)
     # without a bias the kernel never reads its pointer; pass the filters as a valid one
