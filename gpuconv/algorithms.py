@@ -53,9 +53,11 @@ On CUDA:
                  2.25x fewer multiplies, a looser rounding bound; only when asked for by name
                  (never chosen by "auto" or the autotuner; not yet timed on a GPU);
   ``pointwise``  1x1 kernels without padding: the product
-                 ``(G, Cog, Cg) @ (N, G, Cg, positions)`` by CuPy's matmul (cuBLAS; refused
-                 when CUPY_TF32 is set), written into the output as it lies, then the bias
-                 and activation as array passes; float16 and bfloat16 on tensor cores with
+                 ``(G, Cog, Cg) @ (N, G, Cg, positions)`` (a channels-first output: per group
+                 one strided batched cuBLAS call over the images on x and the output as they
+                 lie, gpuconv.cublas; else CuPy's matmul; refused when CUPY_TF32 is set),
+                 written into the output as it lies, then the bias and activation as array
+                 passes; float16 and bfloat16 on tensor cores with
                  FP32 sums, the bias as one more term of the sum and one rounding (with
                  sigmoid or tanh: widened to float32 and rounded at the end); the stride is a
                  view;

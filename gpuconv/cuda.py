@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from . import algorithms, kernels, params, tuning
+from . import algorithms, cublas, kernels, params, tuning
 from .activation import activate, commutes_with_rounding
 from .config import get_autotune
 from .device import cuda_device_name, cupy_module
@@ -581,14 +581,48 @@ def _library_matmul(xp: Any, a: Array, b: Array, out: Optional[Array] = None) ->
     return xp.matmul(a, b, out=out)
 
 
+def _library_gemm_batched(xp: Any, a: Array, b: Array, c: Array) -> bool:
+    """``c[i] = a[i] @ b[i]`` by one cuBLAS call on the views as they lie (gpuconv.cublas),
+    or False, nothing written, where cuBLAS cannot take them or they are host arrays (NumPy's,
+    or the stand-in CuPy's of the tests). A seam: the host emulation puts cuBLAS's arithmetic
+    in, checking that the views are ones cuBLAS takes."""
+    if isinstance(c, np.ndarray):
+        return False
+    return cublas.gemm(a, b, c)
+
+
+def _unit_rows(xp: Any, a: Array) -> Array:
+    """``a``, or a contiguous copy where its last axis does not step by one element (a strided
+    layer's positions: cuBLAS reads rows of adjacent elements)."""
+    if a.shape[-1] > 1 and a.strides[-1] != a.itemsize:
+        return xp.ascontiguousarray(a)
+    return a
+
+
+def _group_products(xp: Any, w: Array, xs: Array, ys: Array) -> bool:
+    """``ys[n, g] = w[g] @ xs[n, g]`` for the images n and groups g of ``xs`` (N, G, K, P) and
+    ``ys`` (N, G, Cog, P), ``w`` (G, Cog, K): a group's products in one cuBLAS call over the
+    images, its filters repeated (batch stride 0) and x and the output read and written as
+    they lie. False, nothing written, where cuBLAS cannot take them."""
+    N = xs.shape[0]
+    for g in range(w.shape[0]):
+        if not _library_gemm_batched(xp, xp.broadcast_to(w[g], (N,) + w.shape[1:]), xs[:, g],
+                                     ys[:, g]):
+            if g:  # the groups' views differ by their offsets only
+                raise RuntimeError(f"cuBLAS took group 0 of {xs.shape} but not group {g}")
+            return False
+    return True
+
+
 def _pointwise(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
                activation: Optional[str], out_cf: Array) -> None:
     """algorithm="pointwise": 1x1 kernels without padding, so each output position is a
-    (filters x kernels) matrix times the input's channel vector there: one matmul (CuPy:
-    cuBLAS, batched over images and groups) of ``(G, Cog, Cg) @ (N, G, Cg, positions)`` straight
-    into a channels-first output, or ``(N * positions, C_in) @ (C_in, C_out)`` into a
-    channels-last one (one group); the stride is a view of x (copied by the product's reshape
-    where it is not contiguous), then the bias and the activation as array passes.
+    (filters x kernels) matrix times the input's channel vector there: ``(G, Cog, Cg) @ (N, G,
+    Cg, positions)`` straight into a contiguous channels-first output (per group one cuBLAS
+    strided batched call over the images, _group_products; else one matmul), or ``(N *
+    positions, C_in) @ (C_in, C_out)`` into a channels-last one (one group); the stride is a
+    view of x (copied by the reshape where it is not contiguous), then the bias and the
+    activation as array passes.
     float16 and bfloat16 with no activation or relu (which commutes with rounding): as they
     are, on tensor cores (_pointwise_16bit); with sigmoid or tanh, x and the filters widened
     to float32 (exactly), the product, bias and activation in float32, one rounding at the
@@ -615,7 +649,9 @@ def _pointwise(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
                 out=rows.reshape(N * P, Cog))
         res = rows.transpose(to_first)
     elif out_cf.flags.c_contiguous and direct:
-        _matmul(xp, w, x_cf.reshape(N, G, Cg, P), out=out_cf.reshape(N, G, Cog, P))
+        xs, ys = _unit_rows(xp, x_cf.reshape(N, G, Cg, P)), out_cf.reshape(N, G, Cog, P)
+        if not _group_products(xp, w, xs, ys):
+            _matmul(xp, w, xs, out=ys)
         res = out_cf
     else:
         direct = False
@@ -650,9 +686,11 @@ def _pointwise_16bit(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeom
     every sum, so that it is added before the rounding (as the kernels add it): a channel of
     ones in x and the bias as its weight, both zero-padded to a multiple of 8 terms (16-byte
     rows for the tensor cores). Channels-last output, one group: ``(N * positions, K) @
-    (K, Cog)`` into it as it lies; else, group by group, ``(Cog, K) @ (K, N * positions)``
-    from x's terms copied into ``(G, K, N, positions)``, and the result copied into the
-    channels-first output."""
+    (K, Cog)`` into it as it lies. A contiguous channels-first output: per group one cuBLAS
+    strided batched call over the images (_group_products), x as it lies (with a bias, its
+    terms and the ones copied into ``(N, G, K, positions)``). Else (or where cuBLAS is not
+    called: host arrays), group by group, ``(Cog, K) @ (K, N * positions)`` from x's terms
+    copied into ``(G, K, N, positions)``, and the result copied into the output."""
     dtype = out_cf.dtype
     G, Cog, Cg = geom.groups, geom.C_out_per_group, geom.C_in_per_group
     N, P, out = geom.N, math.prod(geom.out_spatial), geom.out_spatial
@@ -677,6 +715,16 @@ def _pointwise_16bit(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeom
             terms[..., Cg + 1:] = 0
         _matmul(xp, xa, w.reshape(Cog, K).T, out=out_rows.reshape(N * P, Cog))
         return
+    if out_cf.flags.c_contiguous:  # per group one cuBLAS call over the images, in place
+        if bias is None:
+            xs = _unit_rows(xp, x_cf.reshape(N, G, Cg, P))
+        else:
+            xs = xp.empty((N, G, K, P), dtype=dtype)
+            xs.reshape((N, G, K) + out)[:, :, :Cg] = x_cf.reshape((N, G, Cg) + out)
+            xs[:, :, Cg] = 1
+            xs[:, :, Cg + 1:] = 0
+        if _group_products(xp, w, xs, out_cf.reshape(N, G, Cog, P)):
+            return
     xa = xp.empty((G, K, N, P), dtype=dtype)
     terms = xa.reshape((G, K, N) + out)  # axes split, never merged: views on both sides
     terms[:, :Cg] = x_cf.reshape((N, G, Cg) + out).transpose((1, 2, 0) + tuple(

@@ -217,6 +217,31 @@ def channel_block_cases(dtype: str = "float16", sizes: Tuple[int, ...] = (8, 16,
     return out
 
 
+def pointwise_cases() -> List[Case]:
+    """1x1 layers as networks have them (the benchmark's res2_1x1, res4_1x1 and down_1x1s2,
+    small): 12-16 kernels a filter and 20 filters a group, one group or two, stride 1 or 2, no
+    padding, every rank, mostly channels-first; float32, float16 and float64 (and bfloat16
+    copies of the float16 ones where ml_dtypes is installed), with no epilogue, a bias, or a
+    bias and relu. The grid draws few kernels a filter, and no float32 channels-first layer of
+    one group among its 1x1 ones."""
+    out = []
+    for i, a in enumerate(random_cases(18, seed=16)):
+        a = dict(a, padding="int0", padding_mode="zeros", dilation="1", flip=False,
+                 batched=True, groups=rng_choice(i, ("1", "1", "2")),
+                 stride=rng_choice(i // 3, ("1", "2")), rank=rng_choice(i, (2, 1, 2, 3)),
+                 dtype=rng_choice(i // 2, ("float32", "float16", "float64")),
+                 epilogue=rng_choice(i, ("none", "bias", "bias_relu", "none")),
+                 layout=rng_choice(i // 6, ("channels_first", "channels_first",
+                                            "channels_last")))
+        out.append(build_case(a, seed=9500 + i, kernel=1, channels=(12 + i % 5, 20)))
+    try:
+        import ml_dtypes
+    except ImportError:
+        return out
+    return out + [as_dtype(c, ml_dtypes.bfloat16) for c in out
+                  if np.result_type(c.x, c.filters) == np.float16]
+
+
 def as_dtype(case: Case, dtype) -> Case:
     """The case with its arrays in ``dtype`` (real parts; activation kept): for kernels and
     dtypes that take one real dtype (the tensor-core kernel's float16, bfloat16)."""

@@ -6,13 +6,14 @@ import pytest
 
 import gpuconv
 from cases import (as_dtype, as_float16, bfloat16_cases, channel_block_cases, fast_path_cases,
-                   grid_cases, tile_cases)
+                   grid_cases, pointwise_cases, tile_cases)
 from gpuconv import kernels
 from gpuconv.dtypes import bfloat16
 from reference import error_bound, error_bound_tf32, error_bound_winograd
 
 CASES = grid_cases()
 FAST_PATH_CASES = fast_path_cases()
+POINTWISE_CASES = pointwise_cases()
 TILE_CASES = tile_cases()
 BFLOAT16_CASES = bfloat16_cases()
 CHANNEL_BLOCK_CASES = channel_block_cases()
@@ -200,11 +201,13 @@ def test_gpu_depthwise_tile(outputs, gpu, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", POINTWISE_16BIT_CASES, ids=lambda c: c.name)
-def test_gpu_pointwise_16bit(case, gpu):
-    """CUDA's pointwise on float16 and bfloat16 1x1 layers (2-D cuBLAS products on tensor
-    cores with FP32 sums, the bias as one more term; widened to float32 for sigmoid and tanh),
-    against the reference and the CPU: one rounding into the output either way."""
+@pytest.mark.parametrize("case", POINTWISE_16BIT_CASES + POINTWISE_CASES,
+                         ids=lambda c: c.name)
+def test_gpu_pointwise(case, gpu):
+    """CUDA's pointwise on float16 and bfloat16 1x1 layers (cuBLAS products on tensor cores
+    with FP32 sums, the bias as one more term; widened to float32 for sigmoid and tanh) and on
+    1x1 layers as networks have them (every dtype; channels-first ones by one strided batched
+    cuBLAS call a group, gpuconv.cublas), against the reference and the CPU."""
     _check_gpu_algorithm(case, "pointwise", gpu)
 
 

@@ -20,6 +20,7 @@ process; its report goes to the log_path file (pytest's capture hides the proces
 from __future__ import annotations
 
 import itertools
+import math
 import types
 import zlib
 
@@ -30,10 +31,10 @@ import gpuconv
 import gpuconv.adjoint
 import gpuconv.forward
 import gpuconv.params
-from gpuconv import cuda, kernels
+from gpuconv import cublas, cuda, kernels
 from gpuconv.dtypes import bfloat16
 from cases import (Case, as_dtype, as_float16, bfloat16_cases, channel_block_cases,
-                   fast_path_cases, grid_cases, tile_cases)
+                   fast_path_cases, grid_cases, pointwise_cases, tile_cases)
 from test_adjoint import (TRANSPOSE_CASES, _grad_out, _options, check_filter_grad,
                           check_input_grad, check_transpose, depthwise_layer, transpose_call)
 from test_adjoint import route  # noqa: F401 (a fixture: pytest finds it by its name)
@@ -62,6 +63,7 @@ def emulated_gpu(emulator, monkeypatch):
     monkeypatch.setattr(gpuconv.adjoint, "run", run)
     monkeypatch.setattr(cuda, "poison_outputs", True)
     monkeypatch.setattr(cuda, "_library_matmul", cupy_matmul)
+    monkeypatch.setattr(cuda, "_library_gemm_batched", cublas_gemm_batched)
     return emulator
 
 
@@ -87,6 +89,20 @@ def cupy_matmul(xp, a, b, out=None):
         return wide.astype(dtype)
     out[...] = wide
     return out
+
+
+def cublas_gemm_batched(xp, a, b, c):
+    """cuBLAS's strided batched GEMM as gpuconv.cublas.gemm calls it: only on views it takes as
+    they lie (the arguments gemm_args makes of them; test_cublas checks those against cuBLAS's
+    definition), float16 and bfloat16 summed in float32 and each result rounded once; False
+    where it cannot take them, as gpuconv.cublas.gemm returns."""
+    if cublas.gemm_args(a, b, c) is None or cublas.cuda_types(c.dtype) is None:
+        return False
+    if c.dtype.itemsize == 2:
+        c[...] = np.matmul(a.astype(np.float32), b.astype(np.float32))
+    else:
+        np.matmul(a, b, out=c)
+    return True
 
 
 CASES = grid_cases()
@@ -460,7 +476,8 @@ def test_gemm_tc_refuses_other_dtypes(emulated_gpu):
         gpuconv.conv(x, np.ones((3, 2, 3, 3), np.float32), algorithm="gemm_tc")
 
 
-POINTWISE_CASES = CASES + TILE_CASES + fast_path_cases() + POINTWISE_16BIT_CASES
+POINTWISE_CASES = CASES + TILE_CASES + fast_path_cases() + POINTWISE_16BIT_CASES + \
+    pointwise_cases()
 
 
 def _pointwise_applies(case):
@@ -484,6 +501,38 @@ def test_pointwise(emulated_gpu):
             _check(case, got, "emulated pointwise")
             ran += 1
     assert ran >= 40 + len(POINTWISE_16BIT_CASES) and len(POINTWISE_16BIT_CASES) >= 40
+
+
+def test_pointwise_channels_first_is_one_cublas_call_a_group(emulated_gpu, monkeypatch):
+    """Channels-first outputs (of more than one position and filter, or of groups) take one
+    strided batched cuBLAS call a group over the images, on x and the output as they lie
+    (gpuconv.cublas; the emulation takes only views that cuBLAS can), never a matmul; 16-bit
+    layers with sigmoid or tanh excepted (widened to float32 first, multiplied by matmul)."""
+    calls = []
+    real = cuda._library_gemm_batched
+    monkeypatch.setattr(cuda, "_library_gemm_batched",
+                        lambda *a: calls.append(a[3].shape) or real(*a))
+
+    def no_matmul(*args, **kwargs):
+        raise AssertionError("a channels-first pointwise layer multiplied by _matmul")
+    monkeypatch.setattr(cuda, "_matmul", no_matmul)
+    ran = set()
+    for case in POINTWISE_CASES:
+        geom = _geometry(case)
+        dtype = np.result_type(case.x, case.filters)
+        widened = dtype.itemsize == 2 and case.activation in ("sigmoid", "tanh")
+        rows = geom.groups == 1 and 1 in (math.prod(geom.out_spatial), geom.C_out)
+        if (case.options["layout"] != "channels_first" or widened or rows
+                or not _pointwise_applies(case)):
+            continue
+        calls.clear()
+        got = _forced(case, "cuda", "pointwise")
+        _check(case, got, "emulated pointwise by cuBLAS")
+        assert len(calls) == geom.groups, case.name
+        ran.add((dtype.name, geom.groups > 1, max(geom.stride) > 1, case.bias is not None))
+    assert {("float32", True), ("float16", True), ("float32", False)} <= {
+        (d, g) for d, g, _, _ in ran}
+    assert {s for _, _, s, _ in ran} == {True, False} and {b for *_, b in ran} == {True, False}
 
 
 @pytest.mark.parametrize("dtype", [np.float16, "bfloat16"])

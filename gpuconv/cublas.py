@@ -1,0 +1,149 @@
+"""Batched matrix products by one cuBLAS call, on operands as they lie (CuPy arrays).
+
+``cupy.matmul`` of a stack of matrices by one matrix (the filters of a 1x1 layer times each
+image's channels) broadcasts the one matrix; CuPy then builds arrays of pointers with three
+elementwise-kernel launches and calls cuBLAS's pointer-array batched GEMM, and for float16 and
+bfloat16 it refuses batches or widens them (cupy/cupy#10317), which made ``pointwise`` copy
+x and the output around 2-D products. cuBLAS's strided batched GEMM
+(``cublasGemmStridedBatchedEx``) takes each operand as a pointer, a leading dimension and a
+batch stride, and a batch stride of 0 repeats one matrix, so ``c[i] = a[i] @ b[i]`` is one
+call on views of the caller's arrays: no copies, no pointer arrays, one launch.
+
+cuBLAS is column-major. A row-major ``c`` (M x N, rows ``ldc`` apart) is, read column-major,
+``c^T`` (N x M); so cuBLAS computes ``c^T = b^T a^T`` with ``b`` as its first operand and
+``a`` as its second, each either as it lies (a row-major matrix read column-major is its
+transpose) or transposed (a column-major one). :func:`gemm_args` does that arithmetic, and
+:func:`gemm` makes the call. Sums: FP32 for float16, bfloat16 and float32 (CUBLAS_COMPUTE_32F,
+tensor cores for the 16-bit types, each result rounded once), FP64 for float64; complex the
+same per part.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from ._typing import Array
+from .dtypes import is_bfloat16
+
+#: cudaDataType and cublasComputeType_t values (library_types.h, cublas_api.h): (data type,
+#: compute type) by NumPy dtype name.
+_CUDA_TYPES = {"float16": (2, 68), "bfloat16": (14, 68), "float32": (0, 68),
+               "float64": (1, 70), "complex64": (4, 68), "complex128": (5, 70)}
+
+#: cublasOperation_t: as it lies, transposed.
+_OP_N, _OP_T = 0, 1
+
+#: Sizes and leading dimensions cuBLAS takes as int.
+_INT_LIMIT = 2**31
+
+#: cublasGemmAlgo_t CUBLAS_GEMM_DEFAULT (cuBLAS picks; tensor cores where the types allow).
+_ALGO_DEFAULT = -1
+
+
+class GemmArgs(NamedTuple):
+    """The arguments of one cublasGemmStridedBatchedEx call for ``c[i] = a[i] @ b[i]`` (in
+    elements; the pointers are the views' own): cuBLAS's first operand is ``b``, its second
+    ``a``."""
+    transa: int
+    transb: int
+    m: int
+    n: int
+    k: int
+    lda: int
+    stride_a: int
+    ldb: int
+    stride_b: int
+    ldc: int
+    stride_c: int
+    batch: int
+
+
+def _elements(strides: Tuple[int, ...], itemsize: int) -> Optional[Tuple[int, ...]]:
+    """Byte strides in elements, or None where one is negative or not a whole element."""
+    if any(s < 0 or s % itemsize for s in strides):
+        return None
+    return tuple(s // itemsize for s in strides)
+
+
+def _operand(row_step: int, col_step: int, rows: int, cols: int) -> Optional[Tuple[int, int]]:
+    """(operation, leading dimension) for cuBLAS to read a ``rows x cols`` matrix whose
+    elements lie ``row_step`` and ``col_step`` apart as the column-major ``cols x rows``
+    matrix its memory is (row-major: as it lies) or as the transpose of the column-major
+    ``rows x cols`` one; None where neither step is 1 (cuBLAS cannot read it)."""
+    if cols == 1 or col_step == 1:  # row-major: read as (cols x rows), columns row_step apart
+        ld = row_step if rows > 1 else cols
+        if ld >= cols:
+            return _OP_N, ld
+    if rows == 1 or row_step == 1:  # column-major (rows x cols), columns col_step apart
+        ld = col_step if cols > 1 else rows
+        if ld >= rows:
+            return _OP_T, ld
+    return None
+
+
+def gemm_args(a: Array, b: Array, c: Array) -> Optional[GemmArgs]:
+    """cuBLAS's arguments for ``c[i] = a[i] @ b[i]`` over 3-D views ``a`` (batch, M, K), ``b``
+    (batch, K, N) and ``c`` (batch, M, N) of one dtype, any batch strides (0 repeats a matrix),
+    or None where cuBLAS cannot take them as they lie: a matrix with no unit step, a negative
+    or partial-element stride, an output that is not row-major (or whose batches overlap)."""
+    if not (a.ndim == b.ndim == c.ndim == 3) or not (a.dtype == b.dtype == c.dtype):
+        return None
+    batch, M, K = a.shape
+    N = b.shape[2]
+    if b.shape[:2] != (batch, K) or c.shape != (batch, M, N) or min(batch, M, N, K) < 1:
+        return None
+    item = c.dtype.itemsize
+    sa, sb, sc = (_elements(v.strides, item) for v in (a, b, c))
+    if sa is None or sb is None or sc is None:
+        return None
+    first = _operand(sb[1], sb[2], K, N)  # cuBLAS's A: b, read as b^T (N x K) or transposed
+    second = _operand(sa[1], sa[2], M, K)  # cuBLAS's B: a, as a^T (K x M) or transposed
+    out = _operand(sc[1], sc[2], M, N)
+    if first is None or second is None or out is None or out[0] != _OP_N:
+        return None
+    if batch > 1 and sc[0] < (M - 1) * out[1] + N:  # two batches' results would overlap
+        return None
+    args = GemmArgs(transa=first[0], transb=second[0], m=N, n=M, k=K, lda=first[1],
+                    stride_a=sb[0] if batch > 1 else 0, ldb=second[1],
+                    stride_b=sa[0] if batch > 1 else 0, ldc=out[1],
+                    stride_c=sc[0] if batch > 1 else 0, batch=batch)
+    if max(args.m, args.n, args.k, args.lda, args.ldb, args.ldc, args.batch) >= _INT_LIMIT:
+        return None  # cuBLAS's 32-bit sizes
+    return args
+
+
+def cuda_types(dtype: Any) -> Optional[Tuple[int, int]]:
+    """(cudaDataType, cublasComputeType_t) of a dtype, or None where cuBLAS has none here."""
+    dtype = np.dtype(dtype)
+    return _CUDA_TYPES.get("bfloat16" if is_bfloat16(dtype) else dtype.name)
+
+
+def _scalar(value: float, dtype: np.dtype) -> np.ndarray:
+    """alpha/beta as cuBLAS reads them from the host: in the compute type's precision (FP32
+    sums take float32 scalars, complex ones complex)."""
+    compute = np.float64 if dtype.itemsize == 8 and dtype.kind == "f" else (
+        np.complex128 if dtype == np.complex128 else
+        np.complex64 if dtype.kind == "c" else np.float32)
+    return np.array(value, dtype=compute)
+
+
+def gemm(a: Array, b: Array, c: Array) -> bool:
+    """``c[i] = a[i] @ b[i]`` on the current stream by one cublasGemmStridedBatchedEx (CuPy
+    arrays on the current device); False, with nothing done, where cuBLAS cannot take the
+    operands as they lie (:func:`gemm_args`) or the dtype (:func:`cuda_types`)."""
+    args = gemm_args(a, b, c)
+    types = cuda_types(c.dtype)
+    if args is None or types is None:
+        return False
+    from cupy.cuda import device
+    from cupy_backends.cuda.libs import cublas
+    data, compute = types
+    one, zero = _scalar(1, c.dtype), _scalar(0, c.dtype)
+    cublas.gemmStridedBatchedEx(
+        device.get_cublas_handle(), args.transa, args.transb, args.m, args.n, args.k,
+        one.ctypes.data, b.data.ptr, data, args.lda, args.stride_a,
+        a.data.ptr, data, args.ldb, args.stride_b,
+        zero.ctypes.data, c.data.ptr, data, args.ldc, args.stride_c,
+        args.batch, compute, _ALGO_DEFAULT)
+    return True
