@@ -133,17 +133,26 @@ def gemm(a: Array, b: Array, c: Array) -> bool:
     arrays on the current device); False, with nothing done, where cuBLAS cannot take the
     operands as they lie (:func:`gemm_args`) or the dtype (:func:`cuda_types`)."""
     args = gemm_args(a, b, c)
-    types = cuda_types(c.dtype)
-    if args is None or types is None:
+    if args is None or cuda_types(c.dtype) is None:
         return False
+    call(args, a.data.ptr, b.data.ptr, c.data.ptr, c.dtype)
+    return True
+
+
+def call(args: GemmArgs, a_ptr: int, b_ptr: int, c_ptr: int, dtype: Any) -> None:
+    """One cublasGemmStridedBatchedEx on the current device and stream with ``args`` (from
+    :func:`gemm_args`) and the device pointers of views laid out as the ones it was made from
+    (:class:`gpuconv.cuda.PointwiseReplay` keeps the arguments and passes new pointers)."""
     from cupy.cuda import device
     from cupy_backends.cuda.libs import cublas
+    dtype = np.dtype(dtype)
+    types = cuda_types(dtype)
+    assert types is not None, dtype
     data, compute = types
-    one, zero = _scalar(1, c.dtype), _scalar(0, c.dtype)
+    one, zero = _scalar(1, dtype), _scalar(0, dtype)
     cublas.gemmStridedBatchedEx(
         device.get_cublas_handle(), args.transa, args.transb, args.m, args.n, args.k,
-        one.ctypes.data, b.data.ptr, data, args.lda, args.stride_a,
-        a.data.ptr, data, args.ldb, args.stride_b,
-        zero.ctypes.data, c.data.ptr, data, args.ldc, args.stride_c,
+        one.ctypes.data, b_ptr, data, args.lda, args.stride_a,
+        a_ptr, data, args.ldb, args.stride_b,
+        zero.ctypes.data, c_ptr, data, args.ldc, args.stride_c,
         args.batch, compute, _ALGO_DEFAULT)
-    return True

@@ -424,8 +424,9 @@ def _kernel_args(plan: ForwardPlan, x: Array, w: Array, bias_arg: Array, out: Ar
     return launches + ((plan.finish, (partial, bias_arg, out, splits, record)),)
 
 
-#: Algorithms whose calls are not replayed: their launches go around array passes and
-#: cuBLAS's products (_pointwise, _winograd, _im2col), which a Replay does not make.
+#: Algorithms whose calls a Replay does not make: their launches go around array passes and
+#: cuBLAS's products (_pointwise, _winograd, _im2col). Some pointwise calls are cuBLAS's
+#: products alone, which a PointwiseReplay makes.
 _NOT_REPLAYED = ("pointwise", "winograd", "im2col")
 #: Algorithms that read x and the filters channels-last (_channels_last)
 _CHANNELS_LAST = ("gemm_tc_cl", "gemm_cl")
@@ -480,6 +481,60 @@ class Replay:
         return out
 
 
+class PointwiseReplay:
+    """A pointwise call's products, made again for a call that repeats it (gpuconv.repeat):
+    the output's allocation and, per group, the strided batched cuBLAS call the first call
+    made (_group_products), with its arguments (gpuconv.cublas.GemmArgs) and each operand's
+    byte offset from its array's start, on the new arrays' pointers. Made only for calls
+    whose full path is those calls alone: a contiguous channels-first x of stride 1, filters
+    in the result's dtype, no bias and no activation. Returns None for pointers that are not
+    a whole element's multiple (the full path copies those)."""
+
+    __slots__ = ("cupy", "shape", "dtype", "calls")
+
+    def __init__(self, cupy: Any, shape: Tuple[int, ...], dtype: np.dtype,
+                 calls: Tuple[Tuple[cublas.GemmArgs, int, int, int], ...]):
+        self.cupy, self.shape, self.dtype, self.calls = cupy, shape, dtype, calls
+
+    def __call__(self, x: Array, w: Array, b: Optional[Array]) -> Optional[Array]:
+        size = self.dtype.itemsize
+        if x.data.ptr % size or w.data.ptr % size:
+            return None
+        out = self.cupy.empty(self.shape, dtype=self.dtype)
+        _poison(out)
+        x_ptr, w_ptr, out_ptr = x.data.ptr, w.data.ptr, out.data.ptr
+        for args, w_offset, x_offset, out_offset in self.calls:
+            cublas.call(args, w_ptr + w_offset, x_ptr + x_offset, out_ptr + out_offset,
+                        self.dtype)
+        return out
+
+
+def _pointwise_replay(cupy: Any, x: Array, w: Array, bias: Optional[Array],
+                      geom: ConvGeometry, dtype: np.dtype, activation: Optional[str]
+                      ) -> Optional[PointwiseReplay]:
+    """forward_replay for pointwise: the PointwiseReplay of a call whose full path was only
+    _group_products on x and the output as they lie, or None."""
+    out, out_cf = alloc_output(cupy, geom, dtype)
+    x_cf = to_channels_first(cupy, x, geom)
+    G, Cog, Cg = geom.groups, geom.C_out_per_group, geom.C_in_per_group
+    N, P = geom.N, math.prod(geom.out_spatial)
+    rows = out_cf.transpose(_axes_to_last(out_cf.ndim)[0]).flags.c_contiguous
+    if (bias is not None or activation is not None or max(geom.stride) > 1
+            or not x_cf.flags.c_contiguous or not out_cf.flags.c_contiguous
+            or (G == 1 and rows) or cublas.cuda_types(dtype) is None):
+        return None
+    w3 = w.reshape(G, Cog, Cg)
+    xs, ys = x_cf.reshape(N, G, Cg, P), out_cf.reshape(N, G, Cog, P)
+    calls = []
+    for g in range(G):
+        args = cublas.gemm_args(cupy.broadcast_to(w3[g], (N, Cog, Cg)), xs[:, g], ys[:, g])
+        if args is None:
+            return None
+        calls.append((args, w3[g].data.ptr - w.data.ptr, xs[:, g].data.ptr - x.data.ptr,
+                      ys[:, g].data.ptr - out.data.ptr))
+    return PointwiseReplay(cupy, tuple(out.shape), dtype, tuple(calls))
+
+
 def _copy_channels_last(cupy: Any, copy: _Copy, a: Array, dtype: np.dtype) -> Array:
     """``a`` (the caller's x or filters, read through the strides in the copy's size
     arguments) copied channels-last by to_channels_last, as _channels_last copies it."""
@@ -492,17 +547,20 @@ def _copy_channels_last(cupy: Any, copy: _Copy, a: Array, dtype: np.dtype) -> Ar
 
 def forward_replay(x: Array, w: Array, bias: Optional[Array], geom: ConvGeometry,
                    dtype: DTypeLike, activation: Optional[str], algorithm: str
-                   ) -> Optional[Replay]:
+                   ) -> Optional[Union[Replay, PointwiseReplay]]:
     """The Replay of a forward call that has just run on the current GPU with these CuPy
     arrays (as the caller gave them: x in its layout, the filters unflipped) and no
     autotuning, or None where _forward does what a Replay does not: an algorithm of
-    _NOT_REPLAYED, arrays converted first (x of another dtype or pre-padded, filters or bias
-    not contiguous in the result's dtype, as flip's reversed view is not), or a channels-last
-    copy made by the array library (views whose spatial axes do not merge)."""
+    _NOT_REPLAYED (but pointwise calls that are cuBLAS's products alone: _pointwise_replay),
+    arrays converted first (x of another dtype or pre-padded, filters or bias not contiguous
+    in the result's dtype, as flip's reversed view is not), or a channels-last copy made by
+    the array library (views whose spatial axes do not merge)."""
     cupy = cupy_module()
     device_id = cupy.cuda.runtime.getDevice()
     dtype = np.dtype(dtype)
     plan = forward_plan(geom, dtype, activation, algorithm, _sm_count(device_id))
+    if plan.algorithm == "pointwise" and x.dtype == dtype and _is_contiguous(w, dtype):
+        return _pointwise_replay(cupy, x, w, bias, geom, dtype, activation)
     if (plan.algorithm in _NOT_REPLAYED or x.dtype != dtype or _pads_first(geom)
             or not _is_contiguous(w, dtype)
             or (bias is not None and not _is_contiguous(bias, dtype))):

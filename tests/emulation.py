@@ -98,3 +98,49 @@ class Packed:
                      for v in self.held]
         self.arguments = ((ctypes.c_void_p * n)(*addresses), (ctypes.c_int * n)(*sizes),
                           (ctypes.c_int * n)(*is_pointer), n)
+
+
+def column_major_gemm(args, a_buf, a_off, b_buf, b_off, c_buf, c_off):
+    """What cublasGemmStridedBatchedEx does with ``args`` (gpuconv.cublas.GemmArgs, alpha 1,
+    beta 0), from its definition, on flat arrays at element offsets: matrices column-major at
+    offset + batch * stride, element (r, col) at r + col * ld, op N (as stored) or T; its A is
+    gemm_args' b, its B gemm_args' a. float16 and bfloat16 are summed in float32, each result
+    rounded once (CUBLAS_COMPUTE_32F). Asserts that no matrix reaches outside its array."""
+    def matrix(buf, offset, rows, cols, ld):
+        assert offset >= 0 and offset + (rows - 1) + (cols - 1) * ld < buf.size, \
+            "cuBLAS would read or write outside the array"
+        item = buf.itemsize
+        return np.lib.stride_tricks.as_strided(buf[offset:], shape=(rows, cols),
+                                               strides=(item, ld * item))
+
+    wide = np.float32 if c_buf.itemsize == 2 else c_buf.dtype
+    for i in range(args.batch):
+        A = (matrix(b_buf, b_off + i * args.stride_a, args.m, args.k, args.lda)
+             if args.transa == 0 else
+             matrix(b_buf, b_off + i * args.stride_a, args.k, args.m, args.lda).T)
+        B = (matrix(a_buf, a_off + i * args.stride_b, args.k, args.n, args.ldb)
+             if args.transb == 0 else
+             matrix(a_buf, a_off + i * args.stride_b, args.n, args.k, args.ldb).T)
+        C = matrix(c_buf, c_off + i * args.stride_c, args.m, args.n, args.ldc)
+        C[...] = A.astype(wide) @ B.astype(wide)
+
+
+def _host_memory(ptr, count, dtype):
+    """``count`` elements of ``dtype`` at host address ``ptr`` as a writable NumPy array."""
+    dtype = np.dtype(dtype)
+    return np.frombuffer((ctypes.c_char * (count * dtype.itemsize)).from_address(ptr),
+                         dtype=dtype)
+
+
+def cublas_call(args, a_ptr, b_ptr, c_ptr, dtype):
+    """gpuconv.cublas.call on host memory (the stand-in CuPy's arrays): column_major_gemm on
+    each operand's memory, from its pointer to the last element its batches reach."""
+    def extent(rows, cols, ld, stride):
+        return (args.batch - 1) * stride + (cols - 1) * ld + rows
+
+    a_shape = (args.k, args.n) if args.transb == 0 else (args.n, args.k)
+    b_shape = (args.m, args.k) if args.transa == 0 else (args.k, args.m)
+    a = _host_memory(a_ptr, extent(*a_shape, args.ldb, args.stride_b), dtype)
+    b = _host_memory(b_ptr, extent(*b_shape, args.lda, args.stride_a), dtype)
+    c = _host_memory(c_ptr, extent(args.m, args.n, args.ldc, args.stride_c), dtype)
+    column_major_gemm(args, a, 0, b, 0, c, 0)

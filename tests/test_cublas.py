@@ -1,8 +1,9 @@
 """gpuconv.cublas's arithmetic: the arguments of one cublasGemmStridedBatchedEx call for
 ``c[i] = a[i] @ b[i]`` on views as they lie. Checked without a GPU by doing what cuBLAS does
-with those arguments, from its definition (column-major matrices at pointer + batch * stride,
-element (r, col) at r + col * ld, op N or T), on the views' own memory, and comparing with
-NumPy's matmul of the views. The call itself runs in the GPU tests (pointwise)."""
+with those arguments, from its definition (tests/emulation.py's column_major_gemm: column-major
+matrices at pointer + batch * stride, element (r, col) at r + col * ld, op N or T), on the
+views' own memory, and comparing with NumPy's matmul of the views. The call itself runs in the
+GPU tests (test_gpu_pointwise, test_gpu_repeated_calls_replay_with_the_full_paths_results)."""
 from __future__ import annotations
 
 import itertools
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import as_strided
 
+from emulation import column_major_gemm
 from gpuconv import cublas
 
 RNG = np.random.default_rng(11)
@@ -43,27 +45,6 @@ def _matrices(kind, batch, rows, cols, buf_size=4000):
     return buf, offset, _view(buf, offset, (batch, rows, cols), steps)
 
 
-def _colmajor(buf, offset, rows, cols, ld):
-    """cuBLAS's matrix at ``offset``: element (r, col) at offset + r + col * ld."""
-    last = offset + (rows - 1) + (cols - 1) * ld
-    assert 0 <= offset and last < buf.size, "cuBLAS would read or write outside the buffer"
-    return _view(buf, offset, (rows, cols), (1, ld))
-
-
-def _cublas(args, a_buf, a_off, b_buf, b_off, c_buf, c_off):
-    """cublasGemmStridedBatchedEx's result, alpha 1 and beta 0: its A is b's memory, its B
-    a's (gemm_args' convention)."""
-    for i in range(args.batch):
-        A = (_colmajor(b_buf, b_off + i * args.stride_a, args.m, args.k, args.lda)
-             if args.transa == 0 else
-             _colmajor(b_buf, b_off + i * args.stride_a, args.k, args.m, args.lda).T)
-        B = (_colmajor(a_buf, a_off + i * args.stride_b, args.k, args.n, args.ldb)
-             if args.transb == 0 else
-             _colmajor(a_buf, a_off + i * args.stride_b, args.n, args.k, args.ldb).T)
-        C = _colmajor(c_buf, c_off + i * args.stride_c, args.m, args.n, args.ldc)
-        C[...] = A @ B
-
-
 LAYOUTS = ("row", "row_padded", "col", "col_padded", "repeated")
 SIZES = [(3, 4, 5, 6), (1, 4, 5, 6), (2, 1, 5, 6), (2, 4, 1, 6), (2, 4, 5, 1), (2, 1, 1, 1)]
 
@@ -80,7 +61,7 @@ def test_cublas_computes_the_batched_product_in_the_output_view(a_kind, b_kind, 
     before = c_buf.copy()
     args = cublas.gemm_args(a, b, c)
     assert args is not None
-    _cublas(args, a_buf, a_off, b_buf, b_off, c_buf, c_off)
+    column_major_gemm(args, a_buf, a_off, b_buf, b_off, c_buf, c_off)
     np.testing.assert_allclose(c, expected, rtol=1e-12, atol=1e-12)
     written = np.zeros(c_buf.size, bool)
     written[c_off + sum(i * s // c.itemsize for i, s in zip(np.indices(c.shape), c.strides))] = 1

@@ -1,9 +1,10 @@
 """Repeated forward calls on CuPy arrays launch what their first call planned (gpuconv.repeat,
-gpuconv.cuda.Replay), and give the full path's results.
+gpuconv.cuda.Replay, PointwiseReplay), and give the full path's results.
 
 Without a GPU, the whole GPU code path (dispatch, device resolution, allocation, launcher) runs
 on the stand-in CuPy of benchmarks/stand_in_cupy.py, each kernel emulated on the host as CuPy
-would call it (tests/emulation.py); the gpu test makes the same checks with CuPy on a GPU.
+would call it and cuBLAS's strided batched products done on host memory from their definition
+(tests/emulation.py); the gpu test makes the same checks with CuPy on a GPU.
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import numpy as np
 import pytest
 
 import gpuconv
-from cases import channel_block_cases, grid_cases, tile_cases
+from cases import channel_block_cases, grid_cases, pointwise_cases, tile_cases
 from conftest import load_script
-from gpuconv import algorithms, cuda, device, kernels, repeat
+from emulation import cublas_call
+from gpuconv import algorithms, cublas, cuda, device, kernels, repeat
 from reference import error_bound
 from test_grid import _check, _geometry
 from test_kernel_emulation import _force_splits
@@ -63,6 +65,12 @@ REPEAT_CASES += [(case, f"{a}{split}") for a, cases in CHANNEL_BLOCK_CASES.items
                  for i, c in enumerate(cases)
                  for case, split in ((c, ""), (_plain_case(c), " split-K" if i % 2 else ""))]
 REPEAT_CASES += [(_plain_case(c), "auto") for c in CHANNEL_BLOCK_CASES["gemm_tc_cl"][::2]]
+#: 1x1 layers: a PointwiseReplay for those without bias or activation, channels-first, of
+#: stride 1; the others are remembered as not replayed
+REPEAT_CASES += [(_plain_case(c), "pointwise") for c in pointwise_cases()]
+REPEAT_CASES += [(_plain_case(dataclasses.replace(
+    c, name=f"{c.name}-bare", bias=None, options=dict(c.options, activation=None))),
+    "pointwise") for c in pointwise_cases()]
 
 
 @pytest.fixture
@@ -75,6 +83,9 @@ def stand_in_gpu(emulator, monkeypatch):
     monkeypatch.setattr(kernels, "get_function", lambda file, name, dtype, device_id:
                         functools.partial(emulator.launch, file, name))
     monkeypatch.setattr(cuda, "poison_outputs", True)
+    # cuBLAS's products on the stand-in's (host) memory, by the call gpuconv.cublas makes
+    monkeypatch.setattr(cublas, "call", cublas_call)
+    monkeypatch.setattr(cuda, "_library_gemm_batched", lambda xp, a, b, c: cublas.gemm(a, b, c))
     yield fake
     device.cuda_status.cache_clear()  # a probe made while the stand-in was CuPy is no real one
 
@@ -84,20 +95,21 @@ def replays(monkeypatch):
     """Each Replay call's outcome: True where it launched, False where it handed the call back
     to the full path."""
     taken = []
-    replay = cuda.Replay.__call__
+    for kind in (cuda.Replay, cuda.PointwiseReplay):
+        def counted(self, x, w, b, replay=kind.__call__):
+            out = replay(self, x, w, b)
+            taken.append(out is not None)
+            return out
 
-    def counted(self, x, w, b):
-        out = replay(self, x, w, b)
-        taken.append(out is not None)
-        return out
-
-    monkeypatch.setattr(cuda.Replay, "__call__", counted)
+        monkeypatch.setattr(kind, "__call__", counted)
     return taken
 
 
 def _replayable(case, algorithm, sms):
     """Whether the case's calls replay, by the rule gpuconv.repeat states: a plan of one of our
-    kernels (split-K's sum aside) that takes the caller's arrays as they are."""
+    kernels (split-K's sum aside) that takes the caller's arrays as they are, or a pointwise
+    call that is cuBLAS's products alone (gpuconv.cuda.PointwiseReplay: a channels-first x of
+    stride 1, no bias or activation, an output not multiplied as rows)."""
     dtype = np.result_type(*[a for a in (case.x, case.filters, case.bias) if a is not None])
     geom = _geometry(case)
     plan = cuda.forward_plan(geom, dtype, case.activation, algorithm, sms)
@@ -105,6 +117,11 @@ def _replayable(case, algorithm, sms):
     padded = o["padding_mode"] != "zeros" and max(geom.pad_before + geom.pad_after) > 0
     same_dtype = all(a.dtype == dtype for a in (case.x, case.filters, case.bias)
                      if a is not None)
+    if plan.algorithm == "pointwise":
+        rows = geom.groups == 1 and 1 in (math.prod(geom.out_spatial), geom.C_out)
+        return (same_dtype and not o["flip"] and case.bias is None and case.activation is None
+                and o["layout"] == "channels_first" and max(geom.stride) == 1 and not rows
+                and math.prod(geom.out_shape()) > 0)
     return (plan.algorithm not in NOT_REPLAYED and same_dtype and not padded and not o["flip"]
             and math.prod(geom.out_shape()) > 0)
 
