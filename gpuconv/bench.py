@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
-from . import algorithms, conv, conv_filter_grad, conv_input_grad, tuning, __version__
+from . import algorithms, conv, conv_filter_grad, conv_input_grad, kernels, tuning, __version__
 from .config import get_autotune, get_cpu_threads, set_autotune, set_cpu_threads
 from .blas import blas_info, cpu_flags
 from .device import cpu_model, cuda_device_name, cuda_status
@@ -368,7 +368,6 @@ def measure_peak(seconds: float = 0.2) -> Dict[str, Any]:
     bandwidth (a 1 GiB device-to-device copy: bytes read + written). Each the best of a few
     timed runs, after a warm-up."""
     import cupy
-    from . import kernels
     dev = cupy.cuda.Device()
     sms = dev.attributes["MultiProcessorCount"]
     out: Dict[str, Any] = {"sms": sms}
@@ -743,6 +742,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # the kernels NumPy's OpenBLAS runs (OPENBLAS_CORETYPE, if set, chose them)
             "blas": blas_info(), "cpu_avx512": "avx512f" in cpu_flags(),
             "versions": versions, "shapes": str(shapes_path), "set": args.set or args.device,
+            # NVRTC's options for the kernels (benchmarks/bench_with_defines.py adds macros)
+            "compile_options": list(kernels.COMPILE_OPTIONS),
             "dtype": args.dtype, "ops": ops, "algorithms": algorithm_names,
             "autotune": args.autotune,
             "repeat": args.repeat,

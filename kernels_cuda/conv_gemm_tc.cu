@@ -349,12 +349,20 @@ conv_gemm_tc(const T* __restrict__ x, const T* __restrict__ w, const T* __restri
 // 3 x 256 rows x 64 bytes = 49152 bytes, the most static shared memory a block may have.
 
 // Copy 16 bytes from global `src` to shared `dst`, asynchronously; zeros instead when !valid
-// (src is then not read but must still be a valid address).
+// (src is then not read but must still be a valid address). The copies bypass L1 (.cg), so
+// every tap's read of an input element is an L2 read. GC_CP_ASYNC_CA (an experiment, off
+// unless the compile options define it: benchmarks/NOTES.md, session 23) caches them in L1
+// (.ca), where a block's next tap, reading the same elements shifted by one, may find them.
 __device__ __forceinline__ void gc_cp_async_16(void* dst, const void* src, bool valid) {
 #ifdef __CUDA_ARCH__
     const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+#ifdef GC_CP_ASYNC_CA
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src),
+                 "r"(valid ? 16 : 0));
+#else
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src),
                  "r"(valid ? 16 : 0));
+#endif
 #else
     gc_emulated_cp_async_16(dst, src, valid);
 #endif

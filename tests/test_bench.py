@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,3 +251,24 @@ def test_bench_bfloat16_rows(tmp_path):
         assert row["contenders"]["gpuconv"]["median_ms"] > 0
         if peers:
             assert row["contenders"]["scipy"]["max_rel_diff_vs_gpuconv"] < 2 ** -6
+
+
+def test_bench_with_defines_adds_macros_to_the_kernels_options(tmp_path):
+    """benchmarks/bench_with_defines.py: the macros before '--' join NVRTC's options before
+    any kernel is compiled, the rest is the bench's command line, and the record says which
+    options its kernels were compiled with."""
+    shapes = tmp_path / "shapes.json"
+    shapes.write_text(json.dumps(LAYERS))
+    out = tmp_path / "bench.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_with_defines.py"
+    run = subprocess.run([sys.executable, str(script), "GC_CP_ASYNC_CA", "GC_X=2", "--",
+                          "--shapes", str(shapes), "--only", "tiny_3x3", "--repeat", "1",
+                          "--warmup", "0", "--peers", "", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    options = json.loads(out.read_text())["compile_options"]
+    assert options[-2:] == ["-DGC_CP_ASYNC_CA", "-DGC_X=2"] and "-std=c++17" in options
+    for bad in (["GC_A"], ["--", "--device", "cpu"], ["-DGC_A", "--"]):
+        run = subprocess.run([sys.executable, str(script), *bad], capture_output=True,
+                             text=True, timeout=60)
+        assert run.returncode != 0 and "bench_with_defines.py" in run.stderr
