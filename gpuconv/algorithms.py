@@ -40,14 +40,12 @@ On CUDA:
                  (never chosen by "auto" or the autotuner);
   ``im2col``     explicit GEMM: the windows of a chunk of output positions unrolled into the
                  columns of a matrix in GPU memory (kernels_cuda/im2col.cu; chunks within a
-                 256 MiB workspace), their product with the filters by cuBLAS (FP32,
-                 float64 or complex sums; float16 and bfloat16 on tensor cores with FP32
-                 sums, widened to float32 before a sigmoid or tanh), the bias as one more
-                 term of the sum (a row of ones): for chunks of whole images into a
-                 channels-first output, per group one strided batched call straight into
-                 it, then the activation; else by CuPy's matmul (batched over the groups, a
-                 2-D product a group for 16-bit), the product copied into the output through
-                 the activation, rounded once; refused when CUPY_TF32 is set; "auto" takes it
+                 256 MiB workspace), their product with the filters by CuPy's matmul
+                 (cuBLAS: FP32, float64 or complex sums, batched over the groups; float16 and
+                 bfloat16 on tensor cores with FP32 sums, a 2-D product a group, widened to
+                 float32 before a sigmoid or tanh), the bias as one more term of the
+                 sum (a row of ones), then the product copied into the output through the
+                 activation, rounded once; refused when CUPY_TF32 is set; "auto" takes it
                  for float32 layers of many filters and terms (_im2col_auto);
   ``winograd``   F(2x2, 3x3) for 2-D 3x3 kernels of stride 1 in one group (real dtypes): input
                  and output transforms (kernels_cuda/conv_winograd.cu) around 16 batched

@@ -389,7 +389,7 @@ def _forward(xp: Any, run: Callable[..., None], sms: int, x_cf: Array, w: Array,
         _winograd(xp, run, plan, x_cf, w, bias_arg, out_cf, record, geom)
         return
     if plan.algorithm == "im2col":
-        _im2col(xp, run, plan, x_cf, w, b, out_cf, record, geom, activation)
+        _im2col(xp, run, plan, x_cf, w, b, out_cf, record, geom)
         return
     partial = _partial_sums(xp, plan, geom, out_cf)
     for launch, args in _kernel_args(plan, x_cf, w, bias_arg, out_cf, partial, record):
@@ -846,18 +846,14 @@ def _winograd(xp: Any, run: Callable[..., None], plan: ForwardPlan, x_cf: Array,
 
 
 def _im2col(xp: Any, run: Callable[..., None], plan: ForwardPlan, x_cf: Array, w: Array,
-            b: Optional[Array], out_cf: Array, record: np.ndarray, geom: ConvGeometry,
-            activation: Optional[str]) -> None:
+            b: Optional[Array], out_cf: Array, record: np.ndarray, geom: ConvGeometry) -> None:
     """algorithm="im2col" (explicit GEMM), chunk by chunk of output positions: im2col.cu's
-    unroll writes each group's (K, chunk) matrix of windows; a chunk of whole images
-    (kernels.im2col_chunk makes them so where it can) whose products are the output's type
-    (not widened) goes straight into a contiguous channels-first output, per group one
-    strided batched cuBLAS call over its images (_group_products), then the activation in
-    place. Else ``(Cog, K) @ (K, chunk)`` by xp.matmul (CuPy: cuBLAS), batched over the groups
-    except for 16-bit dtypes (CuPy 14.2's batched matmul mishandles them: see
-    _pointwise_16bit), into the product, and im2col_store copies that into y through the
-    activation. The filters are each group's (Cog, terms) matrix as they lie (_filter_matrix:
-    with the bias as one more column, the columns' row of ones, and zero columns up to K)."""
+    unroll writes each group's (K, chunk) matrix of windows, ``(Cog, K) @ (K, chunk)`` by
+    xp.matmul (CuPy: cuBLAS), batched over the groups except for 16-bit dtypes (CuPy 14.2's
+    batched matmul mishandles them: see _pointwise_16bit), into the product, and
+    im2col_store copies that into y through the activation. The filters are each group's
+    (Cog, terms) matrix as they lie (_filter_matrix: with the bias as one more column, the
+    columns' row of ones, and zero columns up to K)."""
     ct, finish = plan.partial_dtype, plan.finish
     if ct is None or finish is None:
         raise AssertionError("an im2col plan names its columns' type and its store kernel")
@@ -866,28 +862,16 @@ def _im2col(xp: Any, run: Callable[..., None], plan: ForwardPlan, x_cf: Array, w
     K = kernels.im2col_rows(geom, dtype, b is not None)
     filters = _filter_matrix(xp, w.reshape(G, Cog, terms), b, K, ct)
     total, chunk = geom.positions, kernels.im2col_chunk(geom, K, ct.itemsize)
-    P = math.prod(geom.out_spatial)  # an image's positions
-    # the product straight into the output: chunks of whole images, not widened
-    direct = P > 0 and chunk % P == 0 and ct == dtype and out_cf.flags.c_contiguous
     cols_all = xp.empty(G * K * chunk, dtype=ct)
-    prod_all = None
+    prod_all = xp.empty(G * Cog * chunk, dtype=ct)
     for j0 in range(0, total, chunk):
         J = min(chunk, total - j0)
         cols = cols_all[:G * K * J].reshape(G, K, J)
+        prod = prod_all[:G * Cog * J].reshape(G, Cog, J)
         _poison(cols)
         R = kernels.im2col_rows_a_thread(geom.C_in, J)
         run(plan.main.file, plan.main.name, dtype, -(-geom.C_in // R) * J,
             (x_cf, cols, _int64(j0), _int64(J), _int64(K), _int64(R), record))
-        if direct:  # (nb, G, Cog, P) of the output from cols as (nb, G, K, P)
-            nb, images = J // P, out_cf[j0 // P:(j0 + J) // P]
-            xs = cols.reshape(G, K, nb, P).transpose(2, 0, 1, 3)
-            if _group_products(xp, filters, xs, images.reshape(nb, G, Cog, P)):
-                activate(xp, images, activation)
-                continue
-            direct = False  # cuBLAS does not take them: the product and the store, as below
-        if prod_all is None:
-            prod_all = xp.empty(G * Cog * chunk, dtype=ct)
-        prod = prod_all[:G * Cog * J].reshape(G, Cog, J)
         _poison(prod)
         if G > 1 and ct.itemsize > 2:  # one product, batched over the groups
             _matmul(xp, filters, cols, out=prod)

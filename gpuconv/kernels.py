@@ -482,17 +482,12 @@ def im2col_column_bytes(geom: ConvGeometry, rows: int, itemsize: int) -> int:
 def im2col_chunk(geom: ConvGeometry, rows: int, itemsize: int) -> int:
     """Output positions a chunk of the explicit GEMM: as many as keep its columns and product
     within IM2COL_WORKSPACE_BYTES (all of them when they fit; else a multiple of 8, which keeps
-    the rows of 16-bit matrices on 16 bytes, and of an image's positions where that leaves
-    one, so that chunks hold whole images and their products can go straight into the
-    output), below 2^31 (cuBLAS takes 32-bit sizes)."""
+    the rows of 16-bit matrices on 16 bytes), below 2^31 (cuBLAS takes 32-bit sizes)."""
     total = geom.positions
     chunk = min(total, IM2COL_WORKSPACE_BYTES // im2col_column_bytes(geom, rows, itemsize),
                 2**31 - 8)
-    if chunk < total:
-        images = math.lcm(8, total // max(1, geom.N))  # 8 and an image's positions
-        step = images if chunk >= images else 8
-        if chunk >= step:
-            chunk -= chunk % step
+    if chunk < total and chunk >= 8:
+        chunk -= chunk % 8
     return max(1, chunk)
 
 

@@ -266,18 +266,15 @@ def test_gpu_channels_last_ffma(case, filters, gpu, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("chunk", [5, 64, "image"])
+@pytest.mark.parametrize("chunk", [5, 64])
 @pytest.mark.parametrize("case", [as_float16(c) for c in TILE_CASES] + CHANNEL_BLOCK_CASES,
                          ids=lambda c: c.name)
 def test_gpu_im2col_chunks(case, chunk, gpu, monkeypatch):
     """The explicit GEMM (im2col) in chunks of output positions that start and end inside
     images and rows, on the multi-tile cases in float16 and the 16-bit channel-block cases
-    (cuBLAS's 2-D 16-bit products on tensor cores, rows of 8 or 64 terms a chunk), and in
-    chunks of one image (channels-first outputs: the products straight into the output by
-    strided batched cuBLAS calls), against the reference and the CPU; compute-sanitizer runs
-    these too."""
-    monkeypatch.setattr(kernels, "im2col_chunk", lambda geom, rows, itemsize: chunk
-                        if chunk != "image" else max(1, geom.positions // max(1, geom.N)))
+    (cuBLAS's 2-D 16-bit products on tensor cores, rows of 8 or 64 terms a chunk), against the
+    reference and the CPU; compute-sanitizer runs these too."""
+    monkeypatch.setattr(kernels, "im2col_chunk", lambda geom, rows, itemsize: chunk)
     _check_gpu_algorithm(case, "im2col", gpu)
 
 

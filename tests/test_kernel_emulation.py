@@ -609,52 +609,6 @@ def test_im2col(emulated_gpu):
     assert ran == len(IM2COL_CASES) > 300
 
 
-def test_im2col_chunks_of_whole_images_multiply_into_the_output(emulated_gpu, monkeypatch):
-    """Chunks of whole images whose products are the output's type (all but 16-bit calls with
-    sigmoid or tanh) go straight into a channels-first output: per chunk and group one
-    strided batched cuBLAS call (the emulation takes only views cuBLAS can), no product
-    buffer, no im2col_store, no matmul; also when the workspace makes several chunks of
-    whole images."""
-    calls, stores = [], []
-    real = cuda._library_gemm_batched
-    monkeypatch.setattr(cuda, "_library_gemm_batched",
-                        lambda *a: calls.append(a[3].shape) or real(*a))
-
-    def no_matmul(*args, **kwargs):
-        raise AssertionError("a chunk of whole images multiplied by _matmul")
-    monkeypatch.setattr(cuda, "_matmul", no_matmul)
-    run = emulated_gpu.run
-    monkeypatch.setattr(emulated_gpu, "run", lambda file, name, *a: (
-        stores.append(name) if "im2col_store" in name else None) or run(file, name, *a))
-    ran = set()
-    for case in IM2COL_CASES:
-        geom = _geometry(case)
-        dtype = np.result_type(case.x, case.filters)
-        if (case.options["layout"] != "channels_first" or geom.positions == 0
-                or kernels.im2col_widened(dtype, case.activation)):
-            continue
-        calls.clear()
-        _check(case, _forced(case, "cuda", "im2col"), "emulated im2col into the output")
-        assert len(calls) == geom.groups, case.name  # one chunk: every image fits
-        ran.add((dtype.itemsize, geom.groups > 1, case.bias is not None,
-                 case.activation is not None))
-    assert len(ran) >= 12 and not stores
-    rng = np.random.default_rng(23)
-    x = rng.uniform(-1, 1, (5, 6, 8, 8)).astype(np.float32)  # 64 positions an image
-    w = rng.uniform(-1, 1, (8, 3, 3, 3)).astype(np.float32)
-    b = rng.uniform(-1, 1, 8).astype(np.float32)
-    case = Case("whole-images", x, w, b, dict(stride=1, padding=1, dilation=1, groups=2,
-                                              padding_mode="zeros", layout="channels_first",
-                                              flip=False, activation="relu"))
-    K = kernels.im2col_rows(_geometry(case), np.float32, True)
-    # a workspace of 2.5 images: chunks of 2, 2 and 1 images
-    monkeypatch.setattr(kernels, "IM2COL_WORKSPACE_BYTES",
-                        kernels.im2col_column_bytes(_geometry(case), K, 4) * 160)
-    calls.clear()
-    _check(case, _forced(case, "cuda", "im2col"), "emulated im2col, chunks of 2 images")
-    assert calls == [(2, 4, 64)] * 4 + [(1, 4, 64)] * 2 and not stores
-
-
 @pytest.mark.parametrize("chunk, rows", [(1, 1), (5, 2), (8, 3), (None, 3), (None, 1000)])
 def test_im2col_chunks_and_runs(chunk, rows, emulated_gpu, monkeypatch):
     """The explicit GEMM in chunks of output positions that start and end inside images and
@@ -684,13 +638,6 @@ def test_im2col_workspace_and_refusals(emulated_gpu, monkeypatch):
     assert kernels.im2col_chunk(geom, 145, 4) == 1000  # a multiple of 8 below the whole
     monkeypatch.setattr(kernels, "IM2COL_WORKSPACE_BYTES", 5 * (145 + 24) * 4 + 600)
     assert kernels.im2col_chunk(geom, 145, 4) == 5  # under 8: not rounded
-    monkeypatch.setattr(kernels, "IM2COL_WORKSPACE_BYTES", 2000 * (145 + 24) * 4)
-    assert kernels.im2col_chunk(geom, 145, 4) == 1600  # whole images of 1600 positions
-    odd = plan_conv((9, 16, 7, 7), (24, 16, 3, 3), padding=1)  # 49 positions an image
-    monkeypatch.setattr(kernels, "IM2COL_WORKSPACE_BYTES", 400 * (145 + 24) * 4)
-    assert kernels.im2col_chunk(odd, 145, 4) == 392  # 8 images: a multiple of 8 and of 49
-    monkeypatch.setattr(kernels, "IM2COL_WORKSPACE_BYTES", 300 * (145 + 24) * 4)
-    assert kernels.im2col_chunk(odd, 145, 4) == 296  # under 8 images: a multiple of 8
     monkeypatch.setattr(kernels, "IM2COL_WORKSPACE_BYTES", 256 * 2**20)
     huge = plan_conv((1, 2**24, 3, 3), (8, 2**24, 3, 3))
     assert "columns 603979812 bytes, more than its workspace of 268435456" in \
