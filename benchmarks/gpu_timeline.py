@@ -237,6 +237,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     print(table(result))
+    unseen = [f"{r['layer']}:{r['dtype']}:{r['contender']}" for r in result["rows"]
+              if args.device == "cuda" and not r["count"]]
+    if unseen:  # CUPTI saw no kernel of theirs: the timeline cannot say where their time goes
+        print(f"gpu_timeline: no device work recorded for {unseen}; time their kernels with "
+              "ncu instead (benchmarks/profile_layer.py's docstring has the command, with "
+              "--metrics gpu__time_duration.sum)", file=sys.stderr)
+        return 1
     return 0
 
 
