@@ -425,8 +425,9 @@ def _kernel_args(plan: ForwardPlan, x: Array, w: Array, bias_arg: Array, out: Ar
 
 
 #: Algorithms whose calls a Replay does not make: their launches go around array passes and
-#: cuBLAS's products (_pointwise, _winograd, _im2col). Some pointwise calls are cuBLAS's
-#: products alone, which a PointwiseReplay makes.
+#: cuBLAS's products (_pointwise, _winograd, _im2col). A PointwiseReplay makes pointwise
+#: calls that are cuBLAS's products alone, an Im2colReplay im2col calls whose products read
+#: the filters as they lie.
 _NOT_REPLAYED = ("pointwise", "winograd", "im2col")
 #: Algorithms that read x and the filters channels-last (_channels_last)
 _CHANNELS_LAST = ("gemm_tc_cl", "gemm_cl")
@@ -535,6 +536,82 @@ def _pointwise_replay(cupy: Any, x: Array, w: Array, bias: Optional[Array],
     return PointwiseReplay(cupy, tuple(out.shape), dtype, tuple(calls))
 
 
+#: an Im2colReplay's chunk: the unroll (kernel, its size arguments), the product's cuBLAS
+#: arguments, the store (kernel, its size arguments)
+_Im2colStep = Tuple[_Kernel, Tuple[np.int64, ...], cublas.GemmArgs, _Kernel,
+                    Tuple[np.int64, ...]]
+
+
+class Im2colReplay:
+    """An im2col call's chunks, made again for a call that repeats it (gpuconv.repeat): the
+    output's, columns' and product's allocations, then per chunk the unroll, the product (the
+    strided batched cuBLAS call the first call made, on the new buffers' pointers) and the
+    store, with the kernels, grids and gc_conv record the first call worked out. Made only for
+    calls whose filters the products read as they lie (no bias, no zero terms for 16-bit
+    rows, products not widened) and x as it is (its dtype, not pre-padded). Returns None for
+    pointers that are not a whole element's multiple (the full path copies those)."""
+
+    __slots__ = ("cupy", "shape", "dtype", "record", "sizes", "steps")
+
+    def __init__(self, cupy: Any, shape: Tuple[int, ...], dtype: np.dtype, record: np.ndarray,
+                 sizes: Tuple[int, int], steps: Tuple[_Im2colStep, ...]):
+        self.cupy, self.shape, self.dtype, self.record = cupy, shape, dtype, record
+        self.sizes, self.steps = sizes, steps
+
+    def __call__(self, x: Array, w: Array, b: Optional[Array]) -> Optional[Array]:
+        size = self.dtype.itemsize
+        if x.data.ptr % size or w.data.ptr % size:
+            return None
+        cupy, dtype, record = self.cupy, self.dtype, self.record
+        out = cupy.empty(self.shape, dtype=dtype)
+        _poison(out)
+        cols, prod = (cupy.empty(n, dtype=dtype) for n in self.sizes)
+        for (unroll, grid, block), sizes, args, (store, s_grid, s_block), s_sizes in self.steps:
+            _poison(cols)
+            _launch(unroll, grid, block, (x, cols) + sizes + (record,))
+            _poison(prod)
+            cublas.call(args, w.data.ptr, cols.data.ptr, prod.data.ptr, dtype)
+            _launch(store, s_grid, s_block, (prod, out) + s_sizes + (record,))
+        return out
+
+
+def _im2col_replay(cupy: Any, x: Array, w: Array, bias: Optional[Array], geom: ConvGeometry,
+                   dtype: np.dtype, plan: ForwardPlan, device_id: int
+                   ) -> Optional[Im2colReplay]:
+    """forward_replay for im2col (x in ``dtype``, not pre-padded; the filters contiguous in
+    it): the Im2colReplay of a call whose products read the filters as they lie, or None."""
+    G, Cog, terms = geom.groups, geom.C_out_per_group, geom.terms_per_output
+    K = kernels.im2col_rows(geom, dtype, False)
+    finish = plan.finish
+    if bias is not None or plan.partial_dtype != dtype or K != terms or finish is None:
+        return None
+    out, out_cf = alloc_output(cupy, geom, dtype)
+    x_cf = to_channels_first(cupy, x, geom)
+    record = _launch_args((params.conv_params(geom, x_cf, out_cf, False),))[0]
+    total, chunk = geom.positions, kernels.im2col_chunk(geom, K, dtype.itemsize)
+    filters = w.reshape(G, Cog, K)
+    cols, prod = cupy.empty(G * K * chunk, dtype=dtype), cupy.empty(G * Cog * chunk, dtype=dtype)
+    unroll = kernels.get_function(plan.main.file, plan.main.name, dtype, device_id)
+    store = kernels.get_function(finish.file, finish.name, dtype, device_id)
+    steps = []
+    for j0 in range(0, total, chunk):
+        J = min(chunk, total - j0)
+        args = cublas.gemm_args(filters, cols[:G * K * J].reshape(G, K, J),
+                                prod[:G * Cog * J].reshape(G, Cog, J))
+        R, R_out = (kernels.im2col_rows_a_thread(rows, J) for rows in (geom.C_in, geom.C_out))
+        u_shape = _launch_shape(-(-geom.C_in // R) * J, device_id)
+        s_shape = _launch_shape(-(-geom.C_out // R_out) * J, device_id)
+        if args is None or cublas.cuda_types(dtype) is None or u_shape is None or \
+                s_shape is None:
+            return None
+        steps.append(((unroll,) + u_shape, (_int64(j0), _int64(J), _int64(K), _int64(R)),
+                      args, (store,) + s_shape, (_int64(j0), _int64(J), _int64(R_out))))
+    if not steps:
+        return None
+    return Im2colReplay(cupy, tuple(out.shape), dtype, record, (cols.size, prod.size),
+                        tuple(steps))
+
+
 def _copy_channels_last(cupy: Any, copy: _Copy, a: Array, dtype: np.dtype) -> Array:
     """``a`` (the caller's x or filters, read through the strides in the copy's size
     arguments) copied channels-last by to_channels_last, as _channels_last copies it."""
@@ -547,11 +624,12 @@ def _copy_channels_last(cupy: Any, copy: _Copy, a: Array, dtype: np.dtype) -> Ar
 
 def forward_replay(x: Array, w: Array, bias: Optional[Array], geom: ConvGeometry,
                    dtype: DTypeLike, activation: Optional[str], algorithm: str
-                   ) -> Optional[Union[Replay, PointwiseReplay]]:
+                   ) -> Optional[Union[Replay, PointwiseReplay, Im2colReplay]]:
     """The Replay of a forward call that has just run on the current GPU with these CuPy
     arrays (as the caller gave them: x in its layout, the filters unflipped) and no
     autotuning, or None where _forward does what a Replay does not: an algorithm of
-    _NOT_REPLAYED (but pointwise calls that are cuBLAS's products alone: _pointwise_replay),
+    _NOT_REPLAYED (but pointwise calls that are cuBLAS's products alone, and im2col calls whose
+    products read the filters as they lie: _pointwise_replay, _im2col_replay),
     arrays converted first (x of another dtype or pre-padded, filters or bias not contiguous
     in the result's dtype, as flip's reversed view is not), or a channels-last copy made by
     the array library (views whose spatial axes do not merge)."""
@@ -561,6 +639,9 @@ def forward_replay(x: Array, w: Array, bias: Optional[Array], geom: ConvGeometry
     plan = forward_plan(geom, dtype, activation, algorithm, _sm_count(device_id))
     if plan.algorithm == "pointwise" and x.dtype == dtype and _is_contiguous(w, dtype):
         return _pointwise_replay(cupy, x, w, bias, geom, dtype, activation)
+    if (plan.algorithm == "im2col" and x.dtype == dtype and not _pads_first(geom)
+            and _is_contiguous(w, dtype)):
+        return _im2col_replay(cupy, x, w, bias, geom, dtype, plan, device_id)
     if (plan.algorithm in _NOT_REPLAYED or x.dtype != dtype or _pads_first(geom)
             or not _is_contiguous(w, dtype)
             or (bias is not None and not _is_contiguous(bias, dtype))):
@@ -848,10 +929,11 @@ def _winograd(xp: Any, run: Callable[..., None], plan: ForwardPlan, x_cf: Array,
 def _im2col(xp: Any, run: Callable[..., None], plan: ForwardPlan, x_cf: Array, w: Array,
             b: Optional[Array], out_cf: Array, record: np.ndarray, geom: ConvGeometry) -> None:
     """algorithm="im2col" (explicit GEMM), chunk by chunk of output positions: im2col.cu's
-    unroll writes each group's (K, chunk) matrix of windows, ``(Cog, K) @ (K, chunk)`` by
-    xp.matmul (CuPy: cuBLAS), batched over the groups except for 16-bit dtypes (CuPy 14.2's
-    batched matmul mishandles them: see _pointwise_16bit), into the product, and
-    im2col_store copies that into y through the activation. The filters are each group's
+    unroll writes each group's (K, chunk) matrix of windows, ``(Cog, K) @ (K, chunk)`` by one
+    strided batched cuBLAS call over the groups (gpuconv.cublas; where it is not called, host
+    arrays: xp.matmul, batched over the groups except for 16-bit dtypes, which CuPy 14.2's
+    batched matmul mishandles: see _pointwise_16bit), into the product, and im2col_store
+    copies that into y through the activation. The filters are each group's
     (Cog, terms) matrix as they lie (_filter_matrix: with the bias as one more column, the
     columns' row of ones, and zero columns up to K)."""
     ct, finish = plan.partial_dtype, plan.finish
@@ -873,7 +955,9 @@ def _im2col(xp: Any, run: Callable[..., None], plan: ForwardPlan, x_cf: Array, w
         run(plan.main.file, plan.main.name, dtype, -(-geom.C_in // R) * J,
             (x_cf, cols, _int64(j0), _int64(J), _int64(K), _int64(R), record))
         _poison(prod)
-        if G > 1 and ct.itemsize > 2:  # one product, batched over the groups
+        if _library_gemm_batched(xp, filters, cols, prod):  # one cuBLAS call, every group
+            pass
+        elif G > 1 and ct.itemsize > 2:  # one product, batched over the groups
             _matmul(xp, filters, cols, out=prod)
         else:
             for g in range(G):

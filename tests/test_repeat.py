@@ -30,7 +30,13 @@ stand_in = load_script("stand_in_cupy")
 #: the algorithms a Replay launches (with the channels-last GEMMs, CHANNEL_BLOCK_CASES below;
 #: besides auto's choices among them), and those it does not
 REPLAYED = ("direct", "few_filters", "gemm", "depthwise", "depthwise_tile")
-NOT_REPLAYED = {"pointwise", "winograd", "im2col"}
+NOT_REPLAYED = {"pointwise", "winograd", "im2col"}  # but see _replayable
+
+
+def _bare(case):
+    """The case without bias and activation."""
+    return dataclasses.replace(case, name=f"{case.name}-bare", bias=None,
+                               options=dict(case.options, activation=None))
 
 
 def _plain_case(case):
@@ -68,9 +74,12 @@ REPEAT_CASES += [(_plain_case(c), "auto") for c in CHANNEL_BLOCK_CASES["gemm_tc_
 #: 1x1 layers: a PointwiseReplay for those without bias or activation, channels-first, of
 #: stride 1; the others are remembered as not replayed
 REPEAT_CASES += [(_plain_case(c), "pointwise") for c in pointwise_cases()]
-REPEAT_CASES += [(_plain_case(dataclasses.replace(
-    c, name=f"{c.name}-bare", bias=None, options=dict(c.options, activation=None))),
-    "pointwise") for c in pointwise_cases()]
+REPEAT_CASES += [(_plain_case(_bare(c)), "pointwise") for c in pointwise_cases()]
+#: the explicit GEMM: an Im2colReplay for calls whose products read the filters as they lie
+#: (no bias; 16-bit: terms a multiple of 8, no sigmoid or tanh); with and without a bias
+REPEAT_CASES += [(_plain_case(c), "im2col") for c in CASES[3::9]]
+REPEAT_CASES += [(_plain_case(_bare(c)), "im2col") for c in CASES[4::9] + tile_cases()[::2]]
+REPEAT_CASES += [(_plain_case(_bare(c)), "im2col") for c in _small(channel_block_cases())]
 
 
 @pytest.fixture
@@ -95,7 +104,7 @@ def replays(monkeypatch):
     """Each Replay call's outcome: True where it launched, False where it handed the call back
     to the full path."""
     taken = []
-    for kind in (cuda.Replay, cuda.PointwiseReplay):
+    for kind in (cuda.Replay, cuda.PointwiseReplay, cuda.Im2colReplay):
         def counted(self, x, w, b, replay=kind.__call__):
             out = replay(self, x, w, b)
             taken.append(out is not None)
@@ -107,9 +116,10 @@ def replays(monkeypatch):
 
 def _replayable(case, algorithm, sms):
     """Whether the case's calls replay, by the rule gpuconv.repeat states: a plan of one of our
-    kernels (split-K's sum aside) that takes the caller's arrays as they are, or a pointwise
+    kernels (split-K's sum aside) that takes the caller's arrays as they are, a pointwise
     call that is cuBLAS's products alone (gpuconv.cuda.PointwiseReplay: a channels-first x of
-    stride 1, no bias or activation, an output not multiplied as rows)."""
+    stride 1, no bias or activation, an output not multiplied as rows), or an im2col call whose
+    products read the filters as they lie (Im2colReplay)."""
     dtype = np.result_type(*[a for a in (case.x, case.filters, case.bias) if a is not None])
     geom = _geometry(case)
     plan = cuda.forward_plan(geom, dtype, case.activation, algorithm, sms)
@@ -117,6 +127,11 @@ def _replayable(case, algorithm, sms):
     padded = o["padding_mode"] != "zeros" and max(geom.pad_before + geom.pad_after) > 0
     same_dtype = all(a.dtype == dtype for a in (case.x, case.filters, case.bias)
                      if a is not None)
+    if plan.algorithm == "im2col":
+        widened = dtype.itemsize == 2 and case.activation in ("sigmoid", "tanh")
+        padded_terms = dtype.itemsize == 2 and geom.terms_per_output % 8
+        return (same_dtype and not padded and not o["flip"] and case.bias is None
+                and not widened and not padded_terms and math.prod(geom.out_shape()) > 0)
     if plan.algorithm == "pointwise":
         rows = geom.groups == 1 and 1 in (math.prod(geom.out_spatial), geom.C_out)
         return (same_dtype and not o["flip"] and case.bias is None and case.activation is None
@@ -173,6 +188,36 @@ def test_repeated_calls_replay_with_the_full_paths_results(case, algorithm, stan
     """A call's second and third runs (the same arrays with other values; other arrays of the
     same kind) replay where the rule says so, and every result is the reference's."""
     _check_repeats(case, algorithm, stand_in_gpu, np.asarray, 3, replays, monkeypatch)
+
+
+#: grid cases without bias for im2col in several chunks (the suite's fit one)
+IM2COL_CHUNK_CASES = [_plain_case(_bare(c)) for c in CASES[5::12]
+                      if math.prod(_geometry(c).out_shape()) >= 24]
+
+
+def _im2col_in_chunks(case, monkeypatch):
+    """A workspace that holds about a third of the case's output positions."""
+    geom = _geometry(case)
+    dtype = np.result_type(case.x, case.filters)
+    K = kernels.im2col_rows(geom, dtype, False)
+    monkeypatch.setattr(kernels, "IM2COL_WORKSPACE_BYTES", kernels.im2col_column_bytes(
+        geom, K, dtype.itemsize) * max(1, geom.positions // 3))
+    assert kernels.im2col_chunk(geom, K, dtype.itemsize) < geom.positions
+
+
+@pytest.mark.parametrize("case", IM2COL_CHUNK_CASES, ids=lambda c: c.name)
+def test_im2col_replays_chunk_by_chunk(case, stand_in_gpu, replays, monkeypatch):
+    """An Im2colReplay of a call in several chunks makes each chunk's unroll, product and
+    store at that chunk's positions."""
+    _im2col_in_chunks(case, monkeypatch)
+    _check_repeats(case, "im2col", stand_in_gpu, np.asarray, 3, replays, monkeypatch)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", IM2COL_CHUNK_CASES, ids=lambda c: c.name)
+def test_gpu_im2col_replays_chunk_by_chunk(case, gpu, replays, monkeypatch):
+    _im2col_in_chunks(case, monkeypatch)
+    _check_repeats(case, "im2col", gpu, gpu.asnumpy, cuda._gpu_sms(), replays, monkeypatch)
 
 
 @pytest.mark.gpu
