@@ -45,7 +45,8 @@ def phases(out: Path) -> Dict[str, Tuple[int, Tuple[str, ...]]]:
         "tests": (270, (PY, "-m", "pytest", "-q", "-m", "gpu", "-n", "8", "-p", "xdist",
                         "-p", "no:cacheprovider", "-rfE", "tests/test_grid.py",
                         "tests/test_repeat.py", "-k",
-                        "pointwise or depthwise_tile or gemm_cl or ffma or repeated")),
+                        "pointwise or depthwise_tile or gemm_cl or ffma or im2col or repeated "
+                        "or replays")),
         # where the slow rows' time goes (kernels, host, gaps)
         "timeline": (150, (PY, "benchmarks/gpu_timeline.py", "--out",
                            str(out / "timeline.json"))),
