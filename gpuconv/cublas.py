@@ -19,6 +19,7 @@ same per part.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -119,13 +120,25 @@ def cuda_types(dtype: Any) -> Optional[Tuple[int, int]]:
     return _CUDA_TYPES.get("bfloat16" if is_bfloat16(dtype) else dtype.name)
 
 
-def _scalar(value: float, dtype: np.dtype) -> np.ndarray:
-    """alpha/beta as cuBLAS reads them from the host: in the compute type's precision (FP32
-    sums take float32 scalars, complex ones complex)."""
-    compute = np.float64 if dtype.itemsize == 8 and dtype.kind == "f" else (
+@functools.lru_cache(maxsize=None)
+def _scalars(dtype: np.dtype) -> Tuple[int, int, np.ndarray]:
+    """(address of alpha = 1, address of beta = 0, the array holding both) as cuBLAS reads
+    them from the host (pointer mode host: read during the call), in the compute type's
+    precision (FP32 sums take float32 scalars, complex ones complex); made once a dtype (the
+    cache keeps the array alive), only ever read."""
+    compute = np.dtype(np.float64 if dtype.itemsize == 8 and dtype.kind == "f" else (
         np.complex128 if dtype == np.complex128 else
-        np.complex64 if dtype.kind == "c" else np.float32)
-    return np.array(value, dtype=compute)
+        np.complex64 if dtype.kind == "c" else np.float32))
+    both = np.array([1, 0], dtype=compute)
+    return both.ctypes.data, both.ctypes.data + compute.itemsize, both
+
+
+@functools.lru_cache(maxsize=None)
+def _library() -> Tuple[Any, Any]:
+    """CuPy's (get_cublas_handle, cublas.gemmStridedBatchedEx), imported once."""
+    from cupy.cuda import device
+    from cupy_backends.cuda.libs import cublas
+    return device.get_cublas_handle, cublas.gemmStridedBatchedEx
 
 
 def gemm(a: Array, b: Array, c: Array) -> bool:
@@ -143,16 +156,15 @@ def call(args: GemmArgs, a_ptr: int, b_ptr: int, c_ptr: int, dtype: Any) -> None
     """One cublasGemmStridedBatchedEx on the current device and stream with ``args`` (from
     :func:`gemm_args`) and the device pointers of views laid out as the ones it was made from
     (:class:`gpuconv.cuda.PointwiseReplay` keeps the arguments and passes new pointers)."""
-    from cupy.cuda import device
-    from cupy_backends.cuda.libs import cublas
+    handle, gemm_strided_batched = _library()
     dtype = np.dtype(dtype)
     types = cuda_types(dtype)
     assert types is not None, dtype
     data, compute = types
-    one, zero = _scalar(1, dtype), _scalar(0, dtype)
-    cublas.gemmStridedBatchedEx(
-        device.get_cublas_handle(), args.transa, args.transb, args.m, args.n, args.k,
-        one.ctypes.data, b_ptr, data, args.lda, args.stride_a,
+    one, zero, _ = _scalars(dtype)
+    gemm_strided_batched(
+        handle(), args.transa, args.transb, args.m, args.n, args.k,
+        one, b_ptr, data, args.lda, args.stride_a,
         a_ptr, data, args.ldb, args.stride_b,
-        zero.ctypes.data, c_ptr, data, args.ldc, args.stride_c,
+        zero, c_ptr, data, args.ldc, args.stride_c,
         args.batch, compute, _ALGO_DEFAULT)

@@ -94,3 +94,17 @@ def test_cuda_types_name_the_accepted_dtypes_and_their_sums():
     assert cublas.cuda_types(np.int32) is None
     ml_dtypes = pytest.importorskip("ml_dtypes")
     assert cublas.cuda_types(ml_dtypes.bfloat16) == (14, 68)
+
+
+def test_alpha_and_beta_are_one_and_zero_in_the_compute_precision():
+    """cuBLAS reads alpha and beta from these host addresses, as the compute type: float32 for
+    16-bit and float32 data, float64, complex64 and complex128 for the others."""
+    import ctypes
+    for dtype, compute in ((np.float16, np.float32), (np.float32, np.float32),
+                           (np.float64, np.float64), (np.complex64, np.complex64),
+                           (np.complex128, np.complex128)):
+        one, zero, _ = cublas._scalars(np.dtype(dtype))
+        size = np.dtype(compute).itemsize
+        for address, value in ((one, 1), (zero, 0)):
+            raw = ctypes.string_at(address, size)
+            assert np.frombuffer(raw, dtype=compute)[0] == value, (dtype, value)
