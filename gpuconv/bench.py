@@ -418,7 +418,9 @@ def host_overhead_us(device: str, calls: int = 2000) -> Dict[str, Any]:
     be the limit (1x8x16x16 input, 8 3x3 filters): the wall time of many back-to-back calls
     divided by their count, before one synchronization, and the same for PyTorch where
     installed. These calls repeat one another, so all but the first are replayed
-    (gpuconv.repeat); ``gpuconv_full_path`` is the call as one that is not replayed runs.
+    (gpuconv.repeat); ``gpuconv_full_path`` is the call as one that is not replayed runs;
+    ``gpuconv_pointwise`` and ``gpuconv_im2col`` the replayed calls of those paths (1x1
+    filters; the 3x3 layer by algorithm="im2col").
     ``gpuconv_profile`` says where gpuconv's time goes (see profile_us), and
     ``gpuconv_without_launch`` is the call's time with its kernel launch skipped."""
     import cupy
@@ -456,6 +458,17 @@ def host_overhead_us(device: str, calls: int = 2000) -> Dict[str, Any]:
         out["gpuconv_full_path"] = per_call(lambda: conv(x, w, padding=1, device="cuda"))
     finally:
         repeat.lookup = lookup
+    # the replays of the paths around cuBLAS: the layer with 1x1 filters (pointwise: one
+    # strided batched call), and the 3x3 one by the explicit GEMM (unroll, call, store)
+    w1 = cupy.ones((8, 8, 1, 1), dtype=cupy.float32)
+    for name, path in (("gpuconv_pointwise", lambda: conv(x, w1, device="cuda",
+                                                          algorithm="pointwise")),
+                       ("gpuconv_im2col", lambda: conv(x, w, padding=1, device="cuda",
+                                                       algorithm="im2col"))):
+        try:  # figures of their own: the ones above stand without them
+            out[name] = per_call(path)
+        except Exception as exc:
+            out[f"{name}_error"] = repr(exc)
     try:  # a breakdown only: the figures above stand without it
         out["cupy_steps"] = _cupy_steps_us(cupy, x, w, per_call)
     except Exception as exc:
