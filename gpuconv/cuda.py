@@ -484,17 +484,20 @@ class Replay:
 
 class PointwiseReplay:
     """A pointwise call's products, made again for a call that repeats it (gpuconv.repeat):
-    the output's allocation and, per group, the strided batched cuBLAS call the first call
-    made (_group_products), with its arguments (gpuconv.cublas.GemmArgs) and each operand's
-    byte offset from its array's start, on the new arrays' pointers. Made only for calls
-    whose full path is those calls alone: a contiguous channels-first x of stride 1, filters
-    in the result's dtype, no bias and no activation. Returns None for pointers that are not
-    a whole element's multiple (the full path copies those)."""
+    the output's allocation and the cuBLAS calls the first call made (per group one strided
+    batched call over the images, _group_products; or the output's rows, _rows_product),
+    with their arguments (gpuconv.cublas.GemmArgs) and each operand as (x or the filters,
+    byte offset from its start), on the new arrays' pointers. Made only for calls whose full
+    path is those calls alone: x of stride 1 whose channels-first (or, for an output of
+    rows, channels-last) view is contiguous, filters in the result's dtype, no bias and no
+    activation. Returns None for pointers that are not a whole element's multiple (the full
+    path copies those)."""
 
     __slots__ = ("cupy", "shape", "dtype", "calls")
 
     def __init__(self, cupy: Any, shape: Tuple[int, ...], dtype: np.dtype,
-                 calls: Tuple[Tuple[cublas.GemmArgs, int, int, int], ...]):
+                 calls: Tuple[Tuple[cublas.GemmArgs, Tuple[bool, int], Tuple[bool, int], int],
+                              ...]):
         self.cupy, self.shape, self.dtype, self.calls = cupy, shape, dtype, calls
 
     def __call__(self, x: Array, w: Array, b: Optional[Array]) -> Optional[Array]:
@@ -504,8 +507,9 @@ class PointwiseReplay:
         out = self.cupy.empty(self.shape, dtype=self.dtype)
         _poison(out)
         x_ptr, w_ptr, out_ptr = x.data.ptr, w.data.ptr, out.data.ptr
-        for args, w_offset, x_offset, out_offset in self.calls:
-            cublas.call(args, w_ptr + w_offset, x_ptr + x_offset, out_ptr + out_offset,
+        for args, (a_is_x, a_offset), (b_is_x, b_offset), out_offset in self.calls:
+            cublas.call(args, (x_ptr if a_is_x else w_ptr) + a_offset,
+                        (x_ptr if b_is_x else w_ptr) + b_offset, out_ptr + out_offset,
                         self.dtype)
         return out
 
@@ -514,25 +518,39 @@ def _pointwise_replay(cupy: Any, x: Array, w: Array, bias: Optional[Array],
                       geom: ConvGeometry, dtype: np.dtype, activation: Optional[str]
                       ) -> Optional[PointwiseReplay]:
     """forward_replay for pointwise: the PointwiseReplay of a call whose full path was only
-    _group_products on x and the output as they lie, or None."""
+    _group_products or _rows_product on x and the output as they lie, or None."""
     out, out_cf = alloc_output(cupy, geom, dtype)
     x_cf = to_channels_first(cupy, x, geom)
     G, Cog, Cg = geom.groups, geom.C_out_per_group, geom.C_in_per_group
     N, P = geom.N, math.prod(geom.out_spatial)
-    rows = out_cf.transpose(_axes_to_last(out_cf.ndim)[0]).flags.c_contiguous
+    to_last = _axes_to_last(out_cf.ndim)[0]
+    out_rows, x_rows = out_cf.transpose(to_last), x_cf.transpose(to_last)
     if (bias is not None or activation is not None or max(geom.stride) > 1
-            or not x_cf.flags.c_contiguous or not out_cf.flags.c_contiguous
-            or (G == 1 and rows) or cublas.cuda_types(dtype) is None):
+            or cublas.cuda_types(dtype) is None):
         return None
     w3 = w.reshape(G, Cog, Cg)
-    xs, ys = x_cf.reshape(N, G, Cg, P), out_cf.reshape(N, G, Cog, P)
     calls = []
-    for g in range(G):
-        args = cublas.gemm_args(cupy.broadcast_to(w3[g], (N, Cog, Cg)), xs[:, g], ys[:, g])
+    if G == 1 and out_rows.flags.c_contiguous:  # the output's rows: _rows_product
+        if not x_rows.flags.c_contiguous:
+            return None
+        xa, w2, rows = x_rows.reshape(N * P, Cg), w3[0], out_rows.reshape(N * P, Cog)
+        args = cublas.gemm_args(xa[None], w2.T[None], rows[None])
         if args is None:
             return None
-        calls.append((args, w3[g].data.ptr - w.data.ptr, xs[:, g].data.ptr - x.data.ptr,
-                      ys[:, g].data.ptr - out.data.ptr))
+        calls.append((args, (True, xa.data.ptr - x.data.ptr), (False, 0),
+                      rows.data.ptr - out.data.ptr))
+    else:  # per group over the images: _group_products
+        if not x_cf.flags.c_contiguous or not out_cf.flags.c_contiguous:
+            return None
+        xs, ys = x_cf.reshape(N, G, Cg, P), out_cf.reshape(N, G, Cog, P)
+        for g in range(G):
+            args = cublas.gemm_args(cupy.broadcast_to(w3[g], (N, Cog, Cg)), xs[:, g],
+                                    ys[:, g])
+            if args is None:
+                return None
+            calls.append((args, (False, w3[g].data.ptr - w.data.ptr),
+                          (True, xs[:, g].data.ptr - x.data.ptr),
+                          ys[:, g].data.ptr - out.data.ptr))
     return PointwiseReplay(cupy, tuple(out.shape), dtype, tuple(calls))
 
 
@@ -732,7 +750,7 @@ def _library_gemm_batched(xp: Any, a: Array, b: Array, c: Array) -> bool:
 
 def _unit_rows(xp: Any, a: Array) -> Array:
     """``a``, or a contiguous copy where its last axis does not step by one element (a strided
-    layer's positions: cuBLAS reads rows of adjacent elements)."""
+    layer's positions, a transposed x's channels): cuBLAS reads rows of adjacent elements."""
     if a.shape[-1] > 1 and a.strides[-1] != a.itemsize:
         return xp.ascontiguousarray(a)
     return a
@@ -751,6 +769,14 @@ def _group_products(xp: Any, w: Array, xs: Array, ys: Array) -> bool:
                 raise RuntimeError(f"cuBLAS took group 0 of {xs.shape} but not group {g}")
             return False
     return True
+
+
+def _rows_product(xp: Any, x_rows: Array, w: Array, rows: Array) -> None:
+    """``rows = x_rows @ w.T``: positions' terms (positions, K) by the filters (Cog, K), read
+    transposed, into the output's rows (positions, Cog): one cuBLAS call where it takes them
+    as they lie (gpuconv.cublas), else _matmul."""
+    if not _library_gemm_batched(xp, x_rows[None], w.T[None], rows[None]):
+        _matmul(xp, x_rows, w.T, out=rows)
 
 
 def _pointwise(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
@@ -784,8 +810,8 @@ def _pointwise(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     direct = ct == dtype  # the product lands in out_cf itself
     if G == 1 and out_rows.flags.c_contiguous:  # a channels-last output: rows of C_out
         rows = out_rows if direct else xp.empty(out_rows.shape, dtype=ct)
-        _matmul(xp, x_cf.transpose(to_last).reshape(N * P, Cg), w.reshape(Cog, Cg).T,
-                out=rows.reshape(N * P, Cog))
+        _rows_product(xp, _unit_rows(xp, x_cf.transpose(to_last).reshape(N * P, Cg)),
+                      w.reshape(Cog, Cg), rows.reshape(N * P, Cog))
         res = rows.transpose(to_first)
     elif out_cf.flags.c_contiguous and direct:
         xs, ys = _unit_rows(xp, x_cf.reshape(N, G, Cg, P)), out_cf.reshape(N, G, Cog, P)
@@ -845,14 +871,14 @@ def _pointwise_16bit(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeom
     if G == 1 and out_rows.flags.c_contiguous:  # rows of C_out
         xr = x_cf.transpose(to_last)  # (N, *out, Cg)
         if bias is None:
-            xa = xr.reshape(N * P, Cg)
+            xa = _unit_rows(xp, xr.reshape(N * P, Cg))
         else:
             xa = xp.empty((N * P, K), dtype=dtype)
             terms = xa.reshape(xr.shape[:-1] + (K,))
             terms[..., :Cg] = xr
             terms[..., Cg] = 1
             terms[..., Cg + 1:] = 0
-        _matmul(xp, xa, w.reshape(Cog, K).T, out=out_rows.reshape(N * P, Cog))
+        _rows_product(xp, xa, w.reshape(Cog, K), out_rows.reshape(N * P, Cog))
         return
     if out_cf.flags.c_contiguous:  # per group one cuBLAS call over the images, in place
         if bias is None:

@@ -504,10 +504,11 @@ def test_pointwise(emulated_gpu):
 
 
 def test_pointwise_channels_first_is_one_cublas_call_a_group(emulated_gpu, monkeypatch):
-    """Channels-first outputs (of more than one position and filter, or of groups) take one
-    strided batched cuBLAS call a group over the images, on x and the output as they lie
-    (gpuconv.cublas; the emulation takes only views that cuBLAS can), never a matmul; 16-bit
-    layers with sigmoid or tanh excepted (widened to float32 first, multiplied by matmul)."""
+    """Channels-first outputs take one strided batched cuBLAS call a group over the images, on
+    x and the output as they lie, and outputs of rows (one group, channels-last, or one
+    position or filter) one call for all their rows (gpuconv.cublas; the emulation takes only
+    views that cuBLAS can), never a matmul; 16-bit layers with sigmoid or tanh excepted
+    (widened to float32 first, multiplied by matmul), and channels-last outputs of groups."""
     calls = []
     real = cuda._library_gemm_batched
     monkeypatch.setattr(cuda, "_library_gemm_batched",
@@ -521,18 +522,20 @@ def test_pointwise_channels_first_is_one_cublas_call_a_group(emulated_gpu, monke
         geom = _geometry(case)
         dtype = np.result_type(case.x, case.filters)
         widened = dtype.itemsize == 2 and case.activation in ("sigmoid", "tanh")
-        rows = geom.groups == 1 and 1 in (math.prod(geom.out_spatial), geom.C_out)
-        if (case.options["layout"] != "channels_first" or widened or rows
-                or not _pointwise_applies(case)):
+        last = case.options["layout"] == "channels_last"
+        rows = geom.groups == 1 and (last or 1 in (math.prod(geom.out_spatial), geom.C_out))
+        if widened or (last and geom.groups > 1) or not _pointwise_applies(case):
             continue
         calls.clear()
         got = _forced(case, "cuda", "pointwise")
         _check(case, got, "emulated pointwise by cuBLAS")
-        assert len(calls) == geom.groups, case.name
-        ran.add((dtype.name, geom.groups > 1, max(geom.stride) > 1, case.bias is not None))
-    assert {("float32", True), ("float16", True), ("float32", False)} <= {
-        (d, g) for d, g, _, _ in ran}
-    assert {s for _, _, s, _ in ran} == {True, False} and {b for *_, b in ran} == {True, False}
+        assert len(calls) == (1 if rows else geom.groups), case.name
+        ran.add((dtype.name, geom.groups > 1, rows, max(geom.stride) > 1,
+                 case.bias is not None))
+    assert {("float32", True), ("float16", True), ("float32", False), ("float16", False)} <= {
+        (d, g) for d, g, *_ in ran}
+    for i in (2, 3, 4):  # rows and groups, strided and not, bias and not
+        assert {r[i] for r in ran} == {True, False}
 
 
 @pytest.mark.parametrize("dtype", [np.float16, "bfloat16"])

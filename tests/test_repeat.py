@@ -117,9 +117,9 @@ def replays(monkeypatch):
 def _replayable(case, algorithm, sms):
     """Whether the case's calls replay, by the rule gpuconv.repeat states: a plan of one of our
     kernels (split-K's sum aside) that takes the caller's arrays as they are, a pointwise
-    call that is cuBLAS's products alone (gpuconv.cuda.PointwiseReplay: a channels-first x of
-    stride 1, no bias or activation, an output not multiplied as rows), or an im2col call whose
-    products read the filters as they lie (Im2colReplay)."""
+    call that is cuBLAS's products alone (gpuconv.cuda.PointwiseReplay: x of stride 1 read as
+    it lies, no bias or activation), or an im2col call whose products read the filters as they
+    lie (Im2colReplay)."""
     dtype = np.result_type(*[a for a in (case.x, case.filters, case.bias) if a is not None])
     geom = _geometry(case)
     plan = cuda.forward_plan(geom, dtype, case.activation, algorithm, sms)
@@ -133,10 +133,13 @@ def _replayable(case, algorithm, sms):
         return (same_dtype and not padded and not o["flip"] and case.bias is None
                 and not widened and not padded_terms and math.prod(geom.out_shape()) > 0)
     if plan.algorithm == "pointwise":
-        rows = geom.groups == 1 and 1 in (math.prod(geom.out_spatial), geom.C_out)
+        last, P = o["layout"] == "channels_last", math.prod(geom.out_spatial)
+        rows = geom.groups == 1 and (last or 1 in (P, geom.C_out))
+        # x as the products read it: channels-last rows (a channels-first x's are only where
+        # it has one position or channel), or channels-first images
+        x_as_read = (last or P == 1 or geom.C_in == 1) if rows else not last
         return (same_dtype and not o["flip"] and case.bias is None and case.activation is None
-                and o["layout"] == "channels_first" and max(geom.stride) == 1 and not rows
-                and math.prod(geom.out_shape()) > 0)
+                and max(geom.stride) == 1 and x_as_read and math.prod(geom.out_shape()) > 0)
     return (plan.algorithm not in NOT_REPLAYED and same_dtype and not padded and not o["flip"]
             and math.prod(geom.out_shape()) > 0)
 
