@@ -783,10 +783,11 @@ def _pointwise(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
                activation: Optional[str], out_cf: Array) -> None:
     """algorithm="pointwise": 1x1 kernels without padding, so each output position is a
     (filters x kernels) matrix times the input's channel vector there: ``(G, Cog, Cg) @ (N, G,
-    Cg, positions)`` straight into a contiguous channels-first output (per group one cuBLAS
-    strided batched call over the images, _group_products; else one matmul), or ``(N *
-    positions, C_in) @ (C_in, C_out)`` into a channels-last one (one group); the stride is a
-    view of x (copied by the reshape where it is not contiguous), then the bias and the
+    Cg, positions)`` by one strided batched cuBLAS call a group over the images
+    (_group_products), straight into a contiguous channels-first output (else into a
+    temporary, copied), or ``(N * positions, C_in) @ (C_in, C_out)`` by one cuBLAS call into
+    an output of rows (one group: channels-last; _rows_product); the stride is a view of x
+    (copied where its positions do not step by one element), then the bias and the
     activation as array passes.
     float16 and bfloat16 with no activation or relu (which commutes with rounding): as they
     are, on tensor cores (_pointwise_16bit); with sigmoid or tanh, x and the filters widened
@@ -818,9 +819,12 @@ def _pointwise(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
         if not _group_products(xp, w, xs, ys):
             _matmul(xp, w, xs, out=ys)
         res = out_cf
-    else:
+    else:  # into a temporary in ct (widened, or an output of other strides), copied below
         direct = False
-        res = _matmul(xp, w, x_cf.reshape(N, G, Cg, P)).reshape(out_cf.shape)
+        xs, ys = _unit_rows(xp, x_cf.reshape(N, G, Cg, P)), xp.empty((N, G, Cog, P), dtype=ct)
+        if not _group_products(xp, w, xs, ys):
+            _matmul(xp, w, xs, out=ys)
+        res = ys.reshape(out_cf.shape)
     if bias is not None:
         res += _contiguous(xp, bias, ct).reshape((1, geom.C_out) + (1,) * geom.rank)
     activate(xp, res, activation)
@@ -846,16 +850,17 @@ def _filter_matrix(xp: Any, w: Array, b: Optional[Array], K: int, ct: np.dtype) 
 def _pointwise_16bit(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
                      out_cf: Array) -> None:
     """_pointwise for float16 and bfloat16 as they are: cuBLAS sums their products in FP32 on
-    tensor cores and rounds once. Only 2-D products: CuPy 14.2's batched matmul computes
-    float16 on FP32 cores and fails on bfloat16 (cupy/cupy#10317). A bias is one more term of
-    every sum, so that it is added before the rounding (as the kernels add it): a channel of
-    ones in x and the bias as its weight, both zero-padded to a multiple of 8 terms (16-byte
-    rows for the tensor cores). Channels-last output, one group: ``(N * positions, K) @
-    (K, Cog)`` into it as it lies. A contiguous channels-first output: per group one cuBLAS
-    strided batched call over the images (_group_products), x as it lies (with a bias, its
-    terms and the ones copied into ``(N, G, K, positions)``). Else (or where cuBLAS is not
-    called: host arrays), group by group, ``(Cog, K) @ (K, N * positions)`` from x's terms
-    copied into ``(G, K, N, positions)``, and the result copied into the output."""
+    tensor cores and rounds once (called directly, gpuconv.cublas: CuPy 14.2's batched matmul
+    computes float16 on FP32 cores and fails on bfloat16, cupy/cupy#10317). A bias is one
+    more term of every sum, so that it is added before the rounding (as the kernels add it):
+    a channel of ones in x and the bias as its weight, both zero-padded to a multiple of 8
+    terms (16-byte rows for the tensor cores). An output of rows, one group: ``(N *
+    positions, K) @ (K, Cog)`` into it as it lies (_rows_product). Else per group one cuBLAS strided batched call over the
+    images (_group_products), x as it lies (with a bias, its terms and the ones copied into
+    ``(N, G, K, positions)``), into a contiguous channels-first output as it lies (else into
+    a temporary, copied). Where cuBLAS is not called (host arrays), group by group, ``(Cog,
+    K) @ (K, N * positions)`` from x's terms copied into ``(G, K, N, positions)``, and the
+    result copied into the output."""
     dtype = out_cf.dtype
     G, Cog, Cg = geom.groups, geom.C_out_per_group, geom.C_in_per_group
     N, P, out = geom.N, math.prod(geom.out_spatial), geom.out_spatial
@@ -880,16 +885,21 @@ def _pointwise_16bit(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeom
             terms[..., Cg + 1:] = 0
         _rows_product(xp, xa, w.reshape(Cog, K), out_rows.reshape(N * P, Cog))
         return
-    if out_cf.flags.c_contiguous:  # per group one cuBLAS call over the images, in place
-        if bias is None:
-            xs = _unit_rows(xp, x_cf.reshape(N, G, Cg, P))
-        else:
-            xs = xp.empty((N, G, K, P), dtype=dtype)
-            xs.reshape((N, G, K) + out)[:, :, :Cg] = x_cf.reshape((N, G, Cg) + out)
-            xs[:, :, Cg] = 1
-            xs[:, :, Cg + 1:] = 0
-        if _group_products(xp, w, xs, out_cf.reshape(N, G, Cog, P)):
-            return
+    # per group one cuBLAS call over the images, into the output as it lies where it is
+    # contiguous (else into a temporary, copied)
+    if bias is None:
+        xs = _unit_rows(xp, x_cf.reshape(N, G, Cg, P))
+    else:
+        xs = xp.empty((N, G, K, P), dtype=dtype)
+        xs.reshape((N, G, K) + out)[:, :, :Cg] = x_cf.reshape((N, G, Cg) + out)
+        xs[:, :, Cg] = 1
+        xs[:, :, Cg + 1:] = 0
+    contiguous = out_cf.flags.c_contiguous
+    ys = out_cf.reshape(N, G, Cog, P) if contiguous else xp.empty((N, G, Cog, P), dtype=dtype)
+    if _group_products(xp, w, xs, ys):
+        if not contiguous:
+            out_cf[...] = ys.reshape(out_cf.shape)
+        return
     xa = xp.empty((G, K, N, P), dtype=dtype)
     terms = xa.reshape((G, K, N) + out)  # axes split, never merged: views on both sides
     terms[:, :Cg] = x_cf.reshape((N, G, Cg) + out).transpose((1, 2, 0) + tuple(

@@ -504,11 +504,11 @@ def test_pointwise(emulated_gpu):
 
 
 def test_pointwise_channels_first_is_one_cublas_call_a_group(emulated_gpu, monkeypatch):
-    """Channels-first outputs take one strided batched cuBLAS call a group over the images, on
-    x and the output as they lie, and outputs of rows (one group, channels-last, or one
-    position or filter) one call for all their rows (gpuconv.cublas; the emulation takes only
-    views that cuBLAS can), never a matmul; 16-bit layers with sigmoid or tanh excepted
-    (widened to float32 first, multiplied by matmul), and channels-last outputs of groups."""
+    """Pointwise products are cuBLAS calls, never a matmul (gpuconv.cublas; the emulation
+    takes only views that cuBLAS can): one strided batched call a group over the images
+    (into a channels-first output as it lies, else into a temporary: channels-last outputs
+    of groups, 16-bit layers with sigmoid or tanh, widened to float32), or one call for all
+    the rows of an output of rows (one group: channels-last, or one position or filter)."""
     calls = []
     real = cuda._library_gemm_batched
     monkeypatch.setattr(cuda, "_library_gemm_batched",
@@ -524,17 +524,17 @@ def test_pointwise_channels_first_is_one_cublas_call_a_group(emulated_gpu, monke
         widened = dtype.itemsize == 2 and case.activation in ("sigmoid", "tanh")
         last = case.options["layout"] == "channels_last"
         rows = geom.groups == 1 and (last or 1 in (math.prod(geom.out_spatial), geom.C_out))
-        if widened or (last and geom.groups > 1) or not _pointwise_applies(case):
+        if not _pointwise_applies(case):
             continue
         calls.clear()
         got = _forced(case, "cuda", "pointwise")
         _check(case, got, "emulated pointwise by cuBLAS")
         assert len(calls) == (1 if rows else geom.groups), case.name
         ran.add((dtype.name, geom.groups > 1, rows, max(geom.stride) > 1,
-                 case.bias is not None))
+                 case.bias is not None, widened))
     assert {("float32", True), ("float16", True), ("float32", False), ("float16", False)} <= {
         (d, g) for d, g, *_ in ran}
-    for i in (2, 3, 4):  # rows and groups, strided and not, bias and not
+    for i in (2, 3, 4, 5):  # rows and groups, strided and not, bias and not, widened
         assert {r[i] for r in ran} == {True, False}
 
 
