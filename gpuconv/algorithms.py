@@ -40,12 +40,12 @@ On CUDA:
                  (never chosen by "auto" or the autotuner);
   ``im2col``     explicit GEMM: the windows of a chunk of output positions unrolled into the
                  columns of a matrix in GPU memory (kernels_cuda/im2col.cu; chunks within a
-                 256 MiB workspace), their product with the filters by CuPy's matmul
-                 (cuBLAS: FP32, float64 or complex sums, batched over the groups; float16 and
-                 bfloat16 on tensor cores with FP32 sums, a 2-D product a group, widened to
-                 float32 before a sigmoid or tanh), the bias as one more term of the
-                 sum (a row of ones), then the product copied into the output through the
-                 activation, rounded once; refused when CUPY_TF32 is set; "auto" takes it
+                 256 MiB workspace), their product with the filters by one strided batched
+                 cuBLAS call over the groups (gpuconv.cublas: FP32, float64 or complex sums;
+                 float16 and bfloat16 on tensor cores with FP32 sums, widened to float32
+                 before a sigmoid or tanh), the bias as one more term of the sum (a row of
+                 ones), then the product copied into the output through the activation,
+                 rounded once; FP32 whatever CUPY_TF32 says; "auto" takes it
                  for float32 layers of many filters and terms (_im2col_auto);
   ``winograd``   F(2x2, 3x3) for 2-D 3x3 kernels of stride 1 in one group (real dtypes): input
                  and output transforms (kernels_cuda/conv_winograd.cu) around 16 batched
@@ -53,9 +53,9 @@ On CUDA:
                  2.25x fewer multiplies, a looser rounding bound; only when asked for by name
                  (never chosen by "auto" or the autotuner; not yet timed on a GPU);
   ``pointwise``  1x1 kernels without padding: the product
-                 ``(G, Cog, Cg) @ (N, G, Cg, positions)`` (a channels-first output: per group
-                 one strided batched cuBLAS call over the images on x and the output as they
-                 lie, gpuconv.cublas; else CuPy's matmul; refused when CUPY_TF32 is set),
+                 ``(G, Cog, Cg) @ (N, G, Cg, positions)`` (per group one strided batched
+                 cuBLAS call over the images on x and the output as they lie, or one call for
+                 an output of rows; gpuconv.cublas: FP32 whatever CUPY_TF32 says),
                  written into the output as it lies, then the bias and activation as array
                  passes; float16 and bfloat16 on tensor cores with
                  FP32 sums, the bias as one more term of the sum and one rounding (with
@@ -134,8 +134,8 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
         return (f"the CUDA 'pointwise' hands cuBLAS its matrix sizes as 32-bit ints; this call "
                 f"has {geom.positions} output positions, {geom.C_in} channels in and "
                 f"{geom.C_out} out")
-    if kind == "cuda" and algorithm in ("winograd", "pointwise", "im2col"):
-        reason = _tf32_problem(algorithm, dtype)
+    if kind == "cuda" and algorithm == "winograd":  # its products are CuPy's matmul
+        reason = cupy_tf32_problem(repr(algorithm), dtype)
         if reason:
             return reason
     if kind == "cuda" and algorithm == "im2col":
@@ -212,16 +212,17 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
     return ""
 
 
-def _tf32_problem(algorithm: str, dtype: DTypeLike) -> str:
-    """Why an algorithm that multiplies through CuPy's matmul cannot take a call it may
-    multiply in float32 or complex64 (16-bit calls too: pointwise widens them to float32 before
-    a sigmoid or tanh): CUPY_TF32 set to a positive value makes cuBLAS round float32 operands to
-    TF32; or ""."""
+def cupy_tf32_problem(what: str, dtype: DTypeLike) -> str:
+    """Why ``what`` (winograd's products, the pointwise filter gradient: CuPy's matmul) cannot
+    take a call it may multiply in float32 or complex64 (16-bit calls too, widened): CUPY_TF32
+    set to a positive value makes CuPy's matmul round float32 operands to TF32; or "". The
+    other cuBLAS products (pointwise, im2col) are gpuconv's own calls (gpuconv.cublas), in
+    FP32 whatever CUPY_TF32 says."""
     if int(os.environ.get("CUPY_TF32", "0") or 0) > 0 and \
             accumulator_dtype(dtype) in (np.float32, np.complex64):
-        return (f"{algorithm!r} multiplies through CuPy's matmul, which CUPY_TF32 set to a "
+        return (f"{what} multiplies through CuPy's matmul, which CUPY_TF32 set to a "
                 f"positive value makes round float32 to TF32 ({np.dtype(dtype).name} calls may "
-                f"multiply in {accumulator_dtype(dtype).name}): unset it to use {algorithm!r}")
+                f"multiply in {accumulator_dtype(dtype).name}): unset it to use {what}")
     return ""
 
 

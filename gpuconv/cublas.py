@@ -15,7 +15,8 @@ cuBLAS is column-major. A row-major ``c`` (M x N, rows ``ldc`` apart) is, read c
 transpose) or transposed (a column-major one). :func:`gemm_args` does that arithmetic, and
 :func:`gemm` makes the call. Sums: FP32 for float16, bfloat16 and float32 (CUBLAS_COMPUTE_32F,
 tensor cores for the 16-bit types, each result rounded once), FP64 for float64; complex the
-same per part.
+same per part. Neither CUPY_TF32 (which sets the compute type of CuPy's own matmul) nor a TF32
+or emulated math mode set on CuPy's shared cuBLAS handle changes them (:func:`exact_mode`).
 """
 from __future__ import annotations
 
@@ -40,6 +41,13 @@ _INT_LIMIT = 2**31
 
 #: cublasGemmAlgo_t CUBLAS_GEMM_DEFAULT (cuBLAS picks; tensor cores where the types allow).
 _ALGO_DEFAULT = -1
+
+#: cublasMath_t: the modes under which a 32- or 64-bit product is computed in its own
+#: precision (CUBLAS_DEFAULT_MATH, CUBLAS_PEDANTIC_MATH), and the flag that may ride on any
+#: mode (CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION). Others (CUBLAS_TF32_TENSOR_OP_MATH,
+#: the emulated FP32/FP64 modes, the deprecated CUBLAS_TENSOR_OP_MATH) would let cuBLAS round
+#: float32 operands to TF32 or emulate the product.
+_EXACT_MODES, _MODE_FLAG = (0, 2), 16
 
 
 class GemmArgs(NamedTuple):
@@ -134,11 +142,23 @@ def _scalars(dtype: np.dtype) -> Tuple[int, int, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=None)
-def _library() -> Tuple[Any, Any]:
-    """CuPy's (get_cublas_handle, cublas.gemmStridedBatchedEx), imported once."""
+def _library() -> Tuple[Any, Any, Any, Any]:
+    """CuPy's (get_cublas_handle, cublas.gemmStridedBatchedEx, getMathMode, setMathMode),
+    imported once."""
     from cupy.cuda import device
     from cupy_backends.cuda.libs import cublas
-    return device.get_cublas_handle, cublas.gemmStridedBatchedEx
+    return (device.get_cublas_handle, cublas.gemmStridedBatchedEx, cublas.getMathMode,
+            cublas.setMathMode)
+
+
+def exact_mode(mode: int, dtype: np.dtype) -> Optional[int]:
+    """The math mode a product of ``dtype`` must run under for its own precision, where the
+    handle's ``mode`` is not one (CuPy's cuBLAS handle is shared: code that set TF32 or an
+    emulated mode on it for its own products must not change gpuconv's), or None to keep
+    ``mode``. 16-bit operands are exact products summed in FP32 under every mode."""
+    if dtype.itemsize == 2 or (mode & ~_MODE_FLAG) in _EXACT_MODES:
+        return None
+    return mode & _MODE_FLAG  # the default mode, keeping the flag
 
 
 def gemm(a: Array, b: Array, c: Array) -> bool:
@@ -156,15 +176,24 @@ def call(args: GemmArgs, a_ptr: int, b_ptr: int, c_ptr: int, dtype: Any) -> None
     """One cublasGemmStridedBatchedEx on the current device and stream with ``args`` (from
     :func:`gemm_args`) and the device pointers of views laid out as the ones it was made from
     (:class:`gpuconv.cuda.PointwiseReplay` keeps the arguments and passes new pointers)."""
-    handle, gemm_strided_batched = _library()
+    get_handle, gemm_strided_batched, get_mode, set_mode = _library()
     dtype = np.dtype(dtype)
     types = cuda_types(dtype)
     assert types is not None, dtype
     data, compute = types
     one, zero, _ = _scalars(dtype)
-    gemm_strided_batched(
-        handle(), args.transa, args.transb, args.m, args.n, args.k,
-        one, b_ptr, data, args.lda, args.stride_a,
-        a_ptr, data, args.ldb, args.stride_b,
-        zero, c_ptr, data, args.ldc, args.stride_c,
-        args.batch, compute, _ALGO_DEFAULT)
+    handle = get_handle()
+    mode = get_mode(handle) if dtype.itemsize > 2 else 0
+    exact = exact_mode(mode, dtype)
+    if exact is not None:
+        set_mode(handle, exact)
+    try:
+        gemm_strided_batched(
+            handle, args.transa, args.transb, args.m, args.n, args.k,
+            one, b_ptr, data, args.lda, args.stride_a,
+            a_ptr, data, args.ldb, args.stride_b,
+            zero, c_ptr, data, args.ldc, args.stride_c,
+            args.batch, compute, _ALGO_DEFAULT)
+    finally:
+        if exact is not None:
+            set_mode(handle, mode)  # the handle as the caller left it

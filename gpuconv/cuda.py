@@ -294,7 +294,7 @@ def _forward_plan(geom: ConvGeometry, dtype: np.dtype, activation: Optional[str]
                            finish=_Launch("im2col.cu", store, 0),
                            partial_dtype=accumulator_dtype(dtype)
                            if kernels.im2col_widened(dtype, activation) else dtype)
-    if algorithm == "pointwise":  # no kernel of ours: the product is xp.matmul (_pointwise)
+    if algorithm == "pointwise":  # no kernel of ours: cuBLAS makes the products (_pointwise)
         return ForwardPlan(algorithm, _Launch("", "", 0))
     if algorithm == "few_filters":
         runs = -(-geom.out_spatial[-1] // kernels.FEW_FILTERS_RUN)
@@ -739,13 +739,20 @@ def _library_matmul(xp: Any, a: Array, b: Array, out: Optional[Array] = None) ->
 
 
 def _library_gemm_batched(xp: Any, a: Array, b: Array, c: Array) -> bool:
-    """``c[i] = a[i] @ b[i]`` by one cuBLAS call on the views as they lie (gpuconv.cublas),
-    or False, nothing written, where cuBLAS cannot take them or they are host arrays (NumPy's,
-    or the stand-in CuPy's of the tests). A seam: the host emulation puts cuBLAS's arithmetic
-    in, checking that the views are ones cuBLAS takes."""
+    """``c[i] = a[i] @ b[i]`` by one cuBLAS call on the views as they lie (gpuconv.cublas;
+    operands it cannot read as they lie are copied contiguous first, so CuPy arrays never go
+    through CuPy's matmul, whose float32 CUPY_TF32 turns into TF32), or False, nothing
+    written, for host arrays (NumPy's, or the stand-in CuPy's of the tests). A seam: the host
+    emulation puts cuBLAS's arithmetic in, checking that the views are ones cuBLAS takes."""
     if isinstance(c, np.ndarray):
         return False
-    return cublas.gemm(a, b, c)
+    if cublas.gemm(a, b, c):
+        return True
+    result = xp.empty(c.shape, dtype=c.dtype)
+    if not cublas.gemm(xp.ascontiguousarray(a), xp.ascontiguousarray(b), result):
+        raise RuntimeError(f"cuBLAS takes no {a.shape} @ {b.shape} product of {c.dtype}")
+    c[...] = result
+    return True
 
 
 def _unit_rows(xp: Any, a: Array) -> Array:
@@ -1074,12 +1081,14 @@ def depthwise_filter_grad_size(geom: ConvGeometry, dtype: DTypeLike) -> Optional
 
 def filter_grad_kernel(geom: ConvGeometry, dtype: DTypeLike) -> str:
     """Which kernel takes a layer's filter gradient: "pointwise" (1x1 kernels without padding
-    where the forward pointwise applies: a batched product by xp.matmul, _pointwise_filter_grad),
+    where the forward pointwise applies: a batched product by xp.matmul, _pointwise_filter_grad;
+    not where CUPY_TF32 would make that matmul TF32),
     "gemm" (conv_filter_grad_gemm, where filter_grad_by_gemm says), "depthwise"
     (conv_depthwise_filter_grad, where depthwise_filter_grad_size names a size), else "chunks"
     (conv_filter_grad_partial, one thread per filter element and chunk of positions, any
     layer)."""
-    if geom.C_in_per_group > 1 and not algorithms.why_not("cuda", "pointwise", geom, dtype):
+    if (geom.C_in_per_group > 1 and not algorithms.why_not("cuda", "pointwise", geom, dtype)
+            and not algorithms.cupy_tf32_problem("the pointwise filter gradient", dtype)):
         return "pointwise"
     if filter_grad_by_gemm(geom):
         return "gemm"

@@ -108,3 +108,17 @@ def test_alpha_and_beta_are_one_and_zero_in_the_compute_precision():
         for address, value in ((one, 1), (zero, 0)):
             raw = ctypes.string_at(address, size)
             assert np.frombuffer(raw, dtype=compute)[0] == value, (dtype, value)
+
+
+def test_products_run_in_their_own_precision_whatever_mode_the_handle_has():
+    """CuPy's cuBLAS handle is shared: a mode that lets cuBLAS round float32 to TF32 or
+    emulate the product (TF32 3, emulated FP32 4 and FP64 8, the old tensor-op 1) is swapped
+    for the default (keeping the disallow-reduced-precision flag 16) during gpuconv's call;
+    the default and pedantic modes, and any mode for 16-bit operands, are kept."""
+    f32, f64, f16 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)
+    for mode in (0, 2, 16, 18):
+        assert cublas.exact_mode(mode, f32) is None and cublas.exact_mode(mode, f64) is None
+    for mode in (1, 3, 4, 8):
+        assert cublas.exact_mode(mode, f32) == 0 and cublas.exact_mode(mode, f64) == 0
+        assert cublas.exact_mode(mode | 16, np.dtype(np.complex64)) == 16
+        assert cublas.exact_mode(mode, f16) is None

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import gpuconv
-from cases import (as_dtype, as_float16, bfloat16_cases, channel_block_cases, fast_path_cases,
+from cases import (Case, as_dtype, as_float16, bfloat16_cases, channel_block_cases, fast_path_cases,
                    grid_cases, pointwise_cases, tile_cases)
 from gpuconv import kernels
 from gpuconv.dtypes import bfloat16
@@ -198,6 +198,37 @@ def test_gpu_depthwise_tile(outputs, gpu, monkeypatch):
             _check_gpu_algorithm(case, "depthwise_tile", gpu)
     finally:
         cuda._forward_plan.cache_clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("algorithm", ["pointwise", "im2col"])
+def test_gpu_cublas_products_are_fp32_under_a_tf32_handle(algorithm, gpu, monkeypatch):
+    """gpuconv's cuBLAS products (gpuconv.cublas) stay exact FP32 where other code set TF32
+    on CuPy's shared cuBLAS handle, or CUPY_TF32 is set, and leave the handle's mode as they
+    found it: at 64 and 576 terms a sum, TF32's rounding of the operands (~5e-4) is far
+    outside the FP32 bound that _check holds the result to."""
+    from cupy.cuda import device as cupy_device
+    from cupy_backends.cuda.libs import cublas as cupy_cublas
+    rng = np.random.default_rng(41)
+    kernel, padding = ((1, 1), 0) if algorithm == "pointwise" else ((3, 3), 1)
+    x = rng.uniform(-1, 1, (2, 64, 12, 12)).astype(np.float32)
+    w = rng.uniform(-1, 1, (32, 64) + kernel).astype(np.float32)
+    case = Case(f"tf32-handle-{algorithm}", x, w, None,
+                dict(stride=1, padding=padding, dilation=1, groups=1, padding_mode="zeros",
+                     layout="channels_first", flip=False, activation=None))
+    monkeypatch.setenv("CUPY_TF32", "1")
+    handle = cupy_device.get_cublas_handle()
+    before = cupy_cublas.getMathMode(handle)
+    tf32 = getattr(cupy_cublas, "CUBLAS_TF32_TENSOR_OP_MATH", 3)
+    cupy_cublas.setMathMode(handle, tf32)
+    try:
+        got = gpuconv.conv2d(gpu.asarray(x), gpu.asarray(w), padding=padding,
+                             algorithm=algorithm)
+        gpu.cuda.Device().synchronize()
+        assert cupy_cublas.getMathMode(handle) == tf32
+    finally:
+        cupy_cublas.setMathMode(handle, before)
+    _check(case, gpu.asnumpy(got), f"gpu {algorithm} under a TF32 handle")
 
 
 @pytest.mark.gpu

@@ -562,7 +562,6 @@ def test_pointwise_16bit_product_of_one_element_sums_in_float32(dtype, emulated_
 
 
 def test_pointwise_refusals_and_auto(emulated_gpu, monkeypatch):
-    x, w = np.ones((2, 8, 5, 5), np.float16), np.ones((4, 8, 1, 1), np.float16)
     from gpuconv import algorithms
     from gpuconv.geometry import plan_conv
     geom = plan_conv((2, 8, 5, 5), (16, 8, 1, 1), stride=2)
@@ -580,15 +579,28 @@ def test_pointwise_refusals_and_auto(emulated_gpu, monkeypatch):
                              np.float32) != "pointwise"
     assert algorithms.choose("cuda", "auto", plan_conv((2, 8, 5, 5), (8, 1, 1, 1), groups=8),
                              np.float32) == "depthwise"
+    # CUPY_TF32 sets the compute type of CuPy's own matmul; pointwise's products are
+    # gpuconv's cuBLAS calls (exact FP32 whatever it says: test_gpu_cublas_products_are_fp32_
+    # under_a_tf32_handle), so it takes such calls; the pointwise filter gradient, a CuPy
+    # matmul, does not
     monkeypatch.setenv("CUPY_TF32", "1")
-    with pytest.raises(ValueError, match="CUPY_TF32 set to a positive value"):
-        gpuconv.conv2d(x.astype(np.float32), w.astype(np.float32), algorithm="pointwise")
-    with pytest.raises(ValueError, match=r"TF32 \(float16 calls may multiply in float32\)"):
-        gpuconv.conv2d(x, w, algorithm="pointwise")
+    assert not algorithms.why_not("cuda", "pointwise", geom, np.float32)
+    assert algorithms.choose("cuda", "auto", geom, np.float32) == "pointwise"
     assert algorithms.choose("cuda", "auto", geom, np.float16) == "gemm_tc_cl"
-    assert gpuconv.conv2d(x.astype(np.float64), w.astype(np.float64),
-                          algorithm="pointwise").dtype == np.float64
-    assert algorithms.choose("cuda", "auto", geom, np.float32) != "pointwise"
+    from gpuconv import cuda
+    assert cuda.filter_grad_kernel(geom, np.float32) != "pointwise"
+    assert cuda.filter_grad_kernel(geom, np.float64) == "pointwise"
+    rng = np.random.default_rng(31)
+    for dtype in (np.float32, np.float16):
+        case = Case(f"pointwise-cupy-tf32-{np.dtype(dtype).name}",
+                    rng.uniform(-1, 1, (2, 8, 5, 5)).astype(dtype),
+                    rng.uniform(-1, 1, (4, 8, 1, 1)).astype(dtype), None,
+                    dict(stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
+                         layout="channels_first", flip=False, activation=None))
+        _check(case, gpuconv.conv2d(case.x, case.filters, algorithm="pointwise"),
+               "emulated pointwise under CUPY_TF32")
+    monkeypatch.delenv("CUPY_TF32")
+    assert cuda.filter_grad_kernel(geom, np.float32) == "pointwise"
 
 
 IM2COL_CASES = CASES + TILE_CASES + fast_path_cases() + bfloat16_cases() + \
@@ -647,11 +659,10 @@ def test_im2col_workspace_and_refusals(emulated_gpu, monkeypatch):
         algorithms.why_not("cuda", "im2col", huge, np.float32)
     assert algorithms.choose("cuda", "auto", geom, np.float32) != "im2col"  # not yet timed
     x, w = np.ones((2, 8, 5, 5), np.float32), np.ones((4, 8, 3, 3), np.float32)
+    # im2col's products are gpuconv's cuBLAS calls: CUPY_TF32 (CuPy's matmul) does not
+    # refuse it
     monkeypatch.setenv("CUPY_TF32", "1")
-    with pytest.raises(ValueError, match="'im2col' multiplies through CuPy's matmul"):
-        gpuconv.conv2d(x, w, algorithm="im2col")
-    with pytest.raises(ValueError, match=r"TF32 \(float16 calls may multiply in float32\)"):
-        gpuconv.conv2d(x.astype(np.float16), w.astype(np.float16), algorithm="im2col")
+    assert not algorithms.why_not("cuda", "im2col", geom, np.float32)
     assert gpuconv.conv2d(x.astype(np.float64), w.astype(np.float64),
                           algorithm="im2col").dtype == np.float64
 
