@@ -68,11 +68,14 @@ class GemmArgs(NamedTuple):
     batch: int
 
 
-def _elements(strides: Tuple[int, ...], itemsize: int) -> Optional[Tuple[int, ...]]:
-    """Byte strides in elements, or None where one is negative or not a whole element."""
-    if any(s < 0 or s % itemsize for s in strides):
+def _elements(shape: Tuple[int, ...], strides: Tuple[int, ...], itemsize: int
+              ) -> Optional[Tuple[int, ...]]:
+    """Byte strides in elements (0 for an axis of one element, which never steps: a reversed
+    view's may be negative), or None where one is negative or not a whole element."""
+    steps = tuple(0 if n == 1 else s for n, s in zip(shape, strides))
+    if any(s < 0 or s % itemsize for s in steps):
         return None
-    return tuple(s // itemsize for s in strides)
+    return tuple(s // itemsize for s in steps)
 
 
 def _operand(row_step: int, col_step: int, rows: int, cols: int) -> Optional[Tuple[int, int]]:
@@ -103,7 +106,7 @@ def gemm_args(a: Array, b: Array, c: Array) -> Optional[GemmArgs]:
     if b.shape[:2] != (batch, K) or c.shape != (batch, M, N) or min(batch, M, N, K) < 1:
         return None
     item = c.dtype.itemsize
-    sa, sb, sc = (_elements(v.strides, item) for v in (a, b, c))
+    sa, sb, sc = (_elements(v.shape, v.strides, item) for v in (a, b, c))
     if sa is None or sb is None or sc is None:
         return None
     first = _operand(sb[1], sb[2], K, N)  # cuBLAS's A: b, read as b^T (N x K) or transposed

@@ -711,48 +711,32 @@ def _channels_last_replay(cupy: Any, a_cf: Array, device_id: int) -> Any:
     return (function,) + shape, sizes, tuple(cl.shape)
 
 
-def _matmul(xp: Any, a: Array, b: Array, out: Optional[Array] = None) -> Array:
-    """``a @ b`` (into ``out``), float16 and bfloat16 summed in float32 and rounded once.
-
-    With CuPy a 2-D float16 or bfloat16 product runs on cuBLAS's tensor cores with FP32 sums
-    (CUBLAS_COMPUTE_32F), each result rounded once, except a product of one element (1 x K
-    times K x 1): CuPy sums that one with a reduction kernel in the operands' own type, each
-    product and partial sum rounded to 16 bits. Those are widened to float32 here. Seen on an
-    H100 (session 16): a bfloat16 data adjoint by stride phases whose phase had one output
-    position and one filter a group erred by 2.6e-4 on a value of 0.054 (bound 2.1e-4)."""
-    dtype = np.result_type(a.dtype, b.dtype)
-    wide = accumulator_dtype(dtype)
-    if wide != dtype and a.shape[-2] == 1 and b.shape[-1] == 1:
-        product = _library_matmul(xp, a.astype(wide), b.astype(wide))
-        if out is None:
-            return product.astype(dtype)
-        out[...] = product  # rounded to nearest even, once
-        return out
-    return _library_matmul(xp, a, b, out)
+def _gemm_batched(xp: Any, a: Array, b: Array, c: Array) -> None:
+    """``c[i] = a[i] @ b[i]`` for 3-D views (any batch strides) by one cuBLAS call
+    (_library_gemm) on the views as they lie, or on contiguous copies of operands cuBLAS
+    cannot read as they lie (gpuconv.cublas.gemm_args), the result then copied into ``c``.
+    CuPy's matmul is never used (CUPY_TF32 would make its float32 products TF32; its 16-bit
+    batches are widened or refused, cupy/cupy#10317)."""
+    if cublas.gemm_args(a, b, c) is None:
+        result = xp.empty(c.shape, dtype=c.dtype)
+        _library_gemm(xp, xp.ascontiguousarray(a), xp.ascontiguousarray(b), result)
+        c[...] = result
+    else:
+        _library_gemm(xp, a, b, c)
 
 
-def _library_matmul(xp: Any, a: Array, b: Array, out: Optional[Array] = None) -> Array:
-    """xp.matmul itself. A seam: the host emulation puts CuPy's arithmetic in (FP32 sums on
-    cuBLAS, 16-bit ones for a product of one element), where NumPy's own float16 matmul rounds
-    every partial sum."""
-    return xp.matmul(a, b, out=out)
-
-
-def _library_gemm_batched(xp: Any, a: Array, b: Array, c: Array) -> bool:
-    """``c[i] = a[i] @ b[i]`` by one cuBLAS call on the views as they lie (gpuconv.cublas;
-    operands it cannot read as they lie are copied contiguous first, so CuPy arrays never go
-    through CuPy's matmul, whose float32 CUPY_TF32 turns into TF32), or False, nothing
-    written, for host arrays (NumPy's, or the stand-in CuPy's of the tests). A seam: the host
-    emulation puts cuBLAS's arithmetic in, checking that the views are ones cuBLAS takes."""
+def _library_gemm(xp: Any, a: Array, b: Array, c: Array) -> None:
+    """One cuBLAS call (gpuconv.cublas.gemm) on views it takes as they lie. Host arrays (the
+    emulation's, the stand-in CuPy's of the tests) are multiplied by NumPy as cuBLAS
+    multiplies: float16 and bfloat16 summed in float32 and each result rounded once. A seam:
+    tests count the calls."""
     if isinstance(c, np.ndarray):
-        return False
-    if cublas.gemm(a, b, c):
-        return True
-    result = xp.empty(c.shape, dtype=c.dtype)
-    if not cublas.gemm(xp.ascontiguousarray(a), xp.ascontiguousarray(b), result):
+        if c.dtype.itemsize == 2:
+            c[...] = np.matmul(np.asarray(a, np.float32), np.asarray(b, np.float32))
+        else:
+            np.matmul(a, b, out=c)
+    elif not cublas.gemm(a, b, c):
         raise RuntimeError(f"cuBLAS takes no {a.shape} @ {b.shape} product of {c.dtype}")
-    c[...] = result
-    return True
 
 
 def _unit_rows(xp: Any, a: Array) -> Array:
@@ -763,27 +747,20 @@ def _unit_rows(xp: Any, a: Array) -> Array:
     return a
 
 
-def _group_products(xp: Any, w: Array, xs: Array, ys: Array) -> bool:
+def _group_products(xp: Any, w: Array, xs: Array, ys: Array) -> None:
     """``ys[n, g] = w[g] @ xs[n, g]`` for the images n and groups g of ``xs`` (N, G, K, P) and
     ``ys`` (N, G, Cog, P), ``w`` (G, Cog, K): a group's products in one cuBLAS call over the
     images, its filters repeated (batch stride 0) and x and the output read and written as
-    they lie. False, nothing written, where cuBLAS cannot take them."""
+    they lie."""
     N = xs.shape[0]
     for g in range(w.shape[0]):
-        if not _library_gemm_batched(xp, xp.broadcast_to(w[g], (N,) + w.shape[1:]), xs[:, g],
-                                     ys[:, g]):
-            if g:  # the groups' views differ by their offsets only
-                raise RuntimeError(f"cuBLAS took group 0 of {xs.shape} but not group {g}")
-            return False
-    return True
+        _gemm_batched(xp, xp.broadcast_to(w[g], (N,) + w.shape[1:]), xs[:, g], ys[:, g])
 
 
 def _rows_product(xp: Any, x_rows: Array, w: Array, rows: Array) -> None:
     """``rows = x_rows @ w.T``: positions' terms (positions, K) by the filters (Cog, K), read
-    transposed, into the output's rows (positions, Cog): one cuBLAS call where it takes them
-    as they lie (gpuconv.cublas), else _matmul."""
-    if not _library_gemm_batched(xp, x_rows[None], w.T[None], rows[None]):
-        _matmul(xp, x_rows, w.T, out=rows)
+    transposed, into the output's rows (positions, Cog), by one cuBLAS call."""
+    _gemm_batched(xp, x_rows[None], w.T[None], rows[None])
 
 
 def _pointwise(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
@@ -822,15 +799,13 @@ def _pointwise(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
                       w.reshape(Cog, Cg), rows.reshape(N * P, Cog))
         res = rows.transpose(to_first)
     elif out_cf.flags.c_contiguous and direct:
-        xs, ys = _unit_rows(xp, x_cf.reshape(N, G, Cg, P)), out_cf.reshape(N, G, Cog, P)
-        if not _group_products(xp, w, xs, ys):
-            _matmul(xp, w, xs, out=ys)
+        _group_products(xp, w, _unit_rows(xp, x_cf.reshape(N, G, Cg, P)),
+                        out_cf.reshape(N, G, Cog, P))
         res = out_cf
     else:  # into a temporary in ct (widened, or an output of other strides), copied below
         direct = False
-        xs, ys = _unit_rows(xp, x_cf.reshape(N, G, Cg, P)), xp.empty((N, G, Cog, P), dtype=ct)
-        if not _group_products(xp, w, xs, ys):
-            _matmul(xp, w, xs, out=ys)
+        ys = xp.empty((N, G, Cog, P), dtype=ct)
+        _group_products(xp, w, _unit_rows(xp, x_cf.reshape(N, G, Cg, P)), ys)
         res = ys.reshape(out_cf.shape)
     if bias is not None:
         res += _contiguous(xp, bias, ct).reshape((1, geom.C_out) + (1,) * geom.rank)
@@ -862,12 +837,10 @@ def _pointwise_16bit(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeom
     more term of every sum, so that it is added before the rounding (as the kernels add it):
     a channel of ones in x and the bias as its weight, both zero-padded to a multiple of 8
     terms (16-byte rows for the tensor cores). An output of rows, one group: ``(N *
-    positions, K) @ (K, Cog)`` into it as it lies (_rows_product). Else per group one cuBLAS strided batched call over the
-    images (_group_products), x as it lies (with a bias, its terms and the ones copied into
-    ``(N, G, K, positions)``), into a contiguous channels-first output as it lies (else into
-    a temporary, copied). Where cuBLAS is not called (host arrays), group by group, ``(Cog,
-    K) @ (K, N * positions)`` from x's terms copied into ``(G, K, N, positions)``, and the
-    result copied into the output."""
+    positions, K) @ (K, Cog)`` into it as it lies (_rows_product). Else per group one cuBLAS
+    strided batched call over the images (_group_products), x as it lies (with a bias, its
+    terms and the ones copied into ``(N, G, K, positions)``), into a contiguous
+    channels-first output as it lies (else into a temporary, copied)."""
     dtype = out_cf.dtype
     G, Cog, Cg = geom.groups, geom.C_out_per_group, geom.C_in_per_group
     N, P, out = geom.N, math.prod(geom.out_spatial), geom.out_spatial
@@ -903,22 +876,9 @@ def _pointwise_16bit(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeom
         xs[:, :, Cg + 1:] = 0
     contiguous = out_cf.flags.c_contiguous
     ys = out_cf.reshape(N, G, Cog, P) if contiguous else xp.empty((N, G, Cog, P), dtype=dtype)
-    if _group_products(xp, w, xs, ys):
-        if not contiguous:
-            out_cf[...] = ys.reshape(out_cf.shape)
-        return
-    xa = xp.empty((G, K, N, P), dtype=dtype)
-    terms = xa.reshape((G, K, N) + out)  # axes split, never merged: views on both sides
-    terms[:, :Cg] = x_cf.reshape((N, G, Cg) + out).transpose((1, 2, 0) + tuple(
-        range(3, 3 + geom.rank)))
-    if bias is not None:
-        xa[:, Cg] = 1
-        xa[:, Cg + 1:] = 0
-    y = xp.empty((G, Cog, N, P), dtype=dtype)
-    for g in range(G):
-        _matmul(xp, w[g], xa[g].reshape(K, N * P), out=y[g].reshape(Cog, N * P))
-    out_cf.reshape((N, G, Cog) + out)[...] = y.reshape((G, Cog, N) + out).transpose(
-        (2, 0, 1) + tuple(range(3, 3 + geom.rank)))
+    _group_products(xp, w, xs, ys)
+    if not contiguous:
+        out_cf[...] = ys.reshape(out_cf.shape)
 
 
 #: Winograd's transformed inputs and products (V and M, accumulator type) of one chunk of tiles
@@ -973,10 +933,8 @@ def _im2col(xp: Any, run: Callable[..., None], plan: ForwardPlan, x_cf: Array, w
             b: Optional[Array], out_cf: Array, record: np.ndarray, geom: ConvGeometry) -> None:
     """algorithm="im2col" (explicit GEMM), chunk by chunk of output positions: im2col.cu's
     unroll writes each group's (K, chunk) matrix of windows, ``(Cog, K) @ (K, chunk)`` by one
-    strided batched cuBLAS call over the groups (gpuconv.cublas; where it is not called, host
-    arrays: xp.matmul, batched over the groups except for 16-bit dtypes, which CuPy 14.2's
-    batched matmul mishandles: see _pointwise_16bit), into the product, and im2col_store
-    copies that into y through the activation. The filters are each group's
+    strided batched cuBLAS call over the groups (_gemm_batched) into the product, and
+    im2col_store copies that into y through the activation. The filters are each group's
     (Cog, terms) matrix as they lie (_filter_matrix: with the bias as one more column, the
     columns' row of ones, and zero columns up to K)."""
     ct, finish = plan.partial_dtype, plan.finish
@@ -998,13 +956,7 @@ def _im2col(xp: Any, run: Callable[..., None], plan: ForwardPlan, x_cf: Array, w
         run(plan.main.file, plan.main.name, dtype, -(-geom.C_in // R) * J,
             (x_cf, cols, _int64(j0), _int64(J), _int64(K), _int64(R), record))
         _poison(prod)
-        if _library_gemm_batched(xp, filters, cols, prod):  # one cuBLAS call, every group
-            pass
-        elif G > 1 and ct.itemsize > 2:  # one product, batched over the groups
-            _matmul(xp, filters, cols, out=prod)
-        else:
-            for g in range(G):
-                _matmul(xp, filters[g], cols[g], out=prod[g])
+        _gemm_batched(xp, filters, cols, prod)  # one cuBLAS call, every group
         R = kernels.im2col_rows_a_thread(geom.C_out, J)
         run(finish.file, finish.name, dtype, -(-geom.C_out // R) * J,
             (prod, out_cf, _int64(j0), _int64(J), _int64(R), record))

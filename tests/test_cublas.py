@@ -83,6 +83,9 @@ def test_what_cublas_cannot_read_as_it_lies_is_refused():
     assert cublas.gemm_args(a[0], b[0], c[0]) is None  # 3-D views only
     odd = np.empty(2 * 4 * 6 * 8 + 1, np.uint8)[1:].view(np.float64).reshape(2, 4, 6)
     assert cublas.gemm_args(odd, b, c) is not None  # byte alignment is cuBLAS's own concern
+    # an axis of one element never steps: a reversed one (a flipped 1x1 filter) is taken
+    one = RNG.standard_normal((2, 4, 1))[:, :, ::-1]
+    assert one.strides[2] < 0 and cublas.gemm_args(one, b[:, :1], c) is not None
 
 
 def test_cuda_types_name_the_accepted_dtypes_and_their_sums():

@@ -62,47 +62,21 @@ def emulated_gpu(emulator, monkeypatch):
     monkeypatch.setattr(gpuconv.forward, "run", run)
     monkeypatch.setattr(gpuconv.adjoint, "run", run)
     monkeypatch.setattr(cuda, "poison_outputs", True)
-    monkeypatch.setattr(cuda, "_library_matmul", cupy_matmul)
-    monkeypatch.setattr(cuda, "_library_gemm_batched", cublas_gemm_batched)
+    monkeypatch.setattr(cuda, "_library_gemm", cublas_gemm)
     return emulator
 
 
-def cupy_matmul(xp, a, b, out=None):
-    """CuPy's matmul as it computes: float16 and bfloat16 products on cuBLAS, summed in float32
-    (CUBLAS_COMPUTE_32F) and each result rounded once, except a product of one element (1 x K
-    times K x 1), which CuPy's dot sums with a reduction kernel in the 16-bit type itself (each
-    product and partial sum rounded; here in order, as one thread would); NumPy's float16
-    matmul rounds every partial sum, and NumPy's own result stands for the other dtypes. 16-bit
-    products must be 2-D: CuPy 14.2's batched matmul fails on bfloat16 (cupy/cupy#10317)."""
-    dtype = np.result_type(a, b)
-    if dtype.itemsize != 2:
-        return np.matmul(a, b, out=out)
-    assert a.ndim == 2 and b.ndim == 2, f"a batched 16-bit product: {a.shape} @ {b.shape}"
-    if a.shape[0] == 1 and b.shape[1] == 1:
-        total = dtype.type(0)
-        for term in (a[0].astype(dtype) * b[:, 0].astype(dtype)).astype(dtype):
-            total = dtype.type(total + term)
-        wide = np.full((1, 1), total, dtype)
-    else:
-        wide = np.matmul(a.astype(np.float32), b.astype(np.float32))
-    if out is None:
-        return wide.astype(dtype)
-    out[...] = wide
-    return out
-
-
-def cublas_gemm_batched(xp, a, b, c):
-    """cuBLAS's strided batched GEMM as gpuconv.cublas.gemm calls it: only on views it takes as
-    they lie (the arguments gemm_args makes of them; test_cublas checks those against cuBLAS's
-    definition), float16 and bfloat16 summed in float32 and each result rounded once; False
-    where it cannot take them, as gpuconv.cublas.gemm returns."""
-    if cublas.gemm_args(a, b, c) is None or cublas.cuda_types(c.dtype) is None:
-        return False
+def cublas_gemm(xp, a, b, c):
+    """One cuBLAS strided batched GEMM as gpuconv.cublas.gemm makes it, on host arrays: only on
+    views it takes as they lie (the arguments gemm_args makes of them; test_cublas checks those
+    against cuBLAS's definition), float16 and bfloat16 summed in float32 and each result
+    rounded once."""
+    assert cublas.gemm_args(a, b, c) is not None, (a.shape, a.strides, b.strides, c.strides)
+    assert cublas.cuda_types(c.dtype) is not None, c.dtype
     if c.dtype.itemsize == 2:
         c[...] = np.matmul(a.astype(np.float32), b.astype(np.float32))
     else:
         np.matmul(a, b, out=c)
-    return True
 
 
 CASES = grid_cases()
@@ -504,19 +478,14 @@ def test_pointwise(emulated_gpu):
 
 
 def test_pointwise_channels_first_is_one_cublas_call_a_group(emulated_gpu, monkeypatch):
-    """Pointwise products are cuBLAS calls, never a matmul (gpuconv.cublas; the emulation
-    takes only views that cuBLAS can): one strided batched call a group over the images
+    """Pointwise products are cuBLAS calls (gpuconv.cublas; the emulation takes only views that
+    cuBLAS can): one strided batched call a group over the images
     (into a channels-first output as it lies, else into a temporary: channels-last outputs
     of groups, 16-bit layers with sigmoid or tanh, widened to float32), or one call for all
     the rows of an output of rows (one group: channels-last, or one position or filter)."""
     calls = []
-    real = cuda._library_gemm_batched
-    monkeypatch.setattr(cuda, "_library_gemm_batched",
-                        lambda *a: calls.append(a[3].shape) or real(*a))
-
-    def no_matmul(*args, **kwargs):
-        raise AssertionError("a channels-first pointwise layer multiplied by _matmul")
-    monkeypatch.setattr(cuda, "_matmul", no_matmul)
+    real = cuda._library_gemm
+    monkeypatch.setattr(cuda, "_library_gemm", lambda *a: calls.append(a[3].shape) or real(*a))
     ran = set()
     for case in POINTWISE_CASES:
         geom = _geometry(case)
@@ -541,9 +510,9 @@ def test_pointwise_channels_first_is_one_cublas_call_a_group(emulated_gpu, monke
 @pytest.mark.parametrize("dtype", [np.float16, "bfloat16"])
 def test_pointwise_16bit_product_of_one_element_sums_in_float32(dtype, emulated_gpu):
     """A 16-bit pointwise layer with one filter a group and one output position makes each
-    group's product 1 x K times K x 1, which CuPy sums in the 16-bit type itself (cupy_matmul):
-    _matmul widens it, so each output is its float32 sum rounded once (session 16's H100 run:
-    a bfloat16 data adjoint whose phase was such a layer erred past its bound)."""
+    group's product 1 x K times K x 1, which CuPy's matmul summed in the 16-bit type itself
+    (session 16's H100 run: a bfloat16 data adjoint whose phase was such a layer erred past
+    its bound); gpuconv's own cuBLAS call sums it in float32, rounded once."""
     if dtype == "bfloat16":
         if bfloat16() is None:
             pytest.skip("ml_dtypes is not installed")

@@ -92,9 +92,11 @@ def stand_in_gpu(emulator, monkeypatch):
     monkeypatch.setattr(kernels, "get_function", lambda file, name, dtype, device_id:
                         functools.partial(emulator.launch, file, name))
     monkeypatch.setattr(cuda, "poison_outputs", True)
-    # cuBLAS's products on the stand-in's (host) memory, by the call gpuconv.cublas makes
+    # cuBLAS's products on the stand-in's (host) memory, by the call gpuconv.cublas makes, in
+    # the full path as in the replays
     monkeypatch.setattr(cublas, "call", cublas_call)
-    monkeypatch.setattr(cuda, "_library_gemm_batched", lambda xp, a, b, c: cublas.gemm(a, b, c))
+    monkeypatch.setattr(cuda, "_library_gemm", lambda xp, a, b, c: cublas.gemm(a, b, c) or
+                        pytest.fail(f"cuBLAS took no {a.shape} @ {b.shape} of {c.dtype}"))
     yield fake
     device.cuda_status.cache_clear()  # a probe made while the stand-in was CuPy is no real one
 
