@@ -94,6 +94,29 @@ def _operand(row_step: int, col_step: int, rows: int, cols: int) -> Optional[Tup
     return None
 
 
+def _matrices(v: Array) -> Optional[Tuple[int, int, int]]:
+    """(operation, leading dimension, batch stride) in elements of a 3-D view's matrices as
+    cuBLAS reads them (:func:`_operand`), or None where it cannot."""
+    steps = _elements(v.shape, v.strides, v.dtype.itemsize)
+    if steps is None:
+        return None
+    operand = _operand(steps[1], steps[2], v.shape[1], v.shape[2])
+    return None if operand is None else operand + (steps[0],)
+
+
+def readable(v: Array) -> bool:
+    """Whether cuBLAS reads the matrices of the 3-D view ``v`` as they lie."""
+    return _matrices(v) is not None
+
+
+def writable(v: Array) -> bool:
+    """Whether cuBLAS writes the matrices of the 3-D view ``v`` as they lie: row-major (read
+    column-major, their transposes) and no two batches overlapping."""
+    m = _matrices(v)
+    batch, M, N = v.shape
+    return m is not None and m[0] == _OP_N and (batch == 1 or m[2] >= (M - 1) * m[1] + N)
+
+
 def gemm_args(a: Array, b: Array, c: Array) -> Optional[GemmArgs]:
     """cuBLAS's arguments for ``c[i] = a[i] @ b[i]`` over 3-D views ``a`` (batch, M, K), ``b``
     (batch, K, N) and ``c`` (batch, M, N) of one dtype, any batch strides (0 repeats a matrix),
@@ -105,21 +128,15 @@ def gemm_args(a: Array, b: Array, c: Array) -> Optional[GemmArgs]:
     N = b.shape[2]
     if b.shape[:2] != (batch, K) or c.shape != (batch, M, N) or min(batch, M, N, K) < 1:
         return None
-    item = c.dtype.itemsize
-    sa, sb, sc = (_elements(v.shape, v.strides, item) for v in (a, b, c))
-    if sa is None or sb is None or sc is None:
-        return None
-    first = _operand(sb[1], sb[2], K, N)  # cuBLAS's A: b, read as b^T (N x K) or transposed
-    second = _operand(sa[1], sa[2], M, K)  # cuBLAS's B: a, as a^T (K x M) or transposed
-    out = _operand(sc[1], sc[2], M, N)
-    if first is None or second is None or out is None or out[0] != _OP_N:
-        return None
-    if batch > 1 and sc[0] < (M - 1) * out[1] + N:  # two batches' results would overlap
+    first = _matrices(b)  # cuBLAS's A: b, read as b^T (N x K) or transposed
+    second = _matrices(a)  # cuBLAS's B: a, as a^T (K x M) or transposed
+    out = _matrices(c)
+    if first is None or second is None or out is None or not writable(c):
         return None
     args = GemmArgs(transa=first[0], transb=second[0], m=N, n=M, k=K, lda=first[1],
-                    stride_a=sb[0] if batch > 1 else 0, ldb=second[1],
-                    stride_b=sa[0] if batch > 1 else 0, ldc=out[1],
-                    stride_c=sc[0] if batch > 1 else 0, batch=batch)
+                    stride_a=first[2] if batch > 1 else 0, ldb=second[1],
+                    stride_b=second[2] if batch > 1 else 0, ldc=out[1],
+                    stride_c=out[2] if batch > 1 else 0, batch=batch)
     if max(args.m, args.n, args.k, args.lda, args.ldb, args.ldc, args.batch) >= _INT_LIMIT:
         return None  # cuBLAS's 32-bit sizes
     return args

@@ -713,16 +713,16 @@ def _channels_last_replay(cupy: Any, a_cf: Array, device_id: int) -> Any:
 
 def _gemm_batched(xp: Any, a: Array, b: Array, c: Array) -> None:
     """``c[i] = a[i] @ b[i]`` for 3-D views (any batch strides) by one cuBLAS call
-    (_library_gemm) on the views as they lie, or on contiguous copies of operands cuBLAS
-    cannot read as they lie (gpuconv.cublas.gemm_args), the result then copied into ``c``.
-    CuPy's matmul is never used (CUPY_TF32 would make its float32 products TF32; its 16-bit
-    batches are widened or refused, cupy/cupy#10317)."""
-    if cublas.gemm_args(a, b, c) is None:
-        result = xp.empty(c.shape, dtype=c.dtype)
-        _library_gemm(xp, xp.ascontiguousarray(a), xp.ascontiguousarray(b), result)
-        c[...] = result
-    else:
-        _library_gemm(xp, a, b, c)
+    (_library_gemm) on the views as they lie, but for contiguous copies of the operands that
+    cuBLAS cannot read so (a strided layer's positions, a transposed x's channels) and a
+    temporary for an output it cannot write so, copied into ``c``. CuPy's matmul is never used
+    (CUPY_TF32 would make its float32 products TF32; its 16-bit batches are widened or
+    refused, cupy/cupy#10317)."""
+    a, b = (v if cublas.readable(v) else xp.ascontiguousarray(v) for v in (a, b))
+    target = c if cublas.writable(c) else xp.empty(c.shape, dtype=c.dtype)
+    _library_gemm(xp, a, b, target)
+    if target is not c:
+        c[...] = target
 
 
 def _library_gemm(xp: Any, a: Array, b: Array, c: Array) -> None:
@@ -737,14 +737,6 @@ def _library_gemm(xp: Any, a: Array, b: Array, c: Array) -> None:
             np.matmul(a, b, out=c)
     elif not cublas.gemm(a, b, c):
         raise RuntimeError(f"cuBLAS takes no {a.shape} @ {b.shape} product of {c.dtype}")
-
-
-def _unit_rows(xp: Any, a: Array) -> Array:
-    """``a``, or a contiguous copy where its last axis does not step by one element (a strided
-    layer's positions, a transposed x's channels): cuBLAS reads rows of adjacent elements."""
-    if a.shape[-1] > 1 and a.strides[-1] != a.itemsize:
-        return xp.ascontiguousarray(a)
-    return a
 
 
 def _group_products(xp: Any, w: Array, xs: Array, ys: Array) -> None:
@@ -795,17 +787,17 @@ def _pointwise(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     direct = ct == dtype  # the product lands in out_cf itself
     if G == 1 and out_rows.flags.c_contiguous:  # a channels-last output: rows of C_out
         rows = out_rows if direct else xp.empty(out_rows.shape, dtype=ct)
-        _rows_product(xp, _unit_rows(xp, x_cf.transpose(to_last).reshape(N * P, Cg)),
+        _rows_product(xp, x_cf.transpose(to_last).reshape(N * P, Cg),
                       w.reshape(Cog, Cg), rows.reshape(N * P, Cog))
         res = rows.transpose(to_first)
     elif out_cf.flags.c_contiguous and direct:
-        _group_products(xp, w, _unit_rows(xp, x_cf.reshape(N, G, Cg, P)),
+        _group_products(xp, w, x_cf.reshape(N, G, Cg, P),
                         out_cf.reshape(N, G, Cog, P))
         res = out_cf
     else:  # into a temporary in ct (widened, or an output of other strides), copied below
         direct = False
         ys = xp.empty((N, G, Cog, P), dtype=ct)
-        _group_products(xp, w, _unit_rows(xp, x_cf.reshape(N, G, Cg, P)), ys)
+        _group_products(xp, w, x_cf.reshape(N, G, Cg, P), ys)
         res = ys.reshape(out_cf.shape)
     if bias is not None:
         res += _contiguous(xp, bias, ct).reshape((1, geom.C_out) + (1,) * geom.rank)
@@ -856,7 +848,7 @@ def _pointwise_16bit(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeom
     if G == 1 and out_rows.flags.c_contiguous:  # rows of C_out
         xr = x_cf.transpose(to_last)  # (N, *out, Cg)
         if bias is None:
-            xa = _unit_rows(xp, xr.reshape(N * P, Cg))
+            xa = xr.reshape(N * P, Cg)
         else:
             xa = xp.empty((N * P, K), dtype=dtype)
             terms = xa.reshape(xr.shape[:-1] + (K,))
@@ -868,7 +860,7 @@ def _pointwise_16bit(xp: Any, x_cf: Array, w: Array, bias: Array, geom: ConvGeom
     # per group one cuBLAS call over the images, into the output as it lies where it is
     # contiguous (else into a temporary, copied)
     if bias is None:
-        xs = _unit_rows(xp, x_cf.reshape(N, G, Cg, P))
+        xs = x_cf.reshape(N, G, Cg, P)
     else:
         xs = xp.empty((N, G, K, P), dtype=dtype)
         xs.reshape((N, G, K) + out)[:, :, :Cg] = x_cf.reshape((N, G, Cg) + out)
