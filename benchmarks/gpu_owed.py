@@ -1,15 +1,16 @@
 """The GPU checks owed by work done without a GPU, phase by phase, for a session's first calls.
 
-Sessions 20-23 wrote kernels and paths that no GPU has run (depthwise_tile, gemm_cl, the
-replays, pointwise by strided batched cuBLAS calls, the GC_CP_ASYNC_CA experiment); NOTES
-"Owed on a GPU next" lists what to run. A device call is limited to 10 minutes and a session
-to 30, so this runs named phases in order, each under its own time limit (its whole process
-group stopped at the limit, so no test worker stays on the GPU), logging each to
-``--out``/<phase>.log and printing its last lines; a phase that fails or times out does not
-stop the next. Two calls cover the list's first items:
+Sessions 20-24 wrote kernels and paths that no GPU has run (depthwise_tile, gemm_cl, the
+replays, pointwise by strided batched cuBLAS calls, the GC_CP_ASYNC_CA experiment,
+gemm_wgmma); NOTES "Owed on a GPU next" lists what to run. A device call is limited to 10
+minutes and a session to 30, so this runs named phases in order, each under its own time limit
+(its whole process group stopped at the limit, so no test worker stays on the GPU), logging
+each to ``--out``/<phase>.log and printing its last lines; a phase that fails or times out
+does not stop the next. Three calls cover the list's first items:
 
     PYTHONPATH=$PWD python3 benchmarks/gpu_owed.py --out $OUT tests timeline bench_1x1
-    PYTHONPATH=$PWD python3 benchmarks/gpu_owed.py --out $OUT bench_new ca_plain ca_defined
+    PYTHONPATH=$PWD python3 benchmarks/gpu_owed.py --out $OUT bench_new bench_wgmma
+    PYTHONPATH=$PWD python3 benchmarks/gpu_owed.py --out $OUT ca_plain ca_defined
 
 then the record (benchmarks/gpu_record.py) at the commit that follows from them.
 """
@@ -46,7 +47,7 @@ def phases(out: Path) -> Dict[str, Tuple[int, Tuple[str, ...]]]:
                         "-p", "no:cacheprovider", "-rfE", "tests/test_grid.py",
                         "tests/test_repeat.py", "-k",
                         "pointwise or depthwise_tile or gemm_cl or ffma or im2col or repeated "
-                        "or replays")),
+                        "or replays or wgmma")),
         # where the slow rows' time goes (kernels, host, gaps)
         "timeline": (150, (PY, "benchmarks/gpu_timeline.py", "--out",
                            str(out / "timeline.json"))),
@@ -58,6 +59,9 @@ def phases(out: Path) -> Dict[str, Tuple[int, Tuple[str, ...]]]:
         # the kernels auto does not take yet: gemm_cl, depthwise_tile (all 16 layers)
         "bench_new": (240, _BENCH + bench("bench_new", "--dtype", "float32", "--algorithms",
                                           "auto,im2col,gemm_cl,depthwise,depthwise_tile")),
+        # wgmma (session 24) against mma.sync's channels-last kernel and cuDNN, 16-bit layers
+        "bench_wgmma": (240, _BENCH + bench("bench_wgmma", "--dtype", "float16,bfloat16",
+                                            "--algorithms", "auto,gemm_tc_cl,gemm_wgmma")),
         # L1-cached copies in the channels-last GEMMs: the same rows, plain and with the macro
         "ca_plain": (120, _BENCH + bench("ca_plain", *ca)),
         "ca_defined": (120, (PY, "benchmarks/bench_with_defines.py", "GC_CP_ASYNC_CA", "--")

@@ -169,10 +169,10 @@ def main(argv=None) -> int:
                 grouped = collections.Counter()
                 for op, n in body.items():
                     grouped[op.split(".")[0]] += n
-                useful = grouped["FFMA"] + grouped["DFMA"] + grouped["HMMA"]
+                useful = grouped["FFMA"] + grouped["DFMA"] + grouped["HMMA"] + grouped["HGMMA"]
                 mix = ", ".join(f"{op} {n}" for op, n in grouped.most_common(12))
                 print(f"  loop {first:#x}-{last:#x}: {total} instructions, "
-                      f"{useful / total:.0%} FFMA/DFMA/HMMA: {mix}")
+                      f"{useful / total:.0%} FFMA/DFMA/HMMA/HGMMA: {mix}")
         # a name pattern can match in several modules (one per dtype): report them all
     if not matched:
         print(f"no kernel name matches {args.pattern!r}", file=sys.stderr)

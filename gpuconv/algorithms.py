@@ -31,6 +31,11 @@ On CUDA:
                  (cp.async), fragments by ldmatrix, blocks of 128 positions x 64 or 128 filters
                  (kernels.gemm_tc_cl_filters); a channels-first x is copied channels-last
                  first, and the filters are reordered (a small copy);
+  ``gemm_wgmma`` ``gemm_tc_cl``'s copies, ring and blocks (float16, bfloat16; C_in/groups a
+                 multiple of 8) multiplied by Hopper's warpgroup instruction wgmma, which reads
+                 both tiles from shared memory itself (kernels_cuda/conv_gemm_wgmma.cu, built
+                 for sm_90a: compute capability 9.0 only, H100/H200); only when asked for by
+                 name or by the autotuner (not yet run on a GPU);
   ``gemm_cl``    ``gemm_tc_cl``'s kernel for float32 with C_in/groups a multiple of 4, the
                  products by FFMA (exact FP32 sums, as ``gemm``): 16-byte copies of 4 channels
                  into the same ring, 16-byte shared loads of a chunk of 4 terms a row; only
@@ -75,7 +80,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -90,8 +95,8 @@ _GEMM = tuple(f"gemm_{t}" for t in kernels.GEMM_TILES)
 ALGORITHMS: Dict[str, Tuple[str, ...]] = {
     "cpu": ("gemm", "gemm_shifted", "pointwise", "depthwise"),
     "cuda": ("direct", "few_filters", "gemm") + _GEMM + ("gemm_cl", "gemm_tc", "gemm_tc_cl",
-                                                         "gemm_tf32", "im2col", "winograd",
-                                                         "pointwise", "depthwise",
+                                                         "gemm_wgmma", "gemm_tf32", "im2col",
+                                                         "winograd", "pointwise", "depthwise",
                                                          "depthwise_tile"),
 }
 NAMES = ("auto",) + tuple(dict.fromkeys(n for names in ALGORITHMS.values() for n in names))
@@ -182,13 +187,13 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
             return (f"'gemm_cl' launches one block row per group and {narrow} filters: {shape} "
                     f"exceeds CUDA's {_CUDA_GRID_LIMIT} blocks per grid axis")
         return ""
-    if kind == "cuda" and algorithm in ("gemm_tc", "gemm_tc_cl", "gemm_tf32"):
+    if kind == "cuda" and algorithm in ("gemm_tc", "gemm_tc_cl", "gemm_wgmma", "gemm_tf32"):
         if algorithm != "gemm_tf32" and not kernels.tensor_core_dtype(dtype):
             return (f"{algorithm!r} multiplies float16 or bfloat16 on tensor cores; this call is "
                     f"{np.dtype(dtype).name}")
         block = kernels.GEMM_TC_CL_CHANNELS
-        if algorithm == "gemm_tc_cl" and geom.C_in_per_group % block:
-            return (f"'gemm_tc_cl' reads {block} channels at a time: it needs C_in/groups to be "
+        if algorithm in ("gemm_tc_cl", "gemm_wgmma") and geom.C_in_per_group % block:
+            return (f"{algorithm!r} reads {block} channels at a time: it needs C_in/groups to be "
                     f"a multiple of {block}; these are {shape}")
         if algorithm == "gemm_tf32" and np.dtype(dtype) != np.float32:
             return (f"'gemm_tf32' rounds float32 to TF32 for the tensor cores; this call is "
@@ -240,17 +245,32 @@ def gemm_index_problem(geom: ConvGeometry) -> str:
 
 
 def _tensor_core_problem(algorithm: str) -> str:
-    """Why the current CUDA device cannot run mma.sync.m16n8k16 (compute capability below 8.0),
-    or "" (also when there is no CuPy device to ask: the host emulation of the tests)."""
-    try:
-        import cupy
-        capability = _capability(cupy.cuda.runtime.getDevice())
-    except Exception:
+    """Why the current CUDA device cannot run mma.sync.m16n8k16 (compute capability below 8.0)
+    or, for gemm_wgmma, code built for sm_90a (compute capability other than 9.0), or "" (also
+    when there is no CuPy device to ask: the host emulation of the tests)."""
+    capability = _current_capability()
+    if capability is None:
+        return ""
+    if algorithm == "gemm_wgmma":
+        required = kernels.ARCH_SPECIFIC["conv_gemm_wgmma.cu"][0]
+        if capability != required:
+            return (f"'gemm_wgmma' is built for sm_90a (wgmma: H100, H200), which runs only on "
+                    f"compute capability {required // 10}.{required % 10}; this device has "
+                    f"{capability // 10}.{capability % 10} (use 'gemm_tc_cl')")
         return ""
     if capability < 80:
         return (f"{algorithm!r} needs compute capability 8.0 or later (mma.sync); this device "
                 f"has {capability // 10}.{capability % 10}")
     return ""
+
+
+def _current_capability() -> Optional[int]:
+    """The current CUDA device's compute capability (90 for 9.0), or None without one."""
+    try:
+        import cupy
+        return _capability(cupy.cuda.runtime.getDevice())
+    except Exception:
+        return None
 
 
 @functools.lru_cache(maxsize=None)

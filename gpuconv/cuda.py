@@ -334,6 +334,12 @@ def _forward_plan(geom: ConvGeometry, dtype: np.dtype, activation: Optional[str]
         tile = (kernels.GEMM_TC_CL_POSITIONS, BN, kernels.GEMM_TC_CL_TERMS)
         per_sm = kernels.gemm_tc_cl_blocks_per_sm(BN)
         threads = kernels.gemm_tc_cl_threads(BN)
+    elif algorithm == "gemm_wgmma":  # gemm_tc_cl's blocks and ring, wgmma products (sm_90a)
+        BN = kernels.gemm_tc_cl_filters(geom)
+        file, name = "conv_gemm_wgmma.cu", kernels.conv_gemm_wgmma_name(dtype, activation, BN)
+        tile = (kernels.GEMM_TC_CL_POSITIONS, BN, kernels.GEMM_TC_CL_TERMS)
+        per_sm = kernels.gemm_wgmma_blocks_per_sm(BN)
+        threads = kernels.GEMM_WGMMA_THREADS
     elif algorithm == "gemm_cl":  # gemm_tc_cl's blocks and ring, FFMA products (float32)
         BN = kernels.gemm_tc_cl_filters(geom)
         file, name = "conv_gemm_tc.cu", kernels.conv_gemm_cl_name(dtype, activation, BN)
@@ -430,7 +436,7 @@ def _kernel_args(plan: ForwardPlan, x: Array, w: Array, bias_arg: Array, out: Ar
 #: the filters as they lie.
 _NOT_REPLAYED = ("pointwise", "winograd", "im2col")
 #: Algorithms that read x and the filters channels-last (_channels_last)
-_CHANNELS_LAST = ("gemm_tc_cl", "gemm_cl")
+_CHANNELS_LAST = ("gemm_tc_cl", "gemm_wgmma", "gemm_cl")
 
 
 #: a compiled kernel and its launch shape: (function, grid, block)

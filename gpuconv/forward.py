@@ -84,8 +84,9 @@ _DOC = """{summary}
       algorithm: "auto" (a rule on the shape), or one of the device's algorithms to force it:
             CPU "gemm", "gemm_shifted", "pointwise", "depthwise"; CUDA "direct",
             "few_filters", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64", "gemm_128x32",
-            "gemm_128x8", "gemm_cl", "gemm_tc", "gemm_tc_cl", "gemm_tf32", "im2col", "winograd",
-            "pointwise", "depthwise", "depthwise_tile" (see gpuconv.algorithms). Same result
+            "gemm_128x8", "gemm_cl", "gemm_tc", "gemm_tc_cl", "gemm_wgmma" (H100/H200 only),
+            "gemm_tf32", "im2col", "winograd", "pointwise", "depthwise", "depthwise_tile" (see
+            gpuconv.algorithms). Same result
             (gemm_tf32: TF32-rounded products; winograd: the rounding of its transforms), other
             speed; ValueError if the device lacks it or it does not apply to the layer.
 

@@ -50,6 +50,19 @@ ACTIVATIONS: Dict[Optional[str], str] = {
 #: Options given to NVRTC for every module (CuPy adds the target architecture itself).
 COMPILE_OPTIONS: Tuple[str, ...] = ("-std=c++17",)
 
+#: Modules built for one architecture's own instructions: file -> (the compute capability of
+#: the only devices it runs on, the option naming that target). conv_gemm_wgmma.cu's wgmma
+#: exists only on sm_90a; CuPy appends its own -arch=sm_90 for such a device, and NVRTC then
+#: builds for sm_90a (checked with NVRTC 13.5: with both options, wgmma compiles).
+ARCH_SPECIFIC: Dict[str, Tuple[int, str]] = {"conv_gemm_wgmma.cu": (90, "-arch=sm_90a")}
+
+
+def module_options(filename: str) -> Tuple[str, ...]:
+    """NVRTC's options for ``filename``: COMPILE_OPTIONS (read at each call: the benchmarks'
+    bench_with_defines adds macros to it), and the target of an ARCH_SPECIFIC file."""
+    target = ARCH_SPECIFIC.get(filename)
+    return tuple(COMPILE_OPTIONS) + ((target[1],) if target else ())
+
 _INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"\s*$')
 
 
@@ -225,6 +238,23 @@ def conv_gemm_tc_cl_name(dtype: DTypeLike, activation: Optional[str], filters: i
     GEMM_TC_CL_CHANNELS kernels) with blocks of GEMM_TC_CL_POSITIONS positions x ``filters``
     (one of GEMM_TC_CL_FILTERS)."""
     return f"conv_gemm_tc_cl<{ctype(dtype)}, {ACTIVATIONS[activation]}, {filters}>"
+
+
+def conv_gemm_wgmma_name(dtype: DTypeLike, activation: Optional[str], filters: int) -> str:
+    """conv_gemm_tc_cl's blocks and ring multiplied by wgmma (conv_gemm_wgmma.cu, 16-bit dtypes,
+    sm_90a), blocks of GEMM_WGMMA_THREADS threads whatever their width (one of
+    GEMM_TC_CL_FILTERS)."""
+    return f"conv_gemm_wgmma<{ctype(dtype)}, {ACTIVATIONS[activation]}, {filters}>"
+
+
+#: Threads a conv_gemm_wgmma block runs: two warpgroups of 64 positions each.
+GEMM_WGMMA_THREADS = 256
+
+
+def gemm_wgmma_blocks_per_sm(filters: int) -> int:
+    """conv_gemm_wgmma blocks an SM holds at once: its __launch_bounds__(256, 2) (the 64-filter
+    kernel takes 112-114 registers a thread, sm_90a: 2 blocks; 3 would need <= 85)."""
+    return 2
 
 
 def conv_gemm_cl_name(dtype: DTypeLike, activation: Optional[str], filters: int) -> str:
@@ -523,6 +553,9 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
                 tuple(conv_gemm_cl_name(dtype, a, f) for a in activation_names(dtype)
                       for f in GEMM_TC_CL_FILTERS)
         return ()
+    if filename == "conv_gemm_wgmma.cu":
+        return tuple(conv_gemm_wgmma_name(dtype, a, f) for a in activation_names(dtype)
+                     for f in GEMM_TC_CL_FILTERS) if tensor_core_dtype(dtype) else ()
     if filename == "conv_depthwise.cu":
         return tuple(conv_depthwise_name(dtype, a, k) for a in activation_names(dtype)
                      for k in DEPTHWISE_SIZES) + \
@@ -553,13 +586,13 @@ def module_names(filename: str, dtype: DTypeLike) -> Tuple[str, ...]:
 
 
 KERNEL_FILES: Tuple[str, ...] = ("conv_direct.cu", "conv_gemm.cu", "conv_gemm_tc.cu",
-                                  "conv_depthwise.cu", "conv_adjoint.cu", "conv_winograd.cu",
-                                  "im2col.cu", "layout.cu", "peak.cu")
+                                  "conv_gemm_wgmma.cu", "conv_depthwise.cu", "conv_adjoint.cu",
+                                  "conv_winograd.cu", "im2col.cu", "layout.cu", "peak.cu")
 
 
 def every_module_request() -> List[Tuple[str, Tuple[str, ...], Tuple[str, ...]]]:
     """(filename, name_expressions, options) of every module the package can compile."""
-    return [(f, module_names(f, dt), COMPILE_OPTIONS) for f in KERNEL_FILES for dt in accepted()
+    return [(f, module_names(f, dt), module_options(f)) for f in KERNEL_FILES for dt in accepted()
             if module_names(f, dt)]
 
 
@@ -573,7 +606,7 @@ def _module(filename: str, names: Tuple[str, ...], options: Tuple[str, ...], dev
 @functools.lru_cache(maxsize=None)
 def _function(filename: str, name: str, dtype: np.dtype, device_id: int) -> Any:
     names = module_names(filename, dtype)
-    return _module(filename, names, COMPILE_OPTIONS, device_id).get_function(name)
+    return _module(filename, names, module_options(filename), device_id).get_function(name)
 
 
 def get_function(filename: str, name: str, dtype: DTypeLike, device_id: int) -> Any:

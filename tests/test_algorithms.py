@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gpuconv
-from gpuconv import algorithms
+from gpuconv import algorithms, tuning
 from gpuconv.dtypes import bfloat16
 from gpuconv.geometry import plan_conv
 
@@ -21,8 +21,8 @@ def test_names_are_listed_and_checked():
     assert set(algorithms.ALGORITHMS["cpu"]) == {"gemm", "gemm_shifted", "pointwise", "depthwise"}
     assert set(algorithms.ALGORITHMS["cuda"]) == {
         "direct", "few_filters", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64",
-        "gemm_128x32", "gemm_128x8", "gemm_cl", "gemm_tc", "gemm_tc_cl", "gemm_tf32", "im2col",
-        "winograd", "pointwise", "depthwise", "depthwise_tile"}
+        "gemm_128x32", "gemm_128x8", "gemm_cl", "gemm_tc", "gemm_tc_cl", "gemm_wgmma",
+        "gemm_tf32", "im2col", "winograd", "pointwise", "depthwise", "depthwise_tile"}
     x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
     with pytest.raises(ValueError, match="algorithm must be one of .*'winograd'.*, got 'fft'"):
         gpuconv.conv(x, w, algorithm="fft", device="cpu")
@@ -194,11 +194,33 @@ def test_tensor_core_kernel_needs_compute_capability_8(monkeypatch):
     algorithms._capability.cache_clear()
 
 
+@pytest.mark.parametrize("capability, mma_sync, wgmma", [(75, False, False), (80, True, False),
+                                                         (90, True, True), (100, True, False)])
+def test_wgmma_kernel_runs_on_compute_capability_9_0_only(capability, mma_sync, wgmma,
+                                                          monkeypatch):
+    """gemm_wgmma's module is built for sm_90a, whose code runs on 9.0 alone: refused, naming
+    the device's capability and the alternative, on 7.5, 8.0 and 10.0, where gemm_tc_cl runs
+    from 8.0 on; with no device to ask (the host emulation) neither is refused."""
+    g = plan_conv((1, 8, 9, 9), (8, 8, 3, 3))
+    monkeypatch.setattr(algorithms, "_current_capability", lambda: capability)
+    assert (algorithms.why_not("cuda", "gemm_tc_cl", g, np.float16) == "") == mma_sync
+    reason = algorithms.why_not("cuda", "gemm_wgmma", g, np.float16)
+    assert (reason == "") == wgmma
+    if not wgmma:
+        assert f"this device has {capability // 10}.{capability % 10}" in reason
+        assert "compute capability 9.0" in reason and "'gemm_tc_cl'" in reason
+        with pytest.raises(ValueError, match="algorithm='gemm_wgmma' cannot run this call"):
+            algorithms.choose("cuda", "gemm_wgmma", g, np.float16)
+    assert ("gemm_wgmma" in tuning.candidates("cuda", g, np.float16)) == wgmma
+    monkeypatch.setattr(algorithms, "_current_capability", lambda: None)
+    assert algorithms.why_not("cuda", "gemm_wgmma", g, np.float16) == ""
+
+
 @pytest.mark.parametrize("algorithm", ["gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64",
-                                       "gemm_128x32", "gemm_128x8",
-                                       "gemm_cl", "gemm_tc", "gemm_tc_cl", "gemm_tf32"])
+                                       "gemm_128x32", "gemm_128x8", "gemm_cl", "gemm_tc",
+                                       "gemm_tc_cl", "gemm_wgmma", "gemm_tf32"])
 def test_gemm_kernels_count_in_32_bit_ints_and_say_where_that_ends(algorithm):
-    dtype = np.float16 if algorithm in ("gemm_tc", "gemm_tc_cl") else np.float32
+    dtype = np.float16 if algorithm in ("gemm_tc", "gemm_tc_cl", "gemm_wgmma") else np.float32
     ok = _geom((1, 8, 2**20), (8, 8, 3))
     assert algorithms.why_not("cuda", algorithm, ok, dtype) == ""
     long_signal = _geom((1, 8, 2**30), (8, 8, 3))

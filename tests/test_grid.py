@@ -148,8 +148,8 @@ def test_cpu_pointwise_16bit(case):
 
 
 GPU_ALGORITHMS = ["direct", "few_filters", "gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64",
-                  "gemm_128x32", "gemm_128x8", "gemm_cl", "gemm_tc", "gemm_tc_cl", "im2col",
-                  "pointwise", "depthwise", "depthwise_tile"]
+                  "gemm_128x32", "gemm_128x8", "gemm_cl", "gemm_tc", "gemm_tc_cl", "gemm_wgmma",
+                  "im2col", "pointwise", "depthwise", "depthwise_tile"]
 
 
 def _check_gpu_algorithm(case, algorithm, cp):
@@ -258,8 +258,8 @@ def test_gpu_tf32(case, gpu):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("algorithm", ["direct", "gemm", "gemm_tc", "gemm_tc_cl", "im2col",
-                                       "depthwise"])
+@pytest.mark.parametrize("algorithm", ["direct", "gemm", "gemm_tc", "gemm_tc_cl", "gemm_wgmma",
+                                       "im2col", "depthwise"])
 @pytest.mark.parametrize("case", BFLOAT16_CASES, ids=lambda c: c.name)
 def test_gpu_bfloat16(case, algorithm, gpu):
     """bfloat16 CuPy arrays (CuPy 14 with ml_dtypes) through each CUDA kernel that takes them."""
@@ -283,6 +283,17 @@ def test_gpu_channels_last_tensor_cores(case, filters, gpu, monkeypatch):
     the reference and the CPU; compute-sanitizer runs these too."""
     monkeypatch.setattr(kernels, "gemm_tc_cl_filters", lambda geom: filters)
     _check_gpu_algorithm(case, "gemm_tc_cl", gpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("filters", kernels.GEMM_TC_CL_FILTERS)
+@pytest.mark.parametrize("case", CHANNEL_BLOCK_CASES, ids=lambda c: c.name)
+def test_gpu_channels_last_wgmma(case, filters, gpu, monkeypatch):
+    """conv_gemm_wgmma (the channels-last ring multiplied by wgmma through shared-memory
+    descriptors, sm_90a) on the same cases with blocks of each width; on a device other than
+    compute capability 9.0 the refusal is checked instead. compute-sanitizer runs these too."""
+    monkeypatch.setattr(kernels, "gemm_tc_cl_filters", lambda geom: filters)
+    _check_gpu_algorithm(case, "gemm_wgmma", gpu)
 
 
 @pytest.mark.gpu

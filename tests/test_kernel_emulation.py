@@ -297,6 +297,13 @@ CL_CASES += [(as_dtype(c, bfloat16()), kernels.GEMM_TC_CL_FILTERS[i % 2], "gemm_
 CL_CASES += [(c, kernels.GEMM_TC_CL_FILTERS[i % 2], "gemm_cl")
              for i, c in enumerate(channel_block_cases("float32", FFMA_CL_SIZES)
                                    + channel_block_cases("float32", FFMA_CL_SIZES, seed=16))]
+# gemm_wgmma (gemm_tc_cl's copies and ring, the products by wgmma read through its descriptors
+# and emulated from PTX's description of them): the float16 cases with blocks of each width,
+# bfloat16 on the first three.
+CL_CASES += [(c, f, "gemm_wgmma") for c in channel_block_cases()
+             for f in kernels.GEMM_TC_CL_FILTERS]
+CL_CASES += [(as_dtype(c, bfloat16()), kernels.GEMM_TC_CL_FILTERS[i % 2], "gemm_wgmma")
+             for i, c in enumerate(channel_block_cases()[:3]) if bfloat16() is not None]
 
 
 @pytest.mark.parametrize("case, filters, algorithm", CL_CASES,
@@ -315,6 +322,7 @@ def test_channels_last_kernels(case, filters, algorithm, emulated_gpu, monkeypat
 
 
 CL_SPLIT_CASES = [(i, c, "gemm_tc_cl") for i, c in enumerate(channel_block_cases()[::2])]
+CL_SPLIT_CASES += [(i, c, "gemm_wgmma") for i, c in enumerate(channel_block_cases()[1::2])]
 CL_SPLIT_CASES += [(i, c, "gemm_cl") for i, c in
                    enumerate(channel_block_cases("float32", FFMA_CL_SIZES)[1::3])]
 
@@ -402,6 +410,7 @@ def test_channels_last_copy(view, emulator, monkeypatch):
 
 @pytest.mark.parametrize("algorithm, dtype, block, others, says", [
     ("gemm_tc_cl", np.float16, 8, (np.float32,), "multiplies float16 or bfloat16"),
+    ("gemm_wgmma", np.float16, 8, (np.float32, np.float64), "multiplies float16 or bfloat16"),
     ("gemm_cl", np.float32, 4, (np.float16, np.float64, np.complex64),
      "multiplies float32 by FFMA")])
 def test_channels_last_kernels_refuse_other_channel_counts_and_dtypes(algorithm, dtype, block,

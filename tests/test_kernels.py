@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gpuconv import kernels
@@ -74,9 +75,19 @@ def _arch_specific(request_) -> bool:
                                                 for n in names)
 
 
+def _targets(request_):
+    """The architectures a module is compiled for here: an ARCH_SPECIFIC one for its own
+    devices' (as CuPy would on them: its -arch=sm_XX after the module's own option), the
+    others for ARCHS (those of _arch_specific) or sm_90."""
+    filename = request_[0]
+    if filename in kernels.ARCH_SPECIFIC:
+        capability = kernels.ARCH_SPECIFIC[filename][0]
+        return [f"sm_{capability}"]
+    return [a for a in ARCHS if a == "sm_90" or _arch_specific(request_)]
+
+
 @pytest.mark.parametrize("request_, arch",
-                         [(r, a) for r in REQUESTS for a in ARCHS
-                          if a == "sm_90" or _arch_specific(r)],
+                         [(r, a) for r in REQUESTS for a in _targets(r)],
                          ids=lambda v: v if isinstance(v, str) else f"{v[0]}-{v[1][0]}")
 def test_every_kernel_compiles(request_, arch):
     filename, names, options = request_
@@ -104,3 +115,16 @@ def test_compile_errors_name_the_file_and_line(tmp_path: Path):
     assert not ok
     assert f"{tmp_path / 'helper.cuh'}(3)" in log, log
     assert f"{tmp_path / 'broken.cu'}(3)" in log, log
+
+
+def test_wgmma_module_needs_its_own_target():
+    """conv_gemm_wgmma.cu's wgmma exists only on sm_90a: for sm_90 alone (what CuPy asks for on
+    an H100) NVRTC refuses it, so the module's own -arch=sm_90a (kernels.ARCH_SPECIFIC) is what
+    builds it, as test_every_kernel_compiles does with CuPy's option after it."""
+    filename = "conv_gemm_wgmma.cu"
+    names = kernels.module_names(filename, np.float16)
+    assert names and kernels.module_options(filename)[-1] == "-arch=sm_90a"
+    ok, log, _ = compile_with_nvrtc(kernels.kernel_source(filename), filename, names,
+                                    kernels.COMPILE_OPTIONS, "sm_90")
+    assert not ok and "wgmma" in log and "sm_90" in log
+    assert kernels.module_names(filename, np.float32) == ()

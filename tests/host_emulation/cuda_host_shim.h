@@ -140,3 +140,55 @@ inline void gc_emulated_ldmatrix_x4(unsigned (&r)[4], const void* row) {
     }
     __syncthreads();
 }
+
+// wgmma.mma_async.sync.aligned.m64n{N}k16.f32.{f16,bf16}.{f16,bf16} with both operands in
+// shared memory, K-major (no transposition), scale 1: d += A (64 x 16) * B^T (N x 16), for the
+// calling thread's warpgroup (warps 4 g .. 4 g + 3). Written apart from the kernel, from the
+// PTX ISA: the descriptors' fields (start address / 16 in bits 0-13, stride byte offset / 16 in
+// 32-45, base offset in 49-51, swizzle mode in 62-63) are decoded here, and only the layout the
+// kernel is meant to use is accepted (64-byte swizzle, base offset 0, 8-row groups starting on
+// 512 bytes): anything else sets gc_emu_fault. Row r, term k of an operand lies at byte
+// start + (r / 8) * stride + (r % 8) * 64 + 2 k before the swizzle, which XORs address bits 4-5
+// with bits 7-8. The host pointers the descriptors were made from are passed too (the
+// descriptor holds 14 bits of a shared address; the emulation's shared memory is host memory):
+// their low bits must be the descriptor's. D: register 4 j + e of lane 4 * group + t in warp w
+// holds row 16 (w % 4) + group + 8 (e / 2), column 8 j + 2 t + e % 2. Done at once here: on the
+// GPU the sums land at the wait_group, which the kernel reaches before reading them. Each
+// thread reads the operands itself, so no barrier is needed (the stage is not written while the
+// warpgroup multiplies it; the kernel's own barriers order that, and run here too).
+template <bool BF16, int N>
+inline void gc_emulated_wgmma(float (&d)[N / 2], unsigned long long da, unsigned long long db,
+                              const void* a_tile, const void* b_tile) {
+    struct Operand {
+        const unsigned char* start;
+        unsigned long long stride;
+    };
+    auto operand = [](unsigned long long desc, const void* tile) {
+        const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(tile);
+        const unsigned long long start = (desc & 0x3FFFull) << 4;
+        const unsigned long long stride = ((desc >> 32) & 0x3FFFull) << 4;
+        const unsigned base_offset = unsigned(desc >> 49) & 7u, swizzle = unsigned(desc >> 62);
+        if (start != (at & 0x3FFF0u) || at % 16 || swizzle != 2 || base_offset != 0 ||
+            stride != 512 || (at & 0x1C0u) != 0)
+            gc_emu_fault = 1;
+        return Operand{reinterpret_cast<const unsigned char*>(at), stride};
+    };
+    auto element = [](const Operand& m, unsigned row, unsigned k) {
+        std::uintptr_t a = reinterpret_cast<std::uintptr_t>(m.start) + (row / 8) * m.stride +
+                           (row % 8) * 64 + 2 * k;
+        a ^= ((a >> 7) & 3u) << 4;
+        unsigned short bits;
+        std::memcpy(&bits, reinterpret_cast<const void*>(a), 2);
+        return gc_emu_operand<BF16>(bits);
+    };
+    const Operand A = operand(da, a_tile), B = operand(db, b_tile);
+    const unsigned lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
+    const unsigned group = lane / 4, t = lane % 4;
+    for (unsigned j = 0; j < unsigned(N) / 8; ++j)
+        for (unsigned e = 0; e < 4; ++e) {
+            const unsigned row = 16 * warp + group + 8 * (e / 2), col = 8 * j + 2 * t + e % 2;
+            float s = d[4 * j + e];
+            for (unsigned k = 0; k < 16; ++k) s += element(A, row, k) * element(B, col, k);
+            d[4 * j + e] = s;
+        }
+}
