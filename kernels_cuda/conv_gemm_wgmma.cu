@@ -28,7 +28,7 @@
 // flight meanwhile, as in the other channels-last kernels.
 #include "gpuconv_gemm_cl.cuh"
 
-// A shared-memory address as wgmma's descriptors and the async proxy's fence take it.
+// A shared-memory address as wgmma's descriptors hold it (its low 18 bits, by 16 bytes).
 __device__ __forceinline__ unsigned gc_shared_address(const void* p) {
 #ifdef __CUDA_ARCH__
     return static_cast<unsigned>(__cvta_generic_to_shared(p));
