@@ -112,8 +112,12 @@ def readable(v: Array) -> bool:
 def writable(v: Array) -> bool:
     """Whether cuBLAS writes the matrices of the 3-D view ``v`` as they lie: row-major (read
     column-major, their transposes) and no two batches overlapping."""
-    m = _matrices(v)
-    batch, M, N = v.shape
+    return _writes(_matrices(v), v.shape)
+
+
+def _writes(m: Optional[Tuple[int, int, int]], shape: Tuple[int, ...]) -> bool:
+    """:func:`writable` for a view of ``shape`` whose matrices cuBLAS reads as ``m``."""
+    batch, M, N = shape
     return m is not None and m[0] == _OP_N and (batch == 1 or m[2] >= (M - 1) * m[1] + N)
 
 
@@ -131,7 +135,7 @@ def gemm_args(a: Array, b: Array, c: Array) -> Optional[GemmArgs]:
     first = _matrices(b)  # cuBLAS's A: b, read as b^T (N x K) or transposed
     second = _matrices(a)  # cuBLAS's B: a, as a^T (K x M) or transposed
     out = _matrices(c)
-    if first is None or second is None or out is None or not writable(c):
+    if first is None or second is None or out is None or not _writes(out, c.shape):
         return None
     args = GemmArgs(transa=first[0], transb=second[0], m=N, n=M, k=K, lda=first[1],
                     stride_a=first[2] if batch > 1 else 0, ldb=second[1],

@@ -338,7 +338,7 @@ def _forward_plan(geom: ConvGeometry, dtype: np.dtype, activation: Optional[str]
         BN = kernels.gemm_tc_cl_filters(geom)
         file, name = "conv_gemm_wgmma.cu", kernels.conv_gemm_wgmma_name(dtype, activation, BN)
         tile = (kernels.GEMM_TC_CL_POSITIONS, BN, kernels.GEMM_TC_CL_TERMS)
-        per_sm = kernels.gemm_wgmma_blocks_per_sm(BN)
+        per_sm = kernels.GEMM_WGMMA_BLOCKS_PER_SM
         threads = kernels.GEMM_WGMMA_THREADS
     elif algorithm == "gemm_cl":  # gemm_tc_cl's blocks and ring, FFMA products (float32)
         BN = kernels.gemm_tc_cl_filters(geom)

@@ -251,10 +251,9 @@ def conv_gemm_wgmma_name(dtype: DTypeLike, activation: Optional[str], filters: i
 GEMM_WGMMA_THREADS = 256
 
 
-def gemm_wgmma_blocks_per_sm(filters: int) -> int:
-    """conv_gemm_wgmma blocks an SM holds at once: its __launch_bounds__(256, 2) (the 64-filter
-    kernel takes 112-114 registers a thread, sm_90a: 2 blocks; 3 would need <= 85)."""
-    return 2
+#: conv_gemm_wgmma blocks an SM holds at once, either width: its __launch_bounds__(256, 2)
+#: (the 64-filter kernel takes 112-114 registers a thread, sm_90a: 2 blocks; 3 would need <= 85).
+GEMM_WGMMA_BLOCKS_PER_SM = 2
 
 
 def conv_gemm_cl_name(dtype: DTypeLike, activation: Optional[str], filters: int) -> str:
