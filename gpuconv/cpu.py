@@ -25,7 +25,7 @@ from numpy.lib.stride_tricks import as_strided
 from . import algorithms, tuning, workers
 from .activation import activate
 from .config import cpu_workspace, get_autotune, get_cpu_threads, get_cpu_workspace
-from .scratch import Take, scratch, ufunc_buffers
+from .scratch import Take, scratch, numpy_settings
 from .device import cpu_model
 from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
@@ -715,7 +715,7 @@ def _depthwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
 
     def task(blocks: List[Tuple[slice, slice]]) -> None:
         # a worker thread has its own NumPy settings: the caller's thread set them already
-        with ufunc_buffers(), cpu_workspace(budget):
+        with numpy_settings(), cpu_workspace(budget):
             for ns, cs in blocks:
                 C = cs.stop - cs.start
                 fs = slice(cs.start * Cog, cs.stop * Cog)  # the filters of those channels

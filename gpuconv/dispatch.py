@@ -64,7 +64,7 @@ def run(device: str, caller_primary: Array, arrays: Sequence[Any],
     kind, device_id = _device.resolve(device, *[a for a in arrays if a is not None])
     if kind == "cpu":
         cpu, scratch = _backend("cpu"), _backend("scratch")
-        with scratch.ufunc_buffers():
+        with scratch.numpy_settings():
             out = compute(np, cpu, *[None if a is None else _to_host(a) for a in arrays])
         return like(caller_primary, out)
     cupy = _device.cupy_module()

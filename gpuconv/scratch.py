@@ -110,13 +110,17 @@ UFUNC_BUFFER_ELEMENTS = 2048
 
 
 @contextlib.contextmanager
-def ufunc_buffers() -> Iterator[None]:
-    """NumPy's ufunc buffer size at :data:`UFUNC_BUFFER_ELEMENTS` for the block, then the
-    caller's own again (the setting is the calling thread's: each worker task sets its own)."""
+def numpy_settings() -> Iterator[None]:
+    """NumPy's settings for a CPU call's passes, then the caller's own again (they are the
+    calling thread's: each worker task sets its own): the ufunc buffer size at
+    :data:`UFUNC_BUFFER_ELEMENTS`, and overflow and invalid operations quiet. A sum past its
+    dtype's range is inf and inf - inf is NaN, as IEEE arithmetic and the GPU kernels give them
+    (and PyTorch, silently); NumPy would warn where a float16 result overflows in its cast."""
     previous = np.getbufsize()
     np.setbufsize(UFUNC_BUFFER_ELEMENTS)
     try:
-        yield
+        with np.errstate(over="ignore", invalid="ignore"):
+            yield
     finally:
         np.setbufsize(previous)
 

@@ -2,6 +2,7 @@
 arrays are never modified; unusual but valid inputs (views, read-only, mixed dtypes) work."""
 from __future__ import annotations
 
+import warnings
 
 import numpy as np
 import pytest
@@ -216,3 +217,26 @@ def test_bfloat16_promotion_and_result():
         assert np.all(np.abs(out.astype(np.complex128) - exact) <= bound), (xd, wd)
     with pytest.raises(TypeError, match=r"accepts float16, .*bfloat16 \(ml_dtypes\)"):
         gpuconv.conv1d(x.astype(np.int8), w, device="cpu")
+
+
+@pytest.mark.parametrize("algorithm,groups,kernel", [
+    ("pointwise", 1, (1, 1)), ("gemm", 1, (3, 3)), ("gemm_shifted", 1, (3, 3)),
+    ("depthwise", 8, (3, 3))])
+@pytest.mark.parametrize("size", [9, 120])  # 120: a depthwise layer on worker threads
+def test_float16_overflow_is_inf_without_warnings(algorithm, groups, kernel, size):
+    """Sums past float16's 65504 are inf on the CPU as on the GPU (IEEE, as PyTorch gives
+    them), with no NumPy overflow warning; the others are right."""
+    rng = np.random.default_rng(2)
+    x = (rng.uniform(-1, 1, (2, 8, size, size)) * 250).astype(np.float16)
+    w = (rng.uniform(-1, 1, (8, 8 // groups) + kernel) * 250).astype(np.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = gpuconv.conv(x, w, groups=groups, padding=kernel[0] // 2, device="cpu",
+                           algorithm=algorithm)
+    exact, bound = error_bound(x, w, None, np.float16, None, groups=groups,
+                               padding=kernel[0] // 2)
+    over = np.abs(exact) - bound > 65520  # rounds to inf (65504 is float16's largest)
+    inside = np.abs(exact) + bound < 65504
+    assert over.any() and inside.any()
+    assert np.all(np.isinf(got[over])) and np.all(np.sign(got[over]) == np.sign(exact[over]))
+    assert np.all(np.abs(got[inside] - exact[inside]) <= bound[inside])

@@ -244,15 +244,16 @@ def _peak(call):
     return result, peak - result.nbytes
 
 
-def test_a_cpu_call_leaves_the_callers_ufunc_buffer_size_as_it_was():
-    """A CPU call runs NumPy's passes with scratch.UFUNC_BUFFER_ELEMENTS-element buffers (its
-    own threads too) and gives the caller's setting back, also after an error."""
+def test_a_cpu_call_leaves_the_callers_numpy_settings_as_they_were():
+    """A CPU call runs NumPy's passes with scratch.UFUNC_BUFFER_ELEMENTS-element buffers and
+    overflow quiet (its own threads too) and gives the caller's settings back, also after an
+    error."""
     from gpuconv import scratch
     seen = []
     original = gpuconv.cpu._depthwise_block
 
     def spy(*a):
-        seen.append(np.getbufsize())
+        seen.append((np.getbufsize(), np.geterr()["over"], np.geterr()["invalid"]))
         return original(*a)
     x = np.random.default_rng(0).standard_normal((2, 8, 40, 40)).astype(np.float32)
     w = np.ones((8, 1, 3, 3), np.float32)
@@ -261,8 +262,8 @@ def test_a_cpu_call_leaves_the_callers_ufunc_buffer_size_as_it_was():
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(gpuconv.cpu, "_depthwise_block", spy)
             gpuconv.conv(x, w, groups=8, device="cpu")
-        assert seen and set(seen) == {scratch.UFUNC_BUFFER_ELEMENTS}
-        assert np.getbufsize() == 4096
+        assert seen and set(seen) == {(scratch.UFUNC_BUFFER_ELEMENTS, "ignore", "ignore")}
+        assert np.getbufsize() == 4096 and np.geterr()["over"] == "warn"
         with pytest.MonkeyPatch.context() as mp, pytest.raises(RuntimeError, match="inside"):
             mp.setattr(gpuconv.cpu, "_depthwise_block",
                        lambda *a: (_ for _ in ()).throw(RuntimeError("inside the call")))
