@@ -12,6 +12,9 @@ does not stop the next. Three calls cover the list's first items:
     PYTHONPATH=$PWD python3 benchmarks/gpu_owed.py --out $OUT bench_new bench_wgmma
     PYTHONPATH=$PWD python3 benchmarks/gpu_owed.py --out $OUT ca_plain ca_defined
 
+(``check_all``, gpuconv check --algorithms all, fits beside any of them: every kernel forced
+on random configurations, a row each.)
+
 then the record (benchmarks/gpu_record.py) at the commit that follows from them.
 """
 from __future__ import annotations
@@ -42,12 +45,12 @@ def phases(out: Path) -> Dict[str, Tuple[int, Tuple[str, ...]]]:
 
     ca = ("--dtype", "float16", "--algorithms", "auto,gemm_tc_cl", "--only") + _CA_LAYERS
     return {
-        # the GPU tests of the paths written without a GPU (sessions 20-23)
+        # the GPU tests of the paths written without a GPU (sessions 20-25)
         "tests": (270, (PY, "-m", "pytest", "-q", "-m", "gpu", "-n", "8", "-p", "xdist",
                         "-p", "no:cacheprovider", "-rfE", "tests/test_grid.py",
-                        "tests/test_repeat.py", "-k",
+                        "tests/test_repeat.py", "tests/test_tuning.py", "-k",
                         "pointwise or depthwise_tile or gemm_cl or ffma or im2col or repeated "
-                        "or replays or wgmma")),
+                        "or replays or wgmma or autotune")),
         # where the slow rows' time goes (kernels, host, gaps)
         "timeline": (150, (PY, "benchmarks/gpu_timeline.py", "--out",
                            str(out / "timeline.json"))),
@@ -62,6 +65,9 @@ def phases(out: Path) -> Dict[str, Tuple[int, Tuple[str, ...]]]:
         # wgmma (session 24) against mma.sync's channels-last kernel and cuDNN, 16-bit layers
         "bench_wgmma": (240, _BENCH + bench("bench_wgmma", "--dtype", "float16,bfloat16",
                                             "--algorithms", "auto,gemm_tc_cl,gemm_wgmma")),
+        # every kernel forced on random configurations against float64 (session 25's self-test)
+        "check_all": (240, (PY, "-m", "gpuconv", "check", "--algorithms", "all", "--cases",
+                            "150")),
         # L1-cached copies in the channels-last GEMMs: the same rows, plain and with the macro
         "ca_plain": (120, _BENCH + bench("ca_plain", *ca)),
         "ca_defined": (120, (PY, "benchmarks/bench_with_defines.py", "GC_CP_ASYNC_CA", "--")

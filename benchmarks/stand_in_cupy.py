@@ -74,9 +74,11 @@ def module(sms: int = 132) -> types.ModuleType:
     fake.asnumpy = lambda a: np.array(a)  # type: ignore[attr-defined]
     device = types.SimpleNamespace(attributes={"MultiProcessorCount": sms},
                                    compute_capability="90", id=0)
+    stream = types.SimpleNamespace(synchronize=lambda: None)  # every kernel ran in its call
     fake.cuda = types.SimpleNamespace(  # type: ignore[attr-defined]
-        runtime=types.SimpleNamespace(getDevice=lambda: 0),
-        Device=lambda i=0: device)
+        runtime=types.SimpleNamespace(getDevice=lambda: 0,
+                                      getDeviceProperties=lambda i: {"name": b"stand-in GPU"}),
+        Device=lambda i=0: device, get_current_stream=lambda: stream)
     return fake
 
 

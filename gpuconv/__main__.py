@@ -115,6 +115,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                          "each other, on random configurations")
     check.add_argument("--cases", type=int, default=200)
     check.add_argument("--seed", type=int, default=0)
+    check.add_argument("--algorithms", choices=("auto", "all"), default="auto",
+                       help="auto: each device's own choice; all: also force every algorithm "
+                            "that can run a case (every kernel of this GPU), one row each")
     sub.add_parser("demo", help="a figure of kernels and filters at work on a picture "
                                 "(gpuconv demo --help)", add_help=False)
     sub.add_parser("bench", help="the benchmark harness (gpuconv bench --help)", add_help=False)
@@ -131,7 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if args.command == "check":
         from .selfcheck import run_check
-        return run_check(args.cases, args.seed)
+        return run_check(args.cases, args.seed, algorithms=args.algorithms)
     return main_job()
 
 

@@ -382,8 +382,14 @@ def conv_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry, activat
     """
     ct = accumulator_dtype(out_cf.dtype)
     if algorithm == "auto" and get_autotune():
-        algorithm = tuning.pick("cpu", cpu_model(), geom, out_cf.dtype, lambda name: conv_forward(
-            x_cf, w, bias, geom, activation, out_cf, name))
+        def forward(xs: Array, ws: Array, bs: Array, act: Optional[str], out: Array,
+                    name: str) -> None:
+            conv_forward(xs, ws, bs, geom, act, out, name)
+        algorithm = tuning.pick(
+            "cpu", cpu_model(), geom, out_cf.dtype,
+            lambda name: forward(x_cf, w, bias, activation, out_cf, name),
+            agreement=lambda: tuning.Agreement(np, forward, "cpu", geom, x_cf, w, bias,
+                                               activation, out_cf))
     algorithm = algorithms.choose("cpu", algorithm, geom, out_cf.dtype)
     if algorithm == "depthwise":
         return _depthwise_forward(x_cf, w, bias, geom, activation, out_cf, ct)

@@ -1208,11 +1208,15 @@ def conv_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry, activat
     """Fill the CuPy view ``out_cf`` ``(N, C_out, *out_spatial)``; see cpu.conv_forward."""
     cupy = cupy_module()
     if algorithm == "auto" and get_autotune():
+        def forward(xs: Array, ws: Array, bs: Array, act: Optional[str], out: Array,
+                    name: str) -> None:
+            _forward(cupy, _gpu_run, _gpu_sms(), xs, ws, bs, geom, act, out, name)
         algorithm = tuning.pick(
             "cuda", cuda_device_name(cupy.cuda.runtime.getDevice()), geom, out_cf.dtype,
-            lambda name: _forward(cupy, _gpu_run, _gpu_sms(), x_cf, w, bias, geom, activation,
-                                  out_cf, name),
-            sync=cupy.cuda.get_current_stream().synchronize)
+            lambda name: forward(x_cf, w, bias, activation, out_cf, name),
+            sync=cupy.cuda.get_current_stream().synchronize,
+            agreement=lambda: tuning.Agreement(cupy, forward, "cuda", geom, x_cf, w, bias,
+                                               activation, out_cf))
     _forward(cupy, _gpu_run, _gpu_sms(), x_cf, w, bias, geom, activation, out_cf, algorithm)
 
 

@@ -84,3 +84,37 @@ def test_info_names_the_cpu_threads(monkeypatch):
         assert gpuconv.info().cpu_threads == "3"
     monkeypatch.setenv("GPUCONV_CPU_THREADS", "lots")
     assert gpuconv.info().cpu_threads.startswith("error (GPUCONV_CPU_THREADS must be")
+
+
+def test_check_of_every_algorithm(capsys):
+    """--algorithms all: a row per concrete CPU algorithm, every one run on the cases it can
+    take (filters of 8 or 16 kernels among them), all within the bound."""
+    import gpuconv.selfcheck as sc
+    assert sc.run_check(60, seed=3, progress=False, algorithms="all") == 0
+    text = capsys.readouterr().out
+    rows = {line.split()[1]: int(line.split()[2]) for line in text.splitlines()
+            if line.startswith("cpu ") and not line.split()[1].isdigit()}
+    assert set(rows) == {"gemm", "gemm_shifted", "pointwise", "depthwise"}
+    assert rows["gemm"] == 60 and min(rows.values()) > 0
+
+
+def test_check_of_every_algorithm_names_the_wrong_one(monkeypatch, capsys):
+    """One algorithm made slightly wrong (gemm_shifted, by 1e-2 relative, below float64: the
+    float64 runs are the check's yardstick): its forced row fails and names it; the other
+    forced rows pass."""
+    import numpy as np
+    import gpuconv.cpu
+    import gpuconv.selfcheck as sc
+    real = gpuconv.cpu._gemm_shifted_forward
+
+    def wrong(x_cf, w, bias, geom, activation, out_cf, ct):
+        real(x_cf, w, bias, geom, activation, out_cf, ct)
+        if out_cf.dtype not in (np.float64, np.complex128):
+            out_cf *= np.asarray(1 + 1e-2, dtype=out_cf.dtype)
+    monkeypatch.setattr(gpuconv.cpu, "_gemm_shifted_forward", wrong)
+    assert sc.run_check(40, seed=3, progress=False, algorithms="all") == 1
+    failures = [line.strip() for line in capsys.readouterr().out.splitlines()
+                if line.startswith("  ")]
+    assert failures and any(f.startswith("cpu gemm_shifted: case") for f in failures)
+    assert not any(f.split(":")[0] in ("cpu gemm", "cpu pointwise", "cpu depthwise")
+                   for f in failures)

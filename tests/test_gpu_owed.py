@@ -40,7 +40,9 @@ def test_phases_name_what_exists(tmp_path):
                 assert (m.ROOT / arg).exists(), arg
         if "--only" in cmd:
             assert set(_after(cmd, "--only")) <= layers, name
-        if "--algorithms" in cmd:
+        if "--algorithms" in cmd and "check" in cmd:  # gpuconv check: auto or all
+            assert _after(cmd, "--algorithms") == ["all"], name
+        elif "--algorithms" in cmd:
             assert set(_after(cmd, "--algorithms")[0].split(",")) <= names, name
         if "--json" in cmd:
             assert _after(cmd, "--json") == [str(tmp_path / f"{name}.json")]

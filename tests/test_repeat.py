@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import math
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -99,6 +100,7 @@ def stand_in_gpu(emulator, monkeypatch):
                         pytest.fail(f"cuBLAS took no {a.shape} @ {b.shape} of {c.dtype}"))
     yield fake
     device.cuda_status.cache_clear()  # a probe made while the stand-in was CuPy is no real one
+    device.cuda_device_name.cache_clear()  # nor is the name the autotuner's keys read
 
 
 @pytest.fixture
@@ -366,3 +368,57 @@ def test_a_channels_last_x_read_in_place_must_start_on_16_bytes(stand_in_gpu, re
     got = gpuconv.conv2d(off8, w, padding=1, layout="channels_last", algorithm="gemm_tc_cl")
     _check(case, np.asarray(got), "gemm_tc_cl on an x 8 bytes off")
     assert replays == [True, False]
+
+
+def test_autotuning_checks_each_candidate_on_the_gpu_path(stand_in_gpu, monkeypatch, tmp_path):
+    """The autotuner's check of its candidates (tuning.Agreement) on the GPU path's arrays
+    (stand-in CuPy, kernels emulated), float16 with bias and sigmoid: the default, gemm_tc,
+    gemm_wgmma (the stand-in is compute capability 9.0) and direct all agree with the default;
+    direct made wrong in one output is refused, named, and not chosen though the fastest."""
+    from gpuconv import tuning
+    from gpuconv.geometry import plan_conv
+    monkeypatch.setenv("GPUCONV_AUTOTUNE_CACHE", str(tmp_path / "autotune.json"))
+    tuning.clear_memory()
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-1, 1, (2, 16, 9, 8)).astype(np.float16)
+    w = rng.uniform(-1, 1, (8, 16, 3, 3)).astype(np.float16)
+    b = rng.uniform(-1, 1, 8).astype(np.float16)
+    geom = plan_conv(x.shape, w.shape, padding=1)
+    default = algorithms.choose("cuda", "auto", geom, np.float16)
+    names = list(dict.fromkeys([default, "gemm_tc", "gemm_wgmma", "direct"]))
+    assert all(n in tuning.candidates("cuda", geom, np.float16) for n in names)
+    monkeypatch.setattr(tuning, "candidates", lambda kind, g, dtype: names)
+    seconds = {n: 2.0 for n in names}
+    seconds["direct"] = 1.0
+    timed = []
+
+    def clock(run, algorithm, sync, accept=None):
+        run(algorithm)
+        sync()
+        if accept is not None and not accept(algorithm):
+            return None
+        timed.append(algorithm)
+        return seconds[algorithm]
+    monkeypatch.setattr(tuning, "time_candidate", clock)
+    arrays = [stand_in_gpu.array(a) for a in (x, w, b)]
+    with gpuconv.autotune(), warnings.catch_warnings():
+        warnings.filterwarnings("error", "gpuconv: autotuning")
+        got = gpuconv.conv2d(*arrays, padding=1, activation="sigmoid")
+    assert sorted(timed) == sorted(names)
+    exact, bound = error_bound(x, w, b, np.float16, "sigmoid", padding=1)
+    assert np.all(np.abs(np.asarray(got).astype(np.float64) - exact) <= bound)
+
+    full = cuda._forward
+
+    def wrong(xp, run, sms, x_cf, w, bias, geom, activation, out_cf, algorithm="auto"):
+        full(xp, run, sms, x_cf, w, bias, geom, activation, out_cf, algorithm)
+        if algorithm == "direct":
+            out_cf[1, 2, 3, 4] += 0.25
+    monkeypatch.setattr(cuda, "_forward", wrong)
+    tuning.clear_memory()
+    (tmp_path / "autotune.json").unlink()
+    timed.clear()
+    with gpuconv.autotune(), pytest.warns(RuntimeWarning, match="'direct' out .* 1 of 1152"):
+        got = gpuconv.conv2d(*arrays, padding=1, activation="sigmoid")
+    assert sorted(timed) == sorted(n for n in names if n != "direct")
+    assert np.all(np.abs(np.asarray(got).astype(np.float64) - exact) <= bound)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import pytest
 import gpuconv
 from gpuconv import tuning
 from gpuconv.geometry import plan_conv
-from reference import error_bound
+from reference import error_bound, finfo
 
 
 @pytest.fixture
@@ -32,9 +33,11 @@ def clock(monkeypatch):
     timed = []
     seconds = {}
 
-    def fake(run, algorithm, sync):
-        timed.append(algorithm)
+    def fake(run, algorithm, sync, accept=None):
         run(algorithm)  # still computes: the last candidate's output must not be what is returned
+        if accept is not None and not accept(algorithm):
+            return None
+        timed.append(algorithm)
         return seconds[algorithm]
     monkeypatch.setattr(tuning, "time_candidate", fake)
     return timed, seconds
@@ -167,11 +170,11 @@ def test_real_timing_runs_each_candidate(cache, monkeypatch):
     calls = []
     original = tuning.time_candidate
 
-    def counting(run, algorithm, sync):
+    def counting(run, algorithm, sync, accept=None):
         def counted(name):
             calls.append(name)
             run(name)
-        return original(counted, algorithm, sync)
+        return original(counted, algorithm, sync, accept)
     tuning.time_candidate = counting
     try:
         with gpuconv.autotune():
@@ -237,12 +240,13 @@ def test_cuda_autotune_times_the_kernels_and_matches_the_cpu(cache, gpu):
     timed = []
     original = tuning.time_candidate
 
-    def counting(run, algorithm, sync):
+    def counting(run, algorithm, sync, accept=None):
         timed.append(algorithm)
-        return original(run, algorithm, sync)
+        return original(run, algorithm, sync, accept)
     tuning.time_candidate = counting
     try:
-        with gpuconv.autotune():
+        with gpuconv.autotune(), warnings.catch_warnings():
+            warnings.filterwarnings("error", "gpuconv: autotuning")  # every candidate agrees
             got = cp.asnumpy(gpuconv.conv(cp.asarray(x), cp.asarray(w), padding=1))
     finally:
         tuning.time_candidate = original
@@ -252,3 +256,185 @@ def test_cuda_autotune_times_the_kernels_and_matches_the_cpu(cache, gpu):
     assert choice in expected
     _check(x, w, got, padding=1)
 
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cuda_autotune_16bit_candidates_all_agree(cache, gpu, dtype):
+    """A 16-bit layer with bias and sigmoid: every CUDA candidate (the tensor-core kernels
+    among them, gemm_wgmma on compute capability 9.0) passes the autotuner's check against the
+    default, and the result is right: the tuner never refuses a correct kernel here, and a
+    kernel no forced-algorithm test caught would show here too."""
+    cp = gpu
+    if dtype == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    rng = np.random.default_rng(8)
+    x = rng.uniform(-1, 1, (2, 32, 12, 12)).astype(dtype)
+    w = rng.uniform(-1, 1, (64, 32, 3, 3)).astype(dtype)
+    b = rng.uniform(-1, 1, 64).astype(dtype)
+    geom = plan_conv(x.shape, w.shape, padding=1)
+    expected = tuning.candidates("cuda", geom, np.dtype(dtype))
+    assert {"gemm_tc", "gemm_tc_cl"} <= set(expected)
+    with gpuconv.autotune(), warnings.catch_warnings():
+        warnings.filterwarnings("error", "gpuconv: autotuning")
+        got = cp.asnumpy(gpuconv.conv(*[cp.asarray(a) for a in (x, w, b)], padding=1,
+                                      activation="sigmoid"))
+    (choice,) = json.loads(cache.read_text()).values()
+    assert choice in expected
+    exact, bound = error_bound(x, w, b, np.dtype(dtype), "sigmoid", padding=1)
+    assert np.all(np.abs(got.astype(np.float64) - exact) <= bound)
+
+
+# --- the check of each candidate's result (tuning.Agreement) ---------------------------------
+
+def _agreeing_layers():
+    """(x, w, b, options) of layers with several CPU candidates, across dtypes and options:
+    every candidate there is correct, so none may be refused."""
+    rng = np.random.default_rng(5)
+    out = []
+    for dtype in ("float16", "float32", "float64", "complex64", "complex128"):
+        def arr(shape):
+            a = rng.uniform(-1, 1, shape)
+            if np.dtype(dtype).kind == "c":
+                a = a + 1j * rng.uniform(-1, 1, shape)
+            return a.astype(dtype)
+        act = None if dtype.startswith("complex") else "sigmoid"
+        out += [(arr((2, 8, 9, 7)), arr((5, 8, 1, 1)), arr(5), dict(activation=act)),
+                (arr((2, 6, 9, 8)), arr((6, 1, 3, 3)), None, dict(groups=6, padding=1)),
+                (arr((2, 4, 7, 9)), arr((3, 4, 3, 3)), arr(3),
+                 dict(padding=1, activation="relu" if act else None))]
+    # sums that cancel: a large offset in x, filters of zero sum
+    x = rng.uniform(-1, 1, (2, 8, 9, 7)) + 1e4
+    w = rng.uniform(-1, 1, (5, 8, 1, 1))
+    out.append((x.astype(np.float32), (w - w.mean(axis=1, keepdims=True)).astype(np.float32),
+                None, {}))
+    # float16 sums past its largest value (65504): inf in some outputs, maybe not in all
+    # candidates' (rounding decides near the edge); those are not judged, the others are
+    x = rng.uniform(-1, 1, (2, 8, 9, 7)) * 300
+    out.append((x.astype(np.float16), (rng.uniform(-1, 1, (5, 8, 1, 1)) * 200).astype(
+        np.float16), None, {}))
+    # an input of inf and NaN: the outputs they reach are not judged, the others are
+    x = rng.uniform(-1, 1, (2, 8, 9, 7))
+    x[0, 3, 4, 4], x[1, 0, 0, 0] = np.inf, np.nan
+    out.append((x, rng.uniform(-1, 1, (5, 8, 1, 1)), None, {}))
+    return out
+
+
+@pytest.mark.parametrize("index", range(len(_agreeing_layers())))
+def test_correct_candidates_all_agree(cache, monkeypatch, index):
+    """Real runs of every CPU candidate (float16 to complex128, activations, bias, depthwise,
+    cancelling sums, inf and NaN inputs): no candidate is refused, no warning."""
+    x, w, b, options = _agreeing_layers()[index]
+    monkeypatch.setenv("GPUCONV_DEVICE", "cpu")
+    rest = {k: v for k, v in options.items() if k != "activation"}
+    geom = plan_conv(x.shape, w.shape, **rest)
+    names = tuning.candidates("cpu", geom, np.result_type(x, w))
+    assert len(names) > 1
+    timed = []
+    original = tuning.time_candidate
+
+    def counting(run, algorithm, sync, accept=None):
+        seconds = original(run, algorithm, sync, accept)
+        if seconds is not None:
+            timed.append(algorithm)
+        return seconds
+    monkeypatch.setattr(tuning, "time_candidate", counting)
+    with gpuconv.autotune(), warnings.catch_warnings():
+        warnings.filterwarnings("error", "gpuconv: autotuning")
+        got = gpuconv.conv(x, w, b, **options)
+    assert sorted(timed) == sorted(names)
+    rest = {k: v for k, v in options.items() if k != "activation"}
+    exact, bound = error_bound(x, w, b, got.dtype, options.get("activation"), **rest)
+    inside = np.abs(exact) + bound < finfo(got.dtype).max  # NaN, inf, overflow: not judged
+    assert np.all(np.abs(got[inside] - exact[inside]) <= bound[inside])
+
+
+def _perturbed_gemm(monkeypatch, change):
+    """The CPU's gemm algorithm with ``change(out)`` applied to its result (for a 1x1 layer,
+    whose default and so the check's reference is pointwise)."""
+    real = gpuconv.cpu._gemm_forward
+
+    def wrong(x_cf, w, bias, geom, activation, out_cf, ct):
+        real(x_cf, w, bias, geom, activation, out_cf, ct)
+        change(out_cf)
+    monkeypatch.setattr(gpuconv.cpu, "_gemm_forward", wrong)
+
+
+def _one_element(scale, x, w, b=None, dtype=np.float64):
+    """A change of one output element by ``scale`` times its rounding bound, as the test
+    suite's independent reference works it out."""
+    _, bound = error_bound(x, w, b, dtype, None)
+
+    def change(out):
+        out[1, 2, 3, 4] += scale * bound[1, 2, 3, 4]
+    return change
+
+
+@pytest.mark.parametrize("change", ["3 bounds", "nan", "all wrong"])
+def test_a_candidate_that_disagrees_is_refused_and_named(cache, clock, monkeypatch, change):
+    """gemm, the fastest by the clock, made wrong: by three times one element's rounding bound
+    (two correct results may differ by two), by a NaN, or everywhere: it is never chosen, and
+    a RuntimeWarning names it, the reference (pointwise) and the count."""
+    timed, seconds = clock
+    seconds.update({"gemm": 1.0, "pointwise": 2.0})
+    x, w = _pointwise_layer()
+    changes = {"3 bounds": _one_element(3.0, x, w),
+               "nan": lambda out: out.__setitem__((0, 1, 2, 3), np.nan),
+               "all wrong": lambda out: out.__imul__(1 + 1e-6)}
+    _perturbed_gemm(monkeypatch, changes[change])
+    with gpuconv.autotune(), pytest.warns(RuntimeWarning) as caught:
+        got = gpuconv.conv(x, w)
+    (message,) = [str(c.message) for c in caught]
+    count = 2 * 5 * 9 * 7 if change == "all wrong" else 1
+    assert "leaves algorithm 'gemm' out" in message and "those of 'pointwise'" in message
+    assert f"{count} of {2 * 5 * 9 * 7} outputs differ" in message
+    assert timed == ["pointwise"]
+    assert list(json.loads(cache.read_text()).values()) == ["pointwise"]
+    _check(x, w, got)
+
+
+def test_rounding_sized_differences_are_accepted(cache, clock, monkeypatch):
+    """A result off by one and a half rounding bounds is accepted: two correct results may
+    differ by two (each up to one from the exact sums)."""
+    timed, seconds = clock
+    seconds.update({"gemm": 1.0, "pointwise": 2.0})
+    x, w = _pointwise_layer()
+    _perturbed_gemm(monkeypatch, _one_element(1.5, x, w))
+    with gpuconv.autotune(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gpuconv.conv(x, w)
+    assert sorted(timed) == ["gemm", "pointwise"]
+    assert list(json.loads(cache.read_text()).values()) == ["gemm"]
+
+
+def test_the_reference_is_the_default_algorithm(cache, clock, monkeypatch):
+    """The reference is what "auto" runs without tuning, trusted as the results every untuned
+    call gets: were pointwise (the 1x1 layer's default) wrong, gemm would be refused against
+    it, and the choice stays the default."""
+    timed, seconds = clock
+    seconds.update({"gemm": 1.0, "pointwise": 2.0})
+    x, w = _pointwise_layer()
+    real = gpuconv.cpu._pointwise_forward
+
+    def wrong(x_cf, w, bias, geom, activation, out_cf, ct):
+        real(x_cf, w, bias, geom, activation, out_cf, ct)
+        out_cf[0, 0, 0, 0] += 1.0
+    monkeypatch.setattr(gpuconv.cpu, "_pointwise_forward", wrong)
+    with gpuconv.autotune(), pytest.warns(RuntimeWarning, match="'gemm'.*'pointwise'"):
+        gpuconv.conv(x, w)
+    assert timed == ["pointwise"]
+
+
+def test_no_memory_for_the_check_warns_and_tunes_by_time(cache, clock, monkeypatch):
+    timed, seconds = clock
+    seconds.update({"gemm": 1.0, "pointwise": 2.0})
+
+    def no_memory(*args):
+        raise MemoryError("out of memory allocating 1 GiB")
+    monkeypatch.setattr(tuning, "Agreement", no_memory)
+    x, w = _pointwise_layer()
+    with gpuconv.autotune(), pytest.warns(RuntimeWarning, match="cannot check .* 1 GiB"):
+        got = gpuconv.conv(x, w)
+    assert sorted(timed) == ["gemm", "pointwise"]
+    assert list(json.loads(cache.read_text()).values()) == ["gemm"]
+    _check(x, w, got)
