@@ -382,6 +382,35 @@ def _cuda_auto(geom: ConvGeometry, dtype: DTypeLike) -> str:
 #: vgg16_conv4_2 (512) 15.6 / 20.3, conv1d_k3_c128to384 (384) 17.5 / 26.3.
 GEMM_SHIFTED_MAX_FILTERS = 128
 
+#: ... but not where a layer of one group has few kernels a filter against its filters:
+#: the shifted GEMM saves unrolling the last axis's taps of each input channel (a copy of
+#: ~(kw - 1) x kh x C_in values a position) and pays summing kw partial products of every
+#: filter (~(kw - 1) x C_out), and its product's inner dimension (C_in x kh) is BLAS's slow
+#: shape when small; so the GEMM where C_in/groups x the kernel's size along every axis but
+#: the last is at most GEMM_SHIFTED_MIN_RATIO of the filters. Measured (session 25, the 2-vCPU
+#: Zen 5 EPYC as set up, OPENBLAS_CORETYPE=Haswell, float32, min of 7, us, gemm / shifted):
+#: 3 -> 64 filters 3x3 on 224^2 (VGG's first layer) 1429 / 2830, on 64^2 183 / 306; 3 -> 32
+#: (ratio 0.28) 151 / 178; 3 -> 24 (0.38) 349 / 373; 8 -> 64 (0.38) 377 / 404; 16 -> 128
+#: (0.38) 994 / 1054; 3 -> 16 (0.56) 317 / 267; 16 -> 64 (0.75) 682 / 573; 1-D 1 -> 16 taps 5
+#: 113 / 1368; 3-D 1 -> 16 (0.56) 720 / 583; float64 and complex64 alike or more so. Grouped
+#: layers were not better by it (2 groups of 4 -> 32, ratio 0.38: 487 / 437): left as they are.
+GEMM_SHIFTED_MIN_RATIO = 0.4
+
+#: ... nor for layers of fewer multiply-adds than this, where the shifted GEMM's extra passes
+#: cost more than they save (same machine, us, gemm / shifted: 8 -> 8 3x3 on 16^2, 0.15 M:
+#: 34 / 44; 16 -> 16 on 12^2, 0.33 M: 42 / 49; 16 -> 16 on 16^2, 0.59 M: 80 / 70).
+GEMM_SHIFTED_MIN_MULTIPLY_ADDS = 450_000
+
+
+def _gemm_rather_than_shifted(geom: ConvGeometry) -> bool:
+    """Whether auto takes the GEMM for a one-group layer the shifted GEMM could run (see
+    GEMM_SHIFTED_MIN_RATIO and GEMM_SHIFTED_MIN_MULTIPLY_ADDS)."""
+    if geom.groups != 1:
+        return False
+    rows = geom.C_in_per_group * math.prod(geom.kernel[:-1])  # the shifted GEMM's terms
+    return (rows <= GEMM_SHIFTED_MIN_RATIO * geom.C_out_per_group
+            or geom.flops < 2 * GEMM_SHIFTED_MIN_MULTIPLY_ADDS)
+
 
 def choose(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> str:
     """The concrete algorithm a forward call on ``kind`` ("cpu" or "cuda") runs."""
@@ -392,7 +421,8 @@ def choose(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> s
             if not why_not(kind, "pointwise", geom, dtype):
                 return "pointwise"
             if (geom.C_out_per_group <= GEMM_SHIFTED_MAX_FILTERS
-                    and not why_not(kind, "gemm_shifted", geom, dtype)):
+                    and not why_not(kind, "gemm_shifted", geom, dtype)
+                    and not _gemm_rather_than_shifted(geom)):
                 return "gemm_shifted"
             return "gemm"
         return _cuda_auto(geom, dtype)

@@ -59,6 +59,26 @@ def test_refusals_name_the_filters():
                         device="cpu").shape == (1, 6, 2, 3)
 
 
+def test_auto_takes_the_gemm_for_few_kernels_a_filter_or_small_layers():
+    """One-group layers whose kernels a filter times the kernel's size along every axis but
+    the last are at most GEMM_SHIFTED_MIN_RATIO of the filters (first layers: RGB in, many
+    filters out), or of fewer than GEMM_SHIFTED_MIN_MULTIPLY_ADDS: the GEMM, not the shifted
+    GEMM; grouped layers keep the shifted GEMM."""
+    ratio = algorithms.GEMM_SHIFTED_MIN_RATIO
+    assert ratio == 0.4 and algorithms.GEMM_SHIFTED_MIN_MULTIPLY_ADDS == 450_000
+    for x_shape, w_shape, options, expected in [
+            ((1, 3, 224, 224), (64, 3, 3, 3), {"padding": 1}, "gemm"),  # VGG's first layer
+            ((2, 8, 32, 32), (60, 8, 3, 3), {}, "gemm"),           # 24 rows <= 0.4 x 60
+            ((2, 8, 32, 32), (59, 8, 3, 3), {}, "gemm_shifted"),   # 24 > 0.4 x 59
+            ((2, 8, 32, 32), (64, 4, 3, 3), {"groups": 2}, "gemm_shifted"),
+            ((4, 1, 4096), (16, 1, 5), {}, "gemm"),                # 1-D: C_in rows
+            ((1, 1, 32, 32, 32), (16, 1, 3, 3, 3), {}, "gemm_shifted"),  # 9 rows > 6.4
+            ((1, 16, 12, 12), (16, 16, 3, 3), {"padding": 1}, "gemm"),  # 331,776 mult.-adds
+            ((1, 16, 16, 16), (16, 16, 3, 3), {"padding": 1}, "gemm_shifted")]:  # 589,824
+        geom = _geom(x_shape, w_shape, **options)
+        assert algorithms.choose("cpu", "auto", geom, np.float32) == expected, (x_shape, w_shape)
+
+
 def test_auto_rule():
     g = _geom((2, 8, 9, 9), (8, 1, 3, 3), groups=8)
     assert algorithms.choose("cpu", "auto", g, np.float32) == "depthwise"
@@ -70,17 +90,17 @@ def test_auto_rule():
     # kernel wider than 1 there: the shifted GEMM; else the columns GEMM
     few = algorithms.GEMM_SHIFTED_MAX_FILTERS
     for w_shape, options, expected in [
-            ((few, 8, 3, 3), {}, "gemm_shifted"),
-            ((few + 1, 8, 3, 3), {}, "gemm"),
-            ((2 * few, 4, 3, 3), {"groups": 2}, "gemm_shifted"),
-            ((few, 8, 3, 3), {"stride": (2, 1)}, "gemm_shifted"),
-            ((few, 8, 3, 3), {"stride": (1, 2)}, "gemm"),
-            ((few, 8, 3, 1), {}, "gemm"),
-            ((few, 8, 1, 3), {}, "gemm_shifted")]:
-        geom = _geom((2, 8, 9, 9), w_shape, **options)
+            ((few, 64, 3, 3), {}, "gemm_shifted"),
+            ((few + 1, 64, 3, 3), {}, "gemm"),
+            ((2 * few, 32, 3, 3), {"groups": 2}, "gemm_shifted"),
+            ((few, 64, 3, 3), {"stride": (2, 1)}, "gemm_shifted"),
+            ((few, 64, 3, 3), {"stride": (1, 2)}, "gemm"),
+            ((few, 64, 3, 1), {}, "gemm"),
+            ((few, 64, 1, 3), {}, "gemm_shifted")]:
+        geom = _geom((2, 64, 9, 9), w_shape, **options)
         assert algorithms.choose("cpu", "auto", geom, np.float32) == expected, (w_shape, options)
     g = _geom((2, 8, 9, 9), (4, 8, 3, 3))
-    assert algorithms.choose("cpu", "auto", g, np.float32) == "gemm_shifted"
+    assert algorithms.choose("cpu", "auto", g, np.float32) == "gemm"  # 46,656 multiply-adds
     # CUDA: the implicit GEMM for dense layers (its tile by shape), the tensor cores for 16-bit
     # dtypes (channels-last when C_in/groups is a multiple of 8), the depthwise kernel for one
     # kernel per filter, the few-filter kernel for <= 4 filters a group in any dtype; the
