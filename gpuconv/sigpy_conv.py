@@ -33,7 +33,7 @@ from .forward import conv
 from ._typing import Array
 
 __all__ = ["convolve", "convolve_data_adjoint", "convolve_filter_adjoint", "install",
-           "uninstall"]
+           "uninstall", "installed", "SpatialRankError"]
 
 _FUNCTIONS = ("convolve", "convolve_data_adjoint", "convolve_filter_adjoint")
 
