@@ -32,6 +32,7 @@ class Info:
     cpu_threads: str            # how many tasks a CPU call may split into (gpuconv.workers)
     blas: str                   # the kernels NumPy's OpenBLAS runs, and advice where they
                                 # leave the CPU's AVX-512 unused (gpuconv.blas)
+    sigpy: str                  # whether sigpy is installed and whose convolutions it runs
 
     def __str__(self) -> str:
         rows = [
@@ -49,6 +50,7 @@ class Info:
             ("autotune", self.autotune),
             ("CPU threads", self.cpu_threads),
             ("BLAS", self.blas),
+            ("sigpy", self.sigpy),
         ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -91,7 +93,22 @@ def info() -> Info:
                 cuda_driver_version=_version_str(status.driver_version),
                 gpus=status.device_names, auto_device=kind, auto_reason=reason,
                 kernel_dir=kdir, dtypes=tuple(d.name for d in accepted()), autotune=autotune,
-                cpu_threads=threads, blas=_blas_line())
+                cpu_threads=threads, blas=_blas_line(), sigpy=_sigpy_line())
+
+
+def _sigpy_line() -> str:
+    """Whether sigpy is installed (read from its metadata: importing it would import numba)
+    and whether its convolutions run on gpuconv (gpuconv.sigpy_conv.install())."""
+    from importlib import metadata
+    try:
+        version = metadata.version("sigpy")
+    except metadata.PackageNotFoundError:
+        return "not installed"
+    from .sigpy_conv import installed
+    if installed():
+        return f"{version}; its convolutions run on gpuconv (gpuconv.sigpy_conv.install())"
+    return (f"{version}; its convolutions are its own (on CuPy arrays they need cuDNN): "
+            f"gpuconv.sigpy_conv.install() puts gpuconv's in")
 
 
 def _blas_line() -> str:

@@ -75,6 +75,26 @@ def test_info_names_dtypes_and_autotune(monkeypatch, tmp_path):
     assert gpuconv.info().autotune.startswith("error (GPUCONV_AUTOTUNE must be")
 
 
+def test_info_says_whose_convolutions_sigpy_runs(monkeypatch):
+    """sigpy's version from its metadata (not imported), and whether gpuconv.sigpy_conv is
+    installed into it."""
+    from importlib import metadata
+    import gpuconv
+    import gpuconv.sigpy_conv
+
+    def version(name, real=metadata.version):
+        if name != "sigpy":
+            return real(name)
+        raise metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(metadata, "version", version)
+    assert gpuconv.info().sigpy == "not installed" and "sigpy" in str(gpuconv.info())
+    monkeypatch.setattr(metadata, "version", lambda name: "0.1.27")
+    assert gpuconv.info().sigpy.startswith("0.1.27; its convolutions are its own")
+    assert "gpuconv.sigpy_conv.install()" in gpuconv.info().sigpy
+    monkeypatch.setattr(gpuconv.sigpy_conv, "installed", lambda: ("convolve",))
+    assert gpuconv.info().sigpy.startswith("0.1.27; its convolutions run on gpuconv")
+
+
 def test_info_names_the_cpu_threads(monkeypatch):
     import gpuconv
     monkeypatch.delenv("GPUCONV_CPU_THREADS", raising=False)
