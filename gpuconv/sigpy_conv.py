@@ -77,6 +77,7 @@ class _Layout:
         self.D, self.mode, self.strides, self.multi_channel = D, mode, strides, multi_channel
         self.batch = data_shape[:len(data_shape) - D - channels]
         self.B = math.prod(self.batch)
+        self.lead = self.batch + ((c_o,) if multi_channel else ())  # the output's, before p
         self.c_i, self.c_o = c_i, c_o
         self.m, self.n = data_shape[-D:], filt_shape[-D:]
 
@@ -91,17 +92,15 @@ class _Layout:
 
     def output(self, output: Array) -> Array:
         """sigpy's ``output`` array as gpuconv's (B, c_o, *p), its shape checked."""
-        lead = self.batch + ((self.c_o,) if self.multi_channel else ())
-        if tuple(output.shape[:-self.D]) != lead:
+        if tuple(output.shape[:-self.D]) != self.lead:
             raise ValueError(f"output of shape {tuple(output.shape)} does not lead with "
-                             f"{lead} (data's batch axes"
+                             f"{self.lead} (data's batch axes"
                              + (" and the filters' c_o)" if self.multi_channel else ")"))
         return output.reshape((self.B, self.c_o) + tuple(output.shape[-self.D:]))
 
     def result(self, y: Array) -> Array:
         """gpuconv's (B, c_o, *p) as sigpy's output array."""
-        lead = self.batch + ((self.c_o,) if self.multi_channel else ())
-        return y.reshape(lead + tuple(y.shape[2:]))
+        return y.reshape(self.lead + tuple(y.shape[2:]))
 
 
 def _as_dtype_of(a: Array, like: Array, name: str, like_name: str) -> Array:
