@@ -112,27 +112,31 @@ def check_name(algorithm: str) -> None:
         raise ValueError(f"algorithm must be one of {NAMES}, got {algorithm!r}")
 
 
+def _filters(geom: ConvGeometry) -> str:
+    """The layer's filters, as :func:`why_not`'s reasons name them."""
+    return f"filters {(geom.C_out, geom.C_in_per_group) + geom.kernel}, groups={geom.groups}"
+
+
 def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> str:
     """Why ``algorithm`` cannot compute this layer on ``kind``, or "" when it can."""
     if algorithm not in ALGORITHMS[kind]:
         return (f"the {kind} device has no {algorithm!r} algorithm; it has "
                 f"{('auto',) + ALGORITHMS[kind]}")
-    shape = f"filters {(geom.C_out, geom.C_in_per_group) + geom.kernel}, groups={geom.groups}"
     if algorithm in ("depthwise", "depthwise_tile") and geom.C_in_per_group != 1:
         return (f"{algorithm!r} needs one kernel per filter (C_in/groups == 1); these are "
-                f"{shape}")
+                f"{_filters(geom)}")
     if algorithm == "depthwise_tile" and kernels.depthwise_tile(geom, dtype) is None:
         sizes = tuple(k for k in kernels.DEPTHWISE_SIZES if k != (0, 0))
         return (f"'depthwise_tile' is built for kernels of (height, width) {sizes} (depth 1) "
                 f"whose window of one output row fits its {kernels.DEPTHWISE_TILE_BYTES}-byte "
-                f"tile; these are {shape}, dilation {geom.dilation}")
+                f"tile; these are {_filters(geom)}, dilation {geom.dilation}")
     if algorithm == "gemm_shifted" and (geom.stride[-1] != 1 or geom.kernel[-1] == 1):
         return (f"'gemm_shifted' sums each tap's products shifted along the last axis, which "
                 f"needs stride 1 and a kernel wider than 1 there; this call has stride "
-                f"{geom.stride} and {shape}")
+                f"{geom.stride} and {_filters(geom)}")
     if algorithm == "pointwise" and (max(geom.kernel) != 1 or
                                      max(geom.pad_before + geom.pad_after) != 0):
-        return (f"'pointwise' needs 1x1 kernels and no padding; these are {shape}, padding "
+        return (f"'pointwise' needs 1x1 kernels and no padding; these are {_filters(geom)}, padding "
                 f"{tuple(zip(geom.pad_before, geom.pad_after))}")
     if kind == "cuda" and algorithm == "pointwise" and \
             max(geom.positions, geom.C_in, geom.C_out) >= 2**31:
@@ -148,21 +152,21 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
         column = kernels.im2col_column_bytes(geom, rows, accumulator_dtype(dtype).itemsize)
         if column > kernels.IM2COL_WORKSPACE_BYTES:
             return (f"'im2col' unrolls each window into a column of every group's matrix: "
-                    f"{shape} make one output position's columns {column} bytes, more than "
+                    f"{_filters(geom)} make one output position's columns {column} bytes, more than "
                     f"its workspace of {kernels.IM2COL_WORKSPACE_BYTES} bytes")
     if kind == "cuda" and algorithm == "winograd":
         square = geom.rank == 2 and geom.kernel == (3, 3) and geom.stride == (1, 1) and \
             geom.dilation == (1, 1)
         if not square or geom.groups != 1:
             return (f"'winograd' (F(2x2, 3x3)) takes 2-D 3x3 kernels of stride 1 and dilation 1 "
-                    f"in one group; these are {shape}, stride {geom.stride}, dilation "
+                    f"in one group; these are {_filters(geom)}, stride {geom.stride}, dilation "
                     f"{geom.dilation}")
         if np.dtype(dtype).kind == "c":
             return f"'winograd' takes real dtypes; this call is {np.dtype(dtype).name}"
     if kind == "cuda" and algorithm == "few_filters" and \
             geom.C_out_per_group > kernels.FEW_FILTERS_WIDTHS[-1]:
         return (f"'few_filters' computes every filter of a group in one thread: it takes at "
-                f"most {kernels.FEW_FILTERS_WIDTHS[-1]} filters a group; these are {shape}")
+                f"most {kernels.FEW_FILTERS_WIDTHS[-1]} filters a group; these are {_filters(geom)}")
     if kind == "cuda" and algorithm in ("depthwise", "depthwise_tile", "few_filters"):
         x_elems = geom.N * geom.C_in * math.prod(geom.padded_spatial)
         y_elems = geom.positions * geom.C_out
@@ -180,11 +184,11 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
         block = kernels.GEMM_CL_CHANNELS
         if geom.C_in_per_group % block:
             return (f"'gemm_cl' reads {block} channels at a time: it needs C_in/groups to be a "
-                    f"multiple of {block}; these are {shape}")
+                    f"multiple of {block}; these are {_filters(geom)}")
         narrow = kernels.GEMM_TC_CL_FILTERS[0]
         if geom.groups > _CUDA_GRID_LIMIT or -(-geom.C_out_per_group // narrow) > \
                 _CUDA_GRID_LIMIT:
-            return (f"'gemm_cl' launches one block row per group and {narrow} filters: {shape} "
+            return (f"'gemm_cl' launches one block row per group and {narrow} filters: {_filters(geom)} "
                     f"exceeds CUDA's {_CUDA_GRID_LIMIT} blocks per grid axis")
         return ""
     if kind == "cuda" and algorithm in ("gemm_tc", "gemm_tc_cl", "gemm_wgmma", "gemm_tf32"):
@@ -194,14 +198,14 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
         block = kernels.GEMM_TC_CL_CHANNELS
         if algorithm in ("gemm_tc_cl", "gemm_wgmma") and geom.C_in_per_group % block:
             return (f"{algorithm!r} reads {block} channels at a time: it needs C_in/groups to be "
-                    f"a multiple of {block}; these are {shape}")
+                    f"a multiple of {block}; these are {_filters(geom)}")
         if algorithm == "gemm_tf32" and np.dtype(dtype) != np.float32:
             return (f"'gemm_tf32' rounds float32 to TF32 for the tensor cores; this call is "
                     f"{np.dtype(dtype).name}")
         if geom.groups > _CUDA_GRID_LIMIT or \
                 -(-geom.C_out_per_group // kernels.GEMM_TC_TILE[1]) > _CUDA_GRID_LIMIT:
             return (f"{algorithm!r} launches one block row per group and "
-                    f"{kernels.GEMM_TC_TILE[1]} filters: {shape} exceeds CUDA's "
+                    f"{kernels.GEMM_TC_TILE[1]} filters: {_filters(geom)} exceeds CUDA's "
                     f"{_CUDA_GRID_LIMIT} blocks per grid axis")
         return _tensor_core_problem(algorithm)
     if kind == "cuda" and algorithm.startswith("gemm_"):
@@ -213,7 +217,7 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
         BN = kernels.GEMM_TILES[tile][1]
         if geom.groups > _CUDA_GRID_LIMIT or -(-geom.C_out_per_group // BN) > _CUDA_GRID_LIMIT:
             return (f"{algorithm!r} launches one block row per group and {BN} filters: "
-                    f"{shape} exceeds CUDA's {_CUDA_GRID_LIMIT} blocks per grid axis")
+                    f"{_filters(geom)} exceeds CUDA's {_CUDA_GRID_LIMIT} blocks per grid axis")
     return ""
 
 

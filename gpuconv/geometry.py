@@ -123,7 +123,9 @@ def resolve_padding(padding: PaddingArg, in_spatial: Tuple[int, ...], kernel: Tu
 
 @dataclass(frozen=True)
 class ConvGeometry:
-    """Every size of one convolution call, validated. Spatial tuples have ``rank`` entries."""
+    """Every size of one convolution call, validated. Spatial tuples have ``rank`` entries.
+    The derived sizes below are worked out once a geometry: plans are kept (:func:`plan_conv`),
+    so a repeated call reads them."""
     rank: int                       # D, the number of spatial dims (1, 2 or 3)
     layout: str                     # "channels_first" or "channels_last"
     batched: bool                   # False when x had no batch axis
@@ -140,30 +142,30 @@ class ConvGeometry:
     padding_mode: str
     out_spatial: Tuple[int, ...]
 
-    @property
+    @functools.cached_property
     def C_in_per_group(self) -> int:
         """Kernels per filter."""
         return self.C_in // self.groups
 
-    @property
+    @functools.cached_property
     def C_out_per_group(self) -> int:
         return self.C_out // self.groups
 
-    @property
+    @functools.cached_property
     def padded_spatial(self) -> Tuple[int, ...]:
         return tuple(n + b + a for n, b, a in zip(self.in_spatial, self.pad_before, self.pad_after))
 
-    @property
+    @functools.cached_property
     def terms_per_output(self) -> int:
         """Products summed into one output element: kernels per filter times taps per kernel."""
         return self.C_in_per_group * math.prod(self.kernel)
 
-    @property
+    @functools.cached_property
     def positions(self) -> int:
         """Output positions: images times output pixels (the implicit GEMM's M)."""
         return self.N * math.prod(self.out_spatial)
 
-    @property
+    @functools.cached_property
     def flops(self) -> int:
         """2 * multiply-adds (the convention of shapes.json)."""
         return 2 * self.positions * self.C_out * self.terms_per_output
@@ -187,9 +189,8 @@ class ConvGeometry:
         return cached
 
     def __getstate__(self) -> Dict[str, Any]:
-        state = dict(self.__dict__)
-        state.pop("_hash", None)
-        return state
+        """The fields alone: the hash and the derived sizes are worked out again on use."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def with_zero_padding(self) -> "ConvGeometry":
         """The geometry of the same call on an input already padded by its padding_mode."""
