@@ -284,13 +284,25 @@ def _window_last(image: Array, geom: ConvGeometry, first: int, extent: int, ct: 
     return window
 
 
+#: Unrolled items (windows' terms over every output position of the layer) from which a
+#: strided layer's unrolling reads its input split into stride phases. Below, the split's
+#: Python (a gather and a border zeroing per phase, a copy per phase) costs more than the
+#: strided copies it makes contiguous. The 2-vCPU Zen 5 dev machine, float32, stride 2, 3x3
+#: unless said, min of 5, us, phases / one strided copy: 2 x 3 -> 8 on 32^2 (14 K items)
+#: 105 / 48, 3 -> 16 on 64^2 109 / 54, 16 -> 32 on 64^2 (147 K) 193 / 134, 128 -> 128 on
+#: 28^2 (226 K) 474 / 400, 64 -> 64 on 56^2 (452 K) 505 / 455, 32 -> 64 on 112^2 (903 K)
+#: 835 / 822, 3 -> 64 7x7 on 160^2 (941 K) 758 / 824, 16 -> 32 on 224^2 (1.8 M) 1081 / 1229.
+PHASED_MIN_ITEMS = 2**19
+
+
 def _phased(geom: ConvGeometry) -> bool:
     """Whether the columns unrolling reads a strided layer's input split into its stride
     phases (:func:`_phase_split`): then every copied run is contiguous instead of every
     stride-th element, which halved the unrolling of the stride-2 stem and speech layers
-    (0.77 -> 0.42 ms and 1.16 -> 0.53 ms per image). Undilated layers only: a dilated tap's
-    phase is not a function of the tap alone."""
-    return max(geom.stride) > 1 and max(geom.dilation) == 1
+    (0.77 -> 0.42 ms and 1.16 -> 0.53 ms per image). Undilated layers only (a dilated tap's
+    phase is not a function of the tap alone), of at least :data:`PHASED_MIN_ITEMS`."""
+    return (max(geom.stride) > 1 and max(geom.dilation) == 1
+            and geom.positions * geom.groups * geom.terms_per_output >= PHASED_MIN_ITEMS)
 
 
 def _phase_split(src: Array, geom: ConvGeometry, take: Take, dtype: Optional[DTypeLike] = None,

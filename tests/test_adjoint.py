@@ -118,6 +118,19 @@ def test_cpu_adjoints_against_reference(case, route):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if max(c.options["stride"]) > 1
+                                  and max(c.options["dilation"]) == 1], ids=lambda c: c.name)
+def test_cpu_filter_grad_from_stride_phases(case, monkeypatch):
+    """The filter gradient's unrolling from the input's stride phases (test_grid.py's
+    PHASED_CASES: forced, the grid's layers being small)."""
+    from test_grid import spy_phase_splits
+    splits = spy_phase_splits(monkeypatch)
+    g = _grad_out(case, np.random.default_rng(abs(hash(case.name)) % 2**32))
+    dw = gpuconv.conv_filter_grad(case.x, g, case.filters.shape, device="cpu", **_options(case))
+    check_filter_grad(case, g, dw)
+    assert splits, "the stride phases were not used"
+
+
 @pytest.mark.parametrize("case", [c for c in CASES if c.x.dtype in (np.float64, np.complex128)],
                          ids=lambda c: c.name)
 def test_dot_product_identity(case):

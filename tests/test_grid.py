@@ -58,6 +58,30 @@ def test_cpu_bfloat16_against_reference(case):
             _check(case, got, f"cpu bfloat16 {algorithm}")
 
 
+# The grid's strided, undilated layers. The CPU GEMM unrolls such a layer from its input split
+# into stride phases from cpu.PHASED_MIN_ITEMS unrolled items, below from one strided copy: the
+# grid's layers are small (the strided copy), so here the phases are forced.
+PHASED_CASES = [c for c in CASES
+                if max(c.options["stride"]) > 1 and max(c.options["dilation"]) == 1]
+
+
+def spy_phase_splits(monkeypatch):
+    """Force the stride phases (cpu.PHASED_MIN_ITEMS 0); the list that counts the splits."""
+    from gpuconv import cpu
+    monkeypatch.setattr(cpu, "PHASED_MIN_ITEMS", 0)
+    calls = []
+    split = cpu._phase_split
+    monkeypatch.setattr(cpu, "_phase_split", lambda *a, **k: calls.append(1) or split(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("case", PHASED_CASES, ids=lambda c: c.name)
+def test_cpu_gemm_from_stride_phases(case, monkeypatch):
+    splits = spy_phase_splits(monkeypatch)
+    _check(case, _forced(case, "cpu", "gemm"), "cpu gemm from stride phases")
+    assert splits, "the stride phases were not used"
+
+
 @pytest.mark.parametrize("case", FAST_PATH_CASES, ids=lambda c: c.name)
 def test_cpu_fast_paths_against_reference(case):
     got = gpuconv.conv(case.x, case.filters, case.bias, device="cpu", **case.options)
