@@ -400,6 +400,14 @@ GEMM_SHIFTED_MAX_FILTERS = 128
 #: layers were not better by it (2 groups of 4 -> 32, ratio 0.38: 487 / 437): left as they are.
 GEMM_SHIFTED_MIN_RATIO = 0.4
 
+#: ... and for 1-D layers at most this: there the GEMM's unrolled rows are long contiguous
+#: runs (no rows of a kernel to copy around), so it wins up to as many kernels a filter as
+#: filters (session 26, the same machine, float32, min of 7, ms, gemm / shifted: 1 -> 1, 10^6
+#: positions, 31 taps 2.29 / 5.58; 1 -> 1, 10^5, 5 taps 0.090 / 0.131; 4 -> 4 9 taps 0.56 /
+#: 0.68; 16 -> 16 5 taps 0.24 / 0.28; 1 -> 4, 4 images 0.76 / 2.18; but 2 -> 1 9 taps 0.27 /
+#: 0.22, 3 -> 1 3 taps 0.16 / 0.14, 8 -> 2 1.16 / 0.55, 32 -> 8 7 taps 0.70 / 0.49).
+GEMM_SHIFTED_MIN_RATIO_1D = 1.0
+
 #: ... nor for layers of fewer multiply-adds than this, where the shifted GEMM's extra passes
 #: cost more than they save (same machine, us, gemm / shifted: 8 -> 8 3x3 on 16^2, 0.15 M:
 #: 34 / 44; 16 -> 16 on 12^2, 0.33 M: 42 / 49; 16 -> 16 on 16^2, 0.59 M: 80 / 70).
@@ -408,11 +416,12 @@ GEMM_SHIFTED_MIN_MULTIPLY_ADDS = 450_000
 
 def _gemm_rather_than_shifted(geom: ConvGeometry) -> bool:
     """Whether auto takes the GEMM for a one-group layer the shifted GEMM could run (see
-    GEMM_SHIFTED_MIN_RATIO and GEMM_SHIFTED_MIN_MULTIPLY_ADDS)."""
+    GEMM_SHIFTED_MIN_RATIO, GEMM_SHIFTED_MIN_RATIO_1D and GEMM_SHIFTED_MIN_MULTIPLY_ADDS)."""
     if geom.groups != 1:
         return False
     rows = geom.C_in_per_group * math.prod(geom.kernel[:-1])  # the shifted GEMM's terms
-    return (rows <= GEMM_SHIFTED_MIN_RATIO * geom.C_out_per_group
+    ratio = GEMM_SHIFTED_MIN_RATIO if geom.rank > 1 else GEMM_SHIFTED_MIN_RATIO_1D
+    return (rows <= ratio * geom.C_out_per_group
             or geom.flops < 2 * GEMM_SHIFTED_MIN_MULTIPLY_ADDS)
 
 

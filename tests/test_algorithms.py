@@ -62,16 +62,22 @@ def test_refusals_name_the_filters():
 def test_auto_takes_the_gemm_for_few_kernels_a_filter_or_small_layers():
     """One-group layers whose kernels a filter times the kernel's size along every axis but
     the last are at most GEMM_SHIFTED_MIN_RATIO of the filters (first layers: RGB in, many
-    filters out), or of fewer than GEMM_SHIFTED_MIN_MULTIPLY_ADDS: the GEMM, not the shifted
-    GEMM; grouped layers keep the shifted GEMM."""
+    filters out; 1-D layers: GEMM_SHIFTED_MIN_RATIO_1D), or of fewer than
+    GEMM_SHIFTED_MIN_MULTIPLY_ADDS: the GEMM, not the shifted GEMM; grouped layers keep the
+    shifted GEMM."""
     ratio = algorithms.GEMM_SHIFTED_MIN_RATIO
     assert ratio == 0.4 and algorithms.GEMM_SHIFTED_MIN_MULTIPLY_ADDS == 450_000
+    assert algorithms.GEMM_SHIFTED_MIN_RATIO_1D == 1.0
     for x_shape, w_shape, options, expected in [
             ((1, 3, 224, 224), (64, 3, 3, 3), {"padding": 1}, "gemm"),  # VGG's first layer
             ((2, 8, 32, 32), (60, 8, 3, 3), {}, "gemm"),           # 24 rows <= 0.4 x 60
             ((2, 8, 32, 32), (59, 8, 3, 3), {}, "gemm_shifted"),   # 24 > 0.4 x 59
             ((2, 8, 32, 32), (64, 4, 3, 3), {"groups": 2}, "gemm_shifted"),
             ((4, 1, 4096), (16, 1, 5), {}, "gemm"),                # 1-D: C_in rows
+            ((1, 1, 10**6), (1, 1, 31), {}, "gemm"),               # 1-D: 1 <= 1.0 x 1
+            ((1, 16, 10**5), (16, 16, 5), {}, "gemm"),             # 16 <= 1.0 x 16
+            ((1, 17, 10**5), (16, 17, 5), {}, "gemm_shifted"),     # 17 > 1.0 x 16
+            ((1, 2, 32, 10**4), (2, 2, 1, 9), {}, "gemm_shifted"),  # 2-D: 2 > 0.4 x 2
             ((1, 1, 32, 32, 32), (16, 1, 3, 3, 3), {}, "gemm_shifted"),  # 9 rows > 6.4
             ((1, 16, 12, 12), (16, 16, 3, 3), {"padding": 1}, "gemm"),  # 331,776 mult.-adds
             ((1, 16, 16, 16), (16, 16, 3, 3), {"padding": 1}, "gemm_shifted")]:  # 589,824

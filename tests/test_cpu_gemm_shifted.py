@@ -111,3 +111,70 @@ def test_auto_takes_it_for_few_filters(monkeypatch):
         assert ran == [method]
         exact, bound = error_bound(x, w, b, np.float32, None, padding=1)
         assert np.all(np.abs(got - exact) <= bound)
+
+
+# products whose inner dimension is one term (cpu._product: a broadcast multiply, not matmul):
+# (x shape, filters shape, options, algorithm)
+ONE_TERM = [
+    ((2, 1, 300), (3, 1, 7), dict(padding=2), "gemm_shifted"),        # 1 kernel a filter, 1-D
+    ((1, 1, 40, 9), (2, 1, 1, 5), {}, "gemm_shifted"),               # 1 x 5 kernels, 1 channel
+    ((2, 1, 6, 7), (5, 1, 1, 1), {}, "pointwise"),                   # 1 -> 5 channels
+    ((2, 6, 7, 1), (5, 1, 1, 1), dict(layout="channels_last"), "pointwise"),
+    ((2, 1, 6, 7), (5, 1, 1, 1), dict(padding=1), "gemm"),          # 1x1, padded
+]
+
+
+def _spy_products(monkeypatch):
+    """The inner dimension of every cpu._product call."""
+    calls = []
+    product = cpu._product
+    monkeypatch.setattr(cpu, "_product", lambda a, b, out: calls.append(a.shape[-1])
+                        or product(a, b, out))
+    return calls
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw, algorithm", ONE_TERM)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64])
+def test_products_of_one_term(x_shape, w_shape, kw, algorithm, dtype, monkeypatch):
+    """Products of one term go through cpu._product's multiply: against the float64
+    reference."""
+    calls = _spy_products(monkeypatch)
+    x, w, b = _data(x_shape, w_shape, dtype)
+    got = gpuconv.conv(x, w, b, algorithm=algorithm, device="cpu", **kw)
+    exact, bound = error_bound(x, w, b, np.dtype(dtype), None, **kw)
+    assert got.dtype == dtype and np.all(np.abs(got - exact) <= bound)
+    assert 1 in calls
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    ((2, 3, 11, 12), (1, 3, 3, 3), dict(padding=1, stride=2)),
+    ((2, 4, 30), (2, 2, 5), dict(groups=2, dilation=2)),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.complex128])
+def test_data_adjoint_of_one_filter_a_group(x_shape, w_shape, kw, dtype, monkeypatch):
+    """The CPU data adjoint's products g @ w^T have one term for one filter a group."""
+    from cases import Case
+    from test_adjoint import check_input_grad
+    calls = _spy_products(monkeypatch)
+    x, w, _ = _data(x_shape, w_shape, dtype)
+    g = gpuconv.conv(x, w, **kw)
+    dx = gpuconv.conv_input_grad(g, w, x.shape, device="cpu", **kw)
+    options = {**dict(stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
+                      layout="channels_first", flip=False), **kw}
+    check_input_grad(Case("one filter a group", x, w, None, options), g, dx)
+    assert 1 in calls
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_product_of_one_term_is_matmuls(dtype):
+    """cpu._product with an inner dimension of 1 gives matmul's own values (one product a
+    value, no sum), batch axes broadcast as matmul broadcasts them."""
+    rng = np.random.default_rng(1)
+    for a_shape, b_shape in [((4, 1), (1, 9)), ((2, 3, 1), (5, 2, 1, 6)), ((3, 4, 2), (2, 5))]:
+        a, b = rng.standard_normal(a_shape).astype(dtype), rng.standard_normal(b_shape)
+        b = b.astype(dtype)
+        want = np.matmul(a, b)
+        out = np.empty_like(want)
+        assert cpu._product(a, b, out) is out
+        np.testing.assert_array_equal(out, want)
+
