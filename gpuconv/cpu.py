@@ -316,6 +316,16 @@ def _phased(geom: ConvGeometry) -> bool:
             and geom.positions * geom.groups * geom.terms_per_output >= PHASED_MIN_ITEMS)
 
 
+def _reads_caller(x_cf: Array, geom: ConvGeometry, ct: np.dtype) -> bool:
+    """Whether a GEMM's unrolling reads the caller's channels-first array as it lies, with no
+    padded copy first: a layer without padding whose input is already in the accumulator
+    dtype, with contiguous rows (a channels-last caller's rows are strided: copied, they make
+    the unrolling's runs contiguous), not read by stride phases. conv1d_k3_c128to384 (6.6 MB
+    of input) and conv3d_3x3x3_c64 (67 MB) are such layers."""
+    return (x_cf.dtype == ct and not any(geom.pad_before + geom.pad_after)
+            and x_cf.strides[-1] == x_cf.itemsize and not _phased(geom))
+
+
 def _phase_split(src: Array, geom: ConvGeometry, take: Take, dtype: Optional[DTypeLike] = None,
                  offset: Optional[Tuple[int, ...]] = None,
                  padded: Optional[Tuple[int, ...]] = None) -> Array:
@@ -527,6 +537,7 @@ def _gemm_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     for n0, n, xpad, r0, rows, r_in in _chunk_plan(x_cf, geom, ct, copies, channels_last=False,
                                                    cap=GEMM_CHUNK_BYTES, phases=_phased(geom),
                                                    windows=True,
+                                                   unpadded=_reads_caller(x_cf, geom, ct),
                                                    alone=geom.groups * geom.terms_per_output
                                                    if into_output else None):
         with scratch() as take:
@@ -600,7 +611,8 @@ def _gemm_shifted_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry
                                           + K[-1] * Cog))
     for n0, n, xpad, r0, rows, r_in in _chunk_plan(x_cf, geom, ct, copies, channels_last=False,
                                                    cap=GEMM_SHIFTED_CHUNK_BYTES,
-                                                   per_position=per_position, windows=True):
+                                                   per_position=per_position, windows=True,
+                                                   unpadded=_reads_caller(x_cf, geom, ct)):
         with scratch() as take:
             cols = _unroll_rows(xpad, geom, r_in, rows, ct, take)
             del xpad
@@ -1076,7 +1088,8 @@ def filter_grad(x_cf: Array, g_cf: Array, geom: ConvGeometry, out: Array) -> Non
     copies = 1 if geom.padding_mode == "zeros" else 2
     for n0, n, xpad, r0, rows, r_in in _chunk_plan(x_cf, geom, ct, copies, channels_last=False,
                                                    cap=GEMM_CHUNK_BYTES, phases=_phased(geom),
-                                                   windows=True):
+                                                   windows=True,
+                                                   unpadded=_reads_caller(x_cf, geom, ct)):
         with scratch() as take:
             cols = _unroll_columns(xpad, geom, r_in, rows, ct, take)
             del xpad

@@ -178,3 +178,30 @@ def test_product_of_one_term_is_matmuls(dtype):
         assert cpu._product(a, b, out) is out
         np.testing.assert_array_equal(out, want)
 
+
+@pytest.mark.parametrize("algorithm", ["gemm", "gemm_shifted"])
+@pytest.mark.parametrize("view", ["reversed batch", "every other channel", "broadcast",
+                                  "read-only"])
+def test_unpadded_layers_read_the_callers_array(algorithm, view, monkeypatch):
+    """Without padding (and in the accumulator dtype, rows contiguous) the GEMMs unroll from
+    the caller's array as it lies (cpu._reads_caller): no padded copy, any batch and channel
+    strides, the array never written, the same values as from a contiguous copy."""
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((3, 8, 9, 10)).astype(np.float32)
+    w = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    x = {"reversed batch": base[::-1, :4], "every other channel": base[:, ::2],
+         "broadcast": np.broadcast_to(base[:1, :4], (3, 4, 9, 10)),
+         "read-only": base[:, 4:].copy()}[view]
+    x.flags.writeable = False if view == "read-only" else x.flags.writeable
+    padded = []
+    pad = cpu._padded
+    monkeypatch.setattr(cpu, "_padded", lambda *a: padded.append(1) or pad(*a))
+    got = gpuconv.conv2d(x, w, algorithm=algorithm, device="cpu")
+    assert not padded
+    want = gpuconv.conv2d(np.ascontiguousarray(x), w, algorithm=algorithm, device="cpu")
+    np.testing.assert_array_equal(got, want)
+    exact, bound = error_bound(x, w, None, np.dtype(np.float32), None)
+    assert np.all(np.abs(got - exact) <= bound)
+    padded.clear()
+    gpuconv.conv2d(x, w, padding=1, algorithm=algorithm, device="cpu")
+    assert padded  # a padded layer copies its input first
