@@ -16,13 +16,19 @@ def _by_phases(geom: ConvGeometry, backend: Any) -> bool:
     phase (geometry.data_adjoint_phases; zero padding only, other modes fold their borders).
     Those convs have C_in/groups outputs a filter, and each backend says from how many its
     forward algorithms beat its own data adjoint (``DATA_ADJOINT_AS_CONV_MIN_CHANNELS``): the
-    CPU's GEMM wants >= 16 (fewer make a matrix-vector product over unrolled windows: CPU
-    r50_conv1_7x7s2, 3 channels, ran 49 ms that way against the adjoint's 32); CUDA takes them
-    from 1, as its adjoint kernel, a thread per input element, ran that layer at 0.2 TFLOP/s
-    (H100). Plain depthwise always goes by phases. The forward paths do less index arithmetic
-    per term and have the fast kernels (CPU mbv2_dw_3x3_c576 29 -> 1.8 ms)."""
+    CPU's GEMM wants >= 16 for strided layers (fewer make a matrix-vector product over unrolled
+    windows, and the phases' Python adds up: CPU 2 x 3 x 64^2 by 16 3x3 filters, stride 2,
+    0.22 ms by its adjoint against 0.29 by phases, stride 3 0.16 / 0.30, r50_conv1_7x7s2 in
+    float64 22.8 / 27.9); CUDA takes them from 1, as its adjoint kernel, a thread per input
+    element, ran that layer at 0.2 TFLOP/s (H100). Layers of stride 1 (one phase: a single
+    forward conv) and plain depthwise layers always go by phases: the forward paths do less
+    index arithmetic per term and have the fast kernels (CPU mbv2_dw_3x3_c576 29 -> 1.8 ms;
+    session 26, float32, ms, adjoint / phases: one 5x5 kernel on 512^2 14.3 / 0.45, one
+    31-tap kernel on 10^5 samples 4.0 / 0.30, 8 x 16 x 32^2 by 16 3x3 filters 1.46 / 0.35,
+    3-D 2 x 8 x 16^3 by 8 2.5 / 0.36, complex64 4 x 2 x 128^2 by 8 5x5 7.9 / 2.4)."""
     depthwise = geom.C_in_per_group == geom.C_out_per_group == 1 and geom.groups > 1
-    return depthwise or geom.C_in_per_group >= backend.DATA_ADJOINT_AS_CONV_MIN_CHANNELS
+    return (depthwise or max(geom.stride) == 1
+            or geom.C_in_per_group >= backend.DATA_ADJOINT_AS_CONV_MIN_CHANNELS)
 
 
 def _data_adjoint(xp: Any, backend: Any, g_cf: Array, w: Array, bias: Array,

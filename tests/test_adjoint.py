@@ -83,16 +83,18 @@ def check_filter_grad(case, g, got):
 
 
 def test_each_backend_says_when_the_data_adjoint_goes_by_phases():
-    """The CPU's GEMM wants >= 16 kernels a filter for the phases' forward convs; CUDA's
-    kernels for few outputs (few_filters, the 128x8 tile) take them from one; plain depthwise
-    goes by phases on both."""
+    """The CPU's GEMM wants >= 16 kernels a filter for the phases' forward convs of a strided
+    layer; CUDA's kernels for few outputs (few_filters, the 128x8 tile) take them from one;
+    layers of stride 1 (one forward conv) and plain depthwise go by phases on both."""
     from gpuconv import cpu, cuda
     from gpuconv.geometry import plan_conv
     stem = plan_conv((2, 3, 32, 32), (64, 3, 7, 7), stride=2, padding=3)
     wide = plan_conv((2, 16, 32, 32), (64, 16, 3, 3), stride=2, padding=1)
     dw = plan_conv((2, 8, 32, 32), (8, 1, 3, 3), groups=8)
-    assert [gpuconv.adjoint._by_phases(g, cpu) for g in (stem, wide, dw)] == [False, True, True]
-    assert [gpuconv.adjoint._by_phases(g, cuda) for g in (stem, wide, dw)] == [True, True, True]
+    one = plan_conv((1, 1, 64, 64), (1, 1, 5, 5), padding=2)  # one channel, stride 1
+    layers = (stem, wide, dw, one)
+    assert [gpuconv.adjoint._by_phases(g, cpu) for g in layers] == [False, True, True, True]
+    assert [gpuconv.adjoint._by_phases(g, cuda) for g in layers] == [True, True, True, True]
 
 
 @pytest.fixture(params=["phases", "adjoint"])
