@@ -136,8 +136,8 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
                 f"{geom.stride} and {_filters(geom)}")
     if algorithm == "pointwise" and (max(geom.kernel) != 1 or
                                      max(geom.pad_before + geom.pad_after) != 0):
-        return (f"'pointwise' needs 1x1 kernels and no padding; these are {_filters(geom)}, padding "
-                f"{tuple(zip(geom.pad_before, geom.pad_after))}")
+        return (f"'pointwise' needs 1x1 kernels and no padding; these are {_filters(geom)}, "
+                f"padding {tuple(zip(geom.pad_before, geom.pad_after))}")
     if kind == "cuda" and algorithm == "pointwise" and \
             max(geom.positions, geom.C_in, geom.C_out) >= 2**31:
         return (f"the CUDA 'pointwise' hands cuBLAS its matrix sizes as 32-bit ints; this call "
@@ -152,8 +152,8 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
         column = kernels.im2col_column_bytes(geom, rows, accumulator_dtype(dtype).itemsize)
         if column > kernels.IM2COL_WORKSPACE_BYTES:
             return (f"'im2col' unrolls each window into a column of every group's matrix: "
-                    f"{_filters(geom)} make one output position's columns {column} bytes, more than "
-                    f"its workspace of {kernels.IM2COL_WORKSPACE_BYTES} bytes")
+                    f"{_filters(geom)} make one output position's columns {column} bytes, more "
+                    f"than its workspace of {kernels.IM2COL_WORKSPACE_BYTES} bytes")
     if kind == "cuda" and algorithm == "winograd":
         square = geom.rank == 2 and geom.kernel == (3, 3) and geom.stride == (1, 1) and \
             geom.dilation == (1, 1)
@@ -166,7 +166,8 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
     if kind == "cuda" and algorithm == "few_filters" and \
             geom.C_out_per_group > kernels.FEW_FILTERS_WIDTHS[-1]:
         return (f"'few_filters' computes every filter of a group in one thread: it takes at "
-                f"most {kernels.FEW_FILTERS_WIDTHS[-1]} filters a group; these are {_filters(geom)}")
+                f"most {kernels.FEW_FILTERS_WIDTHS[-1]} filters a group; these are "
+                f"{_filters(geom)}")
     if kind == "cuda" and algorithm in ("depthwise", "depthwise_tile", "few_filters"):
         x_elems = geom.N * geom.C_in * math.prod(geom.padded_spatial)
         y_elems = geom.positions * geom.C_out
@@ -188,8 +189,8 @@ def why_not(kind: str, algorithm: str, geom: ConvGeometry, dtype: DTypeLike) -> 
         narrow = kernels.GEMM_TC_CL_FILTERS[0]
         if geom.groups > _CUDA_GRID_LIMIT or -(-geom.C_out_per_group // narrow) > \
                 _CUDA_GRID_LIMIT:
-            return (f"'gemm_cl' launches one block row per group and {narrow} filters: {_filters(geom)} "
-                    f"exceeds CUDA's {_CUDA_GRID_LIMIT} blocks per grid axis")
+            return (f"'gemm_cl' launches one block row per group and {narrow} filters: "
+                    f"{_filters(geom)} exceeds CUDA's {_CUDA_GRID_LIMIT} blocks per grid axis")
         return ""
     if kind == "cuda" and algorithm in ("gemm_tc", "gemm_tc_cl", "gemm_wgmma", "gemm_tf32"):
         if algorithm != "gemm_tf32" and not kernels.tensor_core_dtype(dtype):
