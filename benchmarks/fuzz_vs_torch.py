@@ -18,6 +18,7 @@ any case failed. Needs PyTorch (the ``bench`` extra); runs from a checkout with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -120,9 +121,8 @@ class Fuzz:
         shown = {k: (v.name if isinstance(v, np.dtype) else v) for k, v in call.items()}
         print(f"FAIL {what}: {why}; {shown}", flush=True)
 
-    def settings(self) -> Any:
+    def settings(self) -> contextlib.ExitStack:
         """A random workspace (1 byte: one output row a chunk) and thread count."""
-        import contextlib
         stack = contextlib.ExitStack()
         stack.enter_context(self.gc.cpu_workspace(int(self.rng.choice(
             [1, 4096, 65536, 2**20, 2**28]))))
