@@ -25,8 +25,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-ALGORITHMS = ("auto", "gemm", "gemm_shifted", "pointwise", "depthwise")
-
 
 def _pad_pairs(pad: List[Tuple[int, int]]) -> List[int]:
     """(before, after) per spatial axis as torch.nn.functional.pad's flat list (last axis
@@ -157,7 +155,7 @@ class Fuzz:
         geom = gc.plan_conv(x.shape, w.shape, None if b is None else b.shape, **opts)
         kept = (xin.copy(), w.copy())
         terms = int(np.prod(w.shape[1:])) + 1
-        for name in ALGORITHMS:
+        for name in ("auto",) + gc.algorithms.ALGORITHMS["cpu"]:
             if name != "auto" and gc.algorithms.why_not("cpu", name, geom, dt):
                 continue
 
