@@ -1,30 +1,37 @@
 """The GPU checks owed by work done without a GPU, phase by phase, for a session's first calls.
 
-Sessions 20-24 wrote kernels and paths that no GPU has run (depthwise_tile, gemm_cl, the
+Sessions 20-27 wrote kernels and paths that no GPU has run (depthwise_tile, gemm_cl, the
 replays, pointwise by strided batched cuBLAS calls, the GC_CP_ASYNC_CA experiment,
 gemm_wgmma); NOTES "Owed on a GPU next" lists what to run. A device call is limited to 10
-minutes and a session to 30, so this runs named phases in order, each under its own time limit
-(its whole process group stopped at the limit, so no test worker stays on the GPU), logging
-each to ``--out``/<phase>.log and printing its last lines; a phase that fails or times out
-does not stop the next. Three calls cover the list's first items:
+minutes and a session to 30 (its machine's start and idle time included), so this runs named
+phases in order, each under its own time limit (its whole process group stopped at the limit,
+so no test worker stays on the GPU), logging each to ``--out``/<phase>.log and printing its
+last lines; a phase that fails or times out does not stop the next. ``a+b`` runs phases a and
+b side by side (correctness phases only: a bench wants the GPU to itself). ``--deadline S``
+caps the whole run: each phase gets at most what is left of S (a phase with under 30 s left is
+skipped), so a call's last phases are cut rather than the call. After a bench phase the
+table of benchmarks/auto_gaps.py (auto against the fastest forced algorithm of each row) is
+printed, since a call returns only its output's last 12,000 characters. The first call:
 
-    PYTHONPATH=$PWD python3 benchmarks/gpu_owed.py --out $OUT tests timeline bench_1x1
-    PYTHONPATH=$PWD python3 benchmarks/gpu_owed.py --out $OUT bench_new bench_wgmma
-    PYTHONPATH=$PWD python3 benchmarks/gpu_owed.py --out $OUT ca_plain ca_defined
+    PYTHONUNBUFFERED=1 PYTHONPATH=$PWD python3 benchmarks/gpu_owed.py --out $OUT \
+        --deadline 560 bench_new bench_wgmma tests+check_all
 
-(``check_all``, gpuconv check --algorithms all, fits beside any of them: every kernel forced
-on random configurations, a row each.)
-
-then the record (benchmarks/gpu_record.py) at the commit that follows from them.
+(the kernels auto does not take yet, forced beside auto and cuDNN, then the GPU tests of the
+paths written without a GPU beside every kernel forced on random configurations), then the
+rules auto's rows call for, committed, and the record (benchmarks/gpu_record.py) at that
+commit: the whole suite, then the bench and the sanitizer. Other phases: ``timeline`` (where
+the slow rows' time goes), ``bench_1x1``, ``ca_plain`` / ``ca_defined``.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -91,15 +98,65 @@ def run_phase(name: str, limit: int, cmd: Sequence[str], out: Path) -> Tuple[int
     return status, time.monotonic() - start
 
 
+#: A phase that would get less than this under ``--deadline`` is skipped.
+MIN_PHASE_SECONDS = 30
+
+
+def _bench_json(cmd: Sequence[str]) -> Optional[Path]:
+    """The JSON file a bench phase writes, or None for other phases."""
+    if "gpuconv.bench" not in cmd or "--json" not in cmd:
+        return None
+    return Path(cmd[list(cmd).index("--json") + 1])
+
+
+def gaps_report(path: Path) -> str:
+    """benchmarks/auto_gaps.py's table of one bench JSON file."""
+    spec = importlib.util.spec_from_file_location("auto_gaps", Path(__file__).with_name(
+        "auto_gaps.py"))
+    assert spec is not None and spec.loader is not None
+    gaps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gaps)
+    return str(gaps.report(gaps.gaps(gaps.load_rows(path))))
+
+
+def run_group(names: Sequence[str], table: Dict[str, Tuple[int, Tuple[str, ...]]], out: Path,
+              left: Optional[float]) -> List[str]:
+    """Run phases side by side, each under its limit (or ``left`` seconds, if fewer); print
+    each one's outcome and last log lines (a bench's: the auto gaps table); return the
+    outcome lines."""
+    jobs = [(n, table[n][0] if left is None else min(table[n][0], int(left)), table[n][1])
+            for n in names]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        done = list(pool.map(lambda j: run_phase(j[0], j[1], j[2], out), jobs))
+    results = []
+    for (name, limit, cmd), (status, seconds) in zip(jobs, done):
+        stopped = f" (stopped at {limit} s)" if status == 124 else ""
+        results.append(f"{name}: exit {status} in {seconds:.0f} s{stopped}")
+        print(f"== {results[-1]}", flush=True)
+        lines = (out / f"{name}.log").read_text(errors="replace").splitlines()
+        bench = _bench_json(cmd)
+        print("\n".join(lines[-(4 if bench else 12):]), flush=True)
+        if bench is not None and bench.exists():
+            try:
+                print(gaps_report(bench), flush=True)
+            except (OSError, ValueError) as e:  # a JSON cut short
+                print(f"auto_gaps: {bench}: {e}", flush=True)
+    return results
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("names", nargs="*", help="phases to run, in order (default: list them)")
+    ap.add_argument("names", nargs="*", help="phases to run, in order; a+b: side by side "
+                    "(default: list them)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="logs and JSON here")
+    ap.add_argument("--deadline", type=float, default=None,
+                    help="seconds for the whole run: later phases get what is left")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = ap.parse_args(argv)
     out = Path(args.out)
     table = phases(out)
-    unknown = [n for n in args.names if n not in table]
+    groups = [item.split("+") for item in args.names]
+    unknown = [n for group in groups for n in group if n not in table]
     if unknown or not args.names:
         if unknown:
             print(f"gpu_owed.py: no phase {unknown}", file=sys.stderr)
@@ -107,17 +164,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{name} ({limit} s): {' '.join(cmd)}")
         return 2 if unknown else 0
     out.mkdir(parents=True, exist_ok=True)
+    end = None if args.deadline is None else time.monotonic() + args.deadline
     results: List[str] = []
-    for name in args.names:
-        limit, cmd = table[name]
+    for group in groups:
         if args.dry_run:
-            print(f"{name} ({limit} s): {' '.join(cmd)}")
+            for name in group:
+                print(f"{name} ({table[name][0]} s): {' '.join(table[name][1])}")
             continue
-        status, seconds = run_phase(name, limit, cmd, out)
-        results.append(f"{name}: exit {status} in {seconds:.0f} s")
-        print(f"== {results[-1]}", flush=True)
-        lines = (out / f"{name}.log").read_text(errors="replace").splitlines()
-        print("\n".join(lines[-12:]), flush=True)
+        left = None if end is None else end - time.monotonic()
+        if left is not None and left < MIN_PHASE_SECONDS:
+            results += [f"{name}: skipped ({left:.0f} s left of the deadline)" for name in group]
+            print(f"== {results[-1]}", flush=True)
+            continue
+        results += run_group(group, table, out, left)
     print("\n".join(results))
     return 0
 

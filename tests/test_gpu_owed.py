@@ -86,3 +86,49 @@ def test_a_run_goes_on_past_a_failed_phase(tmp_path, monkeypatch, capsys):
     text = capsys.readouterr().out
     assert "bad: exit 3" in text and "good: exit 0" in text and "done here" in text
     assert m.main(["--out", str(tmp_path), "nope"]) == 2
+
+
+def test_the_deadline_cuts_a_phase_short_and_skips_the_rest(tmp_path, monkeypatch, capsys):
+    m = _module()
+    monkeypatch.setattr(m, "MIN_PHASE_SECONDS", 1)
+    monkeypatch.setattr(m, "phases", lambda out: {
+        "long": (60, (sys.executable, "-c", "import time; time.sleep(60)")),
+        "next": (60, (sys.executable, "-c", "print('ran')"))})
+    assert m.main(["--out", str(tmp_path), "--deadline", "2", "long", "next"]) == 0
+    text = capsys.readouterr().out
+    assert "long: exit 124" in text and "(stopped at 1 s)" in text  # 2 s less the start
+    assert "next: skipped" in text and "ran" not in text
+
+
+def test_phases_joined_by_plus_run_side_by_side(tmp_path, monkeypatch, capsys):
+    m = _module()
+
+    def waits_for(mine, other):  # writes its file, then waits for the other's: only side by
+        # side do both finish before their limit
+        return (sys.executable, "-c",
+                f"import os, time; open({str(tmp_path / mine)!r}, 'w').close(); "
+                f"t = time.time()\n"
+                f"while not os.path.exists({str(tmp_path / other)!r}):\n"
+                f"    time.sleep(0.05)\n"
+                f"    assert time.time() - t < 20\n")
+    monkeypatch.setattr(m, "phases", lambda out: {"x": (30, waits_for("x", "y")),
+                                                  "y": (30, waits_for("y", "x"))})
+    assert m.main(["--out", str(tmp_path), "x+y"]) == 0
+    text = capsys.readouterr().out
+    assert "x: exit 0" in text and "y: exit 0" in text
+    assert m.main(["--out", str(tmp_path), "x+nope"]) == 2
+
+
+def test_a_bench_phase_prints_auto_s_gaps(tmp_path, monkeypatch, capsys):
+    m = _module()
+    rows = [{"layer": "l1", "op": "forward", "dtype": "float32", "algorithm": "gemm_128x64",
+             "depthwise": False, "contenders": {"gpuconv": {"median_ms": 2.0},
+                                                "gpuconv:im2col": {"median_ms": 1.0},
+                                                "torch": {"median_ms": 1.5}}}]
+    path = tmp_path / "b.json"
+    write = f"import json; open({str(path)!r}, 'w').write(json.dumps({rows!r}))"
+    monkeypatch.setattr(m, "phases", lambda out: {
+        "b": (30, (sys.executable, "-c", write, "-m", "gpuconv.bench", "--json", str(path)))})
+    assert m.main(["--out", str(tmp_path), "b"]) == 0
+    text = capsys.readouterr().out
+    assert "fastest forced" in text and "<<" in text
