@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import types
 import zlib
 
@@ -31,7 +32,7 @@ import gpuconv
 import gpuconv.adjoint
 import gpuconv.forward
 import gpuconv.params
-from gpuconv import cublas, cuda, kernels
+from gpuconv import cublas, cuda, kernels, selfcheck, tuning
 from gpuconv.dtypes import bfloat16
 from cases import (Case, as_dtype, as_float16, bfloat16_cases, channel_block_cases,
                    fast_path_cases, grid_cases, pointwise_cases, tile_cases)
@@ -893,3 +894,48 @@ def test_depthwise_tile_blocks(outputs, emulated_gpu, monkeypatch):
         assert any(s[0] for s in seen)
     if outputs == 1024:  # one plane a block: the last four layers
         assert (False, False, False) in seen
+
+
+#: Random calls drawn as ``gpuconv check`` draws them (selfcheck.random_call: every rank,
+#: dtype, padding form and mode, stride, dilation, groups and depthwise, layout, flip, bias
+#: and activation; some filters of 8 or 16 kernels for the channel-block kernels) through
+#: every CUDA algorithm the autotuner would time for them (tuning.candidates) and auto, all
+#: emulated: what ``gpuconv check --algorithms all`` runs on a GPU, against the reference
+#: here. GPUCONV_EMULATION_RANDOM_CALLS sets how many (a longer local campaign).
+#: The first seeds are joined by the first seed (of the next 2000) that each other CUDA
+#: candidate runs, so that every kernel gets at least one random call.
+RANDOM_CALLS = int(os.environ.get("GPUCONV_EMULATION_RANDOM_CALLS", "12"))
+
+
+def _random_case(seed):
+    """(the call's Case, the CUDA algorithms the autotuner would time for it)."""
+    x, w, b, options = selfcheck.random_call(np.random.default_rng([2028, seed]))
+    case = Case(f"random{seed}", x, w, b, options)
+    dtype = np.result_type(x, w, *(() if b is None else (b,)))
+    return case, tuning.candidates("cuda", _geometry(case), dtype)
+
+
+def _random_seeds():
+    seeds = list(range(RANDOM_CALLS))
+    covered = {a for s in seeds for a in _random_case(s)[1]}
+    for seed in range(RANDOM_CALLS, RANDOM_CALLS + 2000):
+        new = set(_random_case(seed)[1]) - covered
+        if new:
+            seeds.append(seed)
+            covered |= new
+    return seeds
+
+
+@pytest.mark.parametrize("seed", _random_seeds())
+def test_random_calls_on_every_cuda_kernel(seed, emulated_gpu):
+    """Each CUDA candidate forced, then auto, on one random call, against the reference; the
+    caller's arrays unchanged."""
+    case, algorithms = _random_case(seed)
+    x, w, b, options = case.x, case.filters, case.bias, case.options
+    x0, w0 = x.copy(), w.copy()
+    for algorithm in algorithms + ["auto"]:
+        got = gpuconv.conv(x, w, b, algorithm=algorithm, **options)
+        _check(case, got, f"emulated {algorithm}: x {x.shape} {x.dtype}, "
+                          f"filters {w.shape}, {options}")
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(w, w0)
