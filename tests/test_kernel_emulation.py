@@ -915,10 +915,17 @@ def _random_case(seed):
     return case, tuning.candidates("cuda", _geometry(case), dtype)
 
 
+#: Every CUDA algorithm the autotuner times (all but those of lower accuracy than float32's)
+CUDA_CANDIDATES = {a for a in gpuconv.algorithms.ALGORITHMS["cuda"]
+                   if a not in tuning._NOT_CANDIDATES}
+
+
 def _random_seeds():
     seeds = list(range(RANDOM_CALLS))
     covered = {a for s in seeds for a in _random_case(s)[1]}
     for seed in range(RANDOM_CALLS, RANDOM_CALLS + 2000):
+        if covered >= CUDA_CANDIDATES:
+            break
         new = set(_random_case(seed)[1]) - covered
         if new:
             seeds.append(seed)
@@ -926,7 +933,14 @@ def _random_seeds():
     return seeds
 
 
-@pytest.mark.parametrize("seed", _random_seeds())
+RANDOM_SEEDS = _random_seeds()
+
+
+def test_the_random_calls_reach_every_cuda_candidate():
+    assert {a for s in RANDOM_SEEDS for a in _random_case(s)[1]} == CUDA_CANDIDATES
+
+
+@pytest.mark.parametrize("seed", RANDOM_SEEDS)
 def test_random_calls_on_every_cuda_kernel(seed, emulated_gpu):
     """Each CUDA candidate forced, then auto, on one random call, against the reference; the
     caller's arrays unchanged."""
