@@ -173,8 +173,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             continue
         left = None if end is None else end - time.monotonic()
         if left is not None and left < MIN_PHASE_SECONDS:
-            results += [f"{name}: skipped ({left:.0f} s left of the deadline)" for name in group]
-            print(f"== {results[-1]}", flush=True)
+            for name in group:
+                results.append(f"{name}: skipped ({left:.0f} s left of the deadline)")
+                print(f"== {results[-1]}", flush=True)
             continue
         results += run_group(group, table, out, left)
     print("\n".join(results))
