@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
+
+from gpuconv.bench import geomean
 
 FORCED = "gpuconv:"
 
@@ -64,10 +65,6 @@ def gaps(rows: Sequence[Dict[str, Any]], peer: str = "torch") -> List[Dict[str, 
     return out
 
 
-def _geomean(values: Sequence[float]) -> Optional[float]:
-    return math.exp(sum(map(math.log, values)) / len(values)) if values else None
-
-
 def summary(found: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     """Per dtype (dense and depthwise apart): the peer's time over auto's and over the fastest
     algorithm's, geomeans over the rows that have both, and how often each algorithm won."""
@@ -83,7 +80,7 @@ def summary(found: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
             s["best"].append(g["peer_ms"] / fastest)
         if g["best"]:
             s["wins"][g["best"]] += 1
-    return {k: {"vs_peer_auto": _geomean(v["auto"]), "vs_peer_best": _geomean(v["best"]),
+    return {k: {"vs_peer_auto": geomean(v["auto"]), "vs_peer_best": geomean(v["best"]),
                 "rows": len(v["auto"]), "fastest": dict(v["wins"].most_common())}
             for k, v in out.items()}
 

@@ -32,7 +32,7 @@ import gpuconv
 import gpuconv.adjoint
 import gpuconv.forward
 import gpuconv.params
-from gpuconv import cublas, cuda, kernels, selfcheck, tuning
+from gpuconv import algorithms, cublas, cuda, kernels, selfcheck, tuning
 from gpuconv.dtypes import bfloat16
 from cases import (Case, as_dtype, as_float16, bfloat16_cases, channel_block_cases,
                    fast_path_cases, grid_cases, pointwise_cases, tile_cases)
@@ -465,7 +465,6 @@ POINTWISE_CASES = CASES + TILE_CASES + fast_path_cases() + POINTWISE_16BIT_CASES
 
 
 def _pointwise_applies(case):
-    from gpuconv import algorithms
     return not algorithms.why_not("cuda", "pointwise", _geometry(case),
                                   np.result_type(case.x, case.filters))
 
@@ -541,7 +540,6 @@ def test_pointwise_16bit_product_of_one_element_sums_in_float32(dtype, emulated_
 
 
 def test_pointwise_refusals_and_auto(emulated_gpu, monkeypatch):
-    from gpuconv import algorithms
     from gpuconv.geometry import plan_conv
     geom = plan_conv((2, 8, 5, 5), (16, 8, 1, 1), stride=2)
     assert algorithms.choose("cuda", "auto", geom, np.float32) == "pointwise"
@@ -619,7 +617,6 @@ def test_im2col_chunks_and_runs(chunk, rows, emulated_gpu, monkeypatch):
 
 
 def test_im2col_workspace_and_refusals(emulated_gpu, monkeypatch):
-    from gpuconv import algorithms
     from gpuconv.geometry import plan_conv
     geom = plan_conv((3, 16, 40, 40), (24, 16, 3, 3), padding=1)
     assert kernels.im2col_rows(geom, np.float32, False) == 144
@@ -915,8 +912,9 @@ def _random_case(seed):
     return case, tuning.candidates("cuda", _geometry(case), dtype)
 
 
-#: Every CUDA algorithm the autotuner times (all but those of lower accuracy than float32's)
-CUDA_CANDIDATES = {a for a in gpuconv.algorithms.ALGORITHMS["cuda"]
+#: Every CUDA algorithm the autotuner times (not TF32 or Winograd, of lower accuracy, nor
+#: "gemm", which names one of the gemm_<tile> kernels)
+CUDA_CANDIDATES = {a for a in algorithms.ALGORITHMS["cuda"]
                    if a not in tuning._NOT_CANDIDATES}
 
 
@@ -944,10 +942,10 @@ def test_the_random_calls_reach_every_cuda_candidate():
 def test_random_calls_on_every_cuda_kernel(seed, emulated_gpu):
     """Each CUDA candidate forced, then auto, on one random call, against the reference; the
     caller's arrays unchanged."""
-    case, algorithms = _random_case(seed)
+    case, candidates = _random_case(seed)
     x, w, b, options = case.x, case.filters, case.bias, case.options
     x0, w0 = x.copy(), w.copy()
-    for algorithm in algorithms + ["auto"]:
+    for algorithm in candidates + ["auto"]:
         got = gpuconv.conv(x, w, b, algorithm=algorithm, **options)
         _check(case, got, f"emulated {algorithm}: x {x.shape} {x.dtype}, "
                           f"filters {w.shape}, {options}")
