@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import gpuconv
-from gpuconv import scratch, workers
+from gpuconv import cpu, scratch, workers
+from reference import error_bound
 
 
 def test_run_returns_results_in_task_order():
@@ -135,3 +136,56 @@ def test_release_frees_the_workers_pools_at_their_next_task():
     go.set()
     thread.join()
     assert used[0] >= 8000 and used[1] == 0 and 80 <= used[2] < 8000
+
+
+def test_callers_threads_share_the_workers():
+    """Several of the caller's threads convolving the same layers at once, each with a
+    workspace and thread count of its own, the depthwise layers' blocks queued on the one pool
+    of workers (the dense layer's BLAS product beside them): each result bit for bit what the
+    same call gives alone with the same settings, and within the reference's bound."""
+    rng = np.random.default_rng(7)
+    layers = [  # (x, filters, options)
+        (rng.standard_normal((2, 64, 48, 48)).astype(np.float32),  # slots
+         rng.standard_normal((64, 1, 3, 3)).astype(np.float32), dict(groups=64, padding=1)),
+        (rng.standard_normal((4, 24, 24, 128)),  # channels-last: the rows method
+         rng.standard_normal((128, 1, 3, 3)), dict(groups=128, padding=1,
+                                                    layout="channels_last")),
+        (rng.standard_normal((2, 16, 30, 30)).astype(np.float32),
+         rng.standard_normal((24, 16, 3, 3)).astype(np.float32), dict(padding=1)),
+    ]
+    for x, w, options in layers[:2]:  # the depthwise layers are split over the workers
+        macs = x.size * 9
+        assert macs >= cpu.DEPTHWISE_PARALLEL_MIN_MACS
+    # (workspace, threads) per thread, two threads of each
+    settings = [(2**20, 2), (2**20, 2), (4 * 2**20, 3), (4 * 2**20, 3), (2**22, 1)]
+    alone = {}
+    for space, threads in set(settings):
+        with gpuconv.cpu_workspace(space), gpuconv.cpu_threads(threads):
+            for i, (x, w, options) in enumerate(layers):
+                alone[space, threads, i] = gpuconv.conv(x, w, **options)
+    inputs = [(x.copy(), w.copy()) for x, w, _ in layers]
+    wrong = []
+    start = threading.Barrier(len(settings), timeout=30)
+
+    def work(space: int, threads: int) -> None:
+        with gpuconv.cpu_workspace(space), gpuconv.cpu_threads(threads):
+            for r in range(4):
+                for i, (x, w, options) in enumerate(layers):
+                    start.wait()  # every thread on the same layer at once
+                    if not np.array_equal(gpuconv.conv(x, w, **options),
+                                          alone[space, threads, i]):
+                        wrong.append((space, threads, i, r))
+
+    threads = [threading.Thread(target=work, args=s) for s in settings]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
+    for (x, w, options), (x0, w0) in zip(layers, inputs):
+        np.testing.assert_array_equal(x, x0)
+        np.testing.assert_array_equal(w, w0)
+    for (space, threads, i), got in alone.items():
+        x, w, options = layers[i]
+        exact, bound = error_bound(x, w, None, got.dtype, None, **options)
+        assert np.all(np.abs(got - exact) <= bound), (space, threads, i)
