@@ -98,6 +98,23 @@ def test_every_kernel_compiles(request_, arch):
     assert "warning" not in log.lower(), log
 
 
+@pytest.mark.parametrize("request_", [r for r in REQUESTS if r[0] == "conv_gemm_tc.cu"],
+                         ids=lambda r: f"{r[0]}-{r[1][0]}")
+def test_tensor_core_kernels_compile_for_the_newest_architecture(request_):
+    """The tensor-core file's inline PTX (mma.sync, ldmatrix, cp.async) for the newest GPUs
+    this NVRTC knows (sm_120 and up: Blackwell's consumer cards take these kernels too; only
+    conv_gemm_wgmma.cu is Hopper's alone), as CuPy compiles it there."""
+    _, archs = _nvrtc().nvrtcGetSupportedArchs()
+    arch = f"sm_{max(archs)}"
+    assert max(archs) >= 120, archs  # CI's NVRTC (13.x) knows Blackwell
+    filename, names, options = request_
+    ok, log, lowered = compile_with_nvrtc(kernels.kernel_source(filename), filename, names,
+                                          options, arch)
+    assert ok, f"{arch}: {log}"
+    assert set(lowered) == set(names)
+    assert "warning" not in log.lower(), log
+
+
 def test_sources_carry_line_directives_and_inline_headers():
     src = kernels.kernel_source("conv_direct.cu")
     kdir = kernels.kernel_dir()
