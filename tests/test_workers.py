@@ -156,7 +156,7 @@ def test_callers_threads_share_the_workers():
     for x, w, options in layers[:2]:  # the depthwise layers are split over the workers
         macs = x.size * 9
         assert macs >= cpu.DEPTHWISE_PARALLEL_MIN_MACS
-    # (workspace, threads) per thread, two threads of each
+    # (workspace, threads) per thread: two threads share each of the first two settings
     settings = [(2**20, 2), (2**20, 2), (4 * 2**20, 3), (4 * 2**20, 3), (2**22, 1)]
     alone = {}
     for space, threads in set(settings):
