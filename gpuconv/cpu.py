@@ -26,7 +26,7 @@ from numpy.lib.stride_tricks import as_strided
 from . import algorithms, tuning, workers
 from .activation import activate
 from .config import cpu_workspace, get_autotune, get_cpu_threads, get_cpu_workspace
-from .scratch import Take, scratch, numpy_settings
+from .scratch import Take, einsum_buffer_bytes, scratch, numpy_settings
 from .device import cpu_model
 from .dtypes import accumulator_dtype
 from .geometry import ConvGeometry
@@ -757,7 +757,12 @@ def _depthwise_forward(x_cf: Array, w: Array, bias: Array, geom: ConvGeometry,
     threads (NumPy's passes use one core each), each within its share of the workspace."""
     flat = _depthwise_flat(geom)
     parts = _depthwise_parts(geom, get_cpu_threads())
+    # each task's einsums take NumPy's own buffers too (NumPy < 2.3): its share leaves room
+    # for them, unless they fill the whole share (then no chunk could keep within it)
     budget = max(1, get_cpu_workspace() // len(parts))
+    numpy_own = einsum_buffer_bytes(ct.itemsize)
+    if budget > numpy_own:
+        budget -= numpy_own
     Cog = geom.C_out_per_group
     # a chunk is at least one output row of an image's channels: where that is more than a
     # task's budget, the task takes its channels a few at a time (16 threads sharing 1 MiB:

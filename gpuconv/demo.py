@@ -188,7 +188,7 @@ def draw(result: DemoResult, out: str, source: str) -> None:
     C_out = len(result.names)
     cols = 2 * C + 2
     fig = Figure(figsize=(1.9 * cols, 1.95 * (C_out + 1)), layout="constrained")
-    axes = fig.subplots(C_out + 1, cols)
+    axes: Any = fig.subplots(C_out + 1, cols)  # an array (matplotlib 3.8's stubs: a union)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

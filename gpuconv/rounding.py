@@ -34,7 +34,8 @@ def finfo(dtype: DTypeLike) -> Any:
     if is_bfloat16(dtype):
         import ml_dtypes
         return ml_dtypes.finfo(dtype)
-    return np.finfo(dtype)
+    numpy_finfo: Any = np.finfo  # NumPy 1's stubs accept only inexact dtypes, not DTypeLike
+    return numpy_finfo(dtype)
 
 
 def real_dtype(dtype: DTypeLike) -> np.dtype:

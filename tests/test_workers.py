@@ -67,6 +67,8 @@ def test_one_worker_per_cpu_each_pinned_to_its_own():
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+# forking a process with threads (the pool's) is this test's point; Python 3.12 warns of it
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_gets_workers_of_its_own():
     workers.run(lambda t: None, [0, 1])  # the parent has a pool
     pid = os.fork()
