@@ -251,8 +251,9 @@ def gemm_index_problem(geom: ConvGeometry) -> str:
 
 def _tensor_core_problem(algorithm: str) -> str:
     """Why the current CUDA device cannot run mma.sync.m16n8k16 (compute capability below 8.0)
-    or, for gemm_wgmma, code built for sm_90a (compute capability other than 9.0), or "" (also
-    when there is no CuPy device to ask: the host emulation of the tests)."""
+    or, for gemm_wgmma, code built for sm_90a (compute capability other than 9.0, or CuPy's
+    NVRTC too old to build it), or "" (also when there is no CuPy device to ask: the host
+    emulation of the tests)."""
     capability = _current_capability()
     if capability is None:
         return ""
@@ -262,6 +263,12 @@ def _tensor_core_problem(algorithm: str) -> str:
             return (f"'gemm_wgmma' is built for sm_90a (wgmma: H100, H200), which runs only on "
                     f"compute capability {required // 10}.{required % 10}; this device has "
                     f"{capability // 10}.{capability % 10} (use 'gemm_tc_cl')")
+        nvrtc = kernels.cupy_nvrtc_version()
+        oldest = kernels.ARCH_SPECIFIC_MIN_NVRTC
+        if nvrtc is not None and nvrtc < oldest:
+            return (f"'gemm_wgmma' needs NVRTC {oldest[0]}.{oldest[1]} or later to be built "
+                    f"for sm_90a through CuPy (older ones refuse a second -arch beside the one "
+                    f"CuPy adds); CuPy's NVRTC is {nvrtc[0]}.{nvrtc[1]} (use 'gemm_tc_cl')")
         return ""
     if capability < 80:
         return (f"{algorithm!r} needs compute capability 8.0 or later (mma.sync); this device "

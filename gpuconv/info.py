@@ -12,6 +12,7 @@ from . import device as _device
 from .blas import blas_info
 from .config import get_autotune, get_cpu_threads
 from .dtypes import accepted
+from . import kernels
 from .kernels import kernel_dir
 
 
@@ -23,6 +24,7 @@ class Info:
     cupy_version: Optional[str]
     cuda_runtime_version: Optional[str]
     cuda_driver_version: Optional[str]
+    nvrtc: str                  # the NVRTC CuPy compiles the kernels with, and what it limits
     gpus: Tuple[str, ...]
     auto_device: str           # "cuda" or "cpu": where device="auto" runs NumPy inputs
     auto_reason: str
@@ -42,6 +44,7 @@ class Info:
             ("cupy", self.cupy_version or "not available"),
             ("CUDA runtime", self.cuda_runtime_version or "-"),
             ("CUDA driver", self.cuda_driver_version or "-"),
+            ("NVRTC", self.nvrtc),
             ("GPUs", ", ".join(f"{i}: {n}" for i, n in enumerate(self.gpus)) or "none"),
             ("device='auto'", f"{self.auto_device} ({self.auto_reason})"),
             ("CUDA sources", self.kernel_dir),
@@ -91,9 +94,26 @@ def info() -> Info:
                 numpy_version=np.__version__, cupy_version=status.cupy_version,
                 cuda_runtime_version=_version_str(status.runtime_version),
                 cuda_driver_version=_version_str(status.driver_version),
-                gpus=status.device_names, auto_device=kind, auto_reason=reason,
+                nvrtc=_nvrtc_line(status.cupy_version is not None), gpus=status.device_names,
+                auto_device=kind, auto_reason=reason,
                 kernel_dir=kdir, dtypes=tuple(d.name for d in accepted()), autotune=autotune,
                 cpu_threads=threads, blas=_blas_line(), sigpy=_sigpy_line())
+
+
+def _nvrtc_line(cupy_loaded: bool) -> str:
+    """The version of CuPy's NVRTC, and what an old one leaves out (gemm_wgmma before 12.9);
+    "-" without CuPy."""
+    if not cupy_loaded:
+        return "-"
+    version = kernels.cupy_nvrtc_version()
+    if version is None:
+        return "not loadable (CuPy cannot compile the kernels)"
+    line = f"{version[0]}.{version[1]}"
+    oldest = kernels.ARCH_SPECIFIC_MIN_NVRTC
+    if version < oldest:
+        line += (f" ('gemm_wgmma' needs {oldest[0]}.{oldest[1]} or later; every other kernel "
+                 f"builds)")
+    return line
 
 
 def _sigpy_line() -> str:

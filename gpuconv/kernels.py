@@ -53,8 +53,29 @@ COMPILE_OPTIONS: Tuple[str, ...] = ("-std=c++17",)
 #: Modules built for one architecture's own instructions: file -> (the compute capability of
 #: the only devices it runs on, the option naming that target). conv_gemm_wgmma.cu's wgmma
 #: exists only on sm_90a; CuPy appends its own -arch=sm_90 for such a device, and NVRTC then
-#: builds for sm_90a (checked with NVRTC 13.5: with both options, wgmma compiles).
+#: builds for sm_90a (with both options wgmma compiles: NVRTC 12.9 and 13.0-13.5 checked)...
 ARCH_SPECIFIC: Dict[str, Tuple[int, str]] = {"conv_gemm_wgmma.cu": (90, "-arch=sm_90a")}
+
+#: ... but only from this NVRTC on: 12.0-12.8 refuse a second -arch ("--gpu-architecture
+#: (-arch) defined more than once"), so with them (CuPy 13 or 14 on a CUDA 12 before 12.9)
+#: an ARCH_SPECIFIC module cannot be built through CuPy (algorithms.why_not says so).
+ARCH_SPECIFIC_MIN_NVRTC: Tuple[int, int] = (12, 9)
+
+#: The oldest NVRTC gpuconv's kernels are written for: CUDA 12.0's, the oldest CuPy 13's
+#: cupy-cuda12x runs with (the test suite compiles every kernel template with it too).
+OLDEST_NVRTC: Tuple[int, int] = (12, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def cupy_nvrtc_version() -> Optional[Tuple[int, int]]:
+    """(major, minor) of the NVRTC CuPy compiles with, or None where CuPy or its NVRTC
+    cannot be loaded (then nothing is compiled through CuPy anyway)."""
+    try:
+        import cupy
+        major, minor = cupy.cuda.nvrtc.getVersion()
+        return int(major), int(minor)
+    except Exception:
+        return None
 
 
 def module_options(filename: str) -> Tuple[str, ...]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gpuconv
-from gpuconv import algorithms, tuning
+from gpuconv import algorithms, kernels, tuning
 from gpuconv.dtypes import bfloat16
 from gpuconv.geometry import plan_conv
 
@@ -240,6 +240,50 @@ def test_wgmma_kernel_runs_on_compute_capability_9_0_only(capability, mma_sync, 
     assert ("gemm_wgmma" in tuning.candidates("cuda", g, np.float16)) == wgmma
     monkeypatch.setattr(algorithms, "_current_capability", lambda: None)
     assert algorithms.why_not("cuda", "gemm_wgmma", g, np.float16) == ""
+
+
+@pytest.mark.parametrize("nvrtc, wgmma", [((12, 0), False), ((12, 8), False), ((12, 9), True),
+                                          ((13, 0), True), (None, True)])
+def test_wgmma_kernel_needs_an_nvrtc_that_builds_sm_90a_through_cupy(nvrtc, wgmma,
+                                                                     monkeypatch):
+    """On an H100, gemm_wgmma is refused where CuPy's NVRTC is older than 12.9 (those refuse
+    the module's -arch=sm_90a beside CuPy's own -arch: tests/test_kernels.py checks that with
+    the oldest NVRTC), naming both versions and the alternative; where the version cannot be
+    read, CuPy's compile error is left to speak."""
+    g = plan_conv((1, 8, 9, 9), (8, 8, 3, 3))
+    monkeypatch.setattr(algorithms, "_current_capability", lambda: 90)
+    monkeypatch.setattr(kernels, "cupy_nvrtc_version", lambda: nvrtc)
+    reason = algorithms.why_not("cuda", "gemm_wgmma", g, np.float16)
+    assert (reason == "") == wgmma
+    assert algorithms.why_not("cuda", "gemm_tc_cl", g, np.float16) == ""
+    if not wgmma:
+        assert "NVRTC 12.9 or later" in reason and f"is {nvrtc[0]}.{nvrtc[1]}" in reason
+        assert "'gemm_tc_cl'" in reason
+        with pytest.raises(ValueError, match="algorithm='gemm_wgmma' cannot run this call"):
+            algorithms.choose("cuda", "gemm_wgmma", g, np.float16)
+    assert ("gemm_wgmma" in tuning.candidates("cuda", g, np.float16)) == wgmma
+
+
+def test_cupy_nvrtc_version_asks_cupys_nvrtc(monkeypatch):
+    """The version is CuPy's NVRTC's (cupy.cuda.nvrtc.getVersion), and None where that cannot
+    be loaded."""
+    import sys
+    import types
+
+    def fake_cupy(get_version):
+        return types.SimpleNamespace(cuda=types.SimpleNamespace(
+            nvrtc=types.SimpleNamespace(getVersion=get_version)))
+
+    def missing():
+        raise OSError("libnvrtc.so.12: cannot open shared object file")
+
+    try:
+        for get_version, expected in [(lambda: (12, 4), (12, 4)), (missing, None)]:
+            kernels.cupy_nvrtc_version.cache_clear()
+            monkeypatch.setitem(sys.modules, "cupy", fake_cupy(get_version))
+            assert kernels.cupy_nvrtc_version() == expected
+    finally:
+        kernels.cupy_nvrtc_version.cache_clear()
 
 
 @pytest.mark.parametrize("algorithm", ["gemm", "gemm_64x64", "gemm_128x128", "gemm_128x64",

@@ -4,6 +4,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def _run(*args):
     return subprocess.run([sys.executable, "-m", "gpuconv", *args], capture_output=True,
@@ -93,6 +95,18 @@ def test_info_says_whose_convolutions_sigpy_runs(monkeypatch):
     assert "gpuconv.sigpy_conv.install()" in gpuconv.info().sigpy
     monkeypatch.setattr(gpuconv.sigpy_conv, "installed", lambda: ("convolve",))
     assert gpuconv.info().sigpy.startswith("0.1.27; its convolutions run on gpuconv")
+
+
+@pytest.mark.parametrize("version, expected", [
+    (None, "not loadable (CuPy cannot compile the kernels)"),
+    ((12, 0), "12.0 ('gemm_wgmma' needs 12.9 or later; every other kernel builds)"),
+    ((12, 9), "12.9"), ((13, 2), "13.2")])
+def test_info_names_cupys_nvrtc_and_what_an_old_one_leaves_out(version, expected, monkeypatch):
+    from gpuconv import kernels
+    from gpuconv.info import _nvrtc_line
+    monkeypatch.setattr(kernels, "cupy_nvrtc_version", lambda: version)
+    assert _nvrtc_line(True) == expected
+    assert _nvrtc_line(False) == "-"
 
 
 def test_info_names_the_cpu_threads(monkeypatch):
