@@ -141,12 +141,6 @@ __global__ void conv_depthwise_rows(const T* __restrict__ x, const T* __restrict
 #define GC_DW_TILE_BYTES 16384
 #define GC_DW_TILE_PLANES 32
 
-// A compile-time flag for the specialised loops of conv_depthwise_tile.
-template <bool B>
-struct gc_flag {
-    static constexpr bool value = B;
-};
-
 // The sum over a KH_ x KW_ window of conv_depthwise_tile's shared tile, in the order kh, kw:
 // tap (kh, kw) at src[kh * row + kw * col] times taps[kh * KW_ + kw] (registers or shared
 // memory; inlined and unrolled, a register array stays in registers).
@@ -260,9 +254,10 @@ conv_depthwise_tile(const T* __restrict__ x, const T* __restrict__ w,
     const int outs = PT * BH * BW;
     const int rows_ok = OH - oh0 < BH ? OH - oh0 : BH;  // of the tile, inside the output
     const int cols_ok = OW - ow0 < BW ? OW - ow0 : BW;
-    auto sums = [&](auto unit) {  // one plane: its taps in registers, pointers stepped
-        constexpr bool UNIT = decltype(unit)::value;
-        const int sh = UNIT ? 1 : SH, sw = UNIT ? 1 : SW, dh = UNIT ? 1 : DH, dw = UNIT ? 1 : DW;
+    // one plane: its taps in registers, pointers stepped. Called with constant strides and
+    // dilations (1) or the layer's; not a generic lambda, which NVRTC 12 takes for a host
+    // function ("host functions are not allowed in JIT mode").
+    auto sums = [&](const int sh, const int sw, const int dh, const int dw) {
         const int first = tap_at[0];
         acc_t mine[TAPS];
 #pragma unroll
@@ -288,9 +283,9 @@ conv_depthwise_tile(const T* __restrict__ x, const T* __restrict__ w,
     if (PT == 1) {
         if (tap_at[0] < 0) return;  // no plane (the host never launches such a block)
         if (SH == 1 && SW == 1 && DH == 1 && DW == 1)
-            sums(gc_flag<true>{});
+            sums(1, 1, 1, 1);
         else
-            sums(gc_flag<false>{});
+            sums(SH, SW, DH, DW);
         return;
     }
     // several whole planes (rows_ok == BH, cols_ok == BW): each output's taps from shared memory

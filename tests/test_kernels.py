@@ -1,10 +1,13 @@
 """Every CUDA kernel the package can request compiles with NVRTC, on any machine.
 
 Uses the NVRTC wheels (cuda-bindings + nvidia-cuda-nvrtc from the test extra), which need no GPU
-or driver. In CI (CI set) a missing NVRTC is a failure, never a skip.
+or driver; every kernel template also compiles with the oldest NVRTC gpuconv supports (CUDA
+12.0's, the nvidia-cuda-nvrtc-cu12 wheel the test extra pins, loaded through ctypes). In CI (CI
+set) a missing NVRTC is a failure, never a skip.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import numpy as np
 import pytest
 
 from gpuconv import kernels
+import nvrtc_library
 
 ARCHS = ("sm_80", "sm_90")  # the oldest architecture the package supports, and Hopper
 
@@ -144,3 +148,82 @@ def test_wgmma_module_needs_its_own_target():
                                     kernels.COMPILE_OPTIONS, "sm_90")
     assert not ok and "wgmma" in log and "sm_90" in log
     assert kernels.module_names(filename, np.float32) == ()
+
+
+#: The wheel holding the oldest NVRTC gpuconv supports (kernels.OLDEST_NVRTC; the test extra
+#: pins its version).
+OLDEST_NVRTC_WHEEL = "nvidia-cuda-nvrtc-cu12"
+
+
+def _oldest_nvrtc() -> Path:
+    """The library of the oldest supported NVRTC, from its wheel; a failure in CI where it is
+    missing or of another version, else a skip."""
+    def unavailable(why: str):
+        if os.environ.get("CI"):
+            pytest.fail(f"the oldest NVRTC is required in CI (install gpuconv[test]): {why}")
+        pytest.skip(f"the oldest NVRTC is not installed (pip install gpuconv[test]): {why}")
+
+    try:
+        files = importlib.metadata.files(OLDEST_NVRTC_WHEEL) or []
+    except importlib.metadata.PackageNotFoundError as exc:
+        unavailable(f"no {exc}")
+    found = [f for f in files if f.name.startswith(("libnvrtc.so", "nvrtc64_"))]
+    if not found:
+        unavailable(f"{OLDEST_NVRTC_WHEEL} holds no NVRTC library")
+    library = Path(str(found[0].locate()))
+    version = nvrtc_library.version(library)
+    if version != kernels.OLDEST_NVRTC:
+        unavailable(f"{library} is NVRTC {version}, not {kernels.OLDEST_NVRTC}")
+    return library
+
+
+def _templates(names):
+    """One name expression of each kernel template among ``names`` (their other names differ
+    only in template arguments such as the activation or the kernel size)."""
+    return list({n.split("<")[0]: n for n in reversed(names)}.values())
+
+
+@pytest.mark.parametrize("request_", [r for r in REQUESTS if r[0] not in kernels.ARCH_SPECIFIC],
+                         ids=lambda r: f"{r[0]}-{r[1][0]}")
+def test_every_kernel_template_compiles_with_the_oldest_nvrtc(request_):
+    """What gpuconv compiles through CuPy 13 on CUDA 12.0 (and later): each kernel template of
+    each dtype, for sm_80 (the oldest target; the tensor-core PTX and 16-bit conversions need
+    it). test_every_kernel_compiles compiles every instantiation with the newest NVRTC; front
+    ends differ (NVRTC 12.0-13.1 took a generic lambda in device code for a host function).
+    Plain CUDA, as there: without the --device-as-default-execution-space CuPy adds."""
+    filename, names, options = request_
+    chosen = _templates(names)
+    ok, log, lowered = nvrtc_library.compile_with_library(
+        _oldest_nvrtc(), kernels.kernel_source(filename), filename, chosen,
+        list(options) + ["--gpu-architecture=sm_80"])
+    assert ok, log
+    assert set(lowered) == set(chosen)
+    assert "warning" not in log.lower(), log
+
+
+def test_arch_specific_modules_build_through_cupy_from_the_nvrtc_gpuconv_names():
+    """CuPy appends its own -arch=sm_90 to an ARCH_SPECIFIC module's -arch=sm_90a: the newest
+    NVRTC builds that, the oldest refuses it, as kernels.ARCH_SPECIFIC_MIN_NVRTC (with which
+    algorithms.why_not refuses gemm_wgmma) says; the module's code itself compiles with the
+    oldest too when its target is the only one."""
+    filename = "conv_gemm_wgmma.cu"
+    names = kernels.module_names(filename, np.float16)
+    source = kernels.kernel_source(filename)
+    cupy_options = list(kernels.module_options(filename)) + ["-arch=sm_90"]
+    oldest = _oldest_nvrtc()
+    newest = tuple(_nvrtc().nvrtcVersion()[1:])
+    compilers = [
+        (kernels.OLDEST_NVRTC, lambda opts: nvrtc_library.compile_with_library(
+            oldest, source, filename, names, opts)),
+        (newest, lambda opts: compile_with_nvrtc(source, filename, names, opts[:-1],
+                                                 opts[-1].split("=")[1]))]
+    for version, compile_ in compilers:
+        ok, log, _ = compile_(cupy_options)
+        assert ok == (version >= kernels.ARCH_SPECIFIC_MIN_NVRTC), (version, log)
+        if not ok:
+            assert "defined more than once" in log, log
+    assert kernels.OLDEST_NVRTC < kernels.ARCH_SPECIFIC_MIN_NVRTC <= newest
+    ok, log, lowered = nvrtc_library.compile_with_library(
+        oldest, source, filename, _templates(names),
+        list(kernels.COMPILE_OPTIONS) + ["-arch=sm_90a"])
+    assert ok and len(lowered) == 1, log
