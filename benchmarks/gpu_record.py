@@ -220,6 +220,8 @@ def gpu_facts():
     v = lambda x: f"{x // 1000}.{(x % 1000) // 10}"  # noqa: E731
     return {"device": name, "cupy": cupy.__version__, "cuda_runtime": v(rt.runtimeGetVersion()),
             "cuda_driver": v(rt.driverGetVersion()),
+            # what compiles the kernels (gemm_wgmma needs 12.9+; tests/test_kernels.py: 12.0+)
+            "nvrtc": ".".join(str(n) for n in cupy.cuda.nvrtc.getVersion()),
             "compute_capability": f"{props['major']}.{props['minor']}"}
 
 
