@@ -50,9 +50,10 @@ def main(argv=None) -> int:
             version < kernels.ARCH_SPECIFIC_MIN_NVRTC
         start = time.perf_counter()
         try:
+            # jitify left at its default (False; CuPy 14 deprecates passing it)
             compiler.compile_using_nvrtc(kernels.kernel_source(filename),
                                          tuple(options) + ("-ftz=true",), args.arch, filename,
-                                         list(names), None, True, False)
+                                         name_expressions=list(names), cache_in_memory=True)
             result = "ok"
             problems += refused  # gpuconv refuses what would have compiled
         except Exception as exc:

@@ -24,8 +24,11 @@ def _fake_cupy(monkeypatch, version, broken=(), refuses=True):
     list of its calls."""
     calls = []
 
-    def compile_using_nvrtc(source, options, arch, filename, names, log_stream,
-                            cache_in_memory, jitify):
+    def compile_using_nvrtc(source, options=(), arch=None, filename="kern.cu",
+                            name_expressions=None, log_stream=None, cache_in_memory=False,
+                            jitify=False):
+        assert cache_in_memory and not jitify
+        names = name_expressions
         calls.append((filename, options, arch, names))
         cupy_arch = f"-arch=sm_{arch}"
         if refuses and version < (12, 9) and sum(o.startswith("-arch") for o in options + (cupy_arch,)) > 1:
